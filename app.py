@@ -1,0 +1,127 @@
+"""Application factory: extensions, JWT loaders, error handlers, blueprints, CLI commands.
+
+`gunicorn app:app` and `flask --app app` both find `app` here. It is built on first access
+rather than at import, so importing `create_app` (tests, tools) builds no development app.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+from flask import Flask
+from flask_cors import CORS
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from flask_mail import Mail
+from flask_migrate import Migrate
+from flask_talisman import Talisman
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from auth import jwt
+from config import CONFIGS, ConfigError, config_name_from_env
+from models import db
+from utils.middleware import init_middleware
+from utils.validation import spec
+
+migrate = Migrate()
+mail = Mail()
+cors = CORS()
+talisman = Talisman()
+limiter = Limiter(
+    get_remote_address,
+    # With Redis briefly unreachable, limits fall back to memory instead of failing requests.
+    in_memory_fallback_enabled=True,
+    key_prefix="lms",
+)
+
+API_CSP = {"default-src": "'none'", "frame-ancestors": "'none'"}
+DOCS_CSP = {
+    "default-src": "'self'",
+    "script-src": ["'self'", "'unsafe-inline'", "https://unpkg.com", "https://cdn.jsdelivr.net"],
+    "style-src": ["'self'", "'unsafe-inline'", "https://unpkg.com", "https://cdn.jsdelivr.net",
+                  "https://fonts.googleapis.com"],
+    "font-src": ["'self'", "data:", "https://fonts.gstatic.com"],
+    "img-src": ["'self'", "data:", "https:"],
+    "connect-src": "'self'",
+    "worker-src": ["'self'", "blob:"],
+}
+
+
+def create_app(config_name: str | None = None) -> Flask:
+    config_name = config_name or config_name_from_env()
+    config_class = CONFIGS[config_name]
+    config_class.check()
+
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.from_object(config_class)
+    app.config["CONFIG_NAME"] = config_name
+    app.json.sort_keys = False
+
+    if app.config["TRUSTED_PROXY_COUNT"]:
+        count = app.config["TRUSTED_PROXY_COUNT"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count, x_host=count)
+
+    db.init_app(app)
+    migrate.init_app(app, db, compare_type=True, render_as_batch=True)
+    jwt.init_app(app)
+    limiter.init_app(app)
+    mail.init_app(app)
+    cors.init_app(
+        app,
+        resources={r"/api/*": {"origins": [app.config["FRONTEND_URL_STUDENTS"],
+                                            app.config["FRONTEND_URL_ADMIN"]]}},
+        expose_headers=["X-Request-ID", "Retry-After", "Content-Disposition"],
+        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+        max_age=600,
+        always_send=False,
+    )
+    talisman.init_app(
+        app,
+        force_https=app.config["FORCE_HTTPS"],
+        strict_transport_security=True,
+        session_cookie_secure=app.config["FORCE_HTTPS"],
+        content_security_policy=API_CSP,
+        frame_options="DENY",
+        referrer_policy="no-referrer",
+    )
+    init_middleware(app)
+
+    from routes.docs import bp as docs_bp
+    from routes.health import bp as health_bp
+
+    api = app.config["API_PREFIX"]
+    app.register_blueprint(health_bp, url_prefix=f"{api}/health")
+    app.register_blueprint(docs_bp, url_prefix=api)
+
+    spec.register(app)
+    _relax_csp_for_docs(app)
+
+    from utils.cli import register_commands
+
+    register_commands(app)
+    return app
+
+
+def _relax_csp_for_docs(app: Flask) -> None:
+    """The docs pages load Swagger UI / ReDoc / Scalar scripts; the JSON API allows nothing."""
+    for endpoint, view in app.view_functions.items():
+        if endpoint.startswith("openapi_") or endpoint == "docs.docs_page":
+            view.talisman_view_options = {"content_security_policy": DOCS_CSP}
+
+
+_app: Flask | None = None
+
+
+def __getattr__(name: str):
+    # `app = create_app()`, built when gunicorn or the flask CLI first asks for it.
+    global _app
+    if name != "app":
+        raise AttributeError(name)
+    if _app is None:
+        try:
+            _app = create_app()
+        except ConfigError as exc:
+            logging.getLogger("lms").critical(str(exc))
+            print(str(exc), file=sys.stderr)
+            raise SystemExit(1) from None
+    return _app

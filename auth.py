@@ -1,0 +1,135 @@
+"""JWT wiring and access decorators.
+
+Identities are user ids as strings (Flask-JWT-Extended requires a string subject); the role
+rides along as a claim for clients, but every decision reads the user row, so a demotion or a
+deactivation takes effect on the next request, not when the token expires.
+"""
+from __future__ import annotations
+
+from functools import wraps
+
+from flask import g
+from flask_jwt_extended import JWTManager, get_current_user, verify_jwt_in_request
+
+from models import User, db
+from utils.errors import Forbidden, Unauthorized
+
+jwt = JWTManager()
+
+
+def _unauthorized(message: str, code: str):
+    from utils.middleware import error_response
+
+    return error_response(401, code, message)
+
+
+@jwt.user_identity_loader
+def _identity(user):
+    return str(user.id if isinstance(user, User) else user)
+
+
+@jwt.additional_claims_loader
+def _claims(user):
+    return {"role": user.role} if isinstance(user, User) else {}
+
+
+@jwt.user_lookup_loader
+def _load_user(_header, payload):
+    try:
+        user_id = int(payload["sub"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return db.session.get(User, user_id)
+
+
+@jwt.user_lookup_error_loader
+def _user_missing(_header, _payload):
+    return _unauthorized("The account for this token no longer exists", "token_invalid")
+
+
+@jwt.unauthorized_loader
+def _missing_token(reason: str):
+    return _unauthorized("Authentication required: send 'Authorization: Bearer <token>'", "token_missing")
+
+
+@jwt.invalid_token_loader
+def _invalid_token(reason: str):
+    return _unauthorized("The token is invalid", "token_invalid")
+
+
+@jwt.expired_token_loader
+def _expired_token(_header, _payload):
+    return _unauthorized("The token has expired", "token_expired")
+
+
+@jwt.revoked_token_loader
+def _revoked_token(_header, _payload):
+    return _unauthorized("The token has been revoked", "token_revoked")
+
+
+@jwt.needs_fresh_token_loader
+def _needs_fresh(_header, _payload):
+    return _unauthorized("A fresh login is required", "fresh_token_required")
+
+
+@jwt.token_verification_failed_loader
+def _verification_failed(_header, _payload):
+    return _unauthorized("The token was refused", "token_invalid")
+
+
+def current_user() -> User:
+    return get_current_user()
+
+
+def _require_active_user() -> User:
+    user = get_current_user()
+    if user is None:
+        raise Unauthorized("The account for this token no longer exists", code="token_invalid")
+    if not user.is_active:
+        raise Unauthorized("This account has been deactivated", code="account_inactive")
+    g.user_id = user.id
+    return user
+
+
+def login_required(fn):
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        verify_jwt_in_request()
+        _require_active_user()
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def roles_required(*roles: str):
+    """Allow only authenticated, active users whose role is one of `roles`."""
+
+    def decorator(fn):
+        @wraps(fn)
+        def wrapper(*args, **kwargs):
+            verify_jwt_in_request()
+            user = _require_active_user()
+            if user.role not in roles:
+                raise Forbidden(
+                    f"This action requires the role {' or '.join(roles)}", code="role_required"
+                )
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+admin_required = roles_required("admin")
+instructor_required = roles_required("instructor", "admin")
+
+
+def optional_user() -> User | None:
+    """The caller if a valid token was sent, else None (public routes that show more to the
+    enrolled)."""
+    verify_jwt_in_request(optional=True)
+    user = get_current_user()
+    if user is not None and user.is_active:
+        g.user_id = user.id
+        return user
+    return None

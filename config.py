@@ -1,0 +1,237 @@
+"""Configuration classes, read from the environment (and `.env`) once, here.
+
+`create_app(name)` picks one of CONFIGS; with nothing set it is the embedded development default:
+SQLite at instance/dev.db, in-memory rate limits, mail and OTP codes written to the log.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+BASE_DIR = Path(__file__).resolve().parent
+INSTANCE_DIR = BASE_DIR / "instance"
+
+load_dotenv(BASE_DIR / ".env")
+
+
+class ConfigError(RuntimeError):
+    """The environment cannot run the chosen configuration (a missing secret, say)."""
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    # `.env` files often carry trailing comments ("52428800  # 50MB"): keep the value only.
+    value = value.split(" #", 1)[0].strip()
+    return value if value != "" else default
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = env(name)
+    if value is None:
+        return default
+    return value.lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    value = env(name)
+    return default if value is None else int(value)
+
+
+def normalise_database_url(url: str) -> str:
+    """Hosting platforms hand out `postgres://` and `postgresql://`; SQLAlchemy 2.1 would pick
+    psycopg 3 for the latter, and we ship psycopg2."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
+
+
+def _dev_secret(name: str) -> str:
+    """A random secret kept in instance/, so a development server needs no `.env` and its
+    tokens survive a restart, without any secret being written into the code."""
+    INSTANCE_DIR.mkdir(exist_ok=True)
+    path = INSTANCE_DIR / f".{name.lower()}"
+    if not path.exists():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+class Config:
+    APP_NAME = env("APP_NAME", "AI First Academy")
+    API_PREFIX = "/api/v1"
+    PUBLIC_BASE_URL = env("PUBLIC_BASE_URL", "http://127.0.0.1:5000").rstrip("/")
+
+    SECRET_KEY = env("SESSION_SECRET")
+    JSON_SORT_KEYS = False
+
+    # Database
+    SQLALCHEMY_DATABASE_URI = normalise_database_url(env("DATABASE_URL", "") or "")
+    SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+    SQLALCHEMY_RECORD_QUERIES = False
+
+    # JWT
+    JWT_SECRET_KEY = env("JWT_SECRET_KEY")
+    JWT_ACCESS_TOKEN_EXPIRES = env_int("JWT_ACCESS_TOKEN_EXPIRES", 3600)
+    JWT_REFRESH_TOKEN_EXPIRES = env_int("JWT_REFRESH_TOKEN_EXPIRES", 2592000)
+    JWT_TOKEN_LOCATION = ["headers"]
+    JWT_ERROR_MESSAGE_KEY = "error"
+
+    # Redis: rate limits, the JWT blocklist, shared security state. None = not configured.
+    REDIS_URL = env("REDIS_URL")
+    RATELIMIT_ENABLED = env_bool("RATELIMIT_ENABLED", True)
+    RATELIMIT_STORAGE_URI = env("RATE_LIMIT_STORAGE_URL") or env("REDIS_URL") or "memory://"
+    RATELIMIT_HEADERS_ENABLED = env_bool("RATELIMIT_HEADERS_ENABLED", True)
+    RATELIMIT_DEFAULT = env("RATELIMIT_DEFAULT", "")
+    RATE_LIMIT_REGISTER = env("RATE_LIMIT_REGISTER", "5 per hour")
+    RATE_LIMIT_LOGIN = env("RATE_LIMIT_LOGIN", "10 per 15 minutes")
+    RATE_LIMIT_REFRESH = env("RATE_LIMIT_REFRESH", "20 per hour")
+    RATE_LIMIT_PASSWORD_RESET_REQUEST = env("RATE_LIMIT_PASSWORD_RESET_REQUEST", "3 per hour")
+    RATE_LIMIT_PASSWORD_RESET_VERIFY = env("RATE_LIMIT_PASSWORD_RESET_VERIFY", "5 per hour")
+    RATE_LIMIT_PUBLIC = env("RATE_LIMIT_PUBLIC", "30 per minute")
+    RATE_LIMIT_SEARCH = env("RATE_LIMIT_SEARCH", "20 per minute")
+    RATE_LIMIT_CONTACT = env("RATE_LIMIT_CONTACT", "5 per hour")
+    # Number of reverse proxies in front of the app whose X-Forwarded-For we trust.
+    TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
+
+    # Accounts and security
+    PASSWORD_HASH_METHOD = env("PASSWORD_HASH_METHOD", "pbkdf2:sha256:600000")
+    OTP_REQUIRED = env_bool("OTP_REQUIRED", True)
+    OTP_LENGTH = env_int("OTP_LENGTH", 6)
+    OTP_EXPIRY_SECONDS = env_int("OTP_EXPIRY_SECONDS", 600)
+    OTP_MAX_ATTEMPTS = env_int("OTP_MAX_ATTEMPTS", 5)
+    PHONE_VERIFIED_WINDOW_SECONDS = env_int("PHONE_VERIFIED_WINDOW_SECONDS", 1800)
+    LOGIN_MAX_FAILURES = env_int("LOGIN_MAX_FAILURES", 5)
+    LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 1800)
+    PASSWORD_RESET_TOKEN_SECONDS = env_int("PASSWORD_RESET_TOKEN_SECONDS", 3600)
+    IP_BLOCK_SECONDS = env_int("IP_BLOCK_SECONDS", 3600)
+
+    # Mail: "smtp" (Flask-Mail), "sendgrid", or "console" (written to the log).
+    MAIL_BACKEND = env("MAIL_BACKEND")
+    MAIL_SERVER = env("MAIL_SERVER")
+    MAIL_PORT = env_int("MAIL_PORT", 587)
+    MAIL_USE_TLS = env_bool("MAIL_USE_TLS", True)
+    MAIL_USE_SSL = env_bool("MAIL_USE_SSL", False)
+    MAIL_USERNAME = env("MAIL_USERNAME")
+    MAIL_PASSWORD = env("MAIL_PASSWORD")
+    MAIL_DEFAULT_SENDER = env("MAIL_DEFAULT_SENDER", "noreply@aifirstacademy.com")
+    SENDGRID_API_KEY = env("SENDGRID_API_KEY")
+    SENDGRID_API_BASE = env("SENDGRID_API_BASE")
+
+    # SMS / OTP through Twilio Verify; console provider when unset.
+    TWILIO_ACCOUNT_SID = env("TWILIO_ACCOUNT_SID")
+    TWILIO_AUTH_TOKEN = env("TWILIO_AUTH_TOKEN")
+    TWILIO_VERIFY_SERVICE_SID = env("TWILIO_VERIFY_SERVICE_SID")
+    TWILIO_API_BASE = env("TWILIO_API_BASE")
+
+    # Payments
+    STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY")
+    STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET")
+    STRIPE_API_BASE = env("STRIPE_API_BASE")
+    STRIPE_SUCCESS_URL = env("STRIPE_SUCCESS_URL")
+    STRIPE_CANCEL_URL = env("STRIPE_CANCEL_URL")
+    RAZORPAY_KEY_ID = env("RAZORPAY_KEY_ID")
+    RAZORPAY_KEY_SECRET = env("RAZORPAY_KEY_SECRET")
+    RAZORPAY_WEBHOOK_SECRET = env("RAZORPAY_WEBHOOK_SECRET")
+    RAZORPAY_API_BASE = env("RAZORPAY_API_BASE")
+
+    # Google sign-in: one OAuth client per SPA.
+    GOOGLE_CLIENT_ID = env("GOOGLE_CLIENT_ID")
+    GOOGLE_CLIENT_ID_ADMIN = env("GOOGLE_CLIENT_ID_ADMIN") or env("GOOGLE_CLIENT_ID")
+    GOOGLE_CERTS_URL = env("GOOGLE_CERTS_URL")
+
+    # CORS: the two SPAs.
+    FRONTEND_URL_STUDENTS = env("FRONTEND_URL_STUDENTS", "http://localhost:3000")
+    FRONTEND_URL_ADMIN = env("FRONTEND_URL_ADMIN", "http://localhost:3001")
+
+    # Files
+    UPLOAD_FOLDER = str(BASE_DIR / (env("UPLOAD_FOLDER") or "static/uploads"))
+    MAX_CONTENT_LENGTH = env_int("MAX_CONTENT_LENGTH", 52428800)
+
+    # Live sessions
+    LIVE_SESSION_JOIN_EARLY_MINUTES = env_int("LIVE_SESSION_JOIN_EARLY_MINUTES", 15)
+
+    # Secure headers (Flask-Talisman)
+    FORCE_HTTPS = env_bool("FORCE_HTTPS", False)
+
+    # Logging: "json" (one object a line) or "text".
+    LOG_FORMAT = env("LOG_FORMAT", "json")
+    LOG_LEVEL = env("LOG_LEVEL", "INFO")
+
+    @classmethod
+    def check(cls) -> None:
+        """Raise ConfigError when this configuration cannot run."""
+
+
+class DevelopmentConfig(Config):
+    DEBUG = env_bool("DEBUG", True)
+    SQLALCHEMY_DATABASE_URI = Config.SQLALCHEMY_DATABASE_URI or f"sqlite:///{INSTANCE_DIR / 'dev.db'}"
+    MAIL_BACKEND = Config.MAIL_BACKEND or "console"
+    OTP_REQUIRED = env_bool("OTP_REQUIRED", False)
+    LOG_FORMAT = env("LOG_FORMAT", "text")
+
+    @classmethod
+    def check(cls) -> None:
+        # Secrets are generated into instance/ on first use, never baked into the code.
+        if not cls.SECRET_KEY:
+            cls.SECRET_KEY = _dev_secret("SESSION_SECRET")
+        if not cls.JWT_SECRET_KEY:
+            cls.JWT_SECRET_KEY = _dev_secret("JWT_SECRET_KEY")
+
+
+class TestingConfig(Config):
+    TESTING = True
+    SECRET_KEY = "test-session-secret"
+    JWT_SECRET_KEY = "test-jwt-secret-that-is-long-enough-for-hs256"
+    SQLALCHEMY_DATABASE_URI = normalise_database_url(env("TEST_DATABASE_URL") or "sqlite://")
+    REDIS_URL = env("TEST_REDIS_URL")
+    RATELIMIT_STORAGE_URI = env("TEST_REDIS_URL") or "memory://"
+    MAIL_BACKEND = "console"
+    OTP_REQUIRED = False
+    # Hashing at 600,000 iterations costs ~125 ms a password: too slow for hundreds of test users.
+    # The production cost is asserted by its own test.
+    PASSWORD_HASH_METHOD = "pbkdf2:sha256:1000"
+    UPLOAD_FOLDER = env("TEST_UPLOAD_FOLDER") or str(INSTANCE_DIR / "test-uploads")
+    LOG_FORMAT = "text"
+    LOG_LEVEL = "WARNING"
+
+
+class ProductionConfig(Config):
+    DEBUG = False
+    FORCE_HTTPS = env_bool("FORCE_HTTPS", True)
+    MAIL_BACKEND = Config.MAIL_BACKEND or ("sendgrid" if Config.SENDGRID_API_KEY else "smtp")
+    SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 5}
+
+    @classmethod
+    def check(cls) -> None:
+        missing = [
+            name
+            for name, value in (
+                ("SESSION_SECRET", cls.SECRET_KEY),
+                ("JWT_SECRET_KEY", cls.JWT_SECRET_KEY),
+                ("DATABASE_URL", cls.SQLALCHEMY_DATABASE_URI),
+            )
+            if not value
+        ]
+        if missing:
+            raise ConfigError(
+                "Production configuration refuses to start: set "
+                + ", ".join(missing)
+                + " in the environment."
+            )
+
+
+CONFIGS = {
+    "development": DevelopmentConfig,
+    "testing": TestingConfig,
+    "production": ProductionConfig,
+}
+
+
+def config_name_from_env() -> str:
+    return (env("APP_ENV") or env("FLASK_ENV") or "development").lower()

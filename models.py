@@ -1,0 +1,954 @@
+"""The whole data model, in one file.
+
+Conventions: SQLAlchemy 2 typed mappings; every time is timezone-aware UTC (UTCDateTime);
+money is Numeric(10, 2) beside an ISO 4217 currency; enumerations are short strings guarded by
+named CHECK constraints; JSON is JSONB on PostgreSQL and JSON elsewhere. Serialization is
+explicit: each `to_dict` names its fields, so a new column never leaks by accident.
+"""
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+from flask import current_app, has_app_context
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    event,
+    types,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from utils.helpers import iso, money, utcnow
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+db = SQLAlchemy(model_class=Base)
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_foreign_keys(dbapi_connection, connection_record):
+    # SQLite ignores foreign keys unless asked, per connection.
+    if type(dbapi_connection).__module__.startswith("sqlite3"):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+
+class UTCDateTime(types.TypeDecorator):
+    """DateTime(timezone=True) that always hands back aware UTC values, also on SQLite
+    (which stores no offset), and refuses naive input rather than guessing its zone."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a timezone-aware column")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+Money = Numeric(10, 2)
+
+
+def one_of(column: str, values: tuple[str, ...], name: str | None = None) -> CheckConstraint:
+    quoted = ", ".join(f"'{v}'" for v in values)
+    return CheckConstraint(f"{column} IN ({quoted})", name=name or f"{column}_valid")
+
+
+def fk(target: str, ondelete: str = "CASCADE", **kwargs) -> Any:
+    return ForeignKey(target, ondelete=ondelete, **kwargs)
+
+
+class TimestampMixin:
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, default=utcnow, onupdate=utcnow, nullable=False
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Accounts and security
+# ---------------------------------------------------------------------------------------------
+
+ROLES = ("student", "instructor", "admin")
+
+
+class User(TimestampMixin, db.Model):
+    __tablename__ = "users"
+    __table_args__ = (one_of("role", ROLES),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(255), unique=True)
+    phone_number: Mapped[str | None] = mapped_column(String(20), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    first_name: Mapped[str] = mapped_column(String(100), default="")
+    last_name: Mapped[str] = mapped_column(String(100), default="")
+    role: Mapped[str] = mapped_column(String(20), default="student", index=True)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True, index=True)
+    is_email_verified: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_phone_verified: Mapped[bool] = mapped_column(Boolean, default=False)
+    google_sub: Mapped[str | None] = mapped_column(String(255), unique=True)
+    bio: Mapped[str | None] = mapped_column(Text)
+    headline: Mapped[str | None] = mapped_column(String(200))
+    date_of_birth: Mapped[date | None] = mapped_column(Date)
+    country: Mapped[str | None] = mapped_column(String(100))
+    city: Mapped[str | None] = mapped_column(String(100))
+    website: Mapped[str | None] = mapped_column(String(500))
+    profile_picture: Mapped[str | None] = mapped_column(String(500))
+    failed_login_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Tokens issued before this instant are refused (password reset, deactivation).
+    tokens_valid_after: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    def set_password(self, password: str) -> None:
+        method = (
+            current_app.config["PASSWORD_HASH_METHOD"]
+            if has_app_context()
+            else "pbkdf2:sha256:600000"
+        )
+        self.password_hash = generate_password_hash(password, method=method)
+
+    def check_password(self, password: str) -> bool:
+        return bool(self.password_hash) and check_password_hash(self.password_hash, password)
+
+    @property
+    def full_name(self) -> str:
+        return " ".join(part for part in (self.first_name, self.last_name) if part).strip()
+
+    def to_dict(self, *, private: bool = False) -> dict[str, Any]:
+        data = {
+            "id": self.id,
+            "first_name": self.first_name,
+            "last_name": self.last_name,
+            "full_name": self.full_name,
+            "role": self.role,
+            "bio": self.bio,
+            "headline": self.headline,
+            "profile_picture": self.profile_picture,
+        }
+        if private:
+            data.update(
+                email=self.email,
+                phone_number=self.phone_number,
+                is_active=self.is_active,
+                is_email_verified=self.is_email_verified,
+                is_phone_verified=self.is_phone_verified,
+                date_of_birth=self.date_of_birth.isoformat() if self.date_of_birth else None,
+                country=self.country,
+                city=self.city,
+                website=self.website,
+                has_password=bool(self.password_hash),
+                last_login_at=iso(self.last_login_at),
+                created_at=iso(self.created_at),
+                updated_at=iso(self.updated_at),
+            )
+        return data
+
+
+class PhoneVerification(db.Model):
+    """A one-time code sent to a phone (console provider), or the record that Twilio Verify
+    approved it; `verified_at` opens the window in which /auth/register accepts the phone."""
+
+    __tablename__ = "phone_verifications"
+    __table_args__ = (Index("ix_phone_verifications_phone_created", "phone_number", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    phone_number: Mapped[str] = mapped_column(String(20))
+    code_hash: Mapped[str | None] = mapped_column(String(255))
+    provider: Mapped[str] = mapped_column(String(20), default="console")
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    consumed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PasswordResetToken(db.Model):
+    __tablename__ = "password_reset_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(fk("users.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    user: Mapped[User] = relationship()
+
+
+class RevokedToken(db.Model):
+    """The database copy of the JWT blocklist, consulted when Redis is not configured."""
+
+    __tablename__ = "revoked_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    jti: Mapped[str] = mapped_column(String(64), unique=True)
+    token_type: Mapped[str] = mapped_column(String(10))
+    user_id: Mapped[int | None] = mapped_column(fk("users.id", "SET NULL"), index=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    revoked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class BlockedIP(db.Model):
+    __tablename__ = "blocked_ips"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ip_address: Mapped[str] = mapped_column(String(45), unique=True)
+    reason: Mapped[str | None] = mapped_column(String(255))
+    blocked_until: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    created_by_id: Mapped[int | None] = mapped_column(fk("users.id", "SET NULL"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "ip_address": self.ip_address,
+            "reason": self.reason,
+            "blocked_until": iso(self.blocked_until),
+            "created_at": iso(self.created_at),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Catalog: master category -> subcategory -> course -> module -> lesson -> resources
+# ---------------------------------------------------------------------------------------------
+
+
+class MasterCategory(TimestampMixin, db.Model):
+    __tablename__ = "master_categories"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    slug: Mapped[str] = mapped_column(String(140), unique=True)
+    description: Mapped[str | None] = mapped_column(Text)
+    icon_url: Mapped[str | None] = mapped_column(String(500))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    subcategories: Mapped[list[Subcategory]] = relationship(
+        back_populates="master_category", order_by="Subcategory.position, Subcategory.id"
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "slug": self.slug,
+            "description": self.description,
+            "icon_url": self.icon_url,
+            "position": self.position,
+            "is_active": self.is_active,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+        }
+
+
+class Subcategory(TimestampMixin, db.Model):
+    __tablename__ = "subcategories"
+    __table_args__ = (UniqueConstraint("master_category_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    master_category_id: Mapped[int] = mapped_column(
+        fk("master_categories.id", "RESTRICT"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(120))
+    slug: Mapped[str] = mapped_column(String(140), unique=True)
+    description: Mapped[str | None] = mapped_column(Text)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    master_category: Mapped[MasterCategory] = relationship(back_populates="subcategories")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "master_category_id": self.master_category_id,
+            "name": self.name,
+            "slug": self.slug,
+            "description": self.description,
+            "position": self.position,
+            "is_active": self.is_active,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+        }
+
+
+COURSE_STATUSES = ("draft", "published", "archived")
+DIFFICULTIES = ("beginner", "intermediate", "advanced")
+MODES_OF_CONDUCT = ("ONLINE", "OFFLINE")
+
+
+class CoursePrerequisite(db.Model):
+    __tablename__ = "course_prerequisites"
+    __table_args__ = (
+        CheckConstraint("course_id <> prerequisite_course_id", name="not_self"),
+    )
+
+    course_id: Mapped[int] = mapped_column(fk("courses.id"), primary_key=True)
+    prerequisite_course_id: Mapped[int] = mapped_column(
+        fk("courses.id"), primary_key=True, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Course(TimestampMixin, db.Model):
+    __tablename__ = "courses"
+    __table_args__ = (
+        one_of("status", COURSE_STATUSES),
+        one_of("difficulty", DIFFICULTIES),
+        one_of("mode_of_conduct", MODES_OF_CONDUCT),
+        CheckConstraint("price >= 0", name="price_not_negative"),
+        # The public catalog lists published courses newest first, filtered by subcategory.
+        Index("ix_courses_status_created", "status", "created_at"),
+        Index("ix_courses_subcategory_status", "subcategory_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(200))
+    slug: Mapped[str] = mapped_column(String(220), unique=True)
+    short_description: Mapped[str | None] = mapped_column(String(500))
+    description: Mapped[str | None] = mapped_column(Text)
+    price: Mapped[Decimal] = mapped_column(Money, default=Decimal("0.00"), index=True)
+    currency: Mapped[str] = mapped_column(String(3), default="USD")
+    difficulty: Mapped[str] = mapped_column(String(20), default="beginner")
+    duration_hours: Mapped[Decimal | None] = mapped_column(Numeric(7, 2))
+    learning_outcomes: Mapped[list] = mapped_column(JSONType, default=list)
+    language: Mapped[str] = mapped_column(String(50), default="English")
+    mode_of_conduct: Mapped[str] = mapped_column(String(10), default="ONLINE")
+    status: Mapped[str] = mapped_column(String(20), default="draft")
+    subcategory_id: Mapped[int | None] = mapped_column(
+        fk("subcategories.id", "RESTRICT"), index=True
+    )
+    instructor_id: Mapped[int] = mapped_column(fk("users.id", "RESTRICT"), index=True)
+    thumbnail_url: Mapped[str | None] = mapped_column(String(500))
+    # Set when an instructor asks for review; the admin's pending list reads it.
+    review_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    subcategory: Mapped[Subcategory | None] = relationship()
+    instructor: Mapped[User] = relationship()
+    modules: Mapped[list[Module]] = relationship(
+        back_populates="course", order_by="Module.position, Module.id"
+    )
+    prerequisites: Mapped[list[Course]] = relationship(
+        secondary="course_prerequisites",
+        primaryjoin="Course.id == CoursePrerequisite.course_id",
+        secondaryjoin="Course.id == CoursePrerequisite.prerequisite_course_id",
+        order_by="Course.id",
+        viewonly=True,
+    )
+
+    @property
+    def is_free(self) -> bool:
+        return self.price is None or Decimal(self.price) == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "title": self.title,
+            "slug": self.slug,
+            "short_description": self.short_description,
+            "description": self.description,
+            "price": money(self.price),
+            "currency": self.currency,
+            "is_free": self.is_free,
+            "difficulty": self.difficulty,
+            "duration_hours": float(self.duration_hours) if self.duration_hours is not None else None,
+            "learning_outcomes": list(self.learning_outcomes or []),
+            "language": self.language,
+            "mode_of_conduct": self.mode_of_conduct,
+            "status": self.status,
+            "subcategory_id": self.subcategory_id,
+            "instructor_id": self.instructor_id,
+            "thumbnail_url": self.thumbnail_url,
+            "published_at": iso(self.published_at),
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+        }
+
+
+class Module(TimestampMixin, db.Model):
+    __tablename__ = "modules"
+    __table_args__ = (Index("ix_modules_course_position", "course_id", "position"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    course_id: Mapped[int] = mapped_column(fk("courses.id"), index=True)
+    title: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+
+    course: Mapped[Course] = relationship(back_populates="modules")
+    lessons: Mapped[list[Lesson]] = relationship(
+        back_populates="module", order_by="Lesson.position, Lesson.id"
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "course_id": self.course_id,
+            "title": self.title,
+            "description": self.description,
+            "position": self.position,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+        }
+
+
+class Lesson(TimestampMixin, db.Model):
+    __tablename__ = "lessons"
+    __table_args__ = (Index("ix_lessons_module_position", "module_id", "position"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    module_id: Mapped[int] = mapped_column(fk("modules.id"), index=True)
+    title: Mapped[str] = mapped_column(String(200))
+    content: Mapped[str | None] = mapped_column(Text)
+    video_url: Mapped[str | None] = mapped_column(String(500))
+    duration_minutes: Mapped[int | None] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    is_preview: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    module: Mapped[Module] = relationship(back_populates="lessons")
+    resources: Mapped[list[LessonResource]] = relationship(
+        back_populates="lesson", order_by="LessonResource.position, LessonResource.id"
+    )
+
+    def to_dict(self, *, full_content: bool = True) -> dict[str, Any]:
+        """`full_content=False` is the outline a visitor sees: no body, no video URL,
+        unless the lesson is a preview."""
+        show = full_content or self.is_preview
+        return {
+            "id": self.id,
+            "module_id": self.module_id,
+            "title": self.title,
+            "content": self.content if show else None,
+            "video_url": self.video_url if show else None,
+            "duration_minutes": self.duration_minutes,
+            "position": self.position,
+            "is_preview": self.is_preview,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+        }
+
+
+RESOURCE_KINDS = ("image", "pdf", "video", "audio", "document")
+
+
+class LessonResource(TimestampMixin, db.Model):
+    __tablename__ = "lesson_resources"
+    __table_args__ = (one_of("file_type", RESOURCE_KINDS),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    lesson_id: Mapped[int] = mapped_column(fk("lessons.id"), index=True)
+    title: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text)
+    original_filename: Mapped[str] = mapped_column(String(255))
+    # Relative to UPLOAD_FOLDER; a generated name, never the client's.
+    stored_path: Mapped[str] = mapped_column(String(500), unique=True)
+    mime_type: Mapped[str] = mapped_column(String(100))
+    file_type: Mapped[str] = mapped_column(String(20))
+    file_size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    uploaded_by_id: Mapped[int | None] = mapped_column(fk("users.id", "SET NULL"), index=True)
+
+    lesson: Mapped[Lesson] = relationship(back_populates="resources")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "lesson_id": self.lesson_id,
+            "title": self.title,
+            "description": self.description,
+            "original_filename": self.original_filename,
+            "mime_type": self.mime_type,
+            "file_type": self.file_type,
+            "file_size": self.file_size,
+            "position": self.position,
+            "download_url": f"/api/v1/files/download/{self.id}",
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Enrollment and progress
+# ---------------------------------------------------------------------------------------------
+
+ENROLLMENT_STATUSES = ("active", "completed", "cancelled", "refunded")
+
+
+class Enrollment(TimestampMixin, db.Model):
+    __tablename__ = "enrollments"
+    __table_args__ = (
+        UniqueConstraint("user_id", "course_id"),
+        one_of("status", ENROLLMENT_STATUSES),
+        Index("ix_enrollments_course_status", "course_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(fk("users.id"), index=True)
+    course_id: Mapped[int] = mapped_column(fk("courses.id", "RESTRICT"), index=True)
+    status: Mapped[str] = mapped_column(String(20), default="active")
+    progress_percent: Mapped[Decimal] = mapped_column(Numeric(5, 2), default=Decimal("0.00"))
+    payment_id: Mapped[int | None] = mapped_column(fk("payments.id", "SET NULL"), index=True)
+    enrolled_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_accessed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    user: Mapped[User] = relationship()
+    course: Mapped[Course] = relationship()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "user_id": self.user_id,
+            "course_id": self.course_id,
+            "status": self.status,
+            "progress_percent": float(self.progress_percent or 0),
+            "payment_id": self.payment_id,
+            "enrolled_at": iso(self.enrolled_at),
+            "started_at": iso(self.started_at),
+            "last_accessed_at": iso(self.last_accessed_at),
+            "completed_at": iso(self.completed_at),
+            "cancelled_at": iso(self.cancelled_at),
+        }
+
+
+class LessonProgress(TimestampMixin, db.Model):
+    __tablename__ = "lesson_progress"
+    __table_args__ = (UniqueConstraint("enrollment_id", "lesson_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    enrollment_id: Mapped[int] = mapped_column(fk("enrollments.id"), index=True)
+    lesson_id: Mapped[int] = mapped_column(fk("lessons.id"), index=True)
+    completed: Mapped[bool] = mapped_column(Boolean, default=False)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    watch_time_seconds: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_accessed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lesson_id": self.lesson_id,
+            "completed": self.completed,
+            "completed_at": iso(self.completed_at),
+            "watch_time_seconds": self.watch_time_seconds,
+            "started_at": iso(self.started_at),
+            "last_accessed_at": iso(self.last_accessed_at),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Payments
+# ---------------------------------------------------------------------------------------------
+
+GATEWAYS = ("razorpay", "stripe")
+PAYMENT_STATUSES = ("created", "pending", "completed", "failed", "expired", "refunded")
+
+
+class Payment(TimestampMixin, db.Model):
+    __tablename__ = "payments"
+    __table_args__ = (
+        one_of("gateway", GATEWAYS),
+        one_of("status", PAYMENT_STATUSES),
+        CheckConstraint("amount >= 0", name="amount_not_negative"),
+        Index("ix_payments_status_created", "status", "created_at"),
+        Index("ix_payments_user_created", "user_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(fk("users.id", "RESTRICT"))
+    course_id: Mapped[int] = mapped_column(fk("courses.id", "RESTRICT"), index=True)
+    gateway: Mapped[str] = mapped_column(String(20))
+    gateway_order_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    gateway_payment_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    gateway_session_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    amount: Mapped[Decimal] = mapped_column(Money)
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(20), default="created")
+    refunded_amount: Mapped[Decimal] = mapped_column(Money, default=Decimal("0.00"))
+    failure_reason: Mapped[str | None] = mapped_column(String(500))
+    gateway_response: Mapped[dict | None] = mapped_column(JSONType)
+    invoice_number: Mapped[str | None] = mapped_column(String(50), unique=True)
+    paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    refunded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    user: Mapped[User] = relationship()
+    course: Mapped[Course] = relationship()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "user_id": self.user_id,
+            "course_id": self.course_id,
+            "gateway": self.gateway,
+            "gateway_order_id": self.gateway_order_id,
+            "gateway_payment_id": self.gateway_payment_id,
+            "amount": money(self.amount),
+            "currency": self.currency,
+            "status": self.status,
+            "refunded_amount": money(self.refunded_amount),
+            "failure_reason": self.failure_reason,
+            "invoice_number": self.invoice_number,
+            "paid_at": iso(self.paid_at),
+            "refunded_at": iso(self.refunded_at),
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+        }
+
+
+REFUND_STATUSES = ("pending", "approved", "rejected", "processed", "failed")
+
+
+class RefundRequest(TimestampMixin, db.Model):
+    __tablename__ = "refund_requests"
+    __table_args__ = (
+        one_of("status", REFUND_STATUSES),
+        Index("ix_refund_requests_status_created", "status", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    payment_id: Mapped[int] = mapped_column(fk("payments.id", "RESTRICT"), index=True)
+    user_id: Mapped[int] = mapped_column(fk("users.id", "RESTRICT"), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    amount: Mapped[Decimal] = mapped_column(Money)
+    reviewed_by_id: Mapped[int | None] = mapped_column(fk("users.id", "SET NULL"), index=True)
+    admin_note: Mapped[str | None] = mapped_column(Text)
+    gateway_refund_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    payment: Mapped[Payment] = relationship()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "payment_id": self.payment_id,
+            "user_id": self.user_id,
+            "reason": self.reason,
+            "status": self.status,
+            "amount": money(self.amount),
+            "admin_note": self.admin_note,
+            "decided_at": iso(self.decided_at),
+            "processed_at": iso(self.processed_at),
+            "created_at": iso(self.created_at),
+        }
+
+
+WEBHOOK_STATUSES = ("received", "processed", "ignored", "failed")
+
+
+class WebhookEvent(db.Model):
+    """Every gateway event by its id: the unique key is what makes processing exactly-once."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        UniqueConstraint("gateway", "event_id"),
+        one_of("gateway", GATEWAYS),
+        one_of("status", WEBHOOK_STATUSES),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    gateway: Mapped[str] = mapped_column(String(20))
+    event_id: Mapped[str] = mapped_column(String(255))
+    event_type: Mapped[str] = mapped_column(String(100))
+    payload: Mapped[dict] = mapped_column(JSONType)
+    status: Mapped[str] = mapped_column(String(20), default="received")
+    error: Mapped[str | None] = mapped_column(Text)
+    payment_id: Mapped[int | None] = mapped_column(fk("payments.id", "SET NULL"), index=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# ---------------------------------------------------------------------------------------------
+# Certificates
+# ---------------------------------------------------------------------------------------------
+
+CERTIFICATE_STATUSES = ("valid", "revoked")
+
+
+class Certificate(db.Model):
+    __tablename__ = "certificates"
+    __table_args__ = (
+        UniqueConstraint("user_id", "course_id"),
+        one_of("status", CERTIFICATE_STATUSES),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    certificate_number: Mapped[str] = mapped_column(String(80), unique=True)
+    user_id: Mapped[int] = mapped_column(fk("users.id", "RESTRICT"), index=True)
+    course_id: Mapped[int] = mapped_column(fk("courses.id", "RESTRICT"), index=True)
+    enrollment_id: Mapped[int | None] = mapped_column(fk("enrollments.id", "SET NULL"), index=True)
+    # What the certificate says, kept as issued even if names change later.
+    holder_name: Mapped[str] = mapped_column(String(255))
+    course_title: Mapped[str] = mapped_column(String(200))
+    instructor_name: Mapped[str | None] = mapped_column(String(255))
+    completion_date: Mapped[date] = mapped_column(Date)
+    file_path: Mapped[str | None] = mapped_column(String(500))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(20), default="valid")
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_reason: Mapped[str | None] = mapped_column(String(500))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "certificate_number": self.certificate_number,
+            "user_id": self.user_id,
+            "course_id": self.course_id,
+            "holder_name": self.holder_name,
+            "course_title": self.course_title,
+            "instructor_name": self.instructor_name,
+            "completion_date": self.completion_date.isoformat() if self.completion_date else None,
+            "status": self.status,
+            "sha256": self.sha256,
+            "issued_at": iso(self.issued_at),
+            "revoked_at": iso(self.revoked_at),
+            "download_url": f"/api/v1/certificates/{self.id}/download",
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Live sessions
+# ---------------------------------------------------------------------------------------------
+
+PLATFORMS = ("zoom", "google_meet", "other")
+LIVE_SESSION_STATUSES = ("scheduled", "cancelled")
+
+
+class LiveSession(TimestampMixin, db.Model):
+    __tablename__ = "live_sessions"
+    __table_args__ = (
+        one_of("platform", PLATFORMS),
+        one_of("status", LIVE_SESSION_STATUSES),
+        CheckConstraint("duration_minutes > 0", name="duration_positive"),
+        Index("ix_live_sessions_course_start", "course_id", "start_time"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    course_id: Mapped[int] = mapped_column(fk("courses.id"), index=True)
+    instructor_id: Mapped[int] = mapped_column(fk("users.id", "RESTRICT"), index=True)
+    title: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text)
+    start_time: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    duration_minutes: Mapped[int] = mapped_column(Integer)
+    platform: Mapped[str] = mapped_column(String(20), default="zoom")
+    meeting_url: Mapped[str | None] = mapped_column(String(500))
+    meeting_id: Mapped[str | None] = mapped_column(String(100))
+    meeting_password: Mapped[str | None] = mapped_column(String(100))
+    recording_url: Mapped[str | None] = mapped_column(String(500))
+    status: Mapped[str] = mapped_column(String(20), default="scheduled")
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    def to_dict(self, *, with_meeting: bool = False) -> dict[str, Any]:
+        """Meeting details only for those allowed to join (`with_meeting=True`)."""
+        data = {
+            "id": self.id,
+            "course_id": self.course_id,
+            "instructor_id": self.instructor_id,
+            "title": self.title,
+            "description": self.description,
+            "start_time": iso(self.start_time),
+            "duration_minutes": self.duration_minutes,
+            "platform": self.platform,
+            "status": self.status,
+            "recording_url": self.recording_url,
+            "cancelled_at": iso(self.cancelled_at),
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+        }
+        if with_meeting:
+            data.update(
+                meeting_url=self.meeting_url,
+                meeting_id=self.meeting_id,
+                meeting_password=self.meeting_password,
+            )
+        return data
+
+
+class LiveSessionAttendance(db.Model):
+    __tablename__ = "live_session_attendances"
+    __table_args__ = (UniqueConstraint("live_session_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    live_session_id: Mapped[int] = mapped_column(fk("live_sessions.id"), index=True)
+    user_id: Mapped[int] = mapped_column(fk("users.id"), index=True)
+    first_joined_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_joined_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    join_count: Mapped[int] = mapped_column(Integer, default=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Notifications
+# ---------------------------------------------------------------------------------------------
+
+NOTIFICATION_KINDS = ("course_update", "live_session", "payment", "announcement", "system")
+
+
+class Notification(db.Model):
+    __tablename__ = "notifications"
+    __table_args__ = (
+        one_of("kind", NOTIFICATION_KINDS),
+        # The unread badge and the list both read by (user, is_read) newest first.
+        Index("ix_notifications_user_read_created", "user_id", "is_read", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(fk("users.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(30), default="system")
+    title: Mapped[str] = mapped_column(String(200))
+    message: Mapped[str] = mapped_column(Text)
+    link: Mapped[str | None] = mapped_column(String(500))
+    data: Mapped[dict | None] = mapped_column(JSONType)
+    is_read: Mapped[bool] = mapped_column(Boolean, default=False)
+    read_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "title": self.title,
+            "message": self.message,
+            "link": self.link,
+            "data": self.data,
+            "is_read": self.is_read,
+            "read_at": iso(self.read_at),
+            "created_at": iso(self.created_at),
+        }
+
+
+class NotificationPreference(db.Model):
+    """Email on/off per kind; in-app notifications are always on. No row = defaults."""
+
+    __tablename__ = "notification_preferences"
+
+    user_id: Mapped[int] = mapped_column(fk("users.id"), primary_key=True)
+    email_course_updates: Mapped[bool] = mapped_column(Boolean, default=True)
+    email_live_sessions: Mapped[bool] = mapped_column(Boolean, default=True)
+    email_payments: Mapped[bool] = mapped_column(Boolean, default=True)
+    email_announcements: Mapped[bool] = mapped_column(Boolean, default=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "email_course_updates": self.email_course_updates,
+            "email_live_sessions": self.email_live_sessions,
+            "email_payments": self.email_payments,
+            "email_announcements": self.email_announcements,
+            "in_app": True,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Contact forms and the audit log
+# ---------------------------------------------------------------------------------------------
+
+CONTACT_STATUSES = ("new", "in_progress", "resolved", "closed")
+
+
+class ContactForm(TimestampMixin, db.Model):
+    __tablename__ = "contact_forms"
+    __table_args__ = (
+        one_of("status", CONTACT_STATUSES),
+        Index("ix_contact_forms_status_created", "status", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str] = mapped_column(String(255))
+    phone_number: Mapped[str | None] = mapped_column(String(30))
+    subject: Mapped[str | None] = mapped_column(String(200))
+    message: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20), default="new")
+    admin_note: Mapped[str | None] = mapped_column(Text)
+    ip_address: Mapped[str | None] = mapped_column(String(45))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "email": self.email,
+            "phone_number": self.phone_number,
+            "subject": self.subject,
+            "message": self.message,
+            "status": self.status,
+            "admin_note": self.admin_note,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+        }
+
+
+class AuditLog(db.Model):
+    """One row per admin write: who did what to which object, from where."""
+
+    __tablename__ = "audit_logs"
+    __table_args__ = (Index("ix_audit_logs_target", "target_type", "target_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    actor_id: Mapped[int | None] = mapped_column(fk("users.id", "SET NULL"), index=True)
+    action: Mapped[str] = mapped_column(String(100), index=True)
+    target_type: Mapped[str | None] = mapped_column(String(50))
+    target_id: Mapped[int | None] = mapped_column(Integer)
+    details: Mapped[dict | None] = mapped_column(JSONType)
+    ip_address: Mapped[str | None] = mapped_column(String(45))
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "actor_id": self.actor_id,
+            "action": self.action,
+            "target_type": self.target_type,
+            "target_id": self.target_id,
+            "details": self.details,
+            "ip_address": self.ip_address,
+            "request_id": self.request_id,
+            "created_at": iso(self.created_at),
+        }

@@ -1,0 +1,37 @@
+"""The shared Redis connection (rate limits live in Flask-Limiter's own pool).
+
+`get()` returns None when REDIS_URL is not configured, so callers fall back to the database;
+one client per URL per process, created lazily (after gunicorn forks)."""
+from __future__ import annotations
+
+import logging
+
+import redis
+from flask import current_app
+
+log = logging.getLogger("lms.redis")
+_clients: dict[str, redis.Redis] = {}
+
+
+def get() -> redis.Redis | None:
+    url = current_app.config.get("REDIS_URL")
+    if not url:
+        return None
+    client = _clients.get(url)
+    if client is None:
+        client = redis.Redis.from_url(
+            url, socket_connect_timeout=1, socket_timeout=1, health_check_interval=30
+        )
+        _clients[url] = client
+    return client
+
+
+def ping() -> bool:
+    client = get()
+    if client is None:
+        return False
+    try:
+        return bool(client.ping())
+    except redis.RedisError as exc:
+        log.warning("redis unreachable: %s", exc)
+        return False

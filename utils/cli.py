@@ -1,0 +1,60 @@
+"""Flask CLI commands, registered in one place: create-admin, seed-demo, and the shell context."""
+from __future__ import annotations
+
+import click
+from flask import Flask
+from sqlalchemy import select
+
+
+def register_commands(app: Flask) -> None:
+    @app.shell_context_processor
+    def shell_context():
+        import models
+
+        context = {"db": models.db}
+        context.update(
+            {name: obj for name, obj in vars(models).items()
+             if isinstance(obj, type) and issubclass(obj, models.db.Model)
+             and obj is not models.db.Model}
+        )
+        return context
+
+    @app.cli.command("create-admin")
+    @click.option("--email", prompt=True, help="The admin's email address.")
+    @click.option("--first-name", default="Admin", show_default=True)
+    @click.option("--last-name", default="User", show_default=True)
+    @click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True,
+                  help="Prompted for when not given.")
+    def create_admin(email, first_name, last_name, password):
+        """Create an administrator account (refuses an email already in use)."""
+        from models import User, db
+        from utils.validators import normalise_email
+
+        email = normalise_email(email)
+        if db.session.scalar(select(User.id).where(User.email == email)):
+            raise click.ClickException(f"A user with the email {email} already exists.")
+        if len(password) < 8:
+            raise click.ClickException("The password must be at least 8 characters long.")
+        admin = User(email=email, first_name=first_name, last_name=last_name, role="admin",
+                     is_active=True, is_email_verified=True)
+        admin.set_password(password)
+        db.session.add(admin)
+        db.session.commit()
+        click.echo(f"Admin user created with ID: {admin.id}")
+
+    @app.cli.command("seed-demo")
+    @click.option("--if-empty", is_flag=True, help="Only seed when there are no courses yet.")
+    def seed_demo_command(if_empty):
+        """Seed a small demo catalog (idempotent)."""
+        from services.demo_catalog import DEMO_STUDENT, catalog_is_empty, seed_demo
+
+        if if_empty and not catalog_is_empty():
+            click.echo("The catalog already has courses; nothing seeded.")
+            return
+        created = seed_demo()
+        click.echo(f"Demo catalog: {created['courses']} course(s) created.")
+        for email, password in created["users"].items():
+            click.echo(f"  log in as {email} with password {password}")
+        if not created["users"]:
+            click.echo(f"  demo users already existed (e.g. {DEMO_STUDENT}); "
+                       "their passwords were printed when they were created.")

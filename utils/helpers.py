@@ -1,0 +1,67 @@
+"""Small helpers shared everywhere: the clock, the money and time serializers, pagination."""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+CENT = Decimal("0.01")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO-8601 in UTC with an explicit offset, the API's one time format."""
+    if value is None:
+        return None
+    if value.tzinfo is None:  # SQLite hands back naive values; they were stored as UTC
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).isoformat(timespec="seconds")
+
+
+def to_decimal(value: Any) -> Decimal:
+    return Decimal(str(value)).quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def money(value: Decimal | int | float | str | None) -> float | None:
+    """A JSON number with two decimals: the API's one money format."""
+    if value is None:
+        return None
+    return float(to_decimal(value))
+
+
+# ISO 4217 currencies with no minor unit or three: gateways want integer minor units.
+_ZERO_DECIMAL = {"BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA", "PYG", "RWF", "UGX",
+                 "VND", "VUV", "XAF", "XOF", "XPF"}
+_THREE_DECIMAL = {"BHD", "JOD", "KWD", "OMR", "TND"}
+
+
+def to_minor_units(amount: Decimal, currency: str) -> int:
+    """Integer minor units for a gateway, computed with Decimal, never floats."""
+    currency = currency.upper()
+    exponent = 0 if currency in _ZERO_DECIMAL else 3 if currency in _THREE_DECIMAL else 2
+    return int((Decimal(amount) * (Decimal(10) ** exponent)).to_integral_value(ROUND_HALF_UP))
+
+
+def pagination_meta(page: int, per_page: int, total: int) -> dict[str, Any]:
+    pages = math.ceil(total / per_page) if per_page else 0
+    return {
+        "page": page,
+        "per_page": per_page,
+        "total": total,
+        "pages": pages,
+        "has_next": page < pages,
+        "has_prev": page > 1,
+    }
+
+
+def paginate(select, page: int, per_page: int):
+    """Run a select (which must have a deterministic order_by) one page at a time.
+    Returns (items, pagination dict in the contract's shape)."""
+    from models import db
+
+    result = db.paginate(select, page=page, per_page=per_page, error_out=False, count=True)
+    return result.items, pagination_meta(page, per_page, result.total or 0)

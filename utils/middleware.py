@@ -1,0 +1,194 @@
+"""Request/response middleware: request ids, structured request logs, malformed-JSON
+detection, and the one error handler that shapes every error the API returns."""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+
+from flask import Flask, g, has_request_context, jsonify, request
+from sqlalchemy.exc import IntegrityError
+from werkzeug.exceptions import HTTPException
+
+from utils.errors import APIError
+
+log = logging.getLogger("lms.request")
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+# Werkzeug's HTTP errors keep their status; these give them our machine codes and messages.
+_HTTP_CODES = {
+    400: ("bad_request", "Bad request"),
+    401: ("unauthorized", "Authentication required"),
+    403: ("forbidden", "You are not allowed to do this"),
+    404: ("not_found", "The requested resource was not found"),
+    405: ("method_not_allowed", "Method not allowed for this resource"),
+    409: ("conflict", "Conflict"),
+    413: ("payload_too_large", "Request body too large"),
+    415: ("unsupported_media_type", "Unsupported media type"),
+    429: ("rate_limited", "Too many requests"),
+}
+
+
+def current_request_id() -> str | None:
+    return g.get("request_id") if has_request_context() else None
+
+
+class RequestIdFilter(logging.Filter):
+    """Puts the current request id on every log record, so every line can be traced."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = current_request_id() or "-"
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "request_id"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "request_id": getattr(record, "request_id", "-"),
+            "message": record.getMessage(),
+        }
+        # Fields passed with `extra=` become keys of their own.
+        for key, value in vars(record).items():
+            if key not in self._RESERVED and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(app: Flask) -> None:
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    if app.config["LOG_FORMAT"] == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+        )
+    root = logging.getLogger("lms")
+    root.handlers[:] = [handler]
+    root.setLevel(app.config["LOG_LEVEL"])
+    root.propagate = False
+
+
+def error_response(status: int, code: str, message: str, details=None, headers=None):
+    body = {"error": message, "code": code}
+    if details:
+        body["details"] = details
+    response = jsonify(body)
+    response.status_code = status
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+def _handle_api_error(exc: APIError):
+    return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+
+
+def _handle_http_exception(exc: HTTPException):
+    if exc.response is not None and exc.code is None:
+        return exc.response
+    status = exc.code or 500
+    code, message = _HTTP_CODES.get(status, ("http_error", exc.name))
+    headers = {}
+    if status == 405 and getattr(exc, "valid_methods", None):
+        headers["Allow"] = ", ".join(exc.valid_methods)
+    if status == 429:
+        # Flask-Limiter's RateLimitExceeded carries the limit that was hit; the limiter knows
+        # when its window resets, which is what a client needs in Retry-After.
+        limit = getattr(exc, "description", None)
+        if limit:
+            message = f"Too many requests: the limit is {limit}"
+        from app import limiter
+
+        current = limiter.current_limit
+        if current is not None:
+            headers["Retry-After"] = str(max(1, int(current.reset_at - time.time())))
+    if status == 413:
+        from flask import current_app
+
+        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        if limit:
+            message = f"Request body too large: the limit is {limit} bytes"
+    return error_response(status, code, message, headers=headers)
+
+
+def _handle_integrity_error(exc: IntegrityError):
+    from models import db
+
+    db.session.rollback()
+    log.warning("integrity error: %s", type(exc.orig).__name__)
+    return error_response(409, "conflict", "The request conflicts with existing data")
+
+
+def _handle_unexpected(exc: Exception):
+    from models import db
+
+    db.session.rollback()
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return error_response(500, "internal_error", "An unexpected error occurred")
+
+
+def _start_request():
+    incoming = request.headers.get("X-Request-ID", "")
+    g.request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+    g.request_started = time.perf_counter()
+
+
+def _reject_malformed_json():
+    """A body that claims to be JSON must be JSON (and UTF-8): 400, not a silent `{}`."""
+    if request.routing_exception is not None:
+        return  # an unknown path or method answers 404/405 whatever the body
+    if request.method in ("POST", "PUT", "PATCH", "DELETE") and request.is_json:
+        raw = request.get_data(cache=True)
+        if not raw:
+            return
+        try:
+            json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            from utils.errors import BadRequest
+
+            raise BadRequest("Request body is not valid JSON", code="malformed_json")
+
+
+def _finish_request(response):
+    request_id = g.get("request_id")
+    if request_id:
+        response.headers["X-Request-ID"] = request_id
+    started = g.get("request_started")
+    if started is not None:
+        log.info(
+            "%s %s %s",
+            request.method,
+            request.path,
+            response.status_code,
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": response.status_code,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "remote_addr": request.remote_addr,
+                "user_id": g.get("user_id"),
+            },
+        )
+    return response
+
+
+def init_middleware(app: Flask) -> None:
+    configure_logging(app)
+    app.before_request(_start_request)
+    app.before_request(_reject_malformed_json)
+    app.after_request(_finish_request)
+    app.register_error_handler(APIError, _handle_api_error)
+    app.register_error_handler(HTTPException, _handle_http_exception)
+    app.register_error_handler(IntegrityError, _handle_integrity_error)
+    app.register_error_handler(Exception, _handle_unexpected)
