@@ -26,7 +26,6 @@ from utils.validation import spec
 migrate = Migrate()
 mail = Mail()
 cors = CORS()
-talisman = Talisman()
 limiter = Limiter(
     get_remote_address,
     # With Redis briefly unreachable, limits fall back to memory instead of failing requests.
@@ -47,13 +46,16 @@ DOCS_CSP = {
 }
 
 
-def create_app(config_name: str | None = None) -> Flask:
+def create_app(config_name: str | None = None, overrides: dict | None = None) -> Flask:
+    """Build the app for `config_name` (default: APP_ENV / FLASK_ENV, else development);
+    `overrides` replaces config values after the class is loaded (tests use it)."""
     config_name = config_name or config_name_from_env()
     config_class = CONFIGS[config_name]
     config_class.check()
 
     app = Flask(__name__, instance_relative_config=True)
     app.config.from_object(config_class)
+    app.config.update(overrides or {})
     app.config["CONFIG_NAME"] = config_name
     app.json.sort_keys = False
 
@@ -75,7 +77,8 @@ def create_app(config_name: str | None = None) -> Flask:
         max_age=600,
         always_send=False,
     )
-    talisman.init_app(
+    # Talisman keeps its options on the instance, so each app gets its own.
+    app.extensions["talisman"] = Talisman(
         app,
         force_https=app.config["FORCE_HTTPS"],
         strict_transport_security=True,

@@ -1,0 +1,42 @@
+# Two commands set everything up on a fresh clone: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+export FLASK_APP = app.py
+
+.PHONY: run test install migrate seed clean help
+
+help:
+	@echo "make run    serve the API on http://127.0.0.1:5000/api/v1 (SQLite, no setup needed)"
+	@echo "make test   install and run the whole test suite"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when a requirements file changes.
+$(STAMP): requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.txt
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+migrate: install
+	$(BIN)/flask db upgrade
+
+seed: migrate
+	$(BIN)/flask seed-demo --if-empty
+
+run: seed
+	@echo ""
+	@echo "API:  http://127.0.0.1:5000/api/v1   docs: http://127.0.0.1:5000/api/v1/docs"
+	@echo "Log in: POST /api/v1/auth/login with a demo account printed above when first seeded,"
+	@echo "or create an admin with: $(BIN)/flask create-admin"
+	@echo ""
+	$(BIN)/flask run --host 127.0.0.1 --port 5000
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) instance/dev.db .pytest_cache

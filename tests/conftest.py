@@ -1,0 +1,146 @@
+"""Fixtures (per STYLE.md): `app` (session scope, schema created once), a clean database and
+Redis after every test, `client`, `runner`, and factories that return ids or headers rather
+than ORM objects held across requests.
+
+The suite runs on PostgreSQL and Redis when TEST_DATABASE_URL / TEST_REDIS_URL are set, else on
+SQLite with the embedded defaults. Tests that need PostgreSQL itself (migrations, races) use
+TEST_POSTGRES_URL (default: TEST_DATABASE_URL when that is PostgreSQL). Where a service is not
+configured those tests skip, except under CI=true, where a missing service fails the run.
+"""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import pytest
+from flask_jwt_extended import create_access_token, create_refresh_token
+from sqlalchemy import text
+
+from app import create_app, limiter
+from models import User
+from models import db as _db
+from tests.support import probe_routes
+
+CI = os.environ.get("CI", "").lower() == "true"
+
+
+def postgres_url() -> str | None:
+    url = os.environ.get("TEST_POSTGRES_URL")
+    if url:
+        return url
+    url = os.environ.get("TEST_DATABASE_URL", "")
+    return url if url.startswith(("postgres://", "postgresql")) else None
+
+
+def redis_url() -> str | None:
+    return os.environ.get("TEST_REDIS_URL") or None
+
+
+def require_service(name: str, url: str | None) -> str:
+    """The URL of a service a test needs; skip without it, but never under CI."""
+    if url:
+        return url
+    message = f"{name} is not configured for tests"
+    if CI:
+        pytest.fail(f"{message}, and CI=true forbids skipping: set it in .ci/run")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def app(tmp_path_factory):
+    upload_root = tmp_path_factory.mktemp("uploads")
+    app = create_app("testing", overrides={"UPLOAD_FOLDER": str(upload_root)})
+    app.register_blueprint(probe_routes.bp, url_prefix="/api/v1/_probe")
+    with app.app_context():
+        _db.drop_all()
+        _db.create_all()
+    yield app
+    with app.app_context():
+        _db.session.remove()
+        _db.drop_all()
+        _db.engine.dispose()
+
+
+def _truncate_all(app) -> None:
+    with app.app_context():
+        _db.session.remove()
+        tables = [t.name for t in reversed(_db.metadata.sorted_tables)]
+        with _db.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                names = ", ".join(f'"{name}"' for name in tables)
+                conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+            else:
+                for name in tables:
+                    conn.execute(text(f'DELETE FROM "{name}"'))
+
+
+@pytest.fixture(autouse=True)
+def clean_state(app):
+    """Every test starts from an empty database, an empty Redis test db and fresh limits."""
+    yield
+    _truncate_all(app)
+    with app.app_context():
+        limiter.reset()
+        from services import redis_client
+
+        client = redis_client.get()
+        if client is not None:
+            client.flushdb()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def make_user(app):
+    """make_user(role="student", **fields) -> user id. The password is "Passw0rd!"."""
+    counter = {"n": 0}
+
+    def _make(role: str = "student", password: str = "Passw0rd!", **fields) -> int:
+        counter["n"] += 1
+        n = counter["n"]
+        values = {
+            "email": f"{role}{n}@example.com",
+            "first_name": role.capitalize(),
+            "last_name": f"Number{n}",
+            "role": role,
+            "is_active": True,
+            "is_email_verified": True,
+        }
+        values.update(fields)
+        with app.app_context():
+            user = User(**values)
+            user.set_password(password)
+            _db.session.add(user)
+            _db.session.commit()
+            return user.id
+
+    return _make
+
+
+@pytest.fixture
+def auth_headers(app):
+    """auth_headers(user_id, refresh=False, expires=None) -> {"Authorization": "Bearer ..."}."""
+
+    def _headers(user_id: int, refresh: bool = False, expires: timedelta | None = None) -> dict:
+        with app.app_context():
+            user = _db.session.get(User, user_id)
+            kwargs = {"expires_delta": expires} if expires is not None else {}
+            token = (create_refresh_token if refresh else create_access_token)(user, **kwargs)
+        return {"Authorization": f"Bearer {token}"}
+
+    return _headers
+
+
+@pytest.fixture
+def app_ctx(app):
+    """An app context for setup and assertions only (never around client requests)."""
+    with app.app_context():
+        yield

@@ -1,0 +1,80 @@
+"""Routes that exist only in the test app, to drive each error path through the real
+middleware, validation layer and decorators."""
+from __future__ import annotations
+
+from flask import Blueprint, request
+from pydantic import Field
+
+from app import limiter
+from auth import current_user, login_required, roles_required
+from models import MasterCategory, db
+from utils.errors import Conflict
+from utils.helpers import paginate
+from utils.validation import PageQuery, StrictModel, json_body, query_args, validate
+
+bp = Blueprint("probe", __name__)
+
+
+class EchoIn(StrictModel):
+    name: str = Field(min_length=1, max_length=20)
+    count: int = Field(ge=0, le=10)
+
+
+@bp.post("/echo")
+@validate(json=EchoIn)
+def echo():
+    body = json_body()
+    return {"name": body.name, "count": body.count}
+
+
+@bp.get("/page")
+@validate(query=PageQuery)
+def page():
+    args = query_args()
+    items, meta = paginate(
+        db.select(MasterCategory).order_by(MasterCategory.id), args.page, args.per_page
+    )
+    return {"items": [c.id for c in items], "pagination": meta}
+
+
+@bp.post("/conflict")
+def conflict():
+    raise Conflict("Already there", details={"email": "taken"})
+
+
+@bp.post("/duplicate-category")
+def duplicate_category():
+    db.session.add(MasterCategory(name="Same", slug="same-1"))
+    db.session.add(MasterCategory(name="Same", slug="same-2"))
+    db.session.commit()
+    return {"unreachable": True}
+
+
+@bp.post("/boom")
+def boom():
+    db.session.add(MasterCategory(name="half-written", slug="half-written"))
+    db.session.flush()
+    raise RuntimeError("secret internal detail")
+
+
+@bp.post("/upload")
+def upload():
+    return {"size": len(request.get_data())}
+
+
+@bp.get("/limited")
+@limiter.limit("2 per minute")
+def limited():
+    return {"ok": True}
+
+
+@bp.get("/me")
+@login_required
+def me():
+    return {"id": current_user().id}
+
+
+@bp.get("/admin-only")
+@roles_required("admin")
+def admin_only():
+    return {"ok": True}
