@@ -5,7 +5,6 @@ rather than at import, so importing `create_app` (tests, tools) builds no develo
 """
 from __future__ import annotations
 
-import logging
 import sys
 
 from flask import Flask
@@ -21,6 +20,7 @@ from auth import jwt
 from config import CONFIGS, ConfigError, config_name_from_env
 from models import db
 from utils.middleware import init_middleware
+from utils.security import refuse_blocked_ip
 from utils.validation import spec
 
 migrate = Migrate()
@@ -53,14 +53,16 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
     config_class = CONFIGS[config_name]
     config_class.check()
 
-    app = Flask(__name__, instance_relative_config=True)
+    # No automatic /static route: uploads include private files (certificates, lesson
+    # resources); the public ones are served by routes/media.py.
+    app = Flask(__name__, instance_relative_config=True, static_folder=None)
     app.config.from_object(config_class)
     app.config.update(overrides or {})
     app.config["CONFIG_NAME"] = config_name
     app.json.sort_keys = False
 
-    if app.config["TRUSTED_PROXY_COUNT"]:
-        count = app.config["TRUSTED_PROXY_COUNT"]
+    if app.config["TRUSTED_PROXIES"]:
+        count = app.config["TRUSTED_PROXIES"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count, x_host=count)
 
     db.init_app(app)
@@ -88,13 +90,24 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
         referrer_policy="no-referrer",
     )
     init_middleware(app)
+    app.before_request(refuse_blocked_ip)
 
+    from routes.admin_routes import bp as admin_bp
+    from routes.auth_routes import bp as auth_bp
     from routes.docs import bp as docs_bp
+    from routes.file_routes import bp as files_bp
     from routes.health import bp as health_bp
+    from routes.media import bp as media_bp
+    from routes.user_routes import bp as users_bp
 
     api = app.config["API_PREFIX"]
     app.register_blueprint(health_bp, url_prefix=f"{api}/health")
     app.register_blueprint(docs_bp, url_prefix=api)
+    app.register_blueprint(auth_bp, url_prefix=f"{api}/auth")
+    app.register_blueprint(users_bp, url_prefix=f"{api}/users")
+    app.register_blueprint(files_bp, url_prefix=f"{api}/files")
+    app.register_blueprint(admin_bp, url_prefix=f"{api}/admin")
+    app.register_blueprint(media_bp, url_prefix="/media")
 
     spec.register(app)
     _relax_csp_for_docs(app)
@@ -124,7 +137,7 @@ def __getattr__(name: str):
         try:
             _app = create_app()
         except ConfigError as exc:
-            logging.getLogger("lms").critical(str(exc))
+            # One clear line for the operator, not a traceback (logging is not set up yet).
             print(str(exc), file=sys.stderr)
             raise SystemExit(1) from None
     return _app

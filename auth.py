@@ -6,6 +6,7 @@ deactivation takes effect on the next request, not when the token expires.
 """
 from __future__ import annotations
 
+import time
 from functools import wraps
 
 from flask import g
@@ -30,7 +31,31 @@ def _identity(user):
 
 @jwt.additional_claims_loader
 def _claims(user):
-    return {"role": user.role} if isinstance(user, User) else {}
+    # `iat` has whole seconds; a password reset must also refuse a token issued earlier in the
+    # same second, so the issue time is carried in milliseconds too.
+    claims = {"iat_ms": int(time.time() * 1000)}
+    if isinstance(user, User):
+        claims["role"] = user.role
+    return claims
+
+
+@jwt.token_in_blocklist_loader
+def _token_refused(_header, payload) -> bool:
+    """Revoked (logout), or issued before the user's tokens_valid_after (password change or
+    reset, deactivation)."""
+    from services import token_blocklist
+
+    if token_blocklist.is_revoked(payload["jti"]):
+        return True
+    try:
+        user = db.session.get(User, int(payload["sub"]))
+    except (KeyError, TypeError, ValueError):
+        return True
+    if user is not None and user.tokens_valid_after is not None:
+        issued_ms = payload.get("iat_ms", payload.get("iat", 0) * 1000)
+        if issued_ms < round(user.tokens_valid_after.timestamp() * 1000):
+            return True
+    return False
 
 
 @jwt.user_lookup_loader

@@ -97,7 +97,7 @@ class Config:
     RATE_LIMIT_SEARCH = env("RATE_LIMIT_SEARCH", "20 per minute")
     RATE_LIMIT_CONTACT = env("RATE_LIMIT_CONTACT", "5 per hour")
     # Number of reverse proxies in front of the app whose X-Forwarded-For we trust.
-    TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
+    TRUSTED_PROXIES = env_int("TRUSTED_PROXIES", 0)
 
     # Accounts and security
     PASSWORD_HASH_METHOD = env("PASSWORD_HASH_METHOD", "pbkdf2:sha256:600000")
@@ -110,6 +110,12 @@ class Config:
     LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 1800)
     PASSWORD_RESET_TOKEN_SECONDS = env_int("PASSWORD_RESET_TOKEN_SECONDS", 3600)
     IP_BLOCK_SECONDS = env_int("IP_BLOCK_SECONDS", 3600)
+    # An address is blocked when, within the window, it fails logins for this many distinct
+    # accounts, or trips the injection checks this many times.
+    IP_BLOCK_WINDOW_SECONDS = env_int("IP_BLOCK_WINDOW_SECONDS", 900)
+    IP_BLOCK_MAX_ACCOUNTS = env_int("IP_BLOCK_MAX_ACCOUNTS", 5)
+    IP_BLOCK_MAX_UNSAFE_INPUTS = env_int("IP_BLOCK_MAX_UNSAFE_INPUTS", 10)
+    PASSWORD_RESET_URL = env("PASSWORD_RESET_URL")
 
     # Mail: "smtp" (Flask-Mail), "sendgrid", or "console" (written to the log).
     MAIL_BACKEND = env("MAIL_BACKEND")
@@ -121,13 +127,17 @@ class Config:
     MAIL_PASSWORD = env("MAIL_PASSWORD")
     MAIL_DEFAULT_SENDER = env("MAIL_DEFAULT_SENDER", "noreply@aifirstacademy.com")
     SENDGRID_API_KEY = env("SENDGRID_API_KEY")
-    SENDGRID_API_BASE = env("SENDGRID_API_BASE")
+    SENDGRID_API_HOST = env("SENDGRID_API_HOST")
 
     # SMS / OTP through Twilio Verify; console provider when unset.
     TWILIO_ACCOUNT_SID = env("TWILIO_ACCOUNT_SID")
     TWILIO_AUTH_TOKEN = env("TWILIO_AUTH_TOKEN")
     TWILIO_VERIFY_SERVICE_SID = env("TWILIO_VERIFY_SERVICE_SID")
     TWILIO_API_BASE = env("TWILIO_API_BASE")
+    # "twilio" or "console" (codes written to the log); production never uses the console.
+    SMS_BACKEND = env("SMS_BACKEND") or ("twilio" if env("TWILIO_ACCOUNT_SID") else "console")
+    # At most this many codes are sent to one phone number per hour, whatever the client IP.
+    OTP_MAX_SENDS_PER_HOUR = env_int("OTP_MAX_SENDS_PER_HOUR", 5)
 
     # Payments
     STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY")
@@ -142,7 +152,7 @@ class Config:
 
     # Google sign-in: one OAuth client per SPA.
     GOOGLE_CLIENT_ID = env("GOOGLE_CLIENT_ID")
-    GOOGLE_CLIENT_ID_ADMIN = env("GOOGLE_CLIENT_ID_ADMIN") or env("GOOGLE_CLIENT_ID")
+    GOOGLE_ADMIN_CLIENT_ID = env("GOOGLE_ADMIN_CLIENT_ID") or env("GOOGLE_CLIENT_ID")
     GOOGLE_CERTS_URL = env("GOOGLE_CERTS_URL")
 
     # CORS: the two SPAs.
@@ -204,7 +214,10 @@ class TestingConfig(Config):
 class ProductionConfig(Config):
     DEBUG = False
     FORCE_HTTPS = env_bool("FORCE_HTTPS", True)
-    MAIL_BACKEND = Config.MAIL_BACKEND or ("sendgrid" if Config.SENDGRID_API_KEY else "smtp")
+    # Unconfigured gateways answer 503 rather than writing codes or mail to the log.
+    MAIL_BACKEND = Config.MAIL_BACKEND or (
+        "sendgrid" if Config.SENDGRID_API_KEY else "smtp" if Config.MAIL_SERVER else None)
+    SMS_BACKEND = env("SMS_BACKEND") or ("twilio" if env("TWILIO_ACCOUNT_SID") else None)
     SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 5}
 
     @classmethod

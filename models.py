@@ -250,6 +250,27 @@ class BlockedIP(db.Model):
         }
 
 
+SECURITY_EVENT_KINDS = ("login_failure", "unsafe_input")
+
+
+class SecurityEvent(db.Model):
+    """Failed logins and tripped input checks, per client address: what IP blocking counts.
+    Kept in the database so every worker and host sees the same history."""
+
+    __tablename__ = "security_events"
+    __table_args__ = (
+        one_of("kind", SECURITY_EVENT_KINDS),
+        Index("ix_security_events_ip_kind_created", "ip_address", "kind", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    ip_address: Mapped[str] = mapped_column(String(45))
+    # The e-mail tried, or the field that tripped the check (never the input itself).
+    subject: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # Catalog: master category -> subcategory -> course -> module -> lesson -> resources
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from datetime import timedelta
 
 import pytest
 from flask_jwt_extended import create_access_token, create_refresh_token
-from sqlalchemy import text
 
 from app import create_app, limiter
 from models import User
@@ -62,16 +61,13 @@ def app(tmp_path_factory):
 
 
 def _truncate_all(app) -> None:
+    """Empty every table. DELETE, not TRUNCATE: on PostgreSQL a TRUNCATE of 25 tables costs
+    close to a second (file operations per table), a DELETE of a few rows a millisecond."""
     with app.app_context():
         _db.session.remove()
-        tables = [t.name for t in reversed(_db.metadata.sorted_tables)]
         with _db.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                names = ", ".join(f'"{name}"' for name in tables)
-                conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-            else:
-                for name in tables:
-                    conn.execute(text(f'DELETE FROM "{name}"'))
+            for table in reversed(_db.metadata.sorted_tables):
+                conn.execute(table.delete())
 
 
 @pytest.fixture(autouse=True)

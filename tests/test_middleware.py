@@ -100,11 +100,12 @@ def test_pagination_shape_and_cap(client, app):
     with app.app_context():
         db.session.add_all(MasterCategory(name=f"C{i}", slug=f"c{i}") for i in range(25))
         db.session.commit()
+        ids = sorted(db.session.scalars(db.select(MasterCategory.id)))
     response = client.get("/api/v1/_probe/page?page=2&per_page=10")
     assert response.status_code == 200
     assert response.json["pagination"] == {"page": 2, "per_page": 10, "total": 25, "pages": 3,
                                            "has_next": True, "has_prev": True}
-    assert response.json["items"] == list(range(11, 21))
+    assert response.json["items"] == ids[10:20]
     capped = client.get("/api/v1/_probe/page?per_page=1000").json["pagination"]
     assert capped["per_page"] == 100 and capped["pages"] == 1
     beyond = client.get("/api/v1/_probe/page?page=9").json

@@ -52,6 +52,7 @@ class JsonFormatter(logging.Formatter):
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
             "level": record.levelname,
             "logger": record.name,
+            "pid": record.process,  # which gunicorn worker answered
             "request_id": getattr(record, "request_id", "-"),
             "message": record.getMessage(),
         }

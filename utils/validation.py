@@ -38,9 +38,13 @@ def validation_details(errors: list[dict]) -> dict[str, str]:
 
 def _before(req, resp, req_validation_error, instance, model_adapter=None):
     if req_validation_error is not None:
-        raise ValidationError(
-            "Invalid input", details=validation_details(req_validation_error.errors())
-        )
+        errors = req_validation_error.errors()
+        tripped = [_field_path(e.get("loc", ())) for e in errors if e.get("type") == "unsafe_input"]
+        if tripped:
+            from utils import security
+
+            security.record_unsafe_input(security.client_ip(), tripped)
+        raise ValidationError("Invalid input", details=validation_details(errors))
 
 
 def _after(req, resp, resp_validation_error, instance, model_adapter=None):

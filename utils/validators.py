@@ -1,8 +1,21 @@
-"""Input normalisation shared by the validation models and the services."""
+"""Input rules shared by the validation models and the services: e-mail, phone, password,
+names, URLs, slugs, and the seed's SQL-injection / XSS pattern detection for free text.
+
+The pattern checks are a tripwire, not the defence: every query is parameterised through the
+ORM and everything rendered is escaped. They are tuned to let ordinary prose through
+("O'Brien", "C# & SQL: select the best index") and to catch the payloads scanners send.
+"""
 from __future__ import annotations
 
 import re
 import unicodedata
+from typing import Annotated
+from urllib.parse import urlsplit
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+from pydantic import AfterValidator, Field
+from pydantic_core import PydanticCustomError
 
 _SLUG_STRIP = re.compile(r"[^a-z0-9]+")
 
@@ -14,5 +27,142 @@ def slugify(text: str, max_length: int = 200) -> str:
     return slug[:max_length].rstrip("-") or "item"
 
 
+# --- e-mail and phone -------------------------------------------------------------------------
+
 def normalise_email(email: str) -> str:
-    return email.strip().lower()
+    """Lower-cased and syntax-checked (no DNS look-up); ValueError says what is wrong."""
+    try:
+        result = validate_email(email.strip(), check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(str(exc)) from None
+    return result.normalized.lower()
+
+
+def normalise_phone(phone: str) -> str:
+    """E.164 (+14155550123). The number must carry its country code."""
+    raw = phone.strip()
+    if not raw.startswith("+"):
+        raise ValueError("Phone numbers must be in international format, starting with + and "
+                         "the country code (e.g. +14155550123)")
+    try:
+        parsed = phonenumbers.parse(raw, None)
+    except phonenumbers.NumberParseException:
+        raise ValueError("This is not a valid phone number") from None
+    if not phonenumbers.is_possible_number(parsed) or not phonenumbers.is_valid_number(parsed):
+        raise ValueError("This is not a valid phone number")
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+# --- passwords --------------------------------------------------------------------------------
+
+PASSWORD_MIN_LENGTH = 8
+PASSWORD_MAX_LENGTH = 128  # hashing cost is per byte; unbounded input is a denial of service
+
+
+def password_problems(password: str, email: str | None = None) -> list[str]:
+    """What is wrong with a password, in words a user can act on; [] when it is acceptable."""
+    problems = []
+    if len(password) < PASSWORD_MIN_LENGTH:
+        problems.append(f"must be at least {PASSWORD_MIN_LENGTH} characters long")
+    if len(password) > PASSWORD_MAX_LENGTH:
+        problems.append(f"must be at most {PASSWORD_MAX_LENGTH} characters long")
+    if not any(ch.isalpha() for ch in password):
+        problems.append("must contain a letter")
+    if not any(ch.isdigit() for ch in password):
+        problems.append("must contain a digit")
+    if email:
+        lowered = password.lower()
+        local = email.lower().split("@", 1)[0]
+        if lowered == email.lower() or (len(local) >= 4 and lowered == local):
+            problems.append("must not be your e-mail address")
+    return problems
+
+
+# --- free text: the tripwire ------------------------------------------------------------------
+
+_SQLI_PATTERNS = [
+    r"\bunion\b\s+(?:all\s+)?\bselect\b",
+    r"'\s*(?:or|and)\s+(?:'[^']*'|\d+)\s*(?:=|<|>|like\b)\s*(?:'[^']*|\d+)",
+    r"'\s*(?:or|and)\s+'?\w+'?\s*=\s*'?\w*'?\s*(?:--|#|/\*)",
+    r";\s*(?:drop|truncate|alter)\s+(?:table|database|schema|index|view|user)\b",
+    r";\s*(?:delete\s+from|insert\s+into|update\s+\w+\s+set|create\s+(?:table|user|database)"
+    r"|exec(?:ute)?\s|shutdown\b)",
+    r"\w'\s*(?:;|\))?\s*(?:--|#)\s*$",
+    r"'\s*;\s*--",
+    r"\b(?:sleep|pg_sleep|benchmark|waitfor\s+delay)\s*\(",
+    r"\bxp_cmdshell\b",
+    r"\binformation_schema\b",
+]
+_XSS_PATTERNS = [
+    r"<\s*/?\s*(?:script|iframe|object|embed|applet|meta|link|style|base|form|svg|math)\b",
+    r"<[^>]*\bon[a-z]+\s*=",
+    r"\bjavascript\s*:",
+    r"\bvbscript\s*:",
+    r"\bdata\s*:\s*text/html",
+    r"\bsrcdoc\s*=",
+]
+_SQLI = re.compile("|".join(_SQLI_PATTERNS), re.IGNORECASE)
+_XSS = re.compile("|".join(_XSS_PATTERNS), re.IGNORECASE)
+
+
+def detect_sql_injection(text: str) -> bool:
+    return bool(_SQLI.search(text))
+
+
+def detect_xss(text: str) -> bool:
+    return bool(_XSS.search(unicodedata.normalize("NFKC", text)))
+
+
+def _check_safe_text(value: str) -> str:
+    if "\x00" in value:
+        raise PydanticCustomError("unsafe_input", "Text must not contain null bytes")
+    if detect_sql_injection(value) or detect_xss(value):
+        raise PydanticCustomError(
+            "unsafe_input", "This text looks like an injection attempt and was not accepted")
+    return value
+
+
+def _check_name(value: str) -> str:
+    if any(unicodedata.category(ch).startswith("C") for ch in value):
+        raise PydanticCustomError("invalid_name", "Names must not contain control characters")
+    if not any(ch.isalpha() for ch in value):
+        raise PydanticCustomError("invalid_name", "A name must contain a letter")
+    return _check_safe_text(value)
+
+
+def _check_email(value: str) -> str:
+    try:
+        return normalise_email(value)
+    except ValueError as exc:
+        raise PydanticCustomError("invalid_email", str(exc)) from None
+
+
+def _check_phone(value: str) -> str:
+    try:
+        return normalise_phone(value)
+    except ValueError as exc:
+        raise PydanticCustomError("invalid_phone", str(exc)) from None
+
+
+def _check_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise PydanticCustomError("invalid_url", "Must be an http(s) URL")
+    return value
+
+
+def _check_password(value: str) -> str:
+    problems = password_problems(value)
+    if problems:
+        raise PydanticCustomError("weak_password", "Password " + "; ".join(problems))
+    return value
+
+
+# Annotated types for pydantic models: validation and documentation in one place.
+Email = Annotated[str, Field(max_length=254), AfterValidator(_check_email)]
+Phone = Annotated[str, Field(max_length=32), AfterValidator(_check_phone)]
+PersonName = Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_check_name)]
+SafeText = Annotated[str, AfterValidator(_check_safe_text)]
+Url = Annotated[str, Field(max_length=500), AfterValidator(_check_url)]
+NewPassword = Annotated[str, Field(min_length=1, max_length=PASSWORD_MAX_LENGTH),
+                        AfterValidator(_check_password)]

@@ -1,0 +1,327 @@
+"""Authentication: registration (phone code or direct), login, Google, tokens, passwords,
+the profile. Both route sets of the contract; aliases are stacked on the same view."""
+from __future__ import annotations
+
+from datetime import date
+from typing import Literal
+
+from flask import Blueprint, current_app, request
+from flask_jwt_extended import get_jwt, jwt_required
+from pydantic import BaseModel, Field, model_validator
+from spectree import Response
+
+from app import limiter
+from auth import current_user, login_required
+from models import db
+from services import auth_service, file_service
+from utils.security import client_ip
+from utils.validation import StrictModel, errors, json_body, validate
+from utils.validators import Email, PersonName, Phone, SafeText, Url
+
+bp = Blueprint("auth", __name__)
+
+
+def config_limit(name: str):
+    """A per-route limit read from config when the request arrives (tests and deployments
+    can change it without touching code)."""
+    return limiter.limit(lambda: current_app.config[name])
+
+
+# --- models -----------------------------------------------------------------------------------
+
+Password = Field(min_length=1, max_length=128)
+OtpCode = Field(pattern=r"^\d{4,10}$")
+
+
+class PhoneIn(StrictModel):
+    phone_number: Phone
+
+
+class VerifyPhoneIn(PhoneIn):
+    code: str = OtpCode
+
+
+class RegisterIn(StrictModel):
+    email: Email
+    password: str = Password
+    first_name: PersonName
+    last_name: PersonName
+    role: Literal["student", "instructor"] = "student"
+    phone_number: Phone | None = None
+
+
+class RegisterWithCodeIn(RegisterIn):
+    phone_number: Phone
+    code: str = OtpCode
+
+
+class LoginIn(StrictModel):
+    email: str = Field(min_length=1, max_length=254)
+    password: str = Password
+
+
+class GoogleIn(StrictModel):
+    id_token: str = Field(min_length=1, max_length=8192)
+    client_type: Literal["student", "admin"] = "student"
+
+
+class LogoutIn(StrictModel):
+    refresh_token: str | None = Field(None, max_length=8192)
+
+
+class ResetRequestIn(StrictModel):
+    email: str = Field(min_length=1, max_length=254)
+
+
+class ResetVerifyIn(StrictModel):
+    token: str = Field(min_length=1, max_length=200)
+    new_password: str = Password
+
+
+class ResetByLinkIn(StrictModel):
+    password: str = Password
+
+
+class ChangePasswordIn(StrictModel):
+    current_password: str = Password
+    new_password: str = Password
+
+
+class ProfileIn(StrictModel):
+    first_name: PersonName | None = None
+    last_name: PersonName | None = None
+    bio: SafeText | None = Field(None, max_length=2000)
+    headline: SafeText | None = Field(None, max_length=200)
+    date_of_birth: date | None = None
+    country: SafeText | None = Field(None, max_length=100)
+    city: SafeText | None = Field(None, max_length=100)
+    website: Url | None = None
+
+    @model_validator(mode="after")
+    def names_cannot_be_cleared(self):
+        for name in ("first_name", "last_name"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be empty")
+        return self
+
+
+class UserOut(BaseModel):
+    id: int
+    email: str | None = None
+    first_name: str
+    last_name: str
+    role: str
+
+    model_config = {"extra": "allow"}
+
+
+class UserEnvelope(BaseModel):
+    user: UserOut
+    message: str | None = None
+
+
+class TokensOut(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: str
+    expires_in: int
+    user: UserOut
+    message: str | None = None
+
+
+class AccessTokenOut(BaseModel):
+    access_token: str
+    token_type: str
+    expires_in: int
+
+
+class MessageOut(BaseModel):
+    message: str
+
+
+# --- registration -----------------------------------------------------------------------------
+
+@bp.post("/register/send-otp")
+@bp.post("/send-token")
+@config_limit("RATE_LIMIT_REGISTER")
+@validate(json=PhoneIn, resp=Response(HTTP_200=MessageOut, **errors(409, 429, 503)), tags=["auth"])
+def send_otp():
+    """Send a one-time code to a phone number (E.164)."""
+    auth_service.send_registration_code(json_body().phone_number)
+    db.session.commit()
+    return {"message": "A verification code has been sent"}
+
+
+@bp.post("/register/verify-otp")
+@config_limit("RATE_LIMIT_REGISTER")
+@validate(json=RegisterWithCodeIn, resp=Response(HTTP_201=TokensOut, **errors(409, 429, 503)),
+          tags=["auth"])
+def register_with_code():
+    """Check the phone code and create the account in one step."""
+    body = json_body()
+    user = auth_service.register_with_code(
+        phone_number=body.phone_number, code=body.code, email=body.email,
+        password=body.password, first_name=body.first_name, last_name=body.last_name,
+        role=body.role)
+    tokens = auth_service.issue_tokens(user)
+    db.session.commit()
+    return {"message": "Account created", **tokens}, 201
+
+
+@bp.post("/verify-otp")
+@config_limit("RATE_LIMIT_REGISTER")
+@validate(json=VerifyPhoneIn, resp=Response(HTTP_200=MessageOut, **errors(429, 503)),
+          tags=["auth"])
+def verify_otp():
+    """Check a phone code; the phone may then register within the verification window."""
+    body = json_body()
+    auth_service.verify_phone(body.phone_number, body.code)
+    db.session.commit()
+    return {"message": "Phone number verified"}
+
+
+@bp.post("/register")
+@config_limit("RATE_LIMIT_REGISTER")
+@validate(json=RegisterIn, resp=Response(HTTP_201=UserEnvelope, **errors(409, 429)),
+          tags=["auth"])
+def register():
+    """Create an account (with OTP_REQUIRED, after the phone was verified)."""
+    body = json_body()
+    user = auth_service.register(
+        email=body.email, password=body.password, first_name=body.first_name,
+        last_name=body.last_name, role=body.role, phone_number=body.phone_number)
+    db.session.commit()
+    return {"message": "User created successfully", "user": user.to_dict(private=True)}, 201
+
+
+# --- login and tokens -------------------------------------------------------------------------
+
+@bp.post("/login")
+@config_limit("RATE_LIMIT_LOGIN")
+@validate(json=LoginIn, resp=Response(HTTP_200=TokensOut, **errors(401, 403, 423, 429)),
+          tags=["auth"])
+def login():
+    """E-mail and password; 5 failures in a row lock the account for 30 minutes."""
+    body = json_body()
+    user = auth_service.authenticate(body.email, body.password, client_ip())
+    tokens = auth_service.issue_tokens(user)
+    db.session.commit()
+    return tokens
+
+
+@bp.post("/google")
+@config_limit("RATE_LIMIT_LOGIN")
+@validate(json=GoogleIn, resp=Response(HTTP_200=TokensOut, **errors(401, 403, 409, 429, 503)),
+          tags=["auth"])
+def google():
+    """Sign in with a Google ID token from the student or the admin SPA."""
+    body = json_body()
+    user = auth_service.google_login(body.id_token, body.client_type)
+    tokens = auth_service.issue_tokens(user)
+    db.session.commit()
+    return tokens
+
+
+@bp.post("/refresh")
+@config_limit("RATE_LIMIT_REFRESH")
+@jwt_required(refresh=True)
+@validate(resp=Response(HTTP_200=AccessTokenOut, **errors(401, 429)), tags=["auth"],
+          security={"bearer": []})
+def refresh():
+    """A new access token for a refresh token."""
+    return auth_service.refresh_access_token(current_user())
+
+
+@bp.post("/logout")
+@jwt_required(verify_type=False)
+@validate(json=LogoutIn, resp=Response(HTTP_200=MessageOut, **errors(401)), tags=["auth"],
+          security={"bearer": []})
+def logout():
+    """Revoke the presented token, and the refresh token sent in the body."""
+    body = json_body() if request.content_length else None
+    auth_service.logout(get_jwt(), body.refresh_token if body else None)
+    db.session.commit()
+    return {"message": "Logged out"}
+
+
+# --- passwords --------------------------------------------------------------------------------
+
+@bp.post("/password-reset/request")
+@bp.post("/forgot-password")
+@config_limit("RATE_LIMIT_PASSWORD_RESET_REQUEST")
+@validate(json=ResetRequestIn, resp=Response(HTTP_200=MessageOut, **errors(429)), tags=["auth"])
+def request_password_reset():
+    """E-mail a reset link; the answer is the same whether or not the account exists."""
+    auth_service.request_password_reset(json_body().email)
+    return {"message": "If an account exists for this e-mail, a reset link has been sent"}
+
+
+@bp.post("/password-reset/verify")
+@config_limit("RATE_LIMIT_PASSWORD_RESET_VERIFY")
+@validate(json=ResetVerifyIn, resp=Response(HTTP_200=MessageOut, **errors(429)), tags=["auth"])
+def reset_password():
+    """Set a new password with a reset token; every earlier token of the user is revoked."""
+    body = json_body()
+    auth_service.reset_password(body.token, body.new_password)
+    db.session.commit()
+    return {"message": "Your password has been reset; log in with the new one"}
+
+
+@bp.post("/reset-password/<string:token>")
+@config_limit("RATE_LIMIT_PASSWORD_RESET_VERIFY")
+@validate(json=ResetByLinkIn, resp=Response(HTTP_200=MessageOut, **errors(429)), tags=["auth"])
+def reset_password_by_link(token: str):
+    """The API documentation's form of the reset: the token in the path."""
+    auth_service.reset_password(token[:200], json_body().password)
+    db.session.commit()
+    return {"message": "Your password has been reset; log in with the new one"}
+
+
+@bp.post("/change-password")
+@login_required
+@validate(json=ChangePasswordIn, resp=Response(HTTP_200=TokensOut, **errors(401)),
+          tags=["auth"], security={"bearer": []})
+def change_password():
+    """Change the password; other sessions end, and fresh tokens are returned."""
+    body = json_body()
+    tokens = auth_service.change_password(current_user(), body.current_password,
+                                          body.new_password)
+    db.session.commit()
+    return {"message": "Password changed", **tokens}
+
+
+# --- profile ----------------------------------------------------------------------------------
+
+@bp.get("/profile")
+@login_required
+@validate(resp=Response(HTTP_200=UserEnvelope, **errors(401)), tags=["auth", "users"],
+          security={"bearer": []})
+def get_profile():
+    """The signed-in user's own profile."""
+    return {"user": current_user().to_dict(private=True)}
+
+
+@bp.put("/profile")
+@login_required
+@validate(json=ProfileIn, resp=Response(HTTP_200=UserEnvelope, **errors(401)),
+          tags=["auth", "users"], security={"bearer": []})
+def update_profile():
+    """Update the safe profile fields (not e-mail, phone, role or status)."""
+    user = auth_service.update_profile(current_user(), json_body().model_dump(exclude_unset=True))
+    db.session.commit()
+    return {"message": "Profile updated", "user": user.to_dict(private=True)}
+
+
+@bp.post("/profile/picture")
+@limiter.limit("10 per hour")
+@login_required
+@validate(resp=Response(HTTP_200=UserEnvelope, **errors(401, 413, 415, 429)),
+          tags=["auth", "users", "files"], security={"bearer": []})
+def upload_profile_picture():
+    """Upload a profile picture (multipart field `file`: png, jpg, jpeg, gif or webp)."""
+    user = current_user()
+    upload = request.files.get("file") or request.files.get("picture")
+    replaced = auth_service.set_profile_picture(user, upload)
+    db.session.commit()
+    file_service.delete(replaced)
+    return {"message": "Profile picture updated", "user": user.to_dict(private=True)}

@@ -1,0 +1,100 @@
+"""Outgoing e-mail behind one interface, chosen by MAIL_BACKEND:
+
+- "smtp": Flask-Mail over SMTP (MAIL_SERVER, MAIL_PORT, ...);
+- "sendgrid": SendGrid's SDK (SENDGRID_API_KEY; SENDGRID_API_HOST points it elsewhere);
+- "console": the message is written to the log (development and tests).
+
+`send_email` raises EmailNotConfigured (503) when no backend is configured and
+EmailDeliveryFailed (503) when the backend refuses; callers that must not reveal whether an
+account exists (password reset) catch these and log instead.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+from dataclasses import dataclass
+
+from flask import current_app
+
+from utils.errors import ServiceUnavailable
+
+log = logging.getLogger("lms.email")
+
+
+class EmailNotConfigured(ServiceUnavailable):
+    code = "email_not_configured"
+    message = "E-mail is not configured on this server"
+
+
+class EmailDeliveryFailed(ServiceUnavailable):
+    code = "email_delivery_failed"
+    message = "The e-mail could not be sent; try again shortly"
+
+
+@dataclass
+class Attachment:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+def _send_console(to, subject, text, html, attachments, sender):
+    log.warning("e-mail (console backend, not sent) to=%s subject=%r\n%s%s", to, subject, text,
+                "".join(f"\n[attachment {a.filename} {a.content_type} {len(a.data)} bytes]"
+                        for a in attachments))
+
+
+def _send_smtp(to, subject, text, html, attachments, sender):
+    from flask_mail import Message
+
+    from app import mail
+
+    message = Message(subject=subject, recipients=[to], body=text, html=html, sender=sender)
+    for item in attachments:
+        message.attach(item.filename, item.content_type, item.data)
+    try:
+        mail.send(message)
+    except Exception as exc:  # smtplib and socket errors alike
+        log.error("SMTP delivery to %s failed: %s", to, exc)
+        raise EmailDeliveryFailed() from exc
+
+
+def _send_sendgrid(to, subject, text, html, attachments, sender):
+    from sendgrid import SendGridAPIClient
+    from sendgrid.helpers.mail import (
+        Attachment as SGAttachment,
+        Disposition,
+        FileContent,
+        FileName,
+        FileType,
+        Mail,
+    )
+
+    cfg = current_app.config
+    message = Mail(from_email=sender, to_emails=to, subject=subject, plain_text_content=text,
+                   html_content=html)
+    for item in attachments:
+        message.add_attachment(SGAttachment(
+            FileContent(base64.b64encode(item.data).decode()), FileName(item.filename),
+            FileType(item.content_type), Disposition("attachment")))
+    kwargs = {"host": cfg["SENDGRID_API_HOST"]} if cfg.get("SENDGRID_API_HOST") else {}
+    try:
+        response = SendGridAPIClient(cfg["SENDGRID_API_KEY"], **kwargs).send(message)
+    except Exception as exc:  # python_http_client raises HTTPError subclasses and URLError
+        log.error("SendGrid delivery to %s failed: %s", to, exc)
+        raise EmailDeliveryFailed() from exc
+    if response.status_code >= 300:
+        log.error("SendGrid answered %s for %s", response.status_code, to)
+        raise EmailDeliveryFailed()
+
+
+BACKENDS = {"console": _send_console, "smtp": _send_smtp, "sendgrid": _send_sendgrid}
+
+
+def send_email(to: str, subject: str, text: str, html: str | None = None,
+               attachments: list[Attachment] | tuple = ()) -> None:
+    backend = current_app.config.get("MAIL_BACKEND")
+    send = BACKENDS.get(backend or "")
+    if send is None:
+        raise EmailNotConfigured()
+    send(to, subject, text, html, list(attachments), current_app.config["MAIL_DEFAULT_SENDER"])

@@ -1,0 +1,193 @@
+"""FileService: save, delete and serve uploaded files.
+
+Rules: the extension must be allowed and the file's leading bytes must agree with it; stored
+names are generated (the client's name is kept for display only); every path is resolved
+inside UPLOAD_FOLDER and symlinks are refused; empty files are refused; the size limit is
+MAX_CONTENT_LENGTH (Werkzeug answers 413 before the body is read).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from flask import current_app, send_file
+from werkzeug.datastructures import FileStorage
+from werkzeug.utils import secure_filename
+
+from utils.errors import NotFound, UnsupportedMediaType, ValidationError
+
+# extension -> (kind, MIME type)
+ALLOWED = {
+    "png": ("image", "image/png"), "jpg": ("image", "image/jpeg"),
+    "jpeg": ("image", "image/jpeg"), "gif": ("image", "image/gif"),
+    "webp": ("image", "image/webp"),
+    "pdf": ("pdf", "application/pdf"),
+    "mp4": ("video", "video/mp4"), "webm": ("video", "video/webm"),
+    "mov": ("video", "video/quicktime"),
+    "mp3": ("audio", "audio/mpeg"), "wav": ("audio", "audio/wav"),
+    "ogg": ("audio", "audio/ogg"), "m4a": ("audio", "audio/mp4"),
+    "txt": ("document", "text/plain"), "doc": ("document", "application/msword"),
+    "docx": ("document",
+             "application/vnd.openxmlformats-officedocument.wordprocessingml.document"),
+    "ppt": ("document", "application/vnd.ms-powerpoint"),
+    "pptx": ("document",
+             "application/vnd.openxmlformats-officedocument.presentationml.presentation"),
+}
+IMAGE_EXTENSIONS = frozenset(ext for ext, (kind, _) in ALLOWED.items() if kind == "image")
+
+_OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+_ISO_BMFF_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot")
+
+
+def _is_mp3(head: bytes) -> bool:
+    return head.startswith(b"ID3") or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)
+
+
+def _is_text(path: Path) -> bool:
+    data = path.read_bytes()[:1 << 20]
+    if b"\x00" in data:
+        return False
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start >= len(data) - 3  # a multi-byte character cut at the sample's end
+    return True
+
+
+def _is_office_zip(path: Path, folder: str) -> bool:
+    # Reads the central directory only: nothing is decompressed, so a zip bomb costs nothing.
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return "[Content_Types].xml" in names and any(n.startswith(folder) for n in names)
+
+
+def content_matches(ext: str, path: Path) -> bool:
+    """Do the file's leading bytes agree with its extension?"""
+    with path.open("rb") as handle:
+        head = handle.read(16)
+    checks = {
+        "png": lambda: head.startswith(b"\x89PNG\r\n\x1a\n"),
+        "jpg": lambda: head.startswith(b"\xff\xd8\xff"),
+        "jpeg": lambda: head.startswith(b"\xff\xd8\xff"),
+        "gif": lambda: head[:6] in (b"GIF87a", b"GIF89a"),
+        "webp": lambda: head[:4] == b"RIFF" and head[8:12] == b"WEBP",
+        "pdf": lambda: head.startswith(b"%PDF-"),
+        "mp4": lambda: head[4:8] == b"ftyp",
+        "m4a": lambda: head[4:8] == b"ftyp",
+        "mov": lambda: head[4:8] in _ISO_BMFF_BOXES,
+        "webm": lambda: head.startswith(b"\x1a\x45\xdf\xa3"),
+        "mp3": lambda: _is_mp3(head),
+        "wav": lambda: head[:4] == b"RIFF" and head[8:12] == b"WAVE",
+        "ogg": lambda: head.startswith(b"OggS"),
+        "doc": lambda: head.startswith(_OLE2),
+        "ppt": lambda: head.startswith(_OLE2),
+        "docx": lambda: head.startswith(b"PK\x03\x04") and _is_office_zip(path, "word/"),
+        "pptx": lambda: head.startswith(b"PK\x03\x04") and _is_office_zip(path, "ppt/"),
+        "txt": lambda: _is_text(path),
+    }
+    return checks[ext]()
+
+
+@dataclass
+class StoredFile:
+    relative_path: str  # inside UPLOAD_FOLDER, e.g. "profiles/3f2a....png"
+    original_filename: str
+    extension: str
+    kind: str
+    mime_type: str
+    size: int
+    sha256: str
+
+
+def upload_root() -> Path:
+    return Path(current_app.config["UPLOAD_FOLDER"]).resolve()
+
+
+def resolve(relative_path: str) -> Path:
+    """The absolute path of a stored file, refusing anything outside the upload root."""
+    if not relative_path or "\x00" in relative_path:
+        raise NotFound("File not found")
+    root = upload_root()
+    candidate = root / relative_path
+    if candidate.is_symlink():
+        raise NotFound("File not found")
+    resolved = candidate.resolve()
+    if not resolved.is_relative_to(root) or resolved == root:
+        raise NotFound("File not found")
+    return resolved
+
+
+def _extension_of(filename: str) -> str:
+    if "\x00" in filename:
+        raise ValidationError("Invalid file name", details={"file": "contains a null byte"})
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    return name.rsplit(".", 1)[-1].lower() if "." in name else ""
+
+
+def save(upload: FileStorage | None, subdir: str, allowed: frozenset[str] | set[str] | None = None
+         ) -> StoredFile:
+    """Validate and store an upload under `subdir`; returns what was stored."""
+    if upload is None or not upload.filename:
+        raise ValidationError("A file is required", details={"file": "is required"})
+    ext = _extension_of(upload.filename)
+    permitted = allowed if allowed is not None else ALLOWED.keys()
+    if ext not in permitted:
+        raise UnsupportedMediaType(
+            f"Files of type '.{ext}' are not accepted here; allowed: "
+            + ", ".join(sorted(permitted)),
+            details={"file": "type not allowed"})
+    kind, mime_type = ALLOWED[ext]
+    folder = upload_root() / subdir
+    folder.mkdir(parents=True, exist_ok=True)
+    stored_name = f"{uuid.uuid4().hex}.{ext}"
+    target = folder / stored_name
+    partial = folder / f".{stored_name}.part"
+    digest, size = hashlib.sha256(), 0
+    try:
+        with partial.open("wb") as out:
+            for chunk in iter(lambda: upload.stream.read(1 << 16), b""):
+                digest.update(chunk)
+                size += len(chunk)
+                out.write(chunk)
+        if size == 0:
+            raise ValidationError("The file is empty", details={"file": "is empty"})
+        if not content_matches(ext, partial):
+            raise UnsupportedMediaType(
+                f"The file's content is not a valid .{ext} file",
+                details={"file": "content does not match its extension"})
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    original = secure_filename(upload.filename) or f"file.{ext}"
+    return StoredFile(f"{subdir}/{stored_name}", original[:255], ext, kind, mime_type, size,
+                      digest.hexdigest())
+
+
+def delete(relative_path: str | None) -> None:
+    """Remove a stored file; a missing file is not an error (the goal is that it is gone)."""
+    if not relative_path:
+        return
+    try:
+        resolve(relative_path).unlink(missing_ok=True)
+    except NotFound:
+        pass
+
+
+def serve(relative_path: str, *, mime_type: str | None = None, download_name: str | None = None,
+          as_attachment: bool = False):
+    """Stream a stored file with its type, a safe Content-Disposition and HTTP Range (206)."""
+    path = resolve(relative_path)
+    if not path.is_file():
+        raise NotFound("File not found")
+    response = send_file(path, mimetype=mime_type, as_attachment=as_attachment,
+                         download_name=download_name or path.name, conditional=True,
+                         max_age=0 if as_attachment else 3600)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response

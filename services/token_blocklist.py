@@ -1,0 +1,57 @@
+"""Revoked JWTs.
+
+Every revocation is written to the revoked_tokens table (durable, shared by all hosts) and,
+when Redis is configured, to one Redis key per jti that expires with the token. The
+per-request check reads Redis when configured, so it costs no database query; if Redis errors,
+the check falls back to the table, so a Redis hiccup neither logs everyone out nor lets a
+revoked token back in.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+import redis
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from models import RevokedToken, db
+from services import redis_client
+
+log = logging.getLogger("lms.auth")
+
+
+def _key(jti: str) -> str:
+    return f"lms:revoked-jti:{jti}"
+
+
+def revoke(payload: dict) -> None:
+    """Revoke the token whose decoded payload is given (idempotent; the caller commits)."""
+    jti = payload["jti"]
+    expires = datetime.fromtimestamp(payload["exp"], tz=timezone.utc)
+    sub = str(payload.get("sub", ""))
+    try:
+        with db.session.begin_nested():
+            db.session.add(RevokedToken(
+                jti=jti, token_type=payload.get("type", "access"),
+                user_id=int(sub) if sub.isdigit() else None, expires_at=expires,
+            ))
+    except IntegrityError:
+        pass  # already revoked
+    client = redis_client.get()
+    if client is not None:
+        ttl = max(1, int((expires - datetime.now(timezone.utc)).total_seconds()) + 1)
+        try:
+            client.set(_key(jti), "1", ex=ttl)
+        except redis.RedisError as exc:
+            log.error("could not mirror a revocation to Redis: %s", exc)
+
+
+def is_revoked(jti: str) -> bool:
+    client = redis_client.get()
+    if client is not None:
+        try:
+            return bool(client.exists(_key(jti)))
+        except redis.RedisError as exc:
+            log.warning("token blocklist read fell back to the database: %s", exc)
+    return db.session.scalar(select(RevokedToken.id).where(RevokedToken.jti == jti)) is not None
