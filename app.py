@@ -107,7 +107,7 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
     app.register_blueprint(users_bp, url_prefix=f"{api}/users")
     app.register_blueprint(files_bp, url_prefix=f"{api}/files")
     app.register_blueprint(admin_bp, url_prefix=f"{api}/admin")
-    app.register_blueprint(media_bp, url_prefix="/media")
+    app.register_blueprint(media_bp, url_prefix="/static/uploads")
 
     spec.register(app)
     _relax_csp_for_docs(app)

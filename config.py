@@ -22,11 +22,13 @@ class ConfigError(RuntimeError):
 
 
 def env(name: str, default: str | None = None) -> str | None:
+    """The variable, stripped; unset or empty means `default`. (python-dotenv already drops
+    inline comments from `.env` lines; a real environment value is taken as it is, so a secret
+    containing " #" survives.)"""
     value = os.environ.get(name)
     if value is None:
         return default
-    # `.env` files often carry trailing comments ("52428800  # 50MB"): keep the value only.
-    value = value.split(" #", 1)[0].strip()
+    value = value.strip()
     return value if value != "" else default
 
 

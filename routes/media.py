@@ -1,5 +1,6 @@
-"""Public uploaded media: profile pictures and course thumbnails only. Lesson resources and
-certificates are served by their own authorised endpoints."""
+"""Public uploads under /static/uploads/: profile pictures and course thumbnails only. Lesson
+resources and certificates live in the same upload root but are served only by their own
+authorised endpoints."""
 from __future__ import annotations
 
 from flask import Blueprint
@@ -9,12 +10,9 @@ from utils.errors import NotFound
 
 bp = Blueprint("media", __name__)
 
-PUBLIC_FOLDERS = {"profiles", "thumbnails"}
-
-
 @bp.get("/<string:folder>/<string:name>")
 def public_media(folder: str, name: str):
-    if folder not in PUBLIC_FOLDERS or "/" in name or name.startswith("."):
+    if folder not in file_service.PUBLIC_FOLDERS or "/" in name or name.startswith("."):
         raise NotFound("File not found")
     ext = name.rsplit(".", 1)[-1].lower()
     if ext not in file_service.IMAGE_EXTENSIONS:

@@ -357,7 +357,7 @@ def set_profile_picture(user: User, upload) -> str | None:
 
     stored = file_service.save(upload, "profiles", allowed=file_service.IMAGE_EXTENSIONS)
     previous = user.profile_picture
-    user.profile_picture = f"/media/{stored.relative_path}"
-    if previous and previous.startswith("/media/profiles/"):
-        return previous[len("/media/"):]
+    user.profile_picture = file_service.public_url(stored.relative_path)
+    if previous and previous.startswith(file_service.PUBLIC_URL_PREFIX + "profiles/"):
+        return previous[len(file_service.PUBLIC_URL_PREFIX):]
     return None

@@ -37,6 +37,9 @@ ALLOWED = {
     "pptx": ("document",
              "application/vnd.openxmlformats-officedocument.presentationml.presentation"),
 }
+# Folders whose files are public (served by routes/media.py); all others need authorisation.
+PUBLIC_FOLDERS = frozenset({"profiles", "thumbnails"})
+PUBLIC_URL_PREFIX = "/static/uploads/"
 IMAGE_EXTENSIONS = frozenset(ext for ext, (kind, _) in ALLOWED.items() if kind == "image")
 
 _OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
@@ -108,6 +111,10 @@ class StoredFile:
 
 def upload_root() -> Path:
     return Path(current_app.config["UPLOAD_FOLDER"]).resolve()
+
+
+def public_url(relative_path: str) -> str:
+    return PUBLIC_URL_PREFIX + relative_path
 
 
 def resolve(relative_path: str) -> Path:

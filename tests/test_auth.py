@@ -644,7 +644,7 @@ def test_profile_picture_upload_and_public_url(client, app, make_user, auth_head
     response = upload(client, auth_headers(user_id), PNG, "../../etc/passwd.png", path)
     assert response.status_code == 200
     url = response.json["user"]["profile_picture"]
-    assert re.fullmatch(r"/media/profiles/[0-9a-f]{32}\.png", url)
+    assert re.fullmatch(r"/static/uploads/profiles/[0-9a-f]{32}\.png", url)
     served = client.get(url)
     assert served.status_code == 200 and served.data == PNG
     assert served.mimetype == "image/png"
@@ -658,7 +658,7 @@ def test_replacing_the_picture_deletes_the_old_file(client, app, make_user, auth
     first = upload(client, auth_headers(user_id), PNG, "a.png").json["user"]["profile_picture"]
     second = upload(client, auth_headers(user_id), JPEG, "b.jpg").json["user"]["profile_picture"]
     assert first != second
-    old_file = os.path.join(app.config["UPLOAD_FOLDER"], first[len("/media/"):])
+    old_file = os.path.join(app.config["UPLOAD_FOLDER"], first[len("/static/uploads/"):])
     assert not os.path.exists(old_file)
     assert client.get(first).status_code == 404
     assert client.get(second).status_code == 200
@@ -692,6 +692,6 @@ def test_private_upload_folders_are_not_public(client, app):
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "secret.png"), "wb") as handle:
         handle.write(PNG)
-    assert client.get("/media/certificates/secret.png").status_code == 404
     assert client.get("/static/uploads/certificates/secret.png").status_code == 404
-    assert client.get("/media/profiles/..%2fcertificates%2fsecret.png").status_code == 404
+    assert client.get("/static/uploads/profiles/..%2fcertificates%2fsecret.png").status_code == 404
+    assert client.get("/static/uploads/profiles/../certificates/secret.png").status_code == 404

@@ -1,4 +1,4 @@
-"""Flask CLI commands, registered in one place: create-admin, seed-demo, and the shell context."""
+"""Flask CLI commands, registered in one place: create-admin and seed-demo."""
 from __future__ import annotations
 
 import click
@@ -7,17 +7,8 @@ from sqlalchemy import select
 
 
 def register_commands(app: Flask) -> None:
-    @app.shell_context_processor
-    def shell_context():
-        import models
-
-        context = {"db": models.db}
-        context.update(
-            {name: obj for name, obj in vars(models).items()
-             if isinstance(obj, type) and issubclass(obj, models.db.Model)
-             and obj is not models.db.Model}
-        )
-        return context
+    # `flask shell` already has `db` and every model: Flask-SQLAlchemy adds them
+    # (add_models_to_shell).
 
     @app.cli.command("create-admin")
     @click.option("--email", prompt=True, help="The admin's email address.")
@@ -28,13 +19,17 @@ def register_commands(app: Flask) -> None:
     def create_admin(email, first_name, last_name, password):
         """Create an administrator account (refuses an email already in use)."""
         from models import User, db
-        from utils.validators import normalise_email
+        from utils.validators import normalise_email, password_problems
 
-        email = normalise_email(email)
+        try:
+            email = normalise_email(email)
+        except ValueError as exc:
+            raise click.ClickException(f"Invalid email: {exc}")
         if db.session.scalar(select(User.id).where(User.email == email)):
             raise click.ClickException(f"A user with the email {email} already exists.")
-        if len(password) < 8:
-            raise click.ClickException("The password must be at least 8 characters long.")
+        problems = password_problems(password, email)
+        if problems:
+            raise click.ClickException("The password " + "; ".join(problems) + ".")
         admin = User(email=email, first_name=first_name, last_name=last_name, role="admin",
                      is_active=True, is_email_verified=True)
         admin.set_password(password)
