@@ -92,22 +92,43 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
     init_middleware(app)
     app.before_request(refuse_blocked_ip)
 
-    from routes.admin_routes import bp as admin_bp
-    from routes.auth_routes import bp as auth_bp
-    from routes.docs import bp as docs_bp
-    from routes.file_routes import bp as files_bp
-    from routes.health import bp as health_bp
-    from routes.media import bp as media_bp
-    from routes.user_routes import bp as users_bp
+    from routes import (
+        admin_routes,
+        auth_routes,
+        course_routes,
+        docs,
+        file_routes,
+        health,
+        lessons_resources_routes,
+        lessons_routes,
+        master_routes,
+        media,
+        modules_routes,
+        prerequisites,
+        public_routes,
+        subcategory_routes,
+        user_routes,
+    )
 
     api = app.config["API_PREFIX"]
-    app.register_blueprint(health_bp, url_prefix=f"{api}/health")
-    app.register_blueprint(docs_bp, url_prefix=api)
-    app.register_blueprint(auth_bp, url_prefix=f"{api}/auth")
-    app.register_blueprint(users_bp, url_prefix=f"{api}/users")
-    app.register_blueprint(files_bp, url_prefix=f"{api}/files")
-    app.register_blueprint(admin_bp, url_prefix=f"{api}/admin")
-    app.register_blueprint(media_bp, url_prefix="/static/uploads")
+    for module, prefix in (
+        (health, "/health"),
+        (docs, ""),
+        (auth_routes, "/auth"),
+        (user_routes, "/users"),
+        (master_routes, "/master-categories"),
+        (subcategory_routes, "/subcategories"),
+        (course_routes, "/courses"),
+        (modules_routes, "/modules"),
+        (lessons_routes, "/lessons"),
+        (lessons_resources_routes, "/lesson-resources"),
+        (prerequisites, "/prerequisites"),
+        (file_routes, "/files"),
+        (public_routes, "/public"),
+        (admin_routes, "/admin"),
+    ):
+        app.register_blueprint(module.bp, url_prefix=api + prefix)
+    app.register_blueprint(media.bp, url_prefix="/static/uploads")
 
     spec.register(app)
     _relax_csp_for_docs(app)

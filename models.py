@@ -29,6 +29,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    text,
     types,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -336,6 +337,13 @@ class Subcategory(TimestampMixin, db.Model):
 
 
 COURSE_STATUSES = ("draft", "published", "archived")
+# Written the way Alembic normalises what PostgreSQL reflects, so autogenerate sees no change;
+# queries use the same expression, which is what lets the planner use the index.
+COURSE_SEARCH_VECTOR = (
+    "to_tsvector('simple'::regconfig, (((COALESCE(title, ''::character varying)::text || "
+    "' '::text) || COALESCE(short_description, ''::character varying)::text) || ' '::text) || "
+    "COALESCE(description, ''::text))"
+)
 DIFFICULTIES = ("beginner", "intermediate", "advanced")
 MODES_OF_CONDUCT = ("ONLINE", "OFFLINE")
 
@@ -363,6 +371,9 @@ class Course(TimestampMixin, db.Model):
         # The public catalog lists published courses newest first, filtered by subcategory.
         Index("ix_courses_status_created", "status", "created_at"),
         Index("ix_courses_subcategory_status", "subcategory_id", "status"),
+        # Full-text search over title and descriptions (PostgreSQL; SQLite falls back to LIKE).
+        Index("ix_courses_search", text(COURSE_SEARCH_VECTOR),
+              postgresql_using="gin").ddl_if(dialect="postgresql"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

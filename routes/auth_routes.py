@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import date
 from typing import Literal
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, request
 from flask_jwt_extended import get_jwt, jwt_required
 from pydantic import BaseModel, Field, model_validator
 from spectree import Response
 
 from app import limiter
+from routes.common import config_limit
 from auth import current_user, login_required
 from models import db
 from services import auth_service, file_service
@@ -19,12 +20,6 @@ from utils.validation import StrictModel, errors, json_body, validate
 from utils.validators import Email, PersonName, Phone, SafeText, Url
 
 bp = Blueprint("auth", __name__)
-
-
-def config_limit(name: str):
-    """A per-route limit read from config when the request arrives (tests and deployments
-    can change it without touching code)."""
-    return limiter.limit(lambda: current_app.config[name])
 
 
 # --- models -----------------------------------------------------------------------------------

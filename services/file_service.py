@@ -1,5 +1,8 @@
 """FileService: save, delete and serve uploaded files.
 
+Bytes live behind a small storage interface (`LocalStorage`: a folder on disk); an object store
+can replace it by implementing the same four methods.
+
 Rules: the extension must be allowed and the file's leading bytes must agree with it; stored
 names are generated (the client's name is kept for display only); every path is resolved
 inside UPLOAD_FOLDER and symlinks are refused; empty files are refused; the size limit is
@@ -109,8 +112,39 @@ class StoredFile:
     sha256: str
 
 
-def upload_root() -> Path:
-    return Path(current_app.config["UPLOAD_FOLDER"]).resolve()
+class LocalStorage:
+    """Stored files in a folder. Keys are relative paths ("resources/ab12....pdf")."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def path(self, key: str) -> Path:
+        """The file for `key`, refusing anything outside the root (traversal, symlinks)."""
+        if not key or "\x00" in key:
+            raise NotFound("File not found")
+        candidate = self.root / key
+        if candidate.is_symlink():
+            raise NotFound("File not found")
+        resolved = candidate.resolve()
+        if not resolved.is_relative_to(self.root) or resolved == self.root:
+            raise NotFound("File not found")
+        return resolved
+
+    def scratch(self, folder: str) -> Path:
+        """A place to write an upload before it is checked and kept."""
+        directory = self.root / folder
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory / f".{uuid.uuid4().hex}.part"
+
+    def keep(self, scratch: Path, key: str) -> None:
+        os.replace(scratch, self.path(key))
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+
+def storage() -> LocalStorage:
+    return LocalStorage(Path(current_app.config["UPLOAD_FOLDER"]).resolve())
 
 
 def public_url(relative_path: str) -> str:
@@ -119,16 +153,7 @@ def public_url(relative_path: str) -> str:
 
 def resolve(relative_path: str) -> Path:
     """The absolute path of a stored file, refusing anything outside the upload root."""
-    if not relative_path or "\x00" in relative_path:
-        raise NotFound("File not found")
-    root = upload_root()
-    candidate = root / relative_path
-    if candidate.is_symlink():
-        raise NotFound("File not found")
-    resolved = candidate.resolve()
-    if not resolved.is_relative_to(root) or resolved == root:
-        raise NotFound("File not found")
-    return resolved
+    return storage().path(relative_path)
 
 
 def _extension_of(filename: str) -> str:
@@ -151,11 +176,9 @@ def save(upload: FileStorage | None, subdir: str, allowed: frozenset[str] | set[
             + ", ".join(sorted(permitted)),
             details={"file": "type not allowed"})
     kind, mime_type = ALLOWED[ext]
-    folder = upload_root() / subdir
-    folder.mkdir(parents=True, exist_ok=True)
-    stored_name = f"{uuid.uuid4().hex}.{ext}"
-    target = folder / stored_name
-    partial = folder / f".{stored_name}.part"
+    store = storage()
+    key = f"{subdir}/{uuid.uuid4().hex}.{ext}"
+    partial = store.scratch(subdir)
     digest, size = hashlib.sha256(), 0
     try:
         with partial.open("wb") as out:
@@ -169,12 +192,11 @@ def save(upload: FileStorage | None, subdir: str, allowed: frozenset[str] | set[
             raise UnsupportedMediaType(
                 f"The file's content is not a valid .{ext} file",
                 details={"file": "content does not match its extension"})
-        os.replace(partial, target)
+        store.keep(partial, key)
     finally:
         partial.unlink(missing_ok=True)
     original = secure_filename(upload.filename) or f"file.{ext}"
-    return StoredFile(f"{subdir}/{stored_name}", original[:255], ext, kind, mime_type, size,
-                      digest.hexdigest())
+    return StoredFile(key, original[:255], ext, kind, mime_type, size, digest.hexdigest())
 
 
 def delete(relative_path: str | None) -> None:
@@ -182,7 +204,7 @@ def delete(relative_path: str | None) -> None:
     if not relative_path:
         return
     try:
-        resolve(relative_path).unlink(missing_ok=True)
+        storage().delete(relative_path)
     except NotFound:
         pass
 

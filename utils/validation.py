@@ -12,6 +12,7 @@ from typing import Any
 
 from flask import request
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
 from spectree import Response, SecurityScheme, SpecTree
 from spectree.models import SecuritySchemeData, SecureType
 
@@ -133,3 +134,37 @@ class PageQuery(StrictModel):
 def errors(*statuses: int) -> dict[str, type[BaseModel]]:
     """Response declarations for the error statuses a route can answer with."""
     return {f"HTTP_{status}": ErrorOut for status in statuses}
+
+
+def filters(model: type[BaseModel]):
+    """Filters for a list that the API documentation also reads with POST: the query string,
+    overlaid with a JSON object body when there is one. Declared as `query=model` on the route
+    (so it is documented); validated here once more with the merged input."""
+    body = request.get_json(silent=True) if request.method == "POST" and request.is_json else None
+    if not isinstance(body, dict) or not body:
+        return query_args()
+    merged = {**request.args.to_dict(), **body}
+    try:
+        return model.model_validate(merged)
+    except PydanticValidationError as exc:
+        raise ValidationError("Invalid input", details=validation_details(exc.errors()))
+
+
+class IdList(StrictModel):
+    """A body that names items in order (reordering)."""
+
+    ids: list[int] = Field(min_length=1, max_length=500)
+
+
+def document(**kwargs):
+    """Describe a route in the API document without wrapping it. For file downloads:
+    spectree's wrapper re-reads every response body (`get_data`), which breaks streamed files
+    and would hold a whole video in memory. (Reads spectree's metadata registry; the version is
+    pinned in requirements.txt.)"""
+
+    def decorator(fn):
+        wrapped = spec.validate(**kwargs)(fn)
+        spec._function_metadata[fn] = spec.get_function_metadata(wrapped)
+        return fn
+
+    return decorator

@@ -1,0 +1,23 @@
+"""Small pieces shared by the route modules: output envelopes and per-route limits."""
+from __future__ import annotations
+
+from flask import current_app
+from pydantic import BaseModel
+
+from app import limiter
+
+
+def config_limit(name: str):
+    """A per-route limit read from config when the request arrives."""
+    return limiter.limit(lambda: current_app.config[name])
+
+
+class MessageOut(BaseModel):
+    message: str
+
+
+class Envelope(BaseModel):
+    """A success body: keys name the resource ({"course": {...}}, {"courses": [...],
+    "pagination": {...}}); documented loosely, shaped by each model's to_dict."""
+
+    model_config = {"extra": "allow"}

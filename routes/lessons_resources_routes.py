@@ -1,0 +1,131 @@
+"""Lesson resources: files attached to lessons. Uploads are multipart; metadata is JSON."""
+from __future__ import annotations
+
+from flask import Blueprint, request
+from pydantic import Field
+from spectree import Response
+
+from app import limiter
+from auth import current_user, instructor_required, login_required
+from models import Course, Enrollment, Lesson, LessonResource, Module, db
+from routes.common import Envelope, MessageOut
+from services import course_service, file_service
+from utils.errors import Forbidden, ValidationError
+from utils.helpers import paginate
+from utils.validation import PageQuery, StrictModel, errors, filters, json_body, validate
+
+bp = Blueprint("lesson_resources", __name__)
+AUTH = {"tags": ["lesson resources"], "security": {"bearer": []}}
+
+
+class ResourceUpdate(StrictModel):
+    title: str | None = Field(None, min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=5000)
+    position: int | None = Field(None, ge=0, le=10_000)
+
+
+class ResourceQuery(PageQuery):
+    lesson_id: int | None = Field(None, ge=1)
+
+
+def _form_text(name: str, limit: int) -> str | None:
+    value = request.form.get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    if len(value) > limit:
+        raise ValidationError("Invalid input", details={name: f"at most {limit} characters"})
+    return value or None
+
+
+def upload_resource(lesson_id: int):
+    """Shared by /lesson-resources/create-lesson-resources/<id> and /files/upload."""
+    user = current_user()
+    lesson = course_service.get_lesson(lesson_id)
+    course_service.ensure_can_edit(course_service.course_of_lesson(lesson), user)
+    resource = course_service.create_resource(
+        lesson, request.files.get("file"), title=_form_text("title", 200),
+        description=_form_text("description", 5000), uploader=user)
+    try:
+        db.session.commit()
+    except Exception:
+        file_service.delete(resource.stored_path)
+        raise
+    return {"message": "Resource uploaded", "resource": resource.to_dict()}, 201
+
+
+@bp.post("/create-lesson-resources/<int:lesson_id>")
+@limiter.limit("20 per hour")
+@instructor_required
+@validate(resp=Response(HTTP_201=Envelope, **errors(401, 403, 404, 413, 415)), **AUTH)
+def create_resource(lesson_id: int):
+    """Attach a file to a lesson (multipart: `file`, optional `title`, `description`)."""
+    return upload_resource(lesson_id)
+
+
+def readable_resource(resource_id: int) -> LessonResource:
+    """A resource the caller may open: enrolled students, the owner and admins."""
+    user = current_user()
+    resource = course_service.get_resource(resource_id)
+    course = course_service.visible_course(course_service.course_of_resource(resource).id, user)
+    if not course_service.has_full_content(course_service.access_level(course, user)):
+        raise Forbidden("Enroll in the course to open its resources", code="not_enrolled")
+    return resource
+
+
+@bp.get("/get-lesson-resources")
+@bp.post("/get-lesson-resources")
+@login_required
+@validate(query=ResourceQuery, resp=Response(HTTP_200=Envelope, **errors(401)), **AUTH)
+def list_resources():
+    """Resources the caller may open: of courses they teach (admins: all) or are enrolled in."""
+    args = filters(ResourceQuery)
+    user = current_user()
+    query = (db.select(LessonResource).join(Lesson).join(Module).join(Course)
+             .order_by(LessonResource.lesson_id, LessonResource.position, LessonResource.id))
+    if user.role != "admin":
+        enrolled = db.select(Enrollment.course_id).where(
+            Enrollment.user_id == user.id, Enrollment.status.in_(course_service.ACTIVE_ENROLLMENT))
+        query = query.where((Course.instructor_id == user.id) | Course.id.in_(enrolled))
+    if args.lesson_id is not None:
+        query = query.where(LessonResource.lesson_id == args.lesson_id)
+    rows, meta = paginate(query, args.page, args.per_page)
+    return {"resources": [r.to_dict() for r in rows], "pagination": meta}
+
+
+@bp.get("/<int:resource_id>")
+@bp.get("/get-lesson-resources/<int:resource_id>")
+@bp.post("/get-lesson-resources/<int:resource_id>")
+@login_required
+@validate(resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)), **AUTH)
+def get_resource(resource_id: int):
+    return {"resource": readable_resource(resource_id).to_dict()}
+
+
+@bp.put("/<int:resource_id>")
+@bp.put("/update-lesson-resources/<int:resource_id>")
+@instructor_required
+@validate(json=ResourceUpdate, resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)), **AUTH)
+def update_resource(resource_id: int):
+    """Change a resource's title, description or position (replace the file by uploading anew)."""
+    resource = course_service.get_resource(resource_id)
+    course_service.ensure_can_edit(course_service.course_of_resource(resource), current_user())
+    changes = {k: v for k, v in json_body().model_dump(exclude_unset=True).items()
+               if v is not None or k == "description"}
+    course_service.update_resource(resource, changes)
+    db.session.commit()
+    return {"message": "Resource updated", "resource": resource.to_dict()}
+
+
+@bp.delete("/<int:resource_id>")
+@bp.delete("/delete-lesson-resources/<int:resource_id>")
+@instructor_required
+@validate(resp=Response(HTTP_200=MessageOut, **errors(401, 403, 404)), **AUTH)
+def delete_resource(resource_id: int):
+    resource = course_service.get_resource(resource_id)
+    course_service.ensure_can_edit(course_service.course_of_resource(resource), current_user())
+    removal = course_service.delete_resource(resource)
+    db.session.commit()
+    for path in removal.files:
+        file_service.delete(path)
+    return {"message": "Resource deleted"}

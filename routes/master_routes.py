@@ -1,0 +1,106 @@
+"""Master categories (admin). The public reads them through /public/categories."""
+from __future__ import annotations
+
+from flask import Blueprint
+from pydantic import Field
+from spectree import Response
+
+from auth import admin_required
+from models import MasterCategory, db
+from routes.common import Envelope, MessageOut
+from services import category_service
+from utils.helpers import paginate
+from utils.validation import PageQuery, StrictModel, errors, filters, json_body, validate
+from utils.validators import SafeText, Url
+
+bp = Blueprint("master_categories", __name__)
+ADMIN = {"tags": ["categories"], "security": {"bearer": []}}
+
+
+class MasterCategoryIn(StrictModel):
+    name: SafeText = Field(min_length=1, max_length=120)
+    description: SafeText | None = Field(None, max_length=5000)
+    icon_url: Url | None = None
+    position: int = Field(0, ge=0, le=100_000)
+    is_active: bool = True
+
+
+class MasterCategoryUpdate(StrictModel):
+    name: SafeText | None = Field(None, min_length=1, max_length=120)
+    description: SafeText | None = Field(None, max_length=5000)
+    icon_url: Url | None = None
+    position: int | None = Field(None, ge=0, le=100_000)
+    is_active: bool | None = None
+
+
+class MasterCategoryQuery(PageQuery):
+    is_active: bool | None = None
+
+
+def _changes(model) -> dict:
+    changes = model.model_dump(exclude_unset=True)
+    # Required columns cannot be set to null; optional ones can be cleared.
+    return {k: v for k, v in changes.items()
+            if v is not None or k in ("description", "icon_url")}
+
+
+@bp.get("")
+@bp.get("/get-mastercategories")
+@bp.post("/get-mastercategories")
+@admin_required
+@validate(query=MasterCategoryQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
+def list_master_categories():
+    """All master categories, active and inactive, in display order."""
+    args = filters(MasterCategoryQuery)
+    query = category_service.list_masters()
+    if args.is_active is not None:
+        query = query.where(MasterCategory.is_active.is_(args.is_active))
+    rows, meta = paginate(query, args.page, args.per_page)
+    return {"master_categories": [row.to_dict() for row in rows], "pagination": meta}
+
+
+@bp.post("")
+@bp.post("/create-mastercategories")
+@admin_required
+@validate(json=MasterCategoryIn, resp=Response(HTTP_201=Envelope, **errors(401, 403, 409)), **ADMIN)
+def create_master_category():
+    """Create a master category (names are unique, case-insensitively)."""
+    category = category_service.create_master(**json_body().model_dump())
+    db.session.commit()
+    return {"message": "Master category created", "master_category": category.to_dict()}, 201
+
+
+@bp.get("/<int:category_id>")
+@bp.get("/get-mastercategories/<int:category_id>")
+@bp.post("/get-mastercategories/<int:category_id>")
+@admin_required
+@validate(resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)), **ADMIN)
+def get_master_category(category_id: int):
+    """One master category with its subcategories."""
+    category = category_service.get_master(category_id)
+    data = category.to_dict()
+    data["subcategories"] = [sub.to_dict() for sub in category.subcategories]
+    return {"master_category": data}
+
+
+@bp.put("/<int:category_id>")
+@bp.put("/update-mastercategories/<int:category_id>")
+@admin_required
+@validate(json=MasterCategoryUpdate, resp=Response(HTTP_200=Envelope, **errors(401, 403, 404, 409)),
+          **ADMIN)
+def update_master_category(category_id: int):
+    category = category_service.get_master(category_id)
+    category_service.update_master(category, _changes(json_body()))
+    db.session.commit()
+    return {"message": "Master category updated", "master_category": category.to_dict()}
+
+
+@bp.delete("/<int:category_id>")
+@bp.delete("/delete-mastercategories/<int:category_id>")
+@admin_required
+@validate(resp=Response(HTTP_200=MessageOut, **errors(401, 403, 404, 409)), **ADMIN)
+def delete_master_category(category_id: int):
+    """Delete an empty master category (409 while it has subcategories)."""
+    category_service.delete_master(category_service.get_master(category_id))
+    db.session.commit()
+    return {"message": "Master category deleted"}

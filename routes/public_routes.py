@@ -1,0 +1,140 @@
+"""The public catalog: no authentication, rate limited per client address."""
+from __future__ import annotations
+
+from flask import Blueprint
+from pydantic import Field
+from spectree import Response
+
+from auth import optional_user
+from routes.common import Envelope, config_limit
+from routes.course_routes import CourseListQuery, course_page, list_filters
+from services import catalog_service, category_service, course_service
+from utils.errors import NotFound
+from utils.helpers import paginate
+from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
+
+bp = Blueprint("public", __name__)
+TAGS = {"tags": ["public"]}
+
+
+class SubcategoryQuery(PageQuery):
+    master_category_id: int | None = Field(None, ge=1)
+    category_id: int | None = Field(None, ge=1, description="alias of master_category_id")
+
+
+class SearchQuery(PageQuery):
+    q: str = Field(min_length=1, max_length=200)
+
+
+class SearchIn(StrictModel):
+    query: str = Field(min_length=1, max_length=200)
+    page: int = Field(1, ge=1, le=100_000)
+    per_page: int = Field(20, ge=1)
+
+
+def _active_master(category_id: int):
+    category = category_service.get_master(category_id)
+    if not category.is_active:
+        raise NotFound("Master category not found")
+    return category
+
+
+@bp.get("/categories")
+@bp.get("/get-categories")
+@config_limit("RATE_LIMIT_PUBLIC")
+@validate(query=PageQuery, resp=Response(HTTP_200=Envelope, **errors(429)), **TAGS)
+def categories():
+    """Active master categories, in display order."""
+    args = query_args()
+    rows, meta = paginate(category_service.list_masters(active_only=True), args.page, args.per_page)
+    return {"categories": [row.to_dict() for row in rows], "pagination": meta}
+
+
+@bp.get("/categories/<int:category_id>/subcategories")
+@config_limit("RATE_LIMIT_PUBLIC")
+@validate(query=PageQuery, resp=Response(HTTP_200=Envelope, **errors(404, 429)), **TAGS)
+def category_subcategories(category_id: int):
+    """Active subcategories of a master category."""
+    args = query_args()
+    category = _active_master(category_id)
+    rows, meta = paginate(catalog_service.public_subcategories(category.id), args.page,
+                          args.per_page)
+    return {"category": category.to_dict(), "subcategories": [row.to_dict() for row in rows],
+            "pagination": meta}
+
+
+@bp.get("/get-subcategories")
+@config_limit("RATE_LIMIT_PUBLIC")
+@validate(query=SubcategoryQuery, resp=Response(HTTP_200=Envelope, **errors(429)), **TAGS)
+def subcategories():
+    """Active subcategories, optionally of one master category."""
+    args = query_args()
+    rows, meta = paginate(
+        catalog_service.public_subcategories(args.master_category_id or args.category_id),
+        args.page, args.per_page)
+    return {"subcategories": [row.to_dict() for row in rows], "pagination": meta}
+
+
+@bp.get("/subcategories/<int:subcategory_id>/courses")
+@config_limit("RATE_LIMIT_PUBLIC")
+@validate(query=CourseListQuery, resp=Response(HTTP_200=Envelope, **errors(404, 429)), **TAGS)
+def subcategory_courses(subcategory_id: int):
+    """Published courses of a subcategory (same filters and sorts as get-courses)."""
+    args = query_args()
+    sub = category_service.get_sub(subcategory_id)
+    if not sub.is_active:
+        raise NotFound("Subcategory not found")
+    filters = list_filters(args)
+    filters["subcategory_id"] = sub.id
+    return {"subcategory": sub.to_dict(),
+            **course_page(catalog_service.course_query(**filters), args)}
+
+
+@bp.get("/get-courses")
+@config_limit("RATE_LIMIT_PUBLIC")
+@validate(query=CourseListQuery, resp=Response(HTTP_200=Envelope, **errors(429)), **TAGS)
+def courses():
+    """Published courses: `category_id`, `subcategory_id`, `search`, `difficulty`,
+    `min_price`, `max_price`, `is_free`, `language`, `mode_of_conduct`, `sort`."""
+    args = query_args()
+    return course_page(catalog_service.course_query(**list_filters(args)), args)
+
+
+@bp.get("/courses/<int:course_id>")
+@bp.get("/get-courses/<int:course_id>")
+@config_limit("RATE_LIMIT_PUBLIC")
+@validate(resp=Response(HTTP_200=Envelope, **errors(404, 429)), **TAGS)
+def course(course_id: int):
+    """A published course with its outline (no video URLs or lesson bodies, except previews,
+    unless the caller is enrolled, the owner or an admin)."""
+    viewer = optional_user()
+    course = course_service.get_course(course_id)
+    if course.status != "published":
+        raise NotFound("Course not found")
+    return {"course": course_service.course_detail(course, viewer)}
+
+
+def _search(text: str, page: int, per_page: int):
+    per_page = min(per_page, 100)
+    query = catalog_service.course_query(search=text, sort="newest")
+    rows, meta = paginate(query, page, per_page)
+    return {"query": text, "courses": [course_service.course_summary(c) for c in rows],
+            "pagination": meta}
+
+
+@bp.get("/courses/search")
+@config_limit("RATE_LIMIT_SEARCH")
+@validate(query=SearchQuery, resp=Response(HTTP_200=Envelope, **errors(429)), **TAGS)
+def search():
+    """Search published courses by title, short description and description (`q`)."""
+    args = query_args()
+    return _search(args.q, args.page, args.per_page)
+
+
+@bp.post("/search")
+@config_limit("RATE_LIMIT_SEARCH")
+@validate(json=SearchIn, resp=Response(HTTP_200=Envelope, **errors(429)), **TAGS)
+def search_by_post():
+    """The API documentation's search: `{"query": "..."}`."""
+    body = json_body()
+    return _search(body.query, body.page, body.per_page)

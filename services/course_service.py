@@ -1,0 +1,595 @@
+"""Courses and their content: modules, lessons, lesson resources, prerequisites, thumbnails.
+
+Who may see what is decided in one place, `access_level`: guests and users who are not
+enrolled get the outline (titles, durations, previews); enrolled students, the owner and admins
+get everything. Who may write is decided in `editable_course`: the course's instructor or an
+admin. Deletions return the stored files to remove, so the caller removes them only after the
+database change is committed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from sqlalchemy import delete, exists, func, or_, select
+from sqlalchemy.orm import selectinload
+
+from models import (
+    Certificate,
+    Course,
+    CoursePrerequisite,
+    Enrollment,
+    Lesson,
+    LessonProgress,
+    LessonResource,
+    LiveSession,
+    LiveSessionAttendance,
+    Module,
+    Payment,
+    Subcategory,
+    User,
+    db,
+)
+from services import file_service
+from utils.errors import Conflict, Forbidden, NotFound, ValidationError
+from utils.helpers import utcnow
+from utils.validators import slugify
+
+ACTIVE_ENROLLMENT = ("active", "completed")
+
+
+# --- access -----------------------------------------------------------------------------------
+
+def is_enrolled(user_id: int, course_id: int) -> bool:
+    return db.session.scalar(select(exists().where(
+        Enrollment.user_id == user_id, Enrollment.course_id == course_id,
+        Enrollment.status.in_(ACTIVE_ENROLLMENT)))) or False
+
+
+def access_level(course: Course, user: User | None) -> str:
+    """'admin', 'owner', 'enrolled' or 'guest' (anyone else, signed in or not)."""
+    if user is None:
+        return "guest"
+    if user.role == "admin":
+        return "admin"
+    if course.instructor_id == user.id:
+        return "owner"
+    if is_enrolled(user.id, course.id):
+        return "enrolled"
+    return "guest"
+
+
+def has_full_content(level: str) -> bool:
+    return level in ("admin", "owner", "enrolled")
+
+
+def get_course(course_id: int) -> Course:
+    course = db.session.get(Course, course_id)
+    if course is None:
+        raise NotFound("Course not found")
+    return course
+
+
+def visible_course(course_id: int, user: User | None) -> Course:
+    """A course the viewer may look at: published, or their own, or any for an admin.
+    Anything else is 404, so drafts do not reveal that they exist."""
+    course = get_course(course_id)
+    if course.status != "published" and not (
+        user is not None and (user.role == "admin" or course.instructor_id == user.id)
+    ):
+        raise NotFound("Course not found")
+    return course
+
+
+def editable_course(course_id: int, user: User) -> Course:
+    course = get_course(course_id)
+    ensure_can_edit(course, user)
+    return course
+
+
+def ensure_can_edit(course: Course, user: User) -> None:
+    if user.role != "admin" and course.instructor_id != user.id:
+        raise Forbidden("Only the course's instructor or an admin can change it",
+                        code="not_course_owner")
+
+
+# --- courses ----------------------------------------------------------------------------------
+
+def _unique_slug(base: str, exclude_id: int | None = None) -> str:
+    query = select(Course.slug).where(or_(Course.slug == base, Course.slug.like(f"{base}-%")))
+    if exclude_id is not None:
+        query = query.where(Course.id != exclude_id)
+    taken = set(db.session.scalars(query))
+    if base not in taken:
+        return base
+    n = 2
+    while f"{base}-{n}" in taken:
+        n += 1
+    return f"{base}-{n}"
+
+
+def _check_subcategory(subcategory_id: int | None) -> None:
+    if subcategory_id is not None and db.session.get(Subcategory, subcategory_id) is None:
+        raise ValidationError("The subcategory does not exist",
+                              details={"subcategory_id": "does not exist"})
+
+
+def _check_instructor(instructor_id: int) -> None:
+    user = db.session.get(User, instructor_id)
+    if user is None or user.role not in ("instructor", "admin") or not user.is_active:
+        raise ValidationError("The instructor must be an active instructor or admin",
+                              details={"instructor_id": "is not an active instructor"})
+
+
+def lesson_count(course_id: int) -> int:
+    return db.session.scalar(
+        select(func.count(Lesson.id)).join(Module).where(Module.course_id == course_id)) or 0
+
+
+def _apply_status(course: Course, status: str) -> None:
+    if status == course.status:
+        return
+    if status == "published":
+        if lesson_count(course.id) == 0:
+            raise ValidationError("A course needs at least one lesson before it is published",
+                                  code="course_empty", details={"status": "course has no lessons"})
+        course.published_at = course.published_at or utcnow()
+        course.review_requested_at = None
+    course.status = status
+
+
+def create_course(author: User, data: dict) -> Course:
+    data = dict(data)
+    instructor_id = data.pop("instructor_id", None)
+    if author.role != "admin" or instructor_id is None:
+        instructor_id = author.id
+    else:
+        _check_instructor(instructor_id)
+    _check_subcategory(data.get("subcategory_id"))
+    slug = data.pop("slug", None) or slugify(data["title"])
+    course = Course(instructor_id=instructor_id, slug=_unique_slug(slug), status="draft", **data)
+    db.session.add(course)
+    db.session.flush()
+    return course
+
+
+def update_course(course: Course, changes: dict, actor: User) -> Course:
+    changes = dict(changes)
+    status = changes.pop("status", None)
+    if "instructor_id" in changes:
+        instructor_id = changes.pop("instructor_id")
+        if actor.role == "admin" and instructor_id is not None:
+            _check_instructor(instructor_id)
+            course.instructor_id = instructor_id
+    if "subcategory_id" in changes:
+        _check_subcategory(changes["subcategory_id"])
+    if changes.get("slug"):
+        changes["slug"] = _unique_slug(slugify(changes["slug"]), course.id)
+    elif "slug" in changes:
+        changes.pop("slug")
+    for name, value in changes.items():
+        setattr(course, name, value)
+    if status is not None:
+        _apply_status(course, status)
+    return course
+
+
+def request_review(course: Course) -> Course:
+    if course.status != "draft":
+        raise Conflict("Only draft courses can be submitted for review")
+    if lesson_count(course.id) == 0:
+        raise ValidationError("A course needs at least one lesson before review",
+                              code="course_empty")
+    course.review_requested_at = utcnow()
+    return course
+
+
+def set_status(course: Course, status: str) -> Course:
+    _apply_status(course, status)
+    return course
+
+
+@dataclass
+class Removal:
+    """What a delete did, and the stored files to remove once it is committed."""
+
+    outcome: str  # "deleted" or "archived"
+    files: list[str] = field(default_factory=list)
+
+
+def _has_student_records(course_id: int) -> bool:
+    return any(db.session.scalar(select(exists().where(model.course_id == course_id)))
+               for model in (Enrollment, Payment, Certificate))
+
+
+def _resource_paths(lesson_ids) -> list[str]:
+    return list(db.session.scalars(select(LessonResource.stored_path)
+                                   .where(LessonResource.lesson_id.in_(lesson_ids))))
+
+
+def delete_course(course: Course) -> Removal:
+    """Archive a course that students' records refer to; delete one that nobody took."""
+    if _has_student_records(course.id):
+        course.status = "archived"
+        return Removal("archived")
+    module_ids = select(Module.id).where(Module.course_id == course.id)
+    lesson_ids = select(Lesson.id).where(Lesson.module_id.in_(module_ids))
+    files = _resource_paths(lesson_ids)
+    if course.thumbnail_url and course.thumbnail_url.startswith(file_service.PUBLIC_URL_PREFIX):
+        files.append(course.thumbnail_url[len(file_service.PUBLIC_URL_PREFIX):])
+    session_ids = select(LiveSession.id).where(LiveSession.course_id == course.id)
+    for statement in (
+        delete(LiveSessionAttendance).where(LiveSessionAttendance.live_session_id.in_(session_ids)),
+        delete(LiveSession).where(LiveSession.course_id == course.id),
+        delete(LessonResource).where(LessonResource.lesson_id.in_(lesson_ids)),
+        delete(Lesson).where(Lesson.module_id.in_(module_ids)),
+        delete(Module).where(Module.course_id == course.id),
+        delete(CoursePrerequisite).where(or_(CoursePrerequisite.course_id == course.id,
+                                             CoursePrerequisite.prerequisite_course_id == course.id)),
+    ):
+        db.session.execute(statement, execution_options={"synchronize_session": False})
+    db.session.delete(course)
+    return Removal("deleted", files)
+
+
+def set_thumbnail(course: Course, upload) -> str | None:
+    """Store a new thumbnail; returns the stored path of the one it replaces."""
+    stored = file_service.save(upload, "thumbnails", allowed=file_service.IMAGE_EXTENSIONS)
+    previous = course.thumbnail_url
+    course.thumbnail_url = file_service.public_url(stored.relative_path)
+    if previous and previous.startswith(file_service.PUBLIC_URL_PREFIX + "thumbnails/"):
+        return previous[len(file_service.PUBLIC_URL_PREFIX):]
+    return None
+
+
+# --- ordering ---------------------------------------------------------------------------------
+
+def _place(siblings: list, item, position: int | None) -> None:
+    """Put `item` at `position` among `siblings` (None: at the end) and renumber 0..n-1, so
+    the order stays stable and gap-free."""
+    others = [s for s in siblings if s is not item]
+    index = len(others) if position is None else max(0, min(position, len(others)))
+    others.insert(index, item)
+    for number, sibling in enumerate(others):
+        sibling.position = number
+
+
+def _reorder(siblings: list, ordered_ids: list[int], what: str) -> None:
+    by_id = {s.id: s for s in siblings}
+    if sorted(ordered_ids) != sorted(by_id):
+        raise ValidationError(f"Give every {what} of the parent exactly once",
+                              details={f"{what}_ids": f"must list each {what} id once"})
+    for number, item_id in enumerate(ordered_ids):
+        by_id[item_id].position = number
+
+
+def _modules_of(course_id: int) -> list[Module]:
+    return list(db.session.scalars(select(Module).where(Module.course_id == course_id)
+                                   .order_by(Module.position, Module.id)))
+
+
+def _lessons_of(module_id: int) -> list[Lesson]:
+    return list(db.session.scalars(select(Lesson).where(Lesson.module_id == module_id)
+                                   .order_by(Lesson.position, Lesson.id)))
+
+
+def _resources_of(lesson_id: int) -> list[LessonResource]:
+    return list(db.session.scalars(select(LessonResource)
+                                   .where(LessonResource.lesson_id == lesson_id)
+                                   .order_by(LessonResource.position, LessonResource.id)))
+
+
+# --- modules ----------------------------------------------------------------------------------
+
+def get_module(module_id: int) -> Module:
+    module = db.session.get(Module, module_id)
+    if module is None:
+        raise NotFound("Module not found")
+    return module
+
+
+def create_module(course: Course, data: dict) -> Module:
+    data = dict(data)
+    position = data.pop("position", None)
+    module = Module(course_id=course.id, **data)
+    db.session.add(module)
+    _place(_modules_of(course.id), module, position)
+    db.session.flush()
+    return module
+
+
+def update_module(module: Module, changes: dict) -> Module:
+    changes = dict(changes)
+    position = changes.pop("position", None)
+    for name, value in changes.items():
+        setattr(module, name, value)
+    if position is not None:
+        _place(_modules_of(module.course_id), module, position)
+    return module
+
+
+def reorder_modules(course: Course, module_ids: list[int]) -> list[Module]:
+    modules = _modules_of(course.id)
+    _reorder(modules, module_ids, "module")
+    return sorted(modules, key=lambda m: m.position)
+
+
+def delete_module(module: Module) -> None:
+    lessons = db.session.scalar(select(func.count()).select_from(Lesson)
+                                .where(Lesson.module_id == module.id))
+    if lessons:
+        raise Conflict(f"This module still has {lessons} lesson{'' if lessons == 1 else 's'}; "
+                       "delete or move them first", code="has_children",
+                       details={"lessons": lessons})
+    course_id = module.course_id
+    db.session.delete(module)
+    db.session.flush()
+    _renumber(_modules_of(course_id))
+
+
+def _renumber(items: list) -> None:
+    for number, item in enumerate(items):
+        item.position = number
+
+
+# --- lessons ----------------------------------------------------------------------------------
+
+def get_lesson(lesson_id: int) -> Lesson:
+    lesson = db.session.get(Lesson, lesson_id)
+    if lesson is None:
+        raise NotFound("Lesson not found")
+    return lesson
+
+
+def course_of_lesson(lesson: Lesson) -> Course:
+    return db.session.get(Course, db.session.get(Module, lesson.module_id).course_id)
+
+
+def create_lesson(module: Module, data: dict) -> Lesson:
+    data = dict(data)
+    position = data.pop("position", None)
+    lesson = Lesson(module_id=module.id, **data)
+    db.session.add(lesson)
+    _place(_lessons_of(module.id), lesson, position)
+    db.session.flush()
+    return lesson
+
+
+def update_lesson(lesson: Lesson, changes: dict) -> Lesson:
+    changes = dict(changes)
+    position = changes.pop("position", None)
+    target_module_id = changes.pop("module_id", None)
+    if target_module_id is not None and target_module_id != lesson.module_id:
+        target = get_module(target_module_id)
+        if target.course_id != db.session.get(Module, lesson.module_id).course_id:
+            raise ValidationError("A lesson can only move to a module of the same course",
+                                  details={"module_id": "belongs to another course"})
+        old_module_id = lesson.module_id
+        lesson.module_id = target.id
+        db.session.flush()
+        _renumber(_lessons_of(old_module_id))
+        _place(_lessons_of(target.id), lesson, position)
+        position = None
+    for name, value in changes.items():
+        setattr(lesson, name, value)
+    if position is not None:
+        _place(_lessons_of(lesson.module_id), lesson, position)
+    return lesson
+
+
+def reorder_lessons(module: Module, lesson_ids: list[int]) -> list[Lesson]:
+    lessons = _lessons_of(module.id)
+    _reorder(lessons, lesson_ids, "lesson")
+    return sorted(lessons, key=lambda item: item.position)
+
+
+def delete_lesson(lesson: Lesson) -> Removal:
+    """Delete a lesson with its resources and the progress recorded on it (progress
+    percentages are computed from the lessons that exist)."""
+    files = _resource_paths([lesson.id])
+    module_id = lesson.module_id
+    db.session.execute(delete(LessonResource).where(LessonResource.lesson_id == lesson.id),
+                       execution_options={"synchronize_session": False})
+    db.session.execute(delete(LessonProgress).where(LessonProgress.lesson_id == lesson.id),
+                       execution_options={"synchronize_session": False})
+    db.session.delete(lesson)
+    db.session.flush()
+    _renumber(_lessons_of(module_id))
+    return Removal("deleted", files)
+
+
+# --- lesson resources -------------------------------------------------------------------------
+
+def get_resource(resource_id: int) -> LessonResource:
+    resource = db.session.get(LessonResource, resource_id)
+    if resource is None:
+        raise NotFound("Resource not found")
+    return resource
+
+
+def course_of_resource(resource: LessonResource) -> Course:
+    return course_of_lesson(db.session.get(Lesson, resource.lesson_id))
+
+
+def create_resource(lesson: Lesson, upload, *, title: str | None, description: str | None,
+                    uploader: User, position: int | None = None) -> LessonResource:
+    stored = file_service.save(upload, "resources")
+    resource = LessonResource(
+        lesson_id=lesson.id, title=(title or stored.original_filename)[:200],
+        description=description, original_filename=stored.original_filename,
+        stored_path=stored.relative_path, mime_type=stored.mime_type, file_type=stored.kind,
+        file_size=stored.size, sha256=stored.sha256, uploaded_by_id=uploader.id)
+    db.session.add(resource)
+    _place(_resources_of(lesson.id), resource, position)
+    try:
+        db.session.flush()
+    except Exception:
+        file_service.delete(stored.relative_path)  # nothing half-written on disk either
+        raise
+    return resource
+
+
+def update_resource(resource: LessonResource, changes: dict) -> LessonResource:
+    changes = dict(changes)
+    position = changes.pop("position", None)
+    for name, value in changes.items():
+        setattr(resource, name, value)
+    if position is not None:
+        _place(_resources_of(resource.lesson_id), resource, position)
+    return resource
+
+
+def delete_resource(resource: LessonResource) -> Removal:
+    lesson_id = resource.lesson_id
+    path = resource.stored_path
+    db.session.delete(resource)
+    db.session.flush()
+    _renumber(_resources_of(lesson_id))
+    return Removal("deleted", [path])
+
+
+# --- prerequisites ----------------------------------------------------------------------------
+
+def prerequisites_of(course_id: int) -> list[Course]:
+    return list(db.session.scalars(
+        select(Course).join(CoursePrerequisite, CoursePrerequisite.prerequisite_course_id == Course.id)
+        .where(CoursePrerequisite.course_id == course_id).order_by(Course.id)))
+
+
+def _find_path(graph: dict[int, set[int]], start: int, goal: int) -> list[int] | None:
+    """A path start -> ... -> goal through `graph` (course -> its prerequisites), or None."""
+    stack, seen = [(start, [start])], {start}
+    while stack:
+        node, path = stack.pop()
+        if node == goal:
+            return path
+        for nxt in graph.get(node, ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append((nxt, path + [nxt]))
+    return None
+
+
+def _validate_prerequisites(course: Course, ids: list[int], graph: dict[int, set[int]]) -> None:
+    if course.id in ids:
+        raise ValidationError("A course cannot require itself", code="prerequisite_cycle",
+                              details={"prerequisite_course_ids": "contains the course itself"})
+    found = set(db.session.scalars(select(Course.id).where(Course.id.in_(ids))))
+    missing = sorted(set(ids) - found)
+    if missing:
+        raise ValidationError("Some prerequisite courses do not exist",
+                              details={"prerequisite_course_ids": f"unknown ids {missing}"})
+    for prerequisite_id in ids:
+        path = _find_path(graph, prerequisite_id, course.id)
+        if path:
+            cycle = [course.id] + path
+            titles = dict(db.session.execute(select(Course.id, Course.title)
+                                             .where(Course.id.in_(cycle))).all())
+            named = " -> ".join(f"{titles.get(c, c)} (#{c})" for c in cycle)
+            raise ValidationError(f"This would create a prerequisite cycle: {named}",
+                                  code="prerequisite_cycle",
+                                  details={"prerequisite_course_ids": named, "cycle": cycle})
+
+
+def _graph(exclude_course: int | None = None) -> dict[int, set[int]]:
+    graph: dict[int, set[int]] = {}
+    for course_id, prerequisite_id in db.session.execute(
+            select(CoursePrerequisite.course_id, CoursePrerequisite.prerequisite_course_id)):
+        if course_id != exclude_course:
+            graph.setdefault(course_id, set()).add(prerequisite_id)
+    return graph
+
+
+def add_prerequisites(course: Course, ids: list[int]) -> list[Course]:
+    ids = list(dict.fromkeys(ids))
+    current = {c.id for c in prerequisites_of(course.id)}
+    new = [i for i in ids if i not in current]
+    graph = _graph()
+    graph.setdefault(course.id, set()).update(current)
+    _validate_prerequisites(course, new, graph)
+    for prerequisite_id in new:
+        db.session.add(CoursePrerequisite(course_id=course.id, prerequisite_course_id=prerequisite_id))
+    db.session.flush()
+    return prerequisites_of(course.id)
+
+
+def replace_prerequisites(course: Course, ids: list[int]) -> list[Course]:
+    ids = list(dict.fromkeys(ids))
+    _validate_prerequisites(course, ids, _graph(exclude_course=course.id))
+    db.session.execute(delete(CoursePrerequisite).where(CoursePrerequisite.course_id == course.id),
+                       execution_options={"synchronize_session": False})
+    for prerequisite_id in ids:
+        db.session.add(CoursePrerequisite(course_id=course.id, prerequisite_course_id=prerequisite_id))
+    db.session.flush()
+    return prerequisites_of(course.id)
+
+
+def remove_prerequisite(course: Course, prerequisite_id: int) -> None:
+    removed = db.session.execute(delete(CoursePrerequisite).where(
+        CoursePrerequisite.course_id == course.id,
+        CoursePrerequisite.prerequisite_course_id == prerequisite_id)).rowcount
+    if not removed:
+        raise NotFound("This course does not require that course")
+
+
+def missing_prerequisites(user_id: int, course_id: int) -> list[Course]:
+    """Prerequisites of the course that the user has not completed (for enrollment)."""
+    completed = select(Enrollment.course_id).where(Enrollment.user_id == user_id,
+                                                   Enrollment.status == "completed")
+    return list(db.session.scalars(
+        select(Course).join(CoursePrerequisite, CoursePrerequisite.prerequisite_course_id == Course.id)
+        .where(CoursePrerequisite.course_id == course_id, Course.id.not_in(completed))
+        .order_by(Course.id)))
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+def load_outline(course_id: int) -> list[Module]:
+    """Modules with their lessons and resources, in order, in three queries."""
+    return list(db.session.scalars(
+        select(Module).where(Module.course_id == course_id)
+        .options(selectinload(Module.lessons).selectinload(Lesson.resources))
+        .order_by(Module.position, Module.id)))
+
+
+def outline(modules: list[Module], level: str) -> list[dict]:
+    full = has_full_content(level)
+    result = []
+    for module in modules:
+        lessons = []
+        for lesson in module.lessons:
+            item = lesson.to_dict(full_content=full)
+            item["resources"] = ([r.to_dict() for r in lesson.resources]
+                                 if full or lesson.is_preview else [])
+            lessons.append(item)
+        entry = module.to_dict()
+        entry["lessons"] = lessons
+        result.append(entry)
+    return result
+
+
+def course_summary(course: Course) -> dict:
+    """A course for lists: its fields, the instructor's public card, its subcategory."""
+    data = course.to_dict()
+    data["instructor"] = course.instructor.to_dict() if course.instructor else None
+    data["subcategory"] = ({"id": course.subcategory.id, "name": course.subcategory.name,
+                            "master_category_id": course.subcategory.master_category_id}
+                           if course.subcategory else None)
+    return data
+
+
+def course_detail(course: Course, viewer: User | None) -> dict:
+    level = access_level(course, viewer)
+    data = course_summary(course)
+    modules = load_outline(course.id)
+    data["modules"] = outline(modules, level)
+    data["lesson_count"] = sum(len(m.lessons) for m in modules)
+    data["prerequisites"] = [{"id": c.id, "title": c.title, "slug": c.slug}
+                             for c in prerequisites_of(course.id)]
+    data["access"] = level
+    data["has_full_access"] = has_full_content(level)
+    return data
+
+
+def price_is_valid(price: Decimal) -> bool:
+    return Decimal("0") <= price <= Decimal("99999999.99")
