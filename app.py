@@ -97,6 +97,7 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
         auth_routes,
         course_routes,
         docs,
+        enrollments_routes,
         file_routes,
         health,
         lessons_resources_routes,
@@ -123,6 +124,7 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
         (lessons_routes, "/lessons"),
         (lessons_resources_routes, "/lesson-resources"),
         (prerequisites, "/prerequisites"),
+        (enrollments_routes, "/enrollments"),
         (file_routes, "/files"),
         (public_routes, "/public"),
         (admin_routes, "/admin"),
@@ -131,7 +133,7 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
     app.register_blueprint(media.bp, url_prefix="/static/uploads")
 
     spec.register(app)
-    _relax_csp_for_docs(app)
+    _per_view_security(app)
 
     from utils.cli import register_commands
 
@@ -139,11 +141,15 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
     return app
 
 
-def _relax_csp_for_docs(app: Flask) -> None:
-    """The docs pages load Swagger UI / ReDoc / Scalar scripts; the JSON API allows nothing."""
+def _per_view_security(app: Flask) -> None:
+    """Exceptions to the app-wide headers: the docs pages load Swagger UI / ReDoc / Scalar
+    scripts (the JSON API allows nothing); health probes come from load balancers over plain
+    HTTP inside the network, so they are not redirected to HTTPS."""
     for endpoint, view in app.view_functions.items():
         if endpoint.startswith("openapi_") or endpoint == "docs.docs_page":
             view.talisman_view_options = {"content_security_policy": DOCS_CSP}
+        elif endpoint.startswith("health."):
+            view.talisman_view_options = {"force_https": False}
 
 
 _app: Flask | None = None

@@ -22,3 +22,6 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 # Build the app once in the master, so a configuration error stops start-up with one line
 # instead of every worker failing to boot in turn.
 preload_app = True
+# gunicorn's control socket sits at one fixed path per user by default, which two servers on a
+# host would share; the API does not use it.
+control_socket_disable = True

@@ -12,7 +12,7 @@ from app import limiter
 from auth import current_user, instructor_required, optional_user
 from models import db
 from routes.common import Envelope, MessageOut
-from services import catalog_service, course_service, file_service
+from services import catalog_service, course_service, enrollment_service, file_service
 from utils.errors import ValidationError
 from utils.helpers import paginate
 from utils.validation import IdList, PageQuery, StrictModel, errors, json_body, query_args, validate
@@ -336,3 +336,27 @@ def remove_prerequisite(course_id: int, prerequisite_id: int):
     course_service.remove_prerequisite(course, prerequisite_id)
     db.session.commit()
     return {"message": "Prerequisite removed"}
+
+
+# --- students of a course ---------------------------------------------------------------------
+
+class CourseEnrollmentQuery(PageQuery):
+    status: Literal["active", "completed", "cancelled", "refunded"] | None = None
+
+
+@bp.get("/<int:course_id>/enrollments")
+@instructor_required
+@validate(query=CourseEnrollmentQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)),
+          tags=["courses", "enrollments"], security={"bearer": []})
+def course_enrollments(course_id: int):
+    """Enrollments and progress of a course the instructor teaches (any course for an admin)."""
+    course_service.editable_course(course_id, current_user())
+    args = query_args()
+    query = enrollment_service.enrollments_query(
+        course_id=course_id, statuses=(args.status,) if args.status else None, with_students=True)
+    rows, meta = paginate(query, args.page, args.per_page)
+    progress = enrollment_service.progress_by_enrollment(rows)
+    return {"enrollments": [
+        {**enrollment_service.enrollment_dict(e, progress[e.id], course=False),
+         "student": {"id": e.user.id, "full_name": e.user.full_name, "email": e.user.email}}
+        for e in rows], "pagination": meta}

@@ -72,10 +72,12 @@ def test_production_forces_https():
     from app import create_app
 
     app = create_app("testing", overrides={"FORCE_HTTPS": True})
-    # Talisman reads force_https at init time from the config it was given.
-    response = app.test_client().get("/api/v1/health")
+    client = app.test_client()
+    response = client.get("/api/v1/openapi.json")
     assert response.status_code in (301, 302)
     assert response.headers["Location"].startswith("https://")
+    # Load-balancer probes over plain HTTP are answered, not redirected.
+    assert client.get("/api/v1/health").status_code == 200
 
 
 def test_cors_allows_the_two_spas_only(client, app):

@@ -1,0 +1,167 @@
+"""Enrollment and lesson progress. A user sees only their own (others' ids are 404);
+instructors see those of their courses, admins all."""
+from __future__ import annotations
+
+from flask import Blueprint, request
+from pydantic import Field
+from spectree import Response
+
+from auth import current_user, login_required
+from models import db
+from routes.common import Envelope
+from services import enrollment_service
+from utils.errors import Conflict, NotFound
+from utils.helpers import paginate
+from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
+
+bp = Blueprint("enrollments", __name__)
+AUTH = {"tags": ["enrollments"], "security": {"bearer": []}}
+
+
+class EnrollIn(StrictModel):
+    course_id: int = Field(ge=1)
+
+
+class ProgressIn(StrictModel):
+    completed: bool | None = None
+    watch_time_seconds: int | None = Field(None, ge=0, le=10 * 24 * 3600)
+
+
+class EnrollmentQuery(PageQuery):
+    status: str | None = Field(None, pattern="^(active|completed|cancelled|refunded)$")
+
+
+def _enroll(course_id: int):
+    enrollment, created = enrollment_service.enroll(current_user(), course_id)
+    db.session.commit()
+    progress = enrollment_service.progress_of(enrollment)
+    body = enrollment_service.enrollment_dict(enrollment, progress)
+    if created:
+        return {"message": "Enrolled", "enrollment": body}, 201
+    return {"message": "Already enrolled", "enrollment": body}, 200
+
+
+@bp.post("")
+@login_required
+@validate(json=EnrollIn, resp=Response(HTTP_201=Envelope, HTTP_200=Envelope,
+                                       **errors(401, 402, 403, 404, 409)), **AUTH)
+def enroll():
+    """Enroll in a course: free courses at once; paid ones answer 402 until paid (payments
+    enroll by themselves); missing prerequisites are 403, listed."""
+    return _enroll(json_body().course_id)
+
+
+@bp.post("/create-enrollments/<int:course_id>")
+@login_required
+@validate(resp=Response(HTTP_201=Envelope, HTTP_200=Envelope, **errors(401, 402, 403, 404, 409)),
+          **AUTH)
+def enroll_by_path(course_id: int):
+    """The API documentation's form of enrolling: the course in the path."""
+    return _enroll(course_id)
+
+
+def enrollment_page(query, args):
+    rows, meta = paginate(query, args.page, args.per_page)
+    progress = enrollment_service.progress_by_enrollment(rows)
+    return {"enrollments": [enrollment_service.enrollment_dict(e, progress[e.id]) for e in rows],
+            "pagination": meta}
+
+
+@bp.get("")
+@bp.get("/get-enrollments")
+@login_required
+@validate(query=EnrollmentQuery, resp=Response(HTTP_200=Envelope, **errors(401)), **AUTH)
+def my_enrollments():
+    """The signed-in user's enrollments with their progress, newest first."""
+    args = query_args()
+    query = enrollment_service.enrollments_query(
+        user_id=current_user().id, statuses=(args.status,) if args.status else None)
+    return enrollment_page(query, args)
+
+
+@bp.get("/<int:enrollment_id>")
+@login_required
+@validate(resp=Response(HTTP_200=Envelope, **errors(401, 404)), **AUTH)
+def get_enrollment(enrollment_id: int):
+    enrollment = enrollment_service.own_enrollment(enrollment_id, current_user())
+    progress = enrollment_service.progress_of(enrollment)
+    return {"enrollment": enrollment_service.enrollment_dict(enrollment, progress)}
+
+
+@bp.delete("/<int:enrollment_id>")
+@login_required
+@validate(resp=Response(HTTP_200=Envelope, **errors(401, 404, 409)), **AUTH)
+def cancel_enrollment(enrollment_id: int):
+    """Leave a course (progress is kept; enrolling again resumes it). Paid enrollments end
+    through a refund request instead."""
+    user = current_user()
+    enrollment = enrollment_service.own_enrollment(enrollment_id, user)
+    if enrollment.user_id != user.id:
+        raise NotFound("Enrollment not found")
+    if enrollment.payment_id is not None:
+        raise Conflict("A paid enrollment ends through a refund request",
+                       code="use_refund_request")
+    enrollment_service.cancel(enrollment)
+    db.session.commit()
+    return {"message": "Enrollment cancelled", "enrollment": enrollment.to_dict()}
+
+
+@bp.get("/<int:enrollment_id>/progress")
+@login_required
+@validate(resp=Response(HTTP_200=Envelope, **errors(401, 404)), **AUTH)
+def enrollment_progress(enrollment_id: int):
+    """Progress lesson by lesson."""
+    enrollment = enrollment_service.own_enrollment(enrollment_id, current_user())
+    return enrollment_service.detailed_progress(enrollment)
+
+
+@bp.get("/get-enrollments/<int:course_id>/progress")
+@login_required
+@validate(resp=Response(HTTP_200=Envelope, **errors(401, 404)), **AUTH)
+def course_progress(course_id: int):
+    """The API documentation's progress path: the signed-in user's progress in a course."""
+    enrollment = enrollment_service.my_enrollment_for_course(current_user(), course_id)
+    return enrollment_service.detailed_progress(enrollment)
+
+
+def _record(enrollment, lesson_id: int, default_completed: bool | None):
+    body = json_body() if request.content_length else None
+    completed = body.completed if body and "completed" in body.model_fields_set else default_completed
+    watch = body.watch_time_seconds if body else None
+    record, finished = enrollment_service.record_progress(
+        enrollment, lesson_id, completed=completed, watch_time_seconds=watch)
+    db.session.commit()
+    progress = enrollment_service.progress_of(enrollment)
+    return {"lesson_progress": record, "course_completed": finished,
+            "enrollment": enrollment_service.enrollment_dict(enrollment, progress, course=False)}
+
+
+@bp.post("/<int:enrollment_id>/lessons/<int:lesson_id>/complete")
+@login_required
+@validate(json=ProgressIn, resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)), **AUTH)
+def complete_lesson(enrollment_id: int, lesson_id: int):
+    """Mark a lesson complete (or send `{"completed": false}` / `watch_time_seconds`)."""
+    user = current_user()
+    enrollment = enrollment_service.own_enrollment(enrollment_id, user)
+    if enrollment.user_id != user.id:  # teachers read progress; only the student writes it
+        raise NotFound("Enrollment not found")
+    return _record(enrollment, lesson_id, True)
+
+
+@bp.get("/get-enrollments/<int:course_id>/lessons/<int:lesson_id>/progress")
+@login_required
+@validate(resp=Response(HTTP_200=Envelope, **errors(401, 404)), **AUTH)
+def read_lesson_progress(course_id: int, lesson_id: int):
+    """One lesson's progress in a course the user is enrolled in."""
+    enrollment = enrollment_service.my_enrollment_for_course(current_user(), course_id)
+    return {"lesson_progress": enrollment_service.lesson_progress(enrollment, lesson_id)}
+
+
+@bp.post("/get-enrollments/<int:course_id>/lessons/<int:lesson_id>/progress")
+@bp.put("/get-enrollments/<int:course_id>/lessons/<int:lesson_id>/progress")
+@login_required
+@validate(json=ProgressIn, resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)), **AUTH)
+def write_lesson_progress(course_id: int, lesson_id: int):
+    """Record a lesson's progress (`{completed?, watch_time_seconds?}`) by course id."""
+    enrollment = enrollment_service.my_enrollment_for_course(current_user(), course_id)
+    return _record(enrollment, lesson_id, None)

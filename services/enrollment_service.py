@@ -1,0 +1,378 @@
+"""Enrollment and progress.
+
+- `enroll` is the one way into a course, for the enroll route and for payment settlement alike:
+  free courses at once, paid ones only with a completed payment; prerequisites enforced; one row
+  per (user, course), also when two requests race; a cancelled or refunded row is re-activated
+  with its history.
+- `record_progress` marks lessons and watch time; the percentage is always computed from the
+  lessons the course has now, so lessons added later lower it for those still learning, while a
+  completion already earned stands. Completion happens exactly once (an atomic conditional
+  UPDATE), and only then are the certificate and the notification produced.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+
+from sqlalchemy import and_, case, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import joinedload
+
+from models import (
+    Certificate,
+    Course,
+    Enrollment,
+    Lesson,
+    LessonProgress,
+    Module,
+    Notification,
+    Payment,
+    User,
+    db,
+)
+from services import course_service
+from utils.errors import Conflict, Forbidden, NotFound, PaymentRequired
+from utils.helpers import money, utcnow
+
+log = logging.getLogger("lms.enrollment")
+
+OPEN_STATUSES = ("active", "completed")
+
+
+# --- enrolling --------------------------------------------------------------------------------
+
+def completed_payment(user_id: int, course_id: int) -> Payment | None:
+    return db.session.scalar(
+        select(Payment).where(Payment.user_id == user_id, Payment.course_id == course_id,
+                              Payment.status == "completed")
+        .order_by(Payment.paid_at.desc(), Payment.id.desc()).limit(1))
+
+
+def _payment_required(course: Course) -> PaymentRequired:
+    return PaymentRequired(
+        "This course is paid: complete a payment to enroll",
+        details={"course_id": course.id, "price": money(course.price),
+                 "currency": course.currency,
+                 "pay_with": {"razorpay": "/api/v1/payments/razorpay/create-order",
+                              "stripe": "/api/v1/payments/stripe/create-checkout"}})
+
+
+def _check_prerequisites(user: User, course: Course) -> None:
+    missing = course_service.missing_prerequisites(user.id, course.id)
+    if missing:
+        raise Forbidden(
+            "Complete the prerequisite courses first: " + ", ".join(c.title for c in missing),
+            code="prerequisites_missing",
+            details={"missing_prerequisites": [{"id": c.id, "title": c.title, "slug": c.slug}
+                                               for c in missing]})
+
+
+def enroll(user: User, course_id: int, *, payment: Payment | None = None
+           ) -> tuple[Enrollment, bool]:
+    """Enroll `user`; returns (enrollment, created_or_reactivated). Idempotent."""
+    course = course_service.visible_course(course_id, user)
+    existing = db.session.scalar(select(Enrollment).where(
+        Enrollment.user_id == user.id, Enrollment.course_id == course.id))
+    if existing is not None and existing.status in OPEN_STATUSES:
+        if payment is not None and existing.payment_id is None:
+            existing.payment_id = payment.id
+        return existing, False
+    if course.status != "published":
+        raise Conflict("This course is not open for enrollment", code="course_not_open")
+    _check_prerequisites(user, course)
+    if not course.is_free:
+        payment = payment or completed_payment(user.id, course.id)
+        if payment is None:
+            raise _payment_required(course)
+    now = utcnow()
+    if existing is not None:  # cancelled or refunded: the same row, with its history
+        existing.status = "active"
+        existing.cancelled_at = None
+        existing.enrolled_at = now
+        existing.payment_id = payment.id if payment else existing.payment_id
+        db.session.flush()
+        _complete_if_finished(existing)
+        return existing, True
+    enrollment = Enrollment(user_id=user.id, course_id=course.id, status="active",
+                            enrolled_at=now, payment_id=payment.id if payment else None)
+    try:
+        with db.session.begin_nested():
+            db.session.add(enrollment)
+    except IntegrityError:
+        # Another request enrolled the same user at the same moment: theirs stands.
+        winner = db.session.scalar(select(Enrollment).where(
+            Enrollment.user_id == user.id, Enrollment.course_id == course.id))
+        if winner is None:
+            raise
+        return winner, False
+    return enrollment, True
+
+
+def cancel(enrollment: Enrollment, status: str = "cancelled") -> Enrollment:
+    """End access (a student leaving a course, or a refund); progress is kept."""
+    enrollment.status = status
+    enrollment.cancelled_at = utcnow()
+    return enrollment
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+def own_enrollment(enrollment_id: int, user: User) -> Enrollment:
+    """An enrollment the user may read: their own, a course they teach, or any for an admin.
+    Anything else is 404, so ids of others' enrollments reveal nothing."""
+    enrollment = db.session.get(Enrollment, enrollment_id)
+    if enrollment is None:
+        raise NotFound("Enrollment not found")
+    if enrollment.user_id == user.id or user.role == "admin":
+        return enrollment
+    if user.role == "instructor" and db.session.scalar(
+            select(Course.instructor_id).where(Course.id == enrollment.course_id)) == user.id:
+        return enrollment
+    raise NotFound("Enrollment not found")
+
+
+def my_enrollment_for_course(user: User, course_id: int) -> Enrollment:
+    enrollment = db.session.scalar(select(Enrollment).where(
+        Enrollment.user_id == user.id, Enrollment.course_id == course_id))
+    if enrollment is None:
+        raise NotFound("You are not enrolled in this course")
+    return enrollment
+
+
+@dataclass
+class Progress:
+    total_lessons: int
+    completed_lessons: int
+    percent: Decimal
+
+
+def _percent(done: int, total: int) -> Decimal:
+    if total == 0:
+        return Decimal("0.00")
+    return (Decimal(done) * 100 / Decimal(total)).quantize(Decimal("0.01"), ROUND_HALF_UP)
+
+
+def progress_by_enrollment(enrollments: list[Enrollment]) -> dict[int, Progress]:
+    """Progress of many enrollments in two grouped queries (lessons per course, completed
+    lessons per enrollment), whatever their number."""
+    if not enrollments:
+        return {}
+    course_ids = {e.course_id for e in enrollments}
+    totals = dict(db.session.execute(
+        select(Module.course_id, func.count(Lesson.id)).join(Lesson, Lesson.module_id == Module.id)
+        .where(Module.course_id.in_(course_ids)).group_by(Module.course_id)).all())
+    done = dict(db.session.execute(
+        select(LessonProgress.enrollment_id, func.count(LessonProgress.id))
+        .join(Lesson, Lesson.id == LessonProgress.lesson_id)
+        .where(LessonProgress.enrollment_id.in_([e.id for e in enrollments]),
+               LessonProgress.completed.is_(True))
+        .group_by(LessonProgress.enrollment_id)).all())
+    result = {}
+    for e in enrollments:
+        total, completed = totals.get(e.course_id, 0), done.get(e.id, 0)
+        result[e.id] = Progress(total, completed, _percent(completed, total))
+    return result
+
+
+def progress_of(enrollment: Enrollment) -> Progress:
+    return progress_by_enrollment([enrollment])[enrollment.id]
+
+
+def enrollment_dict(enrollment: Enrollment, progress: Progress, *, course: bool = True) -> dict:
+    data = enrollment.to_dict()
+    # A completion stands when lessons are added later; the lesson counts still tell the truth.
+    data["progress_percent"] = 100.0 if enrollment.completed_at else float(progress.percent)
+    data["completed_lessons"] = progress.completed_lessons
+    data["total_lessons"] = progress.total_lessons
+    if course and enrollment.course is not None:
+        data["course"] = course_service.course_summary(enrollment.course)
+    return data
+
+
+def enrollments_query(*, user_id: int | None = None, course_id: int | None = None,
+                      statuses: tuple[str, ...] | None = None, with_students: bool = False):
+    query = (select(Enrollment)
+             .options(joinedload(Enrollment.course).joinedload(Course.instructor),
+                      joinedload(Enrollment.course).joinedload(Course.subcategory))
+             .order_by(Enrollment.enrolled_at.desc(), Enrollment.id.desc()))
+    if with_students:
+        query = query.options(joinedload(Enrollment.user))
+    if user_id is not None:
+        query = query.where(Enrollment.user_id == user_id)
+    if course_id is not None:
+        query = query.where(Enrollment.course_id == course_id)
+    if statuses:
+        query = query.where(Enrollment.status.in_(statuses))
+    return query
+
+
+def detailed_progress(enrollment: Enrollment) -> dict:
+    """The enrollment's progress lesson by lesson, in course order."""
+    rows = db.session.execute(
+        select(Lesson, Module, LessonProgress)
+        .join(Module, Module.id == Lesson.module_id)
+        .outerjoin(LessonProgress, and_(LessonProgress.lesson_id == Lesson.id,
+                                        LessonProgress.enrollment_id == enrollment.id))
+        .where(Module.course_id == enrollment.course_id)
+        .order_by(Module.position, Module.id, Lesson.position, Lesson.id)).all()
+    lessons = []
+    for lesson, module, record in rows:
+        lessons.append({
+            "lesson_id": lesson.id, "lesson_title": lesson.title, "module_id": module.id,
+            "module_title": module.title,
+            "completed": bool(record and record.completed),
+            "completed_at": record.to_dict()["completed_at"] if record else None,
+            "watch_time_seconds": record.watch_time_seconds if record else 0,
+            "last_accessed_at": record.to_dict()["last_accessed_at"] if record else None,
+        })
+    done = sum(1 for item in lessons if item["completed"])
+    progress = Progress(len(lessons), done, _percent(done, len(lessons)))  # see enrollment_dict
+    return {"enrollment": enrollment_dict(enrollment, progress, course=False),
+            "course_id": enrollment.course_id, "lessons": lessons}
+
+
+# --- progress ---------------------------------------------------------------------------------
+
+def _lesson_in_course(lesson_id: int, course_id: int) -> Lesson:
+    lesson = db.session.scalar(select(Lesson).join(Module).where(
+        Lesson.id == lesson_id, Module.course_id == course_id))
+    if lesson is None:
+        raise NotFound("This lesson is not part of the course")
+    return lesson
+
+
+def lesson_progress(enrollment: Enrollment, lesson_id: int) -> dict:
+    lesson = _lesson_in_course(lesson_id, enrollment.course_id)
+    record = db.session.scalar(select(LessonProgress).where(
+        LessonProgress.enrollment_id == enrollment.id, LessonProgress.lesson_id == lesson.id))
+    if record is None:
+        return {"lesson_id": lesson.id, "completed": False, "completed_at": None,
+                "watch_time_seconds": 0, "started_at": None, "last_accessed_at": None}
+    return record.to_dict()
+
+
+def record_progress(enrollment: Enrollment, lesson_id: int, *, completed: bool | None,
+                    watch_time_seconds: int | None) -> tuple[dict, bool]:
+    """Record a lesson's progress (idempotent). Returns (lesson progress, course_completed_now)."""
+    if enrollment.status not in OPEN_STATUSES:
+        raise Forbidden("This enrollment is not active", code="enrollment_inactive")
+    lesson = _lesson_in_course(lesson_id, enrollment.course_id)
+    now = utcnow()
+    record = db.session.scalar(select(LessonProgress).where(
+        LessonProgress.enrollment_id == enrollment.id, LessonProgress.lesson_id == lesson.id))
+    if record is None:
+        record = LessonProgress(enrollment_id=enrollment.id, lesson_id=lesson.id, started_at=now,
+                                last_accessed_at=now, completed=False, watch_time_seconds=0)
+        try:
+            with db.session.begin_nested():
+                db.session.add(record)
+        except IntegrityError:  # the same lesson recorded by a parallel request
+            record = db.session.scalar(select(LessonProgress).where(
+                LessonProgress.enrollment_id == enrollment.id,
+                LessonProgress.lesson_id == lesson.id))
+    record.last_accessed_at = now
+    if watch_time_seconds is not None:
+        # A position in the lesson: the furthest point reached counts.
+        record.watch_time_seconds = max(record.watch_time_seconds or 0, watch_time_seconds)
+    if completed is True and not record.completed:
+        record.completed, record.completed_at = True, now
+    elif completed is False and record.completed:
+        record.completed, record.completed_at = False, None
+    enrollment.started_at = enrollment.started_at or now
+    enrollment.last_accessed_at = now
+    db.session.flush()
+    finished_now = _complete_if_finished(enrollment)
+    return record.to_dict(), finished_now
+
+
+def _complete_if_finished(enrollment: Enrollment) -> bool:
+    progress = progress_of(enrollment)
+    if enrollment.completed_at is None:
+        enrollment.progress_percent = progress.percent
+    if progress.total_lessons == 0 or progress.completed_lessons < progress.total_lessons:
+        return False
+    # Exactly once, whichever worker gets here first.
+    won = db.session.execute(
+        update(Enrollment)
+        .where(Enrollment.id == enrollment.id, Enrollment.completed_at.is_(None))
+        .values(completed_at=utcnow(), status="completed", progress_percent=Decimal("100.00"))
+        .execution_options(synchronize_session=False)).rowcount
+    db.session.refresh(enrollment)
+    if won != 1:
+        return False
+    on_course_completed(enrollment)
+    return True
+
+
+def on_course_completed(enrollment: Enrollment) -> None:
+    """What completing a course produces: the certificate and a notification."""
+    course = db.session.get(Course, enrollment.course_id)
+    issue_certificate_on_completion(enrollment)
+    db.session.add(Notification(
+        user_id=enrollment.user_id, kind="course_update", title="Course completed",
+        message=f"Congratulations! You completed \u201c{course.title}\u201d.",
+        link=f"/courses/{course.id}", data={"course_id": course.id,
+                                            "enrollment_id": enrollment.id}))
+
+
+def issue_certificate_on_completion(enrollment: Enrollment) -> Certificate | None:
+    """The certificate hook of course completion: services/certificate_service.py issues it
+    when that service exists; without it, completion stands and the certificate can be
+    generated later (POST /certificates/generate/<course_id>)."""
+    try:
+        from services import certificate_service
+    except ImportError:
+        log.info("certificate service not installed; enrollment %s completed without one",
+                 enrollment.id)
+        return None
+    return certificate_service.issue_for_enrollment(enrollment)
+
+
+# --- dashboards -------------------------------------------------------------------------------
+
+def dashboard(user: User, recent: int = 10) -> dict:
+    """The student's dashboard in a fixed number of queries."""
+    counts = db.session.execute(
+        select(func.count(Enrollment.id),
+               func.sum(case((Enrollment.status == "completed", 1), else_=0)),
+               func.sum(case((and_(Enrollment.status == "active",
+                                   Enrollment.started_at.is_not(None)), 1), else_=0)))
+        .where(Enrollment.user_id == user.id, Enrollment.status.in_(OPEN_STATUSES))).one()
+    certificates = db.session.scalar(select(func.count(Certificate.id)).where(
+        Certificate.user_id == user.id, Certificate.status == "valid"))
+    spent = db.session.execute(
+        select(Payment.currency, func.sum(Payment.amount - Payment.refunded_amount))
+        .where(Payment.user_id == user.id, Payment.status.in_(("completed", "refunded")))
+        .group_by(Payment.currency).order_by(Payment.currency)).all()
+    recent_rows = db.session.execute(
+        select(LessonProgress, Lesson.title, Course.id, Course.title)
+        .join(Enrollment, Enrollment.id == LessonProgress.enrollment_id)
+        .join(Lesson, Lesson.id == LessonProgress.lesson_id)
+        .join(Course, Course.id == Enrollment.course_id)
+        .where(Enrollment.user_id == user.id)
+        .order_by(LessonProgress.last_accessed_at.desc(), LessonProgress.id.desc())
+        .limit(recent)).all()
+    enrolled_total, completed, in_progress = counts
+    return {
+        "stats": {
+            "enrolled_courses": enrolled_total or 0,
+            "in_progress_courses": in_progress or 0,
+            "completed_courses": completed or 0,
+            "not_started_courses": (enrolled_total or 0) - (completed or 0) - (in_progress or 0),
+            "certificates": certificates or 0,
+            "total_spent": [{"currency": currency, "amount": money(amount)}
+                            for currency, amount in spent if amount],
+        },
+        "recent_activity": [
+            {"type": "lesson_completed" if record.completed else "lesson_viewed",
+             "lesson_id": record.lesson_id, "lesson_title": lesson_title,
+             "course_id": course_id, "course_title": course_title,
+             "at": record.to_dict()["last_accessed_at"]}
+            for record, lesson_title, course_id, course_title in recent_rows],
+    }
+
+
+def certificates_query(user_id: int):
+    return (select(Certificate).where(Certificate.user_id == user_id)
+            .order_by(Certificate.issued_at.desc(), Certificate.id.desc()))

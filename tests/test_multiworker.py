@@ -1,0 +1,205 @@
+"""Shared state holds across gunicorn workers: a revoked token, a locked account and a rate
+limit are refused by every worker, not only by the one that recorded them.
+
+gunicorn runs the production configuration with two sync workers on a scratch PostgreSQL
+database (schema from `flask db upgrade`) and a Redis database of its own. Each request goes on
+a new connection with its own X-Request-ID; the app's JSON request log carries the pid of the
+worker that answered, and each scenario asserts that both workers answered.
+"""
+from __future__ import annotations
+
+import secrets
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from config import normalise_database_url
+from tests.conftest import postgres_url, redis_url, require_service
+from tests.support.gunicorn_server import GunicornServer, base_env, run_flask
+
+API = "/api/v1"
+PASSWORD = "Multi-w0rker-pass"
+RESET_LIMIT = 6  # RATE_LIMIT_PASSWORD_RESET_REQUEST, per minute
+MAX_ROUNDS = 5  # batches sent, at most, until both workers have answered
+
+
+def _own_redis_db(url: str) -> str:
+    """The suite's Redis URL pointed at a database number of our own (14, or 13 if the suite
+    already uses 14), so flushing it never touches the suite's data."""
+    parts = urlsplit(url)
+    suite_db = parts.path.strip("/") or "0"
+    ours = "13" if suite_db == "14" else "14"
+    return urlunsplit(parts._replace(path=f"/{ours}"))
+
+
+@pytest.fixture(scope="module")
+def scratch_database():
+    url = make_url(normalise_database_url(
+        require_service("PostgreSQL (TEST_POSTGRES_URL)", postgres_url())))
+    name = f"lms_multiworker_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def scratch_redis():
+    url = _own_redis_db(require_service("Redis (TEST_REDIS_URL)", redis_url()))
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    client.flushdb()
+    try:
+        yield url
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def server(scratch_database, scratch_redis, tmp_path_factory):
+    env = base_env(
+        APP_ENV="production",
+        DATABASE_URL=scratch_database,
+        REDIS_URL=scratch_redis,
+        RATE_LIMIT_STORAGE_URL=scratch_redis,
+        SESSION_SECRET=secrets.token_hex(32),
+        JWT_SECRET_KEY=secrets.token_hex(32),
+        FORCE_HTTPS="False",
+        LOG_FORMAT="json",
+        LOG_LEVEL="INFO",
+        SMS_BACKEND="console",
+        MAIL_BACKEND="console",
+        OTP_REQUIRED="False",  # production requires a verified phone to register
+        # Generous where a scenario is not about the limit, so only the tested limit bites.
+        RATE_LIMIT_REGISTER="100 per minute",
+        RATE_LIMIT_LOGIN="1000 per minute",
+        RATE_LIMIT_PASSWORD_RESET_REQUEST=f"{RESET_LIMIT} per minute",
+    )
+    run_flask(env, "db", "upgrade")
+    gunicorn = GunicornServer(env, tmp_path_factory.mktemp("gunicorn") / "gunicorn.log",
+                              workers=2)
+    gunicorn.start(ready_timeout=30)
+    try:
+        assert len(gunicorn.worker_pids) == 2, gunicorn.log_tail()
+        yield gunicorn
+    finally:
+        gunicorn.stop()
+
+
+def _send_until_both_workers(server, count, method, path, **kwargs):
+    """Batches of `count` requests until both workers have answered (or MAX_ROUNDS)."""
+    answers = []
+    for _ in range(MAX_ROUNDS):
+        answers += server.send_many(count, method, path, **kwargs)
+        if {a.pid for a in answers} >= server.worker_pids:
+            break
+    return answers
+
+
+def _assert_both_workers(server, answers):
+    pids = {a.pid for a in answers}
+    assert pids == server.worker_pids, (
+        f"answers came from pids {sorted(pids)}, workers are {sorted(server.worker_pids)}")
+
+
+def _assert_error(answer, status, code):
+    assert answer.status == status, (answer.status, answer.body)
+    assert isinstance(answer.body, dict), answer.body
+    assert answer.body["code"] == code, answer.body
+    assert isinstance(answer.body["error"], str) and answer.body["error"], answer.body
+    assert set(answer.body) <= {"error", "code", "details"}, answer.body
+
+
+def _assert_retry_after(answer):
+    retry_after = answer.headers.get("Retry-After")
+    assert retry_after is not None and retry_after.isdigit() and int(retry_after) >= 1, (
+        answer.headers)
+
+
+def _register(server, email):
+    answer = server.send("POST", f"{API}/auth/register", json={
+        "email": email, "password": PASSWORD, "first_name": "Multi", "last_name": "Worker"})
+    assert answer.status == 201, answer.body
+
+
+def _login(server, email, password=PASSWORD):
+    return server.send("POST", f"{API}/auth/login", json={"email": email, "password": password})
+
+
+def test_revoked_token_is_refused_by_every_worker(server):
+    email = f"revoked-{uuid.uuid4().hex[:8]}@example.com"
+    _register(server, email)
+    login = _login(server, email)
+    assert login.status == 200, login.body
+    access, refresh = login.body["access_token"], login.body["refresh_token"]
+    bearer = {"Authorization": f"Bearer {access}"}
+
+    # The token works on both workers before the logout ...
+    before = _send_until_both_workers(server, 10, "GET", f"{API}/auth/profile", headers=bearer,
+                                      tag="profile-before")
+    assert all(a.status == 200 and a.body["user"]["email"] == email for a in before), [
+        (a.status, a.body) for a in before]
+    _assert_both_workers(server, before)
+
+    logout = server.send("POST", f"{API}/auth/logout", headers=bearer,
+                         json={"refresh_token": refresh})
+    assert logout.status == 200, logout.body
+
+    # ... and on neither after it, whichever worker took the logout.
+    after = _send_until_both_workers(server, 20, "GET", f"{API}/auth/profile", headers=bearer,
+                                     tag="profile-after")
+    for answer in after:
+        _assert_error(answer, 401, "token_revoked")
+    _assert_both_workers(server, after)
+
+
+def test_locked_account_is_refused_by_every_worker(server):
+    email = f"locked-{uuid.uuid4().hex[:8]}@example.com"
+    _register(server, email)
+
+    # LOGIN_MAX_FAILURES (5) wrong passwords in a row: four refusals, then the lock.
+    failures = [_login(server, email, "Wrong-passw0rd") for _ in range(5)]
+    for answer in failures[:4]:
+        _assert_error(answer, 401, "invalid_credentials")
+    _assert_error(failures[4], 423, "account_locked")
+    _assert_retry_after(failures[4])
+
+    # The right password no longer opens the account, on either worker.
+    locked = _send_until_both_workers(server, 20, "POST", f"{API}/auth/login",
+                                      json={"email": email, "password": PASSWORD}, tag="locked")
+    for answer in locked:
+        _assert_error(answer, 423, "account_locked")
+        _assert_retry_after(answer)
+        assert "access_token" not in answer.body
+    _assert_both_workers(server, locked)
+
+
+def test_rate_limit_is_shared_by_every_worker(server):
+    # Two workers each counting on their own would let up to twice the limit through.
+    path = f"{API}/auth/password-reset/request"
+    body = {"email": "nobody@example.com"}
+    count = RESET_LIMIT * 5
+    answers = server.send_many(count, "POST", path, json=body, tag="reset")
+    passed = [a for a in answers if a.status == 200]
+    assert len(passed) == RESET_LIMIT, [(a.status, a.body, a.pid) for a in answers]
+    # The window is a minute: whatever follows is refused too, until both workers have refused.
+    refused = [a for a in answers if a.status != 200]
+    for _ in range(MAX_ROUNDS):
+        if {a.pid for a in refused} >= server.worker_pids:
+            break
+        refused += server.send_many(RESET_LIMIT, "POST", path, json=body, tag="reset-more")
+    assert len(refused) >= count - RESET_LIMIT
+    for answer in refused:
+        _assert_error(answer, 429, "rate_limited")
+        _assert_retry_after(answer)
+    # Each worker refused once the shared count was spent, also one that let none through.
+    _assert_both_workers(server, refused)
