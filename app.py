@@ -34,6 +34,8 @@ limiter = Limiter(
 )
 
 API_CSP = {"default-src": "'none'", "frame-ancestors": "'none'"}
+VERIFY_CSP = {"default-src": "'none'", "style-src": "'unsafe-inline'", "form-action": "'self'",
+              "frame-ancestors": "'none'", "base-uri": "'none'"}
 DOCS_CSP = {
     "default-src": "'self'",
     "script-src": ["'self'", "'unsafe-inline'", "https://unpkg.com", "https://cdn.jsdelivr.net"],
@@ -96,6 +98,7 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
         admin_routes,
         auth_routes,
         course_routes,
+        certificate_routes,
         docs,
         enrollments_routes,
         file_routes,
@@ -109,6 +112,7 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
         public_routes,
         subcategory_routes,
         user_routes,
+        verify_page,
     )
 
     api = app.config["API_PREFIX"]
@@ -125,12 +129,14 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
         (lessons_resources_routes, "/lesson-resources"),
         (prerequisites, "/prerequisites"),
         (enrollments_routes, "/enrollments"),
+        (certificate_routes, "/certificates"),
         (file_routes, "/files"),
         (public_routes, "/public"),
         (admin_routes, "/admin"),
     ):
         app.register_blueprint(module.bp, url_prefix=api + prefix)
     app.register_blueprint(media.bp, url_prefix="/static/uploads")
+    app.register_blueprint(verify_page.bp, url_prefix="/verify")
 
     spec.register(app)
     _per_view_security(app)
@@ -148,6 +154,8 @@ def _per_view_security(app: Flask) -> None:
     for endpoint, view in app.view_functions.items():
         if endpoint.startswith("openapi_") or endpoint == "docs.docs_page":
             view.talisman_view_options = {"content_security_policy": DOCS_CSP}
+        elif endpoint.startswith("verify_page."):
+            view.talisman_view_options = {"content_security_policy": VERIFY_CSP}
         elif endpoint.startswith("health."):
             view.talisman_view_options = {"force_https": False}
 

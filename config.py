@@ -165,6 +165,14 @@ class Config:
     UPLOAD_FOLDER = str(BASE_DIR / (env("UPLOAD_FOLDER") or "static/uploads"))
     MAX_CONTENT_LENGTH = env_int("MAX_CONTENT_LENGTH", 52428800)
 
+    # Certificates: fonts tried in order (a TrueType font with wide script coverage first).
+    CERTIFICATE_FONT_PATHS = (env("CERTIFICATE_FONT_PATHS") or
+                              "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").split(":")
+    CERTIFICATE_BOLD_FONT_PATHS = (env("CERTIFICATE_BOLD_FONT_PATHS") or
+                                   "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf").split(":")
+    RATE_LIMIT_VERIFY = env("RATE_LIMIT_VERIFY", "30 per minute")
+    CERTIFICATE_BULK_BATCH = env_int("CERTIFICATE_BULK_BATCH", 200)
+
     # Live sessions
     LIVE_SESSION_JOIN_EARLY_MINUTES = env_int("LIVE_SESSION_JOIN_EARLY_MINUTES", 15)
 

@@ -7,11 +7,13 @@ from pydantic import BaseModel, Field, IPvAnyAddress
 from spectree import Response
 
 from auth import admin_required, current_user
-from models import AuditLog, db
+from models import AuditLog, Certificate, db
+from services import certificate_service
 from utils import security
 from utils.errors import NotFound
 from utils.helpers import paginate
 from utils.middleware import current_request_id
+from routes.common import Envelope
 from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
 
 bp = Blueprint("admin", __name__)
@@ -91,3 +93,26 @@ def unblock_ip(ip: str):
     audit("blocked_ip.delete", "blocked_ip", None, ip_address=ip[:45])
     db.session.commit()
     return {"message": "Block lifted"}
+
+
+# --- certificates -----------------------------------------------------------------------------
+
+class RevokeIn(StrictModel):
+    reason: str = Field(min_length=3, max_length=500)
+
+
+@bp.put("/certificates/<int:certificate_id>/revoke")
+@admin_required
+@validate(json=RevokeIn, resp=Response(HTTP_200=Envelope, **errors(401, 403, 404, 409)),
+          tags=["admin", "certificates"], security={"bearer": []})
+def revoke_certificate(certificate_id: int):
+    """Revoke a certificate; verification then says so (it never vanishes)."""
+    certificate = db.session.get(Certificate, certificate_id)
+    if certificate is None:
+        raise NotFound("Certificate not found")
+    reason = json_body().reason
+    certificate_service.revoke(certificate, reason)
+    audit("certificate.revoke", "certificate", certificate.id, reason=reason,
+          certificate_number=certificate.certificate_number)
+    db.session.commit()
+    return {"message": "Certificate revoked", "certificate": certificate.to_dict()}

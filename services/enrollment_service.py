@@ -31,7 +31,7 @@ from models import (
     User,
     db,
 )
-from services import course_service
+from services import certificate_service, course_service
 from utils.errors import Conflict, Forbidden, NotFound, PaymentRequired
 from utils.helpers import money, utcnow
 
@@ -308,71 +308,9 @@ def _complete_if_finished(enrollment: Enrollment) -> bool:
 def on_course_completed(enrollment: Enrollment) -> None:
     """What completing a course produces: the certificate and a notification."""
     course = db.session.get(Course, enrollment.course_id)
-    issue_certificate_on_completion(enrollment)
+    certificate_service.issue_for_enrollment(enrollment)
     db.session.add(Notification(
         user_id=enrollment.user_id, kind="course_update", title="Course completed",
         message=f"Congratulations! You completed \u201c{course.title}\u201d.",
         link=f"/courses/{course.id}", data={"course_id": course.id,
                                             "enrollment_id": enrollment.id}))
-
-
-def issue_certificate_on_completion(enrollment: Enrollment) -> Certificate | None:
-    """The certificate hook of course completion: services/certificate_service.py issues it
-    when that service exists; without it, completion stands and the certificate can be
-    generated later (POST /certificates/generate/<course_id>)."""
-    try:
-        from services import certificate_service
-    except ImportError:
-        log.info("certificate service not installed; enrollment %s completed without one",
-                 enrollment.id)
-        return None
-    return certificate_service.issue_for_enrollment(enrollment)
-
-
-# --- dashboards -------------------------------------------------------------------------------
-
-def dashboard(user: User, recent: int = 10) -> dict:
-    """The student's dashboard in a fixed number of queries."""
-    counts = db.session.execute(
-        select(func.count(Enrollment.id),
-               func.sum(case((Enrollment.status == "completed", 1), else_=0)),
-               func.sum(case((and_(Enrollment.status == "active",
-                                   Enrollment.started_at.is_not(None)), 1), else_=0)))
-        .where(Enrollment.user_id == user.id, Enrollment.status.in_(OPEN_STATUSES))).one()
-    certificates = db.session.scalar(select(func.count(Certificate.id)).where(
-        Certificate.user_id == user.id, Certificate.status == "valid"))
-    spent = db.session.execute(
-        select(Payment.currency, func.sum(Payment.amount - Payment.refunded_amount))
-        .where(Payment.user_id == user.id, Payment.status.in_(("completed", "refunded")))
-        .group_by(Payment.currency).order_by(Payment.currency)).all()
-    recent_rows = db.session.execute(
-        select(LessonProgress, Lesson.title, Course.id, Course.title)
-        .join(Enrollment, Enrollment.id == LessonProgress.enrollment_id)
-        .join(Lesson, Lesson.id == LessonProgress.lesson_id)
-        .join(Course, Course.id == Enrollment.course_id)
-        .where(Enrollment.user_id == user.id)
-        .order_by(LessonProgress.last_accessed_at.desc(), LessonProgress.id.desc())
-        .limit(recent)).all()
-    enrolled_total, completed, in_progress = counts
-    return {
-        "stats": {
-            "enrolled_courses": enrolled_total or 0,
-            "in_progress_courses": in_progress or 0,
-            "completed_courses": completed or 0,
-            "not_started_courses": (enrolled_total or 0) - (completed or 0) - (in_progress or 0),
-            "certificates": certificates or 0,
-            "total_spent": [{"currency": currency, "amount": money(amount)}
-                            for currency, amount in spent if amount],
-        },
-        "recent_activity": [
-            {"type": "lesson_completed" if record.completed else "lesson_viewed",
-             "lesson_id": record.lesson_id, "lesson_title": lesson_title,
-             "course_id": course_id, "course_title": course_title,
-             "at": record.to_dict()["last_accessed_at"]}
-            for record, lesson_title, course_id, course_title in recent_rows],
-    }
-
-
-def certificates_query(user_id: int):
-    return (select(Certificate).where(Certificate.user_id == user_id)
-            .order_by(Certificate.issued_at.desc(), Certificate.id.desc()))

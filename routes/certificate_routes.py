@@ -1,0 +1,148 @@
+"""Certificates: the holder's list and downloads, generation, and public verification."""
+from __future__ import annotations
+
+from flask import Blueprint
+from pydantic import Field
+from spectree import Response
+
+from auth import admin_required, current_user, login_required
+from models import Certificate, Enrollment, db
+from routes.common import Envelope, config_limit
+from services import certificate_service, file_service
+from utils.errors import NotFound
+from utils.helpers import paginate
+from utils.validation import (
+    PageQuery,
+    StrictModel,
+    document,
+    errors,
+    json_body,
+    query_args,
+    validate,
+)
+
+bp = Blueprint("certificates", __name__)
+AUTH = {"tags": ["certificates"], "security": {"bearer": []}}
+
+
+class CertificateQuery(PageQuery):
+    course_id: int | None = Field(None, ge=1)
+    user_id: int | None = Field(None, ge=1, description="admins only")
+    status: str | None = Field(None, pattern="^(valid|revoked)$")
+
+
+class GenerateIn(StrictModel):
+    user_id: int | None = Field(None, ge=1, description="admins: issue for this student")
+
+
+def readable_certificate(certificate_id: int) -> Certificate:
+    """The holder's own certificate, or any for an admin; 404 otherwise."""
+    user = current_user()
+    certificate = db.session.get(Certificate, certificate_id)
+    if certificate is None or (certificate.user_id != user.id and user.role != "admin"):
+        raise NotFound("Certificate not found")
+    return certificate
+
+
+@bp.get("")
+@bp.get("/get-certificate")
+@login_required
+@validate(query=CertificateQuery, resp=Response(HTTP_200=Envelope, **errors(401)), **AUTH)
+def list_certificates():
+    """The signed-in user's certificates (an admin's: all, filterable)."""
+    args = query_args()
+    user = current_user()
+    query = db.select(Certificate).order_by(Certificate.issued_at.desc(), Certificate.id.desc())
+    if user.role != "admin":
+        query = query.where(Certificate.user_id == user.id)
+    elif args.user_id:
+        query = query.where(Certificate.user_id == args.user_id)
+    if args.course_id:
+        query = query.where(Certificate.course_id == args.course_id)
+    if args.status:
+        query = query.where(Certificate.status == args.status)
+    rows, meta = paginate(query, args.page, args.per_page)
+    return {"certificates": [c.to_dict() for c in rows], "pagination": meta}
+
+
+@bp.get("/<int:certificate_id>")
+@login_required
+@validate(resp=Response(HTTP_200=Envelope, **errors(401, 404)), **AUTH)
+def get_certificate(certificate_id: int):
+    certificate = readable_certificate(certificate_id)
+    data = certificate.to_dict()
+    data["verify_url"] = certificate_service.verify_url(certificate.certificate_number)
+    return {"certificate": data}
+
+
+@bp.get("/<int:certificate_id>/download")
+@bp.get("/download/<int:certificate_id>")
+@login_required
+@document(resp=Response("HTTP_200", **errors(401, 404)), **AUTH)
+def download(certificate_id: int):
+    """The certificate PDF (the holder or an admin)."""
+    certificate = readable_certificate(certificate_id)
+    path = certificate_service.pdf_path(certificate)
+    return file_service.serve(str(path.relative_to(file_service.storage().root)),
+                              mime_type="application/pdf", as_attachment=True,
+                              download_name=f"{certificate.certificate_number}.pdf")
+
+
+@bp.get("/verify/<string:number>")
+@config_limit("RATE_LIMIT_VERIFY")
+@validate(resp=Response(HTTP_200=Envelope, HTTP_404=Envelope, **errors(429)),
+          tags=["certificates", "public"])
+def verify(number: str):
+    """Public: is this certificate number genuine, and what does it certify? Nothing private."""
+    certificate = certificate_service.by_number(number)
+    if certificate is None:
+        return {"valid": False, "error": "No certificate has this number",
+                "code": "certificate_not_found"}, 404
+    return certificate_service.public_facts(certificate)
+
+
+@bp.post("/generate/<int:course_id>")
+@login_required
+@validate(json=GenerateIn, resp=Response(HTTP_201=Envelope, HTTP_200=Envelope,
+                                         **errors(401, 403, 404)), **AUTH)
+def generate_for_course(course_id: int):
+    """The student's certificate for a completed course (an admin may name `user_id`)."""
+    user = current_user()
+    body = json_body()
+    target = body.user_id if (user.role == "admin" and body.user_id) else user.id
+    return _issued(target, course_id,
+                   lambda: certificate_service.issue_for_user_course(target, course_id))
+
+
+@bp.post("/generate-for-enrollment/<int:enrollment_id>")
+@admin_required
+@validate(resp=Response(HTTP_201=Envelope, HTTP_200=Envelope, **errors(401, 403, 404)), **AUTH)
+def generate_for_enrollment(enrollment_id: int):
+    """Admin: the certificate of an enrollment (the README's generate/{enrollment_id})."""
+    enrollment = db.session.get(Enrollment, enrollment_id)
+    if enrollment is None:
+        raise NotFound("Enrollment not found")
+    return _issued(enrollment.user_id, enrollment.course_id,
+                   lambda: certificate_service.issue_for_enrollment(enrollment))
+
+
+def _issued(user_id: int, course_id: int, issue):
+    """201 with a new certificate, 200 with the one already issued."""
+    created = certificate_service.existing(user_id, course_id) is None
+    certificate = issue()
+    db.session.commit()
+    data = certificate.to_dict()
+    data["verify_url"] = certificate_service.verify_url(certificate.certificate_number)
+    if created:
+        return {"message": "Certificate issued", "certificate": data}, 201
+    return {"message": "Certificate already issued", "certificate": data}, 200
+
+
+@bp.post("/bulk-generate/<int:course_id>")
+@admin_required
+@validate(resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)), **AUTH)
+def bulk_generate(course_id: int):
+    """Admin: issue for every completed enrollment of the course that has none."""
+    result = certificate_service.bulk_issue(course_id)
+    return {"message": f"{result.issued} certificate(s) issued", "issued": result.issued,
+            "skipped": result.skipped, "failed": result.failed}

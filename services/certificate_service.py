@@ -1,0 +1,312 @@
+"""Certificates: issuance on completion, the PDF, verification, bulk issuance, revocation.
+
+One certificate per (user, course), also when requests race (a unique constraint and a
+savepoint). The PDF is drawn with ReportLab in invariant mode, so rendering the same
+certificate again gives the same bytes: the SHA-256 on the row stays true when a missing file
+is regenerated. Every text is drawn as a plain string, never parsed as markup.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from functools import lru_cache
+
+from flask import current_app
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from models import Certificate, Course, Enrollment, User, db
+from services import file_service
+from utils.errors import Conflict, Forbidden, NotFound
+from utils.helpers import utcnow
+
+log = logging.getLogger("lms.certificates")
+
+FOLDER = "certificates"
+
+
+# --- numbers and rows -------------------------------------------------------------------------
+
+def new_number(course_id: int, user_id: int) -> str:
+    return f"AIFA-{course_id}-{user_id}-{uuid.uuid4().hex[:10].upper()}"
+
+
+def verify_url(number: str) -> str:
+    return f"{current_app.config['PUBLIC_BASE_URL']}/verify/{number}"
+
+
+def holder_name(user: User) -> str:
+    return user.full_name or user.email.split("@", 1)[0]
+
+
+def existing(user_id: int, course_id: int) -> Certificate | None:
+    return db.session.scalar(select(Certificate).where(
+        Certificate.user_id == user_id, Certificate.course_id == course_id))
+
+
+def issue_for_enrollment(enrollment: Enrollment) -> Certificate:
+    """The certificate of a completed enrollment: the existing one, or a new one."""
+    if enrollment.completed_at is None:
+        raise Forbidden("The course is not completed yet: a certificate is issued on completion",
+                        code="course_not_completed")
+    found = existing(enrollment.user_id, enrollment.course_id)
+    if found is not None:
+        return found
+    user = db.session.get(User, enrollment.user_id)
+    course = db.session.get(Course, enrollment.course_id)
+    instructor = db.session.get(User, course.instructor_id)
+    certificate = Certificate(
+        certificate_number=new_number(course.id, user.id), user_id=user.id, course_id=course.id,
+        enrollment_id=enrollment.id, holder_name=holder_name(user)[:255],
+        course_title=course.title, instructor_name=holder_name(instructor)[:255] if instructor else None,
+        completion_date=enrollment.completed_at.date(), status="valid", issued_at=utcnow())
+    try:
+        with db.session.begin_nested():
+            db.session.add(certificate)
+    except IntegrityError:
+        # A parallel request issued it first: one certificate, theirs.
+        found = existing(enrollment.user_id, enrollment.course_id)
+        if found is None:
+            raise
+        return found
+    try:
+        store_pdf(certificate)
+    except Exception:  # the row stands; the file is rendered again on first download
+        log.exception("certificate %s issued without its PDF", certificate.certificate_number)
+    return certificate
+
+
+def issue_for_user_course(user_id: int, course_id: int) -> Certificate:
+    enrollment = db.session.scalar(select(Enrollment).where(
+        Enrollment.user_id == user_id, Enrollment.course_id == course_id))
+    if enrollment is None:
+        raise NotFound("No enrollment in this course")
+    return issue_for_enrollment(enrollment)
+
+
+@dataclass
+class BulkResult:
+    issued: int
+    skipped: int
+    failed: int
+
+
+def bulk_issue(course_id: int) -> BulkResult:
+    """Issue for every completed enrollment of the course that has none, in batches that
+    commit on their own: one failure costs its certificate, not the whole run."""
+    if db.session.get(Course, course_id) is None:
+        raise NotFound("Course not found")
+    batch_size = current_app.config["CERTIFICATE_BULK_BATCH"]
+    completed = select(Enrollment.id).where(Enrollment.course_id == course_id,
+                                            Enrollment.completed_at.is_not(None))
+    have = set(db.session.scalars(select(Certificate.user_id)
+                                  .where(Certificate.course_id == course_id)))
+    pending = [eid for eid, uid in db.session.execute(
+        select(Enrollment.id, Enrollment.user_id).where(Enrollment.id.in_(completed))
+        .order_by(Enrollment.id)) if uid not in have]
+    issued = failed = 0
+    for start in range(0, len(pending), batch_size):
+        for enrollment in db.session.scalars(select(Enrollment).where(
+                Enrollment.id.in_(pending[start:start + batch_size])).order_by(Enrollment.id)):
+            try:
+                with db.session.begin_nested():
+                    issue_for_enrollment(enrollment)
+                issued += 1
+            except Exception:
+                failed += 1
+                log.exception("bulk issue failed for enrollment %s", enrollment.id)
+        db.session.commit()
+    return BulkResult(issued=issued, skipped=len(have), failed=failed)
+
+
+def revoke(certificate: Certificate, reason: str) -> Certificate:
+    if certificate.status == "revoked":
+        raise Conflict("This certificate is already revoked")
+    certificate.status = "revoked"
+    certificate.revoked_at = utcnow()
+    certificate.revoked_reason = reason[:500]
+    return certificate
+
+
+def revoke_for_enrollment(user_id: int, course_id: int, reason: str) -> Certificate | None:
+    """Revoke the certificate of (user, course) if there is one and it is valid (refunds)."""
+    certificate = existing(user_id, course_id)
+    if certificate is not None and certificate.status == "valid":
+        revoke(certificate, reason)
+    return certificate
+
+
+def by_number(number: str) -> Certificate | None:
+    return db.session.scalar(select(Certificate).where(
+        Certificate.certificate_number == number[:80]))
+
+
+def public_facts(certificate: Certificate) -> dict:
+    """What anyone holding the number may learn: nothing private."""
+    return {
+        "valid": certificate.status == "valid",
+        "status": certificate.status,
+        "certificate_number": certificate.certificate_number,
+        "holder_name": certificate.holder_name,
+        "course_title": certificate.course_title,
+        "instructor_name": certificate.instructor_name,
+        "completion_date": certificate.completion_date.isoformat(),
+        "issued_at": certificate.to_dict()["issued_at"],
+        "revoked_at": certificate.to_dict()["revoked_at"],
+        "sha256": certificate.sha256,
+    }
+
+
+def file_matches(certificate: Certificate, data: bytes) -> bool:
+    return bool(certificate.sha256) and hashlib.sha256(data).hexdigest() == certificate.sha256
+
+
+# --- the PDF ----------------------------------------------------------------------------------
+
+@lru_cache(maxsize=None)
+def _fonts(regular_paths: tuple[str, ...], bold_paths: tuple[str, ...]) -> tuple[str, str]:
+    """Register the first TrueType fonts found (wide script coverage); ReportLab's bundled
+    Vera, then Helvetica, when none is installed."""
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.pdfbase.ttfonts import TTFont
+
+    def first(paths, name, fallback):
+        import reportlab
+
+        candidates = list(paths) + [os.path.join(os.path.dirname(reportlab.__file__), "fonts",
+                                                 fallback)]
+        for path in candidates:
+            if path and os.path.exists(path):
+                pdfmetrics.registerFont(TTFont(name, path))
+                return name
+        return "Helvetica-Bold" if "Bold" in name else "Helvetica"
+
+    return (first(regular_paths, "CertSans", "Vera.ttf"),
+            first(bold_paths, "CertSans-Bold", "VeraBd.ttf"))
+
+
+def _fit(canvas, text: str, font: str, size: float, max_width: float, min_size: float = 9) -> float:
+    """The largest font size up to `size` at which `text` fits `max_width`."""
+    from reportlab.pdfbase.pdfmetrics import stringWidth
+
+    width = stringWidth(text, font, size)
+    if width <= max_width:
+        return size
+    return max(min_size, size * max_width / width)
+
+
+def _clip(text: str, font: str, size: float, max_width: float) -> str:
+    """Shorten with an ellipsis what still does not fit at the smallest size."""
+    from reportlab.pdfbase.pdfmetrics import stringWidth
+
+    if stringWidth(text, font, size) <= max_width:
+        return text
+    while text and stringWidth(text + "…", font, size) > max_width:
+        text = text[:-1]
+    return text + "…"
+
+
+def _qr_image(url: str):
+    import qrcode
+    from reportlab.lib.utils import ImageReader
+
+    qr = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, box_size=8, border=2)
+    qr.add_data(url)
+    qr.make(fit=True)
+    buffer = io.BytesIO()
+    qr.make_image(fill_color="black", back_color="white").save(buffer, format="PNG")
+    buffer.seek(0)
+    return ImageReader(buffer)
+
+
+def render_pdf(certificate: Certificate) -> bytes:
+    from reportlab import rl_config
+    from reportlab.lib import colors
+    from reportlab.lib.pagesizes import A4, landscape
+    from reportlab.pdfgen import canvas as pdf_canvas
+
+    cfg = current_app.config
+    regular, bold = _fonts(tuple(cfg["CERTIFICATE_FONT_PATHS"]),
+                           tuple(cfg["CERTIFICATE_BOLD_FONT_PATHS"]))
+    previous, rl_config.invariant = rl_config.invariant, 1  # same input, same bytes
+    try:
+        buffer = io.BytesIO()
+        width, height = landscape(A4)
+        c = pdf_canvas.Canvas(buffer, pagesize=(width, height), invariant=1)
+        c.setTitle(f"Certificate {certificate.certificate_number}")
+        c.setAuthor(cfg["APP_NAME"])
+        c.setSubject(certificate.course_title)
+        navy, gold = colors.HexColor("#1b2a4a"), colors.HexColor("#b8912f")
+        c.setStrokeColor(navy)
+        c.setLineWidth(4)
+        c.rect(28, 28, width - 56, height - 56)
+        c.setStrokeColor(gold)
+        c.setLineWidth(1.5)
+        c.rect(40, 40, width - 80, height - 80)
+        usable = width - 160
+        centre = width / 2
+
+        c.setFillColor(navy)
+        c.setFont(bold, 18)
+        c.drawCentredString(centre, height - 95, cfg["APP_NAME"].upper())
+        c.setFont(regular, 34)
+        c.drawCentredString(centre, height - 150, "Certificate of Completion")
+        c.setFillColor(colors.black)
+        c.setFont(regular, 14)
+        c.drawCentredString(centre, height - 195, "This certifies that")
+
+        name_size = _fit(c, certificate.holder_name, bold, 36, usable, min_size=12)
+        name = _clip(certificate.holder_name, bold, name_size, usable)
+        c.setFont(bold, name_size)
+        c.setFillColor(navy)
+        c.drawCentredString(centre, height - 245, name)
+        c.setFillColor(colors.black)
+        c.setFont(regular, 14)
+        c.drawCentredString(centre, height - 285, "has successfully completed the course")
+        title_size = _fit(c, certificate.course_title, bold, 24, usable, min_size=10)
+        c.setFont(bold, title_size)
+        c.drawCentredString(centre, height - 320,
+                            _clip(certificate.course_title, bold, title_size, usable))
+        c.setFont(regular, 12)
+        if certificate.instructor_name:
+            c.drawCentredString(centre, height - 350, f"Instructor: {certificate.instructor_name}")
+        c.drawCentredString(centre, height - 370,
+                            f"Completed on {certificate.completion_date.strftime('%d %B %Y')}")
+
+        url = verify_url(certificate.certificate_number)
+        c.drawImage(_qr_image(url), width - 180, 60, 110, 110)
+        c.setFont(regular, 10)
+        c.drawString(70, 90, f"Certificate number: {certificate.certificate_number}")
+        c.drawString(70, 74, f"Verify at: {url}")
+        c.showPage()
+        c.save()
+        return buffer.getvalue()
+    finally:
+        rl_config.invariant = previous
+
+
+def store_pdf(certificate: Certificate) -> None:
+    data = render_pdf(certificate)
+    key = f"{FOLDER}/{certificate.certificate_number}.pdf"
+    store = file_service.storage()
+    scratch = store.scratch(FOLDER)
+    scratch.write_bytes(data)
+    store.keep(scratch, key)
+    certificate.file_path = key
+    certificate.sha256 = hashlib.sha256(data).hexdigest()
+
+
+def pdf_path(certificate: Certificate):
+    """The stored PDF, rendered again (same bytes) if the file is missing."""
+    store = file_service.storage()
+    if certificate.file_path:
+        path = store.path(certificate.file_path)
+        if path.is_file():
+            return path
+    store_pdf(certificate)
+    db.session.commit()
+    return store.path(certificate.file_path)
