@@ -34,11 +34,18 @@ def get_sub(subcategory_id: int) -> Subcategory:
     return sub
 
 
+def _name_taken(query, name: str) -> bool:
+    """Names are unique case-insensitively in every script. Compared in Python: SQLite's
+    lower() folds ASCII only. (Names under one parent are few.)"""
+    wanted = name.casefold()
+    return any(existing.casefold() == wanted for existing in db.session.scalars(query))
+
+
 def _ensure_master_name_free(name: str, exclude_id: int | None = None) -> None:
-    query = select(MasterCategory.id).where(func.lower(MasterCategory.name) == name.lower())
+    query = select(MasterCategory.name)
     if exclude_id is not None:
         query = query.where(MasterCategory.id != exclude_id)
-    if db.session.scalar(query) is not None:
+    if _name_taken(query, name):
         raise Conflict("A master category with this name already exists",
                        details={"name": "already exists"})
 
@@ -71,11 +78,10 @@ def delete_master(category: MasterCategory) -> None:
 
 
 def _ensure_sub_name_free(master_id: int, name: str, exclude_id: int | None = None) -> None:
-    query = select(Subcategory.id).where(Subcategory.master_category_id == master_id,
-                                         func.lower(Subcategory.name) == name.lower())
+    query = select(Subcategory.name).where(Subcategory.master_category_id == master_id)
     if exclude_id is not None:
         query = query.where(Subcategory.id != exclude_id)
-    if db.session.scalar(query) is not None:
+    if _name_taken(query, name):
         raise Conflict("This category already has a subcategory with this name",
                        details={"name": "already exists"})
 

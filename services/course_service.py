@@ -71,14 +71,15 @@ def get_course(course_id: int) -> Course:
 
 
 def visible_course(course_id: int, user: User | None) -> Course:
-    """A course the viewer may look at: published, or their own, or any for an admin.
-    Anything else is 404, so drafts do not reveal that they exist."""
+    """A course the viewer may look at: published; or their own, or any for an admin; or one
+    they are enrolled in (an archived course stays open to its students). Anything else is
+    404, so drafts do not reveal that they exist."""
     course = get_course(course_id)
-    if course.status != "published" and not (
-        user is not None and (user.role == "admin" or course.instructor_id == user.id)
-    ):
-        raise NotFound("Course not found")
-    return course
+    if course.status == "published" or (user is not None and (
+            user.role == "admin" or course.instructor_id == user.id
+            or is_enrolled(user.id, course.id))):
+        return course
+    raise NotFound("Course not found")
 
 
 def editable_course(course_id: int, user: User) -> Course:
@@ -360,7 +361,10 @@ def update_lesson(lesson: Lesson, changes: dict) -> Lesson:
     position = changes.pop("position", None)
     target_module_id = changes.pop("module_id", None)
     if target_module_id is not None and target_module_id != lesson.module_id:
-        target = get_module(target_module_id)
+        target = db.session.get(Module, target_module_id)
+        if target is None:
+            raise ValidationError("The target module does not exist",
+                                  details={"module_id": "does not exist"})
         if target.course_id != db.session.get(Module, lesson.module_id).course_id:
             raise ValidationError("A lesson can only move to a module of the same course",
                                   details={"module_id": "belongs to another course"})
