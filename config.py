@@ -151,6 +151,16 @@ class Config:
     RAZORPAY_KEY_SECRET = env("RAZORPAY_KEY_SECRET")
     RAZORPAY_WEBHOOK_SECRET = env("RAZORPAY_WEBHOOK_SECRET")
     RAZORPAY_API_BASE = env("RAZORPAY_API_BASE")
+    # A pending order older than this (minutes) is not reused, and the reconciler asks the
+    # gateway about it.
+    PAYMENT_PENDING_TIMEOUT = env_int("PAYMENT_PENDING_TIMEOUT", 30)
+    REFUND_WINDOW_DAYS = env_int("REFUND_WINDOW_DAYS", 14)
+    RATE_LIMIT_PAYMENT_CREATE = env("RATE_LIMIT_PAYMENT_CREATE", "10 per minute")
+    RATE_LIMIT_PAYMENT_VERIFY = env("RATE_LIMIT_PAYMENT_VERIFY", "20 per minute")
+    # Who the invoices say sold the course.
+    INVOICE_SELLER_NAME = env("INVOICE_SELLER_NAME", "AI First Academy")
+    INVOICE_SELLER_ADDRESS = env("INVOICE_SELLER_ADDRESS", "")
+    INVOICE_SELLER_TAX_ID = env("INVOICE_SELLER_TAX_ID", "")
 
     # Google sign-in: one OAuth client per SPA.
     GOOGLE_CLIENT_ID = env("GOOGLE_CLIENT_ID")

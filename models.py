@@ -672,6 +672,16 @@ class Payment(TimestampMixin, db.Model):
         }
 
 
+class InvoiceCounter(db.Model):
+    """The last invoice number used in a year: invoice numbers are sequential without gaps,
+    allocated with an atomic UPDATE ... RETURNING under the payment's settlement."""
+
+    __tablename__ = "invoice_counters"
+
+    year: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_number: Mapped[int] = mapped_column(Integer, default=0)
+
+
 REFUND_STATUSES = ("pending", "approved", "rejected", "processed", "failed")
 
 

@@ -2,13 +2,15 @@
 domains): blocked IP addresses."""
 from __future__ import annotations
 
+from typing import Literal
+
 from flask import Blueprint, request
 from pydantic import BaseModel, Field, IPvAnyAddress
 from spectree import Response
 
 from auth import admin_required, current_user
-from models import AuditLog, Certificate, db
-from services import certificate_service
+from models import AuditLog, Certificate, RefundRequest, db
+from services import certificate_service, settlement_service
 from utils import security
 from utils.errors import NotFound
 from utils.helpers import paginate
@@ -116,3 +118,50 @@ def revoke_certificate(certificate_id: int):
           certificate_number=certificate.certificate_number)
     db.session.commit()
     return {"message": "Certificate revoked", "certificate": certificate.to_dict()}
+
+
+# --- refund requests --------------------------------------------------------------------------
+
+class RefundQuery(PageQuery):
+    status: str | None = Field(None, pattern="^(pending|approved|rejected|processed|failed)$")
+
+
+class RefundDecisionIn(StrictModel):
+    action: Literal["approve", "reject"]
+    note: str | None = Field(None, max_length=2000)
+
+
+@bp.get("/refund-requests")
+@admin_required
+@validate(query=RefundQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)),
+          tags=["admin", "payments"], security={"bearer": []})
+def list_refund_requests():
+    """Refund requests, oldest pending first."""
+    args = query_args()
+    query = db.select(RefundRequest).order_by(RefundRequest.created_at.asc(), RefundRequest.id)
+    if args.status:
+        query = query.where(RefundRequest.status == args.status)
+    rows, meta = paginate(query, args.page, args.per_page)
+    return {"refund_requests": [r.to_dict() for r in rows], "pagination": meta}
+
+
+@bp.put("/refund-requests/<int:request_id>")
+@admin_required
+@validate(json=RefundDecisionIn, resp=Response(HTTP_200=Envelope,
+                                               **errors(401, 403, 404, 409, 502, 503)),
+          tags=["admin", "payments"], security={"bearer": []})
+def decide_refund_request(request_id: int):
+    """Approve (refunds through the gateway, revokes the enrollment and certificate) or reject."""
+    refund = db.session.get(RefundRequest, request_id)
+    if refund is None:
+        raise NotFound("Refund request not found")
+    body = json_body()
+    admin = current_user()
+    if body.action == "approve":
+        settlement_service.approve_refund(refund, admin, body.note)
+    else:
+        settlement_service.reject_refund(refund, admin, body.note)
+    audit(f"refund_request.{body.action}", "refund_request", refund.id,
+          payment_id=refund.payment_id, note=body.note)
+    db.session.commit()
+    return {"message": f"Refund request {refund.status}", "refund_request": refund.to_dict()}

@@ -109,6 +109,49 @@ def enroll(user: User, course_id: int, *, payment: Payment | None = None
     return enrollment, True
 
 
+def enroll_paid(user: User, course: Course, payment: Payment) -> tuple[Enrollment, bool]:
+    """Enroll after a settled payment. The course, prerequisites and price were checked before
+    the gateway was asked to charge; money received is never left without its enrollment, even
+    if the course was archived in between."""
+    existing = db.session.scalar(select(Enrollment).where(
+        Enrollment.user_id == user.id, Enrollment.course_id == course.id))
+    if existing is not None:
+        if existing.status not in OPEN_STATUSES:
+            existing.status, existing.cancelled_at = "active", None
+            existing.enrolled_at = utcnow()
+        existing.payment_id = payment.id
+        db.session.flush()
+        _complete_if_finished(existing)
+        return existing, True
+    enrollment = Enrollment(user_id=user.id, course_id=course.id, status="active",
+                            enrolled_at=utcnow(), payment_id=payment.id)
+    try:
+        with db.session.begin_nested():
+            db.session.add(enrollment)
+    except IntegrityError:
+        winner = db.session.scalar(select(Enrollment).where(
+            Enrollment.user_id == user.id, Enrollment.course_id == course.id))
+        if winner is None:
+            raise
+        winner.payment_id = winner.payment_id or payment.id
+        return winner, False
+    return enrollment, True
+
+
+def check_can_buy(user: User, course: Course) -> None:
+    """What must hold before a gateway is asked to charge for `course`."""
+    if course.status != "published":
+        raise Conflict("This course is not open for enrollment", code="course_not_open")
+    if course.is_free:
+        raise Conflict("This course is free: enroll directly with POST /api/v1/enrollments",
+                       code="course_is_free")
+    enrolled = db.session.scalar(select(Enrollment.status).where(
+        Enrollment.user_id == user.id, Enrollment.course_id == course.id))
+    if enrolled in OPEN_STATUSES:
+        raise Conflict("You are already enrolled in this course", code="already_enrolled")
+    _check_prerequisites(user, course)
+
+
 def cancel(enrollment: Enrollment, status: str = "cancelled") -> Enrollment:
     """End access (a student leaving a course, or a refund); progress is kept."""
     enrollment.status = status

@@ -53,3 +53,16 @@ def register_commands(app: Flask) -> None:
         if not created["users"]:
             click.echo(f"  demo users already existed (e.g. {DEMO_STUDENT}); "
                        "their passwords were printed when they were created.")
+
+    payments_cli = click.Group("payments", help="Payment maintenance.")
+    app.cli.add_command(payments_cli)
+
+    @payments_cli.command("reconcile")
+    @click.option("--older-than", type=int, default=None,
+                  help="Minutes a payment must have been pending (default PAYMENT_PENDING_TIMEOUT).")
+    def reconcile(older_than):
+        """Ask the gateways about payments still pending and settle or expire them."""
+        from services import reconcile_service
+
+        counts = reconcile_service.reconcile_pending(older_than)
+        click.echo(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "nothing pending")

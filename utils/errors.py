@@ -82,5 +82,9 @@ class TooManyRequests(APIError):
     status_code, code, message = 429, "rate_limited", "Too many requests"
 
 
+class BadGateway(APIError):
+    status_code, code, message = 502, "gateway_error", "The payment gateway refused the request"
+
+
 class ServiceUnavailable(APIError):
     status_code, code, message = 503, "service_unavailable", "Service unavailable"

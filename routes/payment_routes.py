@@ -1,0 +1,177 @@
+"""Payments: Razorpay orders and verification, Stripe Checkout, both gateways' webhooks,
+history, invoices and refund requests. Both route sets of the contract."""
+from __future__ import annotations
+
+from flask import Blueprint, Response as FlaskResponse, request
+from pydantic import Field
+from spectree import Response
+
+from app import limiter
+from auth import current_user, login_required
+from models import Payment, db
+from routes.common import Envelope, config_limit
+from services import invoice_service, payment_service, razor_payment_service, settlement_service
+from utils.errors import NotFound
+from utils.helpers import paginate
+from utils.validation import PageQuery, StrictModel, document, errors, json_body, query_args, validate
+
+bp = Blueprint("payments", __name__)
+AUTH = {"tags": ["payments"], "security": {"bearer": []}}
+HOOK = {"tags": ["payments", "webhooks"]}
+
+
+class CourseIn(StrictModel):
+    course_id: int = Field(ge=1)
+
+
+class RazorpayVerifyIn(StrictModel):
+    razorpay_order_id: str = Field(min_length=1, max_length=100)
+    razorpay_payment_id: str = Field(min_length=1, max_length=100)
+    razorpay_signature: str = Field(min_length=1, max_length=256)
+
+
+class RefundIn(StrictModel):
+    reason: str = Field(min_length=3, max_length=2000)
+
+
+class HistoryQuery(PageQuery):
+    status: str | None = Field(None, pattern="^(created|pending|completed|failed|expired|refunded)$")
+
+
+def readable_payment(payment_id: int) -> Payment:
+    user = current_user()
+    payment = db.session.get(Payment, payment_id)
+    if payment is None or (payment.user_id != user.id and user.role != "admin"):
+        raise NotFound("Payment not found")
+    return payment
+
+
+def payment_dict(payment: Payment) -> dict:
+    data = payment.to_dict()
+    course = payment.course
+    data["course"] = {"id": course.id, "title": course.title, "slug": course.slug}
+    data["invoice_url"] = (f"/api/v1/payments/{payment.id}/invoice"
+                           if payment.invoice_number else None)
+    return data
+
+
+# --- Razorpay ---------------------------------------------------------------------------------
+
+@bp.post("/razorpay/create-order")
+@bp.post("/create-order")
+@config_limit("RATE_LIMIT_PAYMENT_CREATE")
+@login_required
+@validate(json=CourseIn, resp=Response(HTTP_201=Envelope, HTTP_200=Envelope,
+                                       **errors(401, 402, 403, 404, 409, 502, 503)), **AUTH)
+def razorpay_create_order():
+    """A Razorpay order for a paid course: amount in minor units and the public key id for
+    checkout. An open order of the same course is returned again."""
+    order = razor_payment_service.create_order(current_user(), json_body().course_id)
+    db.session.commit()
+    return {"message": "Order created", "order": order}, 200 if order["reused"] else 201
+
+
+@bp.post("/razorpay/verify")
+@bp.post("/verify-payment")
+@config_limit("RATE_LIMIT_PAYMENT_VERIFY")
+@login_required
+@validate(json=RazorpayVerifyIn, resp=Response(HTTP_200=Envelope, HTTP_202=Envelope,
+                                               **errors(400, 401, 404, 502, 503)), **AUTH)
+def razorpay_verify():
+    """The checkout's answer: signature, then the payment as Razorpay reports it; settles the
+    payment and enrolls (the webhook converges on the same result)."""
+    body = json_body()
+    result, status = razor_payment_service.verify_checkout(
+        current_user(), body.razorpay_order_id, body.razorpay_payment_id, body.razorpay_signature)
+    db.session.commit()
+    if status != "captured":
+        return {"message": f"The payment is {status}; you will be enrolled when it is captured",
+                "payment": payment_dict(result.payment)}, 202
+    return {"message": "Payment verified; you are enrolled", "payment": payment_dict(result.payment)}
+
+
+@bp.post("/razorpay/webhook")
+@limiter.exempt
+@document(resp=Response("HTTP_200", **errors(400, 503)), **HOOK)
+def razorpay_webhook():
+    """Razorpay events, checked with X-Razorpay-Signature over the raw body."""
+    ack = razor_payment_service.handle_webhook(
+        request.get_data(cache=False), request.headers.get("X-Razorpay-Signature"),
+        request.headers.get("X-Razorpay-Event-Id"))
+    db.session.commit()
+    return ack
+
+
+# --- Stripe -----------------------------------------------------------------------------------
+
+@bp.post("/stripe/create-checkout")
+@bp.post("/create-checkout-session")
+@config_limit("RATE_LIMIT_PAYMENT_CREATE")
+@login_required
+@validate(json=CourseIn, resp=Response(HTTP_201=Envelope, HTTP_200=Envelope,
+                                       **errors(401, 403, 404, 409, 502, 503)), **AUTH)
+def stripe_create_checkout():
+    """A Stripe Checkout Session for a paid course: `{checkout_url, session_id}`."""
+    checkout = payment_service.create_checkout(current_user(), json_body().course_id)
+    db.session.commit()
+    return {"message": "Checkout created", **checkout}, 200 if checkout["reused"] else 201
+
+
+@bp.post("/stripe/webhook")
+@limiter.exempt
+@document(resp=Response("HTTP_200", **errors(400, 503)), **HOOK)
+def stripe_webhook():
+    """Stripe events, checked with Stripe-Signature over the raw body."""
+    ack = payment_service.handle_webhook(request.get_data(cache=False),
+                                         request.headers.get("Stripe-Signature"))
+    db.session.commit()
+    return ack
+
+
+# --- records ----------------------------------------------------------------------------------
+
+@bp.get("/history")
+@login_required
+@validate(query=HistoryQuery, resp=Response(HTTP_200=Envelope, **errors(401)), **AUTH)
+def history():
+    """The signed-in user's payments, newest first."""
+    args = query_args()
+    query = (db.select(Payment).where(Payment.user_id == current_user().id)
+             .options(db.joinedload(Payment.course))
+             .order_by(Payment.created_at.desc(), Payment.id.desc()))
+    if args.status:
+        query = query.where(Payment.status == args.status)
+    rows, meta = paginate(query, args.page, args.per_page)
+    return {"payments": [payment_dict(p) for p in rows], "pagination": meta}
+
+
+@bp.get("/<int:payment_id>")
+@login_required
+@validate(resp=Response(HTTP_200=Envelope, **errors(401, 404)), **AUTH)
+def get_payment(payment_id: int):
+    """A payment (the payer or an admin)."""
+    return {"payment": payment_dict(readable_payment(payment_id))}
+
+
+@bp.get("/<int:payment_id>/invoice")
+@login_required
+@document(resp=Response("HTTP_200", **errors(401, 404, 409)), **AUTH)
+def invoice(payment_id: int):
+    """The payment's invoice as a PDF."""
+    payment = readable_payment(payment_id)
+    pdf = invoice_service.render_invoice(payment)
+    return FlaskResponse(pdf, mimetype="application/pdf", headers={
+        "Content-Disposition": f'attachment; filename="{payment.invoice_number}.pdf"',
+        "Cache-Control": "private, no-store"})
+
+
+@bp.post("/<int:payment_id>/refund-request")
+@bp.post("/<int:payment_id>/refund")
+@login_required
+@validate(json=RefundIn, resp=Response(HTTP_201=Envelope, **errors(401, 403, 404, 409)), **AUTH)
+def request_refund(payment_id: int):
+    """Ask for a refund (the payer, for a completed payment, within REFUND_WINDOW_DAYS);
+    an admin approves or rejects it."""
+    refund = settlement_service.request_refund(payment_id, current_user(), json_body().reason)
+    db.session.commit()
+    return {"message": "Refund requested", "refund_request": refund.to_dict()}, 201

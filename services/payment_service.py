@@ -1,0 +1,192 @@
+"""Stripe, through the real `stripe` SDK: Checkout Sessions in payment mode, signed webhooks,
+refunds on the payment intent, and the reconciler's look-up. STRIPE_API_BASE points the SDK at
+another host (tests run it against localstripe on 127.0.0.1)."""
+from __future__ import annotations
+
+import json
+import logging
+from decimal import Decimal
+
+import stripe
+from flask import current_app
+
+from models import Payment, User, db
+from services import settlement_service
+from utils.errors import BadGateway, BadRequest, ServiceUnavailable
+from utils.helpers import to_minor_units
+
+log = logging.getLogger("lms.payments.stripe")
+
+SETTLING_EVENTS = ("checkout.session.completed", "checkout.session.async_payment_succeeded")
+
+
+def _require(*names: str) -> None:
+    missing = [name for name in names if not current_app.config.get(name)]
+    if missing:
+        raise ServiceUnavailable("Stripe is not configured on this server: set "
+                                 + ", ".join(missing), code="stripe_not_configured")
+
+
+def client() -> stripe.StripeClient:
+    _require("STRIPE_SECRET_KEY")
+    base = current_app.config.get("STRIPE_API_BASE")
+    return stripe.StripeClient(current_app.config["STRIPE_SECRET_KEY"],
+                               base_addresses={"api": base} if base else None,
+                               max_network_retries=2)
+
+
+def _gateway_error(exc: stripe.StripeError, action: str):
+    log.error("Stripe %s failed: %s", action, exc)
+    if isinstance(exc, stripe.APIConnectionError):
+        return ServiceUnavailable(f"Stripe is unreachable ({action}); try again shortly")
+    return BadGateway(f"Stripe refused to {action}: {exc.user_message or 'see the server log'}")
+
+
+def create_checkout(user: User, course_id: int) -> dict:
+    """A Checkout Session for the course (an open one is reused)."""
+    _require("STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET")
+    payment, course, reused = settlement_service.open_order(user, course_id, "stripe")
+    if reused:
+        stored = (payment.gateway_response or {}).get("checkout_session", {})
+        return {"payment_id": payment.id, "session_id": payment.gateway_session_id,
+                "checkout_url": stored.get("url"), "reused": True}
+    cfg = current_app.config
+    base = cfg["FRONTEND_URL_STUDENTS"].rstrip("/")
+    success = cfg.get("STRIPE_SUCCESS_URL") or f"{base}/payments/success"
+    cancel = cfg.get("STRIPE_CANCEL_URL") or f"{base}/payments/cancel"
+    params = {
+        "mode": "payment",
+        "line_items": [{"quantity": 1, "price_data": {
+            "currency": course.currency.lower(),
+            "unit_amount": to_minor_units(Decimal(course.price), course.currency),
+            "product_data": {"name": course.title[:250]}}}],
+        "metadata": {"payment_id": str(payment.id), "user_id": str(user.id),
+                     "course_id": str(course.id)},
+        "client_reference_id": str(payment.id),
+        "customer_email": user.email,
+        "success_url": f"{success}?session_id={{CHECKOUT_SESSION_ID}}",
+        "cancel_url": cancel,
+    }
+    try:
+        session = client().v1.checkout.sessions.create(
+            params=params, options={"idempotency_key": f"lms-payment-{payment.id}"})
+    except stripe.StripeError as exc:
+        raise _gateway_error(exc, "open a checkout")
+    payment.gateway_session_id = session.id
+    payment.status = "pending"
+    payment.gateway_response = {"checkout_session": session.to_dict()}
+    return {"payment_id": payment.id, "session_id": session.id, "checkout_url": session.url,
+            "reused": False}
+
+
+# --- webhooks ---------------------------------------------------------------------------------
+
+def _payment_for_session(obj: dict) -> Payment | None:
+    payment = settlement_service.by_gateway_ref("stripe", session_id=obj.get("id"))
+    if payment is None:
+        reference = (obj.get("metadata") or {}).get("payment_id") or obj.get("client_reference_id")
+        if reference and str(reference).isdigit():
+            candidate = db.session.get(Payment, int(reference))
+            # Only the session we opened for this payment may settle it.
+            if candidate is not None and candidate.gateway == "stripe" and \
+                    candidate.gateway_session_id in (None, obj.get("id")):
+                payment = candidate
+    return payment
+
+
+def handle_webhook(raw: bytes, signature: str | None) -> dict:
+    """Verify, record once, act. Returns the acknowledgement body."""
+    _require("STRIPE_WEBHOOK_SECRET")
+    try:
+        stripe.Webhook.construct_event(raw.decode("utf-8"), signature or "",
+                                       current_app.config["STRIPE_WEBHOOK_SECRET"])
+    except (ValueError, UnicodeDecodeError, stripe.SignatureVerificationError):
+        raise BadRequest("Invalid Stripe signature", code="invalid_signature")
+    event = json.loads(raw)
+    record, new = settlement_service.record_event("stripe", str(event.get("id")),
+                                                  str(event.get("type")), event)
+    if not new:
+        return {"received": True, "duplicate": True}
+    obj = (event.get("data") or {}).get("object") or {}
+    kind = event.get("type")
+    try:
+        payment_id = _apply(kind, obj)
+    except settlement_service.AmountMismatch as exc:
+        settlement_service.finish_event(record, "failed", error=exc.message)
+        return {"received": True, "error": exc.message}
+    settlement_service.finish_event(record, "processed" if payment_id else "ignored",
+                                    payment_id=payment_id)
+    return {"received": True}
+
+
+def _apply(kind: str, obj: dict) -> int | None:
+    if kind in SETTLING_EVENTS or kind in ("checkout.session.async_payment_failed",
+                                            "checkout.session.expired"):
+        payment = _payment_for_session(obj)
+        if payment is None:
+            log.warning("Stripe %s for an unknown session %s", kind, obj.get("id"))
+            return None
+        if kind in SETTLING_EVENTS:
+            if obj.get("payment_status") == "paid":
+                settlement_service.settle(
+                    payment.id, gateway_payment_id=obj.get("payment_intent"),
+                    amount_minor=int(obj.get("amount_total") or 0),
+                    currency=str(obj.get("currency") or ""), source=kind, raw=obj)
+            else:  # paid later by a delayed method: wait for async_payment_succeeded
+                settlement_service.mark_pending(payment.id, obj, kind)
+        elif kind == "checkout.session.async_payment_failed":
+            settlement_service.mark_failed(payment.id, "the delayed payment failed", obj, kind)
+        else:
+            settlement_service.mark_expired(payment.id, obj, kind)
+        return payment.id
+    if kind == "charge.refunded":
+        payment = db.session.scalar(db.select(Payment).where(
+            Payment.gateway == "stripe", Payment.gateway_payment_id == obj.get("payment_intent")))
+        if payment is None or not obj.get("refunded"):
+            return payment.id if payment else None
+        payment = settlement_service.locked(payment.id)
+        amount = Decimal(int(obj.get("amount_refunded") or 0)) / (
+            Decimal(to_minor_units(Decimal(1), payment.currency)))
+        settlement_service.apply_refund(payment, amount, obj, kind)
+        return payment.id
+    return None
+
+
+# --- refunds and reconciliation ---------------------------------------------------------------
+
+def refund(payment: Payment, amount: Decimal, *, idempotency_key: str) -> dict:
+    if not payment.gateway_payment_id:
+        raise BadGateway("This Stripe payment has no payment intent to refund")
+    try:
+        result = client().v1.refunds.create(
+            params={"payment_intent": payment.gateway_payment_id,
+                    "amount": to_minor_units(amount, payment.currency),
+                    "metadata": {"payment_id": str(payment.id)}},
+            options={"idempotency_key": idempotency_key})
+    except stripe.StripeError as exc:
+        raise _gateway_error(exc, "refund")
+    return result.to_dict()
+
+
+def reconcile(payment: Payment) -> str:
+    """Ask Stripe about a pending payment and settle or expire it; returns what happened."""
+    if not payment.gateway_session_id:
+        settlement_service.mark_expired(payment.id, None, "reconcile")
+        return "expired"
+    try:
+        session = client().v1.checkout.sessions.retrieve(payment.gateway_session_id).to_dict()
+    except stripe.StripeError as exc:
+        log.warning("reconcile: Stripe session %s: %s", payment.gateway_session_id, exc)
+        return "unknown"
+    if session.get("payment_status") == "paid":
+        result = settlement_service.settle(
+            payment.id, gateway_payment_id=session.get("payment_intent"),
+            amount_minor=int(session.get("amount_total") or 0),
+            currency=str(session.get("currency") or ""), source="reconcile", raw=session)
+        return "settled" if result.changed else "unchanged"
+    if session.get("status") == "expired":
+        settlement_service.mark_expired(payment.id, session, "reconcile")
+        return "expired"
+    return "pending"
+
+
