@@ -110,8 +110,7 @@ def generate_for_course(course_id: int):
     user = current_user()
     body = json_body()
     target = body.user_id if (user.role == "admin" and body.user_id) else user.id
-    return _issued(target, course_id,
-                   lambda: certificate_service.issue_for_user_course(target, course_id))
+    return _issued(certificate_service.enrollment_of(target, course_id))
 
 
 @bp.post("/generate-for-enrollment/<int:enrollment_id>")
@@ -122,14 +121,13 @@ def generate_for_enrollment(enrollment_id: int):
     enrollment = db.session.get(Enrollment, enrollment_id)
     if enrollment is None:
         raise NotFound("Enrollment not found")
-    return _issued(enrollment.user_id, enrollment.course_id,
-                   lambda: certificate_service.issue_for_enrollment(enrollment))
+    return _issued(enrollment)
 
 
-def _issued(user_id: int, course_id: int, issue):
-    """201 with a new certificate, 200 with the one already issued."""
-    created = certificate_service.existing(user_id, course_id) is None
-    certificate = issue()
+def _issued(enrollment: Enrollment):
+    """201 with a new certificate, 200 with the one already issued (also to the losers of a
+    race)."""
+    certificate, created = certificate_service.issue(enrollment)
     db.session.commit()
     data = certificate.to_dict()
     data["verify_url"] = certificate_service.verify_url(certificate.certificate_number)

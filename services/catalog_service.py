@@ -10,13 +10,16 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
-from sqlalchemy import and_, func, literal_column, or_, select
+from sqlalchemy import and_, false, func, literal_column, or_, select
 from sqlalchemy.orm import joinedload
 
 from models import COURSE_SEARCH_VECTOR, Course, Enrollment, MasterCategory, Subcategory, db
 
 SORTS = ("newest", "oldest", "price_asc", "price_desc", "title", "popular")
 _WORD = re.compile(r"\w+", re.UNICODE)
+# The index's expression with its columns qualified: lists join other tables that also have a
+# `description`. PostgreSQL matches the index by the parsed expression, not by its text.
+_SEARCH_VECTOR = re.sub(r"COALESCE\((\w+),", r"COALESCE(courses.\1,", COURSE_SEARCH_VECTOR)
 
 
 def search_words(query: str) -> list[str]:
@@ -24,13 +27,14 @@ def search_words(query: str) -> list[str]:
 
 
 def search_condition(query: str):
-    """A WHERE clause matching every word of `query` in the title or descriptions."""
+    """A WHERE clause matching every word of `query` in the title or descriptions; a query
+    without any word (only punctuation) matches nothing."""
     words = search_words(query)
     if not words:
-        return None
+        return false()
     if db.engine.dialect.name == "postgresql":
         tsquery = " & ".join(f"{word}:*" for word in words)
-        return literal_column(COURSE_SEARCH_VECTOR).op("@@")(
+        return literal_column(_SEARCH_VECTOR).op("@@")(
             func.to_tsquery(literal_column("'simple'::regconfig"), tsquery))
     clauses = []
     for word in words:
@@ -84,10 +88,8 @@ def course_query(*, statuses=("published",), category_id: int | None = None,
         query = query.where(func.lower(Course.language) == language.lower())
     if mode_of_conduct:
         query = query.where(Course.mode_of_conduct == mode_of_conduct.upper())
-    if search:
-        condition = search_condition(search)
-        if condition is not None:
-            query = query.where(condition)
+    if search is not None and search.strip():
+        query = query.where(search_condition(search))
     return query.order_by(*_order(sort))
 
 

@@ -40,7 +40,9 @@ def verify_url(number: str) -> str:
 
 
 def holder_name(user: User) -> str:
-    return user.full_name or user.email.split("@", 1)[0]
+    """The name a certificate carries. Never the e-mail address (the verification page is
+    public); an account without a name gets a neutral label."""
+    return user.full_name or f"Learner #{user.id}"
 
 
 def existing(user_id: int, course_id: int) -> Certificate | None:
@@ -50,12 +52,18 @@ def existing(user_id: int, course_id: int) -> Certificate | None:
 
 def issue_for_enrollment(enrollment: Enrollment) -> Certificate:
     """The certificate of a completed enrollment: the existing one, or a new one."""
+    return issue(enrollment)[0]
+
+
+def issue(enrollment: Enrollment) -> tuple[Certificate, bool]:
+    """(certificate, created): created is False when it existed, also when a parallel
+    request issued it a moment earlier."""
     if enrollment.completed_at is None:
         raise Forbidden("The course is not completed yet: a certificate is issued on completion",
                         code="course_not_completed")
     found = existing(enrollment.user_id, enrollment.course_id)
     if found is not None:
-        return found
+        return found, False
     user = db.session.get(User, enrollment.user_id)
     course = db.session.get(Course, enrollment.course_id)
     instructor = db.session.get(User, course.instructor_id)
@@ -72,20 +80,20 @@ def issue_for_enrollment(enrollment: Enrollment) -> Certificate:
         found = existing(enrollment.user_id, enrollment.course_id)
         if found is None:
             raise
-        return found
+        return found, False
     try:
         store_pdf(certificate)
     except Exception:  # the row stands; the file is rendered again on first download
         log.exception("certificate %s issued without its PDF", certificate.certificate_number)
-    return certificate
+    return certificate, True
 
 
-def issue_for_user_course(user_id: int, course_id: int) -> Certificate:
+def enrollment_of(user_id: int, course_id: int) -> Enrollment:
     enrollment = db.session.scalar(select(Enrollment).where(
         Enrollment.user_id == user_id, Enrollment.course_id == course_id))
     if enrollment is None:
         raise NotFound("No enrollment in this course")
-    return issue_for_enrollment(enrollment)
+    return enrollment
 
 
 @dataclass

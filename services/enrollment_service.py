@@ -87,7 +87,7 @@ def enroll(user: User, course_id: int, *, payment: Payment | None = None
             raise _payment_required(course)
     now = utcnow()
     if existing is not None:  # cancelled or refunded: the same row, with its history
-        existing.status = "active"
+        existing.status = _reopened_status(existing)
         existing.cancelled_at = None
         existing.enrolled_at = now
         existing.payment_id = payment.id if payment else existing.payment_id
@@ -109,6 +109,11 @@ def enroll(user: User, course_id: int, *, payment: Payment | None = None
     return enrollment, True
 
 
+def _reopened_status(enrollment: Enrollment) -> str:
+    """A re-opened enrollment keeps a completion already earned."""
+    return "completed" if enrollment.completed_at is not None else "active"
+
+
 def enroll_paid(user: User, course: Course, payment: Payment) -> tuple[Enrollment, bool]:
     """Enroll after a settled payment. The course, prerequisites and price were checked before
     the gateway was asked to charge; money received is never left without its enrollment, even
@@ -117,7 +122,7 @@ def enroll_paid(user: User, course: Course, payment: Payment) -> tuple[Enrollmen
         Enrollment.user_id == user.id, Enrollment.course_id == course.id))
     if existing is not None:
         if existing.status not in OPEN_STATUSES:
-            existing.status, existing.cancelled_at = "active", None
+            existing.status, existing.cancelled_at = _reopened_status(existing), None
             existing.enrolled_at = utcnow()
         existing.payment_id = payment.id
         db.session.flush()
@@ -357,3 +362,52 @@ def on_course_completed(enrollment: Enrollment) -> None:
         message=f"Congratulations! You completed \u201c{course.title}\u201d.",
         link=f"/courses/{course.id}", data={"course_id": course.id,
                                             "enrollment_id": enrollment.id}))
+
+
+# --- dashboards -------------------------------------------------------------------------------
+
+def dashboard(user: User, recent: int = 10) -> dict:
+    """The student's dashboard in a fixed number of queries."""
+    counts = db.session.execute(
+        select(func.count(Enrollment.id),
+               func.sum(case((Enrollment.status == "completed", 1), else_=0)),
+               func.sum(case((and_(Enrollment.status == "active",
+                                   Enrollment.started_at.is_not(None)), 1), else_=0)))
+        .where(Enrollment.user_id == user.id, Enrollment.status.in_(OPEN_STATUSES))).one()
+    certificates = db.session.scalar(select(func.count(Certificate.id)).where(
+        Certificate.user_id == user.id, Certificate.status == "valid"))
+    spent = db.session.execute(
+        select(Payment.currency, func.sum(Payment.amount - Payment.refunded_amount))
+        .where(Payment.user_id == user.id, Payment.status.in_(("completed", "refunded")))
+        .group_by(Payment.currency).order_by(Payment.currency)).all()
+    recent_rows = db.session.execute(
+        select(LessonProgress, Lesson.title, Course.id, Course.title)
+        .join(Enrollment, Enrollment.id == LessonProgress.enrollment_id)
+        .join(Lesson, Lesson.id == LessonProgress.lesson_id)
+        .join(Course, Course.id == Enrollment.course_id)
+        .where(Enrollment.user_id == user.id)
+        .order_by(LessonProgress.last_accessed_at.desc(), LessonProgress.id.desc())
+        .limit(recent)).all()
+    enrolled_total, completed, in_progress = counts
+    return {
+        "stats": {
+            "enrolled_courses": enrolled_total or 0,
+            "in_progress_courses": in_progress or 0,
+            "completed_courses": completed or 0,
+            "not_started_courses": (enrolled_total or 0) - (completed or 0) - (in_progress or 0),
+            "certificates": certificates or 0,
+            "total_spent": [{"currency": currency, "amount": money(amount)}
+                            for currency, amount in spent if amount],
+        },
+        "recent_activity": [
+            {"type": "lesson_completed" if record.completed else "lesson_viewed",
+             "lesson_id": record.lesson_id, "lesson_title": lesson_title,
+             "course_id": course_id, "course_title": course_title,
+             "at": record.to_dict()["last_accessed_at"]}
+            for record, lesson_title, course_id, course_title in recent_rows],
+    }
+
+
+def certificates_query(user_id: int):
+    return (select(Certificate).where(Certificate.user_id == user_id)
+            .order_by(Certificate.issued_at.desc(), Certificate.id.desc()))
