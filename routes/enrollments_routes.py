@@ -125,8 +125,11 @@ def course_progress(course_id: int):
 
 
 def _record(enrollment, lesson_id: int, default_completed: bool | None):
+    """`default_completed` applies only to a request that says nothing: a body carrying just
+    watch time records watch time."""
     body = json_body() if request.content_length else None
-    completed = body.completed if body and "completed" in body.model_fields_set else default_completed
+    sent = body.model_fields_set if body else set()
+    completed = body.completed if "completed" in sent else (default_completed if not sent else None)
     watch = body.watch_time_seconds if body else None
     record, finished = enrollment_service.record_progress(
         enrollment, lesson_id, completed=completed, watch_time_seconds=watch)
