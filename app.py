@@ -19,6 +19,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from auth import jwt
 from config import CONFIGS, ConfigError, config_name_from_env
 from models import db
+from services.email_service import register_outbox
 from utils.middleware import init_middleware
 from utils.security import refuse_blocked_ip
 from utils.validation import spec
@@ -93,6 +94,7 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
     )
     init_middleware(app)
     app.before_request(refuse_blocked_ip)
+    register_outbox()
 
     from routes import (
         admin_routes,
@@ -105,9 +107,11 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
         health,
         lessons_resources_routes,
         lessons_routes,
+        live_session_routes,
         master_routes,
         media,
         modules_routes,
+        notification_routes,
         payment_routes,
         prerequisites,
         public_routes,
@@ -132,6 +136,8 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
         (enrollments_routes, "/enrollments"),
         (certificate_routes, "/certificates"),
         (payment_routes, "/payments"),
+        (live_session_routes, "/live-sessions"),
+        (notification_routes, "/notifications"),
         (file_routes, "/files"),
         (public_routes, "/public"),
         (admin_routes, "/admin"),

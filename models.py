@@ -819,6 +819,9 @@ class LiveSession(TimestampMixin, db.Model):
     description: Mapped[str | None] = mapped_column(Text)
     start_time: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     duration_minutes: Mapped[int] = mapped_column(Integer)
+    # start_time + duration, kept in step on every write: "upcoming" and the join window are
+    # plain comparisons on both databases.
+    end_time: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     platform: Mapped[str] = mapped_column(String(20), default="zoom")
     meeting_url: Mapped[str | None] = mapped_column(String(500))
     meeting_id: Mapped[str | None] = mapped_column(String(100))
@@ -836,6 +839,7 @@ class LiveSession(TimestampMixin, db.Model):
             "title": self.title,
             "description": self.description,
             "start_time": iso(self.start_time),
+            "end_time": iso(self.end_time),
             "duration_minutes": self.duration_minutes,
             "platform": self.platform,
             "status": self.status,

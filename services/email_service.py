@@ -98,3 +98,48 @@ def send_email(to: str, subject: str, text: str, html: str | None = None,
     if send is None:
         raise EmailNotConfigured()
     send(to, subject, text, html, list(attachments), current_app.config["MAIL_DEFAULT_SENDER"])
+
+
+# --- after-commit delivery --------------------------------------------------------------------
+# Mail caused by a database change is queued on the session and sent only once that change is
+# committed: a rollback sends nothing, and a failed send is logged without undoing the change
+# or failing the request.
+
+@dataclass
+class Outgoing:
+    to: str
+    subject: str
+    text: str
+    html: str | None = None
+    attachments: tuple = ()
+
+
+def send_after_commit(message: Outgoing) -> None:
+    from models import db
+
+    db.session.info.setdefault("outbox", []).append(message)
+
+
+def _deliver_outbox(session) -> None:
+    outbox = session.info.pop("outbox", [])
+    for message in outbox:
+        try:
+            send_email(message.to, message.subject, message.text, message.html,
+                       list(message.attachments))
+        except Exception as exc:  # the change stands; the failure is for the operators
+            log.error("e-mail to %s (%s) not sent: %s", message.to, message.subject, exc)
+
+
+def _drop_outbox(session, previous_transaction) -> None:
+    # A savepoint rolling back leaves the outer transaction (and its mail) alive.
+    if not session.in_transaction():
+        session.info.pop("outbox", None)
+
+
+def register_outbox() -> None:
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    if not event.contains(Session, "after_commit", _deliver_outbox):
+        event.listen(Session, "after_commit", _deliver_outbox)
+        event.listen(Session, "after_soft_rollback", _drop_outbox)

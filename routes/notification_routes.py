@@ -1,0 +1,150 @@
+"""Notifications: a user's own list, read state and preferences; admins send and broadcast."""
+from __future__ import annotations
+
+from typing import Literal
+
+from flask import Blueprint
+from pydantic import Field, model_validator
+from spectree import Response
+
+from auth import admin_required, current_user, login_required
+from models import db
+from routes.admin_routes import audit
+from routes.common import Envelope, MessageOut
+from services import notification_service as notifications
+from utils.helpers import paginate
+from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
+from utils.validators import SafeText
+
+bp = Blueprint("notifications", __name__)
+AUTH = {"tags": ["notifications"], "security": {"bearer": []}}
+Kind = Literal["course_update", "live_session", "payment", "announcement", "system"]
+
+
+class NotificationQuery(PageQuery):
+    unread: bool = False
+
+
+class SendIn(StrictModel):
+    user_ids: list[int] | None = Field(None, min_length=1, max_length=10_000)
+    role: Literal["student", "instructor", "admin"] | None = None
+    title: SafeText = Field(min_length=1, max_length=200)
+    message: SafeText = Field(min_length=1, max_length=5000)
+    link: str | None = Field(None, max_length=500)
+    kind: Kind = "announcement"
+    send_email: bool = False
+
+    @model_validator(mode="after")
+    def one_audience(self):
+        if (self.user_ids is None) == (self.role is None):
+            raise ValueError("give either user_ids or role")
+        return self
+
+
+class BroadcastIn(StrictModel):
+    title: SafeText = Field(min_length=1, max_length=200)
+    message: SafeText = Field(min_length=1, max_length=5000)
+    link: str | None = Field(None, max_length=500)
+    send_email: bool = False
+
+
+class PreferencesIn(StrictModel):
+    email_course_updates: bool | None = None
+    email_live_sessions: bool | None = None
+    email_payments: bool | None = None
+    email_announcements: bool | None = None
+
+
+@bp.get("")
+@bp.get("/get-notifications")
+@login_required
+@validate(query=NotificationQuery, resp=Response(HTTP_200=Envelope, **errors(401)), **AUTH)
+def list_notifications():
+    """My notifications, newest first (`?unread=true` for unread only)."""
+    args = query_args()
+    user = current_user()
+    rows, meta = paginate(notifications.list_query(user, args.unread), args.page, args.per_page)
+    return {"notifications": [n.to_dict() for n in rows], "pagination": meta,
+            "unread_count": notifications.unread_count(user.id)}
+
+
+@bp.get("/unread-count")
+@login_required
+@validate(resp=Response(HTTP_200=Envelope, **errors(401)), **AUTH)
+def unread_count():
+    return {"unread_count": notifications.unread_count(current_user().id)}
+
+
+@bp.put("/<int:notification_id>/read")
+@login_required
+@validate(resp=Response(HTTP_200=Envelope, **errors(401, 404)), **AUTH)
+def mark_read(notification_id: int):
+    notification = notifications.mark_read(notifications.own(notification_id, current_user()))
+    db.session.commit()
+    return {"message": "Marked as read", "notification": notification.to_dict()}
+
+
+@bp.put("/read-all")
+@bp.put("/mark-all-read")
+@login_required
+@validate(resp=Response(HTTP_200=Envelope, **errors(401)), **AUTH)
+def mark_all_read():
+    changed = notifications.mark_all_read(current_user())
+    db.session.commit()
+    return {"message": "All notifications marked as read", "updated": changed}
+
+
+@bp.delete("/<int:notification_id>")
+@login_required
+@validate(resp=Response(HTTP_200=MessageOut, **errors(401, 404)), **AUTH)
+def delete_notification(notification_id: int):
+    db.session.delete(notifications.own(notification_id, current_user()))
+    db.session.commit()
+    return {"message": "Notification deleted"}
+
+
+@bp.get("/preferences")
+@login_required
+@validate(resp=Response(HTTP_200=Envelope, **errors(401)), **AUTH)
+def get_preferences():
+    """E-mail on or off per kind; in-app notifications are always on."""
+    return {"preferences": notifications.preferences(current_user()).to_dict()}
+
+
+@bp.put("/preferences")
+@login_required
+@validate(json=PreferencesIn, resp=Response(HTTP_200=Envelope, **errors(401)), **AUTH)
+def update_preferences():
+    changes = {k: v for k, v in json_body().model_dump(exclude_unset=True).items() if v is not None}
+    prefs = notifications.update_preferences(current_user(), changes)
+    db.session.commit()
+    return {"message": "Preferences updated", "preferences": prefs.to_dict()}
+
+
+@bp.post("/send")
+@admin_required
+@validate(json=SendIn, resp=Response(HTTP_201=Envelope, **errors(401, 403)), **AUTH)
+def send():
+    """Admin: notify the given users, or everyone with a role (active users only)."""
+    body = json_body()
+    recipients = notifications.recipients_query(user_ids=body.user_ids, role=body.role)
+    count = notifications.notify(recipients, kind=body.kind, title=body.title,
+                                 message=body.message, link=body.link, email=body.send_email)
+    audit("notification.send", "notification", None, recipients=count, role=body.role,
+          user_ids=body.user_ids[:50] if body.user_ids else None, title=body.title)
+    db.session.commit()
+    return {"message": f"Notification sent to {count} user(s)", "recipients": count}, 201
+
+
+@bp.post("/broadcast")
+@admin_required
+@validate(json=BroadcastIn, resp=Response(HTTP_201=Envelope, **errors(401, 403)), **AUTH)
+def broadcast():
+    """Admin: notify every active user."""
+    body = json_body()
+    count = notifications.notify(notifications.recipients_query(), kind="announcement",
+                                 title=body.title, message=body.message, link=body.link,
+                                 email=body.send_email)
+    audit("notification.broadcast", "notification", None, recipients=count, title=body.title)
+    db.session.commit()
+    return {"message": f"Broadcast to {count} user(s)", "recipients": count}, 201

@@ -1,0 +1,166 @@
+"""In-app notifications and the e-mails that go with them.
+
+In-app notifications are always created; e-mail follows each user's preference for the kind.
+Fan-out is one INSERT ... SELECT over the recipients, whatever their number; the e-mails are
+queued and sent after the commit (services/email_service.py).
+"""
+from __future__ import annotations
+
+from flask import current_app, render_template_string
+from sqlalchemy import Select, func, insert, literal, select, update
+
+from models import NOTIFICATION_KINDS, Notification, NotificationPreference, User, db
+from services.email_service import Attachment, Outgoing, send_after_commit
+from utils.errors import NotFound
+from utils.helpers import utcnow
+
+# notification kind -> the preference column that switches its e-mail on or off
+EMAIL_PREFERENCE = {
+    "course_update": NotificationPreference.email_course_updates,
+    "live_session": NotificationPreference.email_live_sessions,
+    "payment": NotificationPreference.email_payments,
+    "announcement": NotificationPreference.email_announcements,
+    "system": NotificationPreference.email_announcements,
+}
+
+EMAIL_TEXT = """{{ greeting }}
+
+{{ message }}
+{% if link %}
+{{ link }}
+{% endif %}
+--
+{{ app_name }}
+You receive this e-mail because of your notification settings.
+"""
+
+EMAIL_HTML = """<!doctype html>
+<html><body style="font-family:system-ui,sans-serif;color:#1b2a4a;max-width:36rem">
+<h2 style="font-size:1.2rem">{{ title }}</h2>
+<p>{{ greeting }}</p>
+<p style="white-space:pre-line">{{ message }}</p>
+{% if link %}<p><a href="{{ link }}">{{ link }}</a></p>{% endif %}
+<hr><p style="font-size:.8rem;color:#666">{{ app_name }} · you receive this e-mail because of
+your notification settings.</p>
+</body></html>
+"""
+
+
+def recipients_query(*, user_ids: list[int] | None = None, role: str | None = None,
+                     active_only: bool = True) -> Select:
+    query = select(User.id)
+    if user_ids is not None:
+        query = query.where(User.id.in_(user_ids))
+    if role is not None:
+        query = query.where(User.role == role)
+    if active_only:
+        query = query.where(User.is_active.is_(True))
+    return query
+
+
+def notify(recipients: Select, *, kind: str, title: str, message: str, link: str | None = None,
+           data: dict | None = None, email: bool = False,
+           attachments: tuple[Attachment, ...] = ()) -> int:
+    """Create the notification for every user id `recipients` selects (one statement), and
+    queue e-mails to those whose preferences allow this kind. Returns how many were notified."""
+    assert kind in NOTIFICATION_KINDS
+    ids = recipients.subquery()
+    source = select(ids.c.id, literal(kind), literal(title), literal(message), literal(link),
+                    literal(False),
+                    literal(utcnow(), type_=Notification.__table__.c.created_at.type))
+    if data is not None:
+        source = source.add_columns(literal(data, type_=Notification.__table__.c.data.type))
+        columns = ["user_id", "kind", "title", "message", "link", "is_read", "created_at", "data"]
+    else:
+        columns = ["user_id", "kind", "title", "message", "link", "is_read", "created_at"]
+    result = db.session.execute(insert(Notification).from_select(columns, source))
+    count = result.rowcount if result.rowcount is not None and result.rowcount >= 0 else None
+    if email:
+        queue_emails(recipients, kind=kind, title=title, message=message, link=link,
+                     attachments=attachments)
+    if count is None:
+        count = db.session.scalar(select(func.count()).select_from(ids))
+    return count
+
+
+def email_recipients(recipients: Select, kind: str) -> list[tuple[str, str]]:
+    """(email, first name) of recipients whose preference allows e-mail of this kind (no
+    preference row means the default: on)."""
+    ids = recipients.subquery()
+    wanted = EMAIL_PREFERENCE[kind]
+    rows = db.session.execute(
+        select(User.email, User.first_name)
+        .join(ids, ids.c.id == User.id)
+        .outerjoin(NotificationPreference, NotificationPreference.user_id == User.id)
+        .where(func.coalesce(wanted, True).is_(True))
+        .order_by(User.id))
+    return [(email, first) for email, first in rows]
+
+
+def queue_emails(recipients: Select, *, kind: str, title: str, message: str,
+                 link: str | None = None, attachments: tuple[Attachment, ...] = ()) -> int:
+    app_name = current_app.config["APP_NAME"]
+    queued = 0
+    for address, first_name in email_recipients(recipients, kind):
+        context = {"greeting": f"Hello {first_name}," if first_name else "Hello,",
+                   "title": title, "message": message, "link": link, "app_name": app_name}
+        send_after_commit(Outgoing(
+            to=address, subject=f"{title} – {app_name}",
+            text=render_template_string(EMAIL_TEXT, **context),
+            html=render_template_string(EMAIL_HTML, **context), attachments=attachments))
+        queued += 1
+    return queued
+
+
+# --- the user's own notifications -------------------------------------------------------------
+
+def own(notification_id: int, user: User) -> Notification:
+    notification = db.session.get(Notification, notification_id)
+    if notification is None or notification.user_id != user.id:
+        raise NotFound("Notification not found")
+    return notification
+
+
+def list_query(user: User, unread_only: bool = False) -> Select:
+    query = (select(Notification).where(Notification.user_id == user.id)
+             .order_by(Notification.created_at.desc(), Notification.id.desc()))
+    if unread_only:
+        query = query.where(Notification.is_read.is_(False))
+    return query
+
+
+def unread_count(user_id: int) -> int:
+    return db.session.scalar(select(func.count(Notification.id)).where(
+        Notification.user_id == user_id, Notification.is_read.is_(False))) or 0
+
+
+def mark_read(notification: Notification) -> Notification:
+    if not notification.is_read:
+        notification.is_read, notification.read_at = True, utcnow()
+    return notification
+
+
+def mark_all_read(user: User) -> int:
+    return db.session.execute(
+        update(Notification).where(Notification.user_id == user.id,
+                                   Notification.is_read.is_(False))
+        .values(is_read=True, read_at=utcnow())).rowcount
+
+
+def preferences(user: User) -> NotificationPreference:
+    row = db.session.get(NotificationPreference, user.id)
+    if row is None:
+        row = NotificationPreference(user_id=user.id, email_course_updates=True,
+                                     email_live_sessions=True, email_payments=True,
+                                     email_announcements=True)
+    return row
+
+
+def update_preferences(user: User, changes: dict) -> NotificationPreference:
+    row = db.session.get(NotificationPreference, user.id)
+    if row is None:
+        row = preferences(user)
+        db.session.add(row)
+    for name, value in changes.items():
+        setattr(row, name, value)
+    return row
