@@ -7,7 +7,7 @@ explicit: each `to_dict` names its fields, so a new column never leaks by accide
 """
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -819,7 +819,7 @@ class LiveSession(TimestampMixin, db.Model):
     description: Mapped[str | None] = mapped_column(Text)
     start_time: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     duration_minutes: Mapped[int] = mapped_column(Integer)
-    # start_time + duration, kept in step on every write: "upcoming" and the join window are
+    # start_time + duration, derived on every write (below): "upcoming" and the join window are
     # plain comparisons on both databases.
     end_time: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     platform: Mapped[str] = mapped_column(String(20), default="zoom")
@@ -855,6 +855,14 @@ class LiveSession(TimestampMixin, db.Model):
                 meeting_password=self.meeting_password,
             )
         return data
+
+
+@event.listens_for(LiveSession, "before_insert")
+@event.listens_for(LiveSession, "before_update")
+def _live_session_end_time(mapper, connection, live: LiveSession) -> None:
+    # end_time is derived: whoever writes a session, it matches start + duration.
+    if live.start_time is not None and live.duration_minutes is not None:
+        live.end_time = live.start_time + timedelta(minutes=live.duration_minutes)
 
 
 class LiveSessionAttendance(db.Model):

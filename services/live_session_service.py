@@ -71,10 +71,6 @@ def list_query(user: User, *, course_id: int | None = None, upcoming: bool = Fal
     return query.order_by(LiveSession.start_time.desc(), LiveSession.id.desc())
 
 
-def ends_at(live: LiveSession) -> datetime:
-    return live.start_time + timedelta(minutes=live.duration_minutes)
-
-
 def session_dict(live: LiveSession, *, host: bool) -> dict:
     return live.to_dict(with_meeting=host)
 
@@ -85,7 +81,6 @@ def create(user: User, data: dict) -> LiveSession:
     course = course_service.editable_course(data["course_id"], user)
     live = LiveSession(instructor_id=course.instructor_id if user.role == "admin" else user.id,
                        status="scheduled", **data)
-    live.end_time = ends_at(live)
     db.session.add(live)
     db.session.flush()
     _announce(live, course, "scheduled")
@@ -99,7 +94,6 @@ def update_session(live: LiveSession, changes: dict) -> LiveSession:
                 for name in ("start_time", "duration_minutes"))
     for name, value in changes.items():
         setattr(live, name, value)
-    live.end_time = ends_at(live)
     db.session.flush()
     if moved:
         _announce(live, db.session.get(Course, live.course_id), "moved")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 from flask import Flask
+from flask.cli import AppGroup
 from sqlalchemy import select
 
 
@@ -54,7 +55,7 @@ def register_commands(app: Flask) -> None:
             click.echo(f"  demo users already existed (e.g. {DEMO_STUDENT}); "
                        "their passwords were printed when they were created.")
 
-    payments_cli = click.Group("payments", help="Payment maintenance.")
+    payments_cli = AppGroup("payments", help="Payment maintenance.")
     app.cli.add_command(payments_cli)
 
     @payments_cli.command("reconcile")
