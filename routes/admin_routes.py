@@ -1,7 +1,9 @@
-"""Administration under /admin (users, courses, payments and analytics arrive with their
-domains): blocked IP addresses."""
+"""Administration under /admin: dashboard and analytics, users, course moderation, payments
+and refund requests, certificates, blocked addresses, and the audit log. Admins only; every
+write is audited with who, what, when, and the values before and after."""
 from __future__ import annotations
 
+from datetime import date
 from typing import Literal
 
 from flask import Blueprint, request
@@ -9,25 +11,38 @@ from pydantic import BaseModel, Field, IPvAnyAddress
 from spectree import Response
 
 from auth import admin_required, current_user
-from models import AuditLog, Certificate, RefundRequest, db
-from services import certificate_service, settlement_service
+from models import AuditLog, Certificate, Payment, RefundRequest, db
+from services import admin_service, certificate_service, settlement_service
 from utils import security
 from utils.errors import NotFound
 from utils.helpers import paginate
 from utils.middleware import current_request_id
 from routes.common import Envelope
 from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
+from utils.validators import PersonName, Phone, SafeText, Url
 
 bp = Blueprint("admin", __name__)
 
 
 def audit(action: str, target_type: str | None = None, target_id: int | None = None,
           **details) -> None:
-    """Record an admin write in the audit log (committed with the change it describes)."""
+    """Record an admin write in the audit log (committed with the change it describes).
+    `before=` and `after=` in details hold the changed values."""
+    details = {k: _jsonable(v) for k, v in details.items()}
     db.session.add(AuditLog(
         actor_id=current_user().id, action=action, target_type=target_type,
         target_id=target_id, details=details or None, ip_address=security.client_ip(),
         request_id=current_request_id()))
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
 
 
 class BlockIn(StrictModel):
@@ -165,3 +180,273 @@ def decide_refund_request(request_id: int):
           payment_id=refund.payment_id, note=body.note)
     db.session.commit()
     return {"message": f"Refund request {refund.status}", "refund_request": refund.to_dict()}
+
+
+# --- dashboard and analytics ------------------------------------------------------------------
+
+ADMIN = {"tags": ["admin"], "security": {"bearer": []}}
+
+
+class MonthsQuery(StrictModel):
+    months: int = Field(12, ge=1, le=60)
+
+
+class PopularQuery(StrictModel):
+    limit: int = Field(10, ge=1, le=100)
+
+
+@bp.get("/dashboard")
+@admin_required
+@validate(resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
+def dashboard():
+    """Users by role, courses by status, enrollments, revenue (all time and this month, per
+    currency), and the latest registrations, enrollments and payments."""
+    return admin_service.dashboard()
+
+
+@bp.get("/analytics")
+@admin_required
+@validate(query=MonthsQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
+def analytics():
+    """Revenue and enrollments by month (`?months=12`, empty months as zero) and the most
+    popular courses."""
+    months = query_args().months
+    return {"revenue": admin_service.revenue_by_month(months),
+            "enrollments": admin_service.enrollments_by_month(months),
+            "popular_courses": admin_service.popular_courses()}
+
+
+@bp.get("/analytics/revenue")
+@admin_required
+@validate(query=MonthsQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
+def analytics_revenue():
+    return admin_service.revenue_by_month(query_args().months)
+
+
+@bp.get("/analytics/enrollments")
+@admin_required
+@validate(query=MonthsQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
+def analytics_enrollments():
+    return admin_service.enrollments_by_month(query_args().months)
+
+
+@bp.get("/analytics/popular-courses")
+@admin_required
+@validate(query=PopularQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
+def analytics_popular_courses():
+    """Courses by enrollments, with completion rate and revenue."""
+    return {"courses": admin_service.popular_courses(query_args().limit)}
+
+
+# --- users ------------------------------------------------------------------------------------
+
+class UserQuery(PageQuery):
+    search: str | None = Field(None, max_length=100)
+    role: Literal["student", "instructor", "admin"] | None = None
+    is_active: bool | None = None
+
+
+class AdminUserUpdate(StrictModel):
+    role: Literal["student", "instructor", "admin"] | None = None
+    is_active: bool | None = None
+    first_name: PersonName | None = None
+    last_name: PersonName | None = None
+    phone_number: Phone | None = None
+    bio: SafeText | None = Field(None, max_length=2000)
+    headline: SafeText | None = Field(None, max_length=200)
+    country: SafeText | None = Field(None, max_length=100)
+    city: SafeText | None = Field(None, max_length=100)
+    website: Url | None = None
+    is_email_verified: bool | None = None
+    is_phone_verified: bool | None = None
+
+
+NULLABLE_USER_FIELDS = {"phone_number", "bio", "headline", "country", "city", "website"}
+
+
+@bp.get("/users")
+@admin_required
+@validate(query=UserQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
+def list_users():
+    """Users, newest first; search by name, e-mail or phone; filter by role and status."""
+    args = query_args()
+    rows, meta = paginate(admin_service.users_query(search=args.search, role=args.role,
+                                                    is_active=args.is_active),
+                          args.page, args.per_page)
+    return {"users": [u.to_dict(private=True) for u in rows], "pagination": meta}
+
+
+@bp.get("/users/<int:user_id>")
+@admin_required
+@validate(resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)), **ADMIN)
+def get_user(user_id: int):
+    """A user with their enrollment and payment summaries."""
+    return {"user": admin_service.user_detail(admin_service.get_user(user_id))}
+
+
+def _apply_user_change(target, before_after, action: str, message: str):
+    before, after = before_after
+    audit(action, "user", target.id, before=before, after=after)
+    db.session.commit()
+    return {"message": message, "user": target.to_dict(private=True)}
+
+
+@bp.put("/users/<int:user_id>")
+@admin_required
+@validate(json=AdminUserUpdate, resp=Response(HTTP_200=Envelope, **errors(401, 403, 404, 409)),
+          **ADMIN)
+def update_user(user_id: int):
+    """Change a user's role, status or profile. An admin cannot demote or deactivate
+    themselves, nor the last active admin."""
+    target = admin_service.get_user(user_id)
+    changes = {k: v for k, v in json_body().model_dump(exclude_unset=True).items()
+               if v is not None or k in NULLABLE_USER_FIELDS}
+    result = admin_service.update_user(current_user(), target, changes)
+    return _apply_user_change(target, result, "user.update", "User updated")
+
+
+@bp.delete("/users/<int:user_id>")
+@bp.put("/users/<int:user_id>/deactivate")
+@admin_required
+@validate(resp=Response(HTTP_200=Envelope, **errors(401, 403, 404, 409)), **ADMIN)
+def deactivate_user(user_id: int):
+    """Deactivate an account (its tokens stop working at once); nothing is deleted."""
+    target = admin_service.get_user(user_id)
+    result = admin_service.deactivate(current_user(), target)
+    return _apply_user_change(target, result, "user.deactivate", "User deactivated")
+
+
+@bp.post("/users/<int:user_id>/promote")
+@admin_required
+@validate(resp=Response(HTTP_200=Envelope, **errors(401, 403, 404, 409)), **ADMIN)
+def promote_user(user_id: int):
+    """Make a student an instructor."""
+    target = admin_service.get_user(user_id)
+    result = admin_service.promote(current_user(), target)
+    return _apply_user_change(target, result, "user.promote", "User promoted to instructor")
+
+
+# --- courses ----------------------------------------------------------------------------------
+
+class AdminCourseQuery(PageQuery):
+    status: Literal["draft", "published", "archived"] | None = None
+    instructor_id: int | None = Field(None, ge=1)
+    search: str | None = Field(None, max_length=200)
+
+
+class CourseStatusIn(StrictModel):
+    status: Literal["draft", "published", "archived"]
+
+
+def _course_page(query, args):
+    from services import course_service
+
+    rows, meta = paginate(query, args.page, args.per_page)
+    return {"courses": [course_service.course_summary(c) for c in rows], "pagination": meta}
+
+
+@bp.get("/courses")
+@admin_required
+@validate(query=AdminCourseQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
+def list_courses():
+    """Every course, any status."""
+    args = query_args()
+    return _course_page(admin_service.courses_query(status=args.status,
+                                                    instructor_id=args.instructor_id,
+                                                    search=args.search), args)
+
+
+@bp.get("/courses/pending")
+@admin_required
+@validate(query=PageQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
+def pending_courses():
+    """Drafts their instructors submitted for review, oldest request first."""
+    return _course_page(admin_service.courses_query(pending=True), query_args())
+
+
+def _set_course_status(course_id: int, status: str):
+    from services import course_service, notification_service
+
+    course = course_service.get_course(course_id)
+    before, after = admin_service.set_course_status(course, status)
+    audit("course.status", "course", course.id, before={"status": before},
+          after={"status": after})
+    if before != after:
+        notification_service.notify(
+            notification_service.recipients_query(user_ids=[course.instructor_id]),
+            kind="course_update", title=f"Course {after}: {course.title}",
+            message=f"An administrator set \u201c{course.title}\u201d to {after}.",
+            link=f"/courses/{course.id}", data={"course_id": course.id, "status": after})
+    db.session.commit()
+    return {"message": f"Course is {after}", "course": course.to_dict()}
+
+
+@bp.put("/courses/<int:course_id>/status")
+@admin_required
+@validate(json=CourseStatusIn, resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)), **ADMIN)
+def set_course_status(course_id: int):
+    """Publish, unpublish (draft) or archive a course; publishing needs a lesson."""
+    return _set_course_status(course_id, json_body().status)
+
+
+@bp.put("/courses/<int:course_id>/publish")
+@admin_required
+@validate(resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)), **ADMIN)
+def publish_course(course_id: int):
+    return _set_course_status(course_id, "published")
+
+
+# --- payments ---------------------------------------------------------------------------------
+
+class AdminPaymentQuery(PageQuery):
+    status: Literal["created", "pending", "completed", "failed", "expired", "refunded"] | None = None
+    user_id: int | None = Field(None, ge=1)
+    course_id: int | None = Field(None, ge=1)
+    gateway: Literal["razorpay", "stripe"] | None = None
+    date_from: date | None = None
+    date_to: date | None = None
+    format: Literal["json", "csv"] = "json"
+
+
+@bp.get("/payments")
+@admin_required
+@validate(query=AdminPaymentQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
+def list_payments():
+    """Payments with filters and the totals of the filter; `?format=csv` streams them all."""
+    args = query_args()
+    conditions = admin_service.payment_filters(
+        status=args.status, user_id=args.user_id, course_id=args.course_id, gateway=args.gateway,
+        date_from=args.date_from, date_to=args.date_to)
+    if args.format == "csv":
+        from flask import Response as Streamed, stream_with_context
+
+        return Streamed(stream_with_context(admin_service.payments_csv(conditions)),
+                        mimetype="text/csv", headers={
+                            "Content-Disposition": 'attachment; filename="payments.csv"',
+                            "Cache-Control": "no-store"})
+    query = (db.select(Payment).where(*conditions).options(db.joinedload(Payment.course))
+             .order_by(Payment.created_at.desc(), Payment.id.desc()))
+    rows, meta = paginate(query, args.page, args.per_page)
+    return {"payments": [p.to_dict() for p in rows], "pagination": meta,
+            "totals": admin_service.payment_totals(conditions)}
+
+
+# --- audit log --------------------------------------------------------------------------------
+
+class AuditQuery(PageQuery):
+    actor_id: int | None = Field(None, ge=1)
+    action: str | None = Field(None, max_length=100)
+    target_type: str | None = Field(None, max_length=50)
+    target_id: int | None = Field(None, ge=1)
+
+
+@bp.get("/audit-log")
+@admin_required
+@validate(query=AuditQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
+def audit_log():
+    """Every admin write: who, what, when, before and after."""
+    args = query_args()
+    rows, meta = paginate(admin_service.audit_query(
+        actor_id=args.actor_id, action=args.action, target_type=args.target_type,
+        target_id=args.target_id), args.page, args.per_page)
+    return {"entries": [row.to_dict() for row in rows], "pagination": meta}

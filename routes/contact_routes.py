@@ -1,0 +1,96 @@
+"""Contact forms: public submission (validated, rate limited); the rest is admin-only."""
+from __future__ import annotations
+
+from typing import Literal
+
+from flask import Blueprint
+from pydantic import Field
+from spectree import Response
+
+from auth import admin_required
+from models import db
+from routes.admin_routes import audit
+from routes.common import Envelope, MessageOut, config_limit
+from services import contact_service
+from utils.helpers import paginate
+from utils.security import client_ip
+from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
+from utils.validators import Email, PersonName, SafeText
+
+bp = Blueprint("contact", __name__)
+ADMIN = {"tags": ["contact"], "security": {"bearer": []}}
+Status = Literal["new", "in_progress", "resolved", "closed"]
+
+
+class ContactIn(StrictModel):
+    name: PersonName
+    email: Email
+    # Contact forms take numbers as people write them; only the length is checked.
+    phone_number: str | None = Field(None, max_length=30, pattern=r"^[0-9+()\-. ]{4,30}$")
+    subject: SafeText | None = Field(None, max_length=200)
+    message: SafeText = Field(min_length=1, max_length=5000)
+
+
+class ContactUpdate(StrictModel):
+    status: Status | None = None
+    admin_note: SafeText | None = Field(None, max_length=5000)
+
+
+class ContactQuery(PageQuery):
+    status: Status | None = None
+    search: str | None = Field(None, max_length=100)
+
+
+@bp.post("/contact-forms")
+@config_limit("RATE_LIMIT_CONTACT")
+@validate(json=ContactIn, resp=Response(HTTP_201=Envelope, **errors(429)), tags=["contact"])
+def submit():
+    """Write to the academy (no account needed); the admins are notified."""
+    form = contact_service.submit(**json_body().model_dump(), ip_address=client_ip())
+    db.session.commit()
+    return {"message": "Thank you, your message has been received",
+            "contact_form": form.to_dict()}, 201
+
+
+@bp.get("/contact-forms")
+@admin_required
+@validate(query=ContactQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
+def list_forms():
+    args = query_args()
+    rows, meta = paginate(contact_service.list_query(status=args.status, search=args.search),
+                          args.page, args.per_page)
+    return {"contact_forms": [row.to_dict() for row in rows], "pagination": meta}
+
+
+@bp.get("/contact-forms/<int:form_id>")
+@admin_required
+@validate(resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)), **ADMIN)
+def get_form(form_id: int):
+    return {"contact_form": contact_service.get(form_id).to_dict()}
+
+
+@bp.put("/contact-forms/<int:form_id>")
+@admin_required
+@validate(json=ContactUpdate, resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)), **ADMIN)
+def update_form(form_id: int):
+    """Set the status (new, in_progress, resolved, closed) or an internal note."""
+    form = contact_service.get(form_id)
+    changes = {k: v for k, v in json_body().model_dump(exclude_unset=True).items()
+               if v is not None or k == "admin_note"}
+    before = {k: getattr(form, k) for k in changes}
+    for name, value in changes.items():
+        setattr(form, name, value)
+    audit("contact_form.update", "contact_form", form.id, before=before, after=changes)
+    db.session.commit()
+    return {"message": "Contact form updated", "contact_form": form.to_dict()}
+
+
+@bp.delete("/contact-forms/<int:form_id>")
+@admin_required
+@validate(resp=Response(HTTP_200=MessageOut, **errors(401, 403, 404)), **ADMIN)
+def delete_form(form_id: int):
+    form = contact_service.get(form_id)
+    audit("contact_form.delete", "contact_form", form.id, email=form.email)
+    db.session.delete(form)
+    db.session.commit()
+    return {"message": "Contact form deleted"}

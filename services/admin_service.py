@@ -1,0 +1,399 @@
+"""Administration: the dashboard, analytics, user management, course moderation, payments.
+
+Every figure is computed by SQL aggregation (the database adds up; Python only fills the months
+that had nothing with zero), the same way on SQLite and PostgreSQL. Revenue counts completed
+payments only: refunded ones are excluded.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+
+from sqlalchemy import case, func, or_, select
+
+from models import (
+    AuditLog,
+    Course,
+    Enrollment,
+    Payment,
+    User,
+    db,
+)
+from services import auth_service, course_service
+from utils.errors import Conflict, NotFound, ValidationError
+from utils.helpers import iso, money, utcnow
+
+REVENUE_STATUSES = ("completed",)
+
+
+# --- months -----------------------------------------------------------------------------------
+
+def month_key(column):
+    """'YYYY-MM' of a timestamp, in UTC, on either database."""
+    if db.engine.dialect.name == "postgresql":
+        return func.to_char(func.timezone("UTC", column), "YYYY-MM")
+    return func.strftime("%Y-%m", column)
+
+
+def last_months(count: int, today: date | None = None) -> list[str]:
+    today = today or utcnow().date()
+    year, month = today.year, today.month
+    keys = []
+    for _ in range(count):
+        keys.append(f"{year:04d}-{month:02d}")
+        month -= 1
+        if month == 0:
+            year, month = year - 1, 12
+    return list(reversed(keys))
+
+
+def _month_start(key: str) -> datetime:
+    year, month = map(int, key.split("-"))
+    return datetime(year, month, 1, tzinfo=timezone.utc)
+
+
+# --- dashboard --------------------------------------------------------------------------------
+
+def _revenue(since: datetime | None = None) -> list[dict]:
+    query = (select(Payment.currency, func.sum(Payment.amount), func.count(Payment.id))
+             .where(Payment.status.in_(REVENUE_STATUSES)).group_by(Payment.currency)
+             .order_by(Payment.currency))
+    if since is not None:
+        query = query.where(Payment.paid_at >= since)
+    return [{"currency": currency, "amount": money(total), "payments": count}
+            for currency, total, count in db.session.execute(query)]
+
+
+def dashboard(recent: int = 5) -> dict:
+    users = db.session.execute(
+        select(User.role, func.count(User.id),
+               func.sum(case((User.is_active.is_(True), 1), else_=0)))
+        .group_by(User.role)).all()
+    courses = dict(db.session.execute(
+        select(Course.status, func.count(Course.id)).group_by(Course.status)).all())
+    enrollments = db.session.execute(
+        select(func.count(Enrollment.id),
+               func.sum(case((Enrollment.status == "completed", 1), else_=0)),
+               func.sum(case((Enrollment.status == "active", 1), else_=0)))).one()
+    month_start = _month_start(last_months(1)[0])
+    by_role = {role: {"total": total, "active": active or 0} for role, total, active in users}
+    latest_users = db.session.scalars(select(User).order_by(User.created_at.desc(), User.id.desc())
+                                      .limit(recent)).all()
+    latest_enrollments = db.session.execute(
+        select(Enrollment, User.email, Course.title)
+        .join(User, User.id == Enrollment.user_id).join(Course, Course.id == Enrollment.course_id)
+        .order_by(Enrollment.enrolled_at.desc(), Enrollment.id.desc()).limit(recent)).all()
+    latest_payments = db.session.execute(
+        select(Payment, User.email, Course.title)
+        .join(User, User.id == Payment.user_id).join(Course, Course.id == Payment.course_id)
+        .order_by(Payment.created_at.desc(), Payment.id.desc()).limit(recent)).all()
+    return {
+        "users": {"total": sum(v["total"] for v in by_role.values()),
+                  "active": sum(v["active"] for v in by_role.values()),
+                  "by_role": {role: by_role.get(role, {"total": 0, "active": 0})
+                              for role in ("student", "instructor", "admin")}},
+        "courses": {"total": sum(courses.values()),
+                    "by_status": {s: courses.get(s, 0) for s in ("draft", "published", "archived")}},
+        "enrollments": {"total": enrollments[0] or 0, "completed": enrollments[1] or 0,
+                        "active": enrollments[2] or 0},
+        "revenue": {"all_time": _revenue(), "this_month": _revenue(month_start)},
+        "recent": {
+            "registrations": [{"id": u.id, "full_name": u.full_name, "email": u.email,
+                               "role": u.role, "created_at": iso(u.created_at)}
+                              for u in latest_users],
+            "enrollments": [{"id": e.id, "user_id": e.user_id, "user_email": email,
+                             "course_id": e.course_id, "course_title": title,
+                             "status": e.status, "enrolled_at": iso(e.enrolled_at)}
+                            for e, email, title in latest_enrollments],
+            "payments": [{"id": p.id, "user_email": email, "course_title": title,
+                          "amount": money(p.amount), "currency": p.currency, "status": p.status,
+                          "gateway": p.gateway, "created_at": iso(p.created_at)}
+                         for p, email, title in latest_payments],
+        },
+    }
+
+
+# --- analytics --------------------------------------------------------------------------------
+
+def revenue_by_month(months: int = 12) -> dict:
+    keys = last_months(months)
+    key = month_key(Payment.paid_at)
+    rows = db.session.execute(
+        select(key.label("month"), Payment.currency, func.sum(Payment.amount),
+               func.count(Payment.id))
+        .where(Payment.status.in_(REVENUE_STATUSES), Payment.paid_at >= _month_start(keys[0]))
+        .group_by(key, Payment.currency)).all()
+    currencies = sorted({currency for _, currency, _, _ in rows})
+    found = {(month, currency): (total, count) for month, currency, total, count in rows}
+    return {"months": keys, "currencies": currencies, "series": [
+        {"month": month, "revenue": [
+            {"currency": currency, "amount": money(found.get((month, currency), (0, 0))[0] or 0),
+             "payments": found.get((month, currency), (0, 0))[1]} for currency in currencies]}
+        for month in keys]}
+
+
+def enrollments_by_month(months: int = 12) -> dict:
+    keys = last_months(months)
+    enrolled_key = month_key(Enrollment.enrolled_at)
+    enrolled = dict(db.session.execute(
+        select(enrolled_key, func.count(Enrollment.id))
+        .where(Enrollment.enrolled_at >= _month_start(keys[0])).group_by(enrolled_key)).all())
+    completed_key = month_key(Enrollment.completed_at)
+    completed = dict(db.session.execute(
+        select(completed_key, func.count(Enrollment.id))
+        .where(Enrollment.completed_at >= _month_start(keys[0])).group_by(completed_key)).all())
+    return {"months": keys, "series": [
+        {"month": m, "enrollments": enrolled.get(m, 0), "completions": completed.get(m, 0)}
+        for m in keys]}
+
+
+def popular_courses(limit: int = 10) -> list[dict]:
+    enrollment_stats = (
+        select(Enrollment.course_id.label("course_id"),
+               func.count(Enrollment.id).label("enrollments"),
+               func.sum(case((Enrollment.status == "completed", 1), else_=0)).label("completed"))
+        .group_by(Enrollment.course_id).subquery())
+    revenue = (
+        select(Payment.course_id.label("course_id"), func.sum(Payment.amount).label("revenue"))
+        .where(Payment.status.in_(REVENUE_STATUSES)).group_by(Payment.course_id).subquery())
+    rows = db.session.execute(
+        select(Course.id, Course.title, Course.status, Course.currency,
+               enrollment_stats.c.enrollments, enrollment_stats.c.completed, revenue.c.revenue)
+        .join(enrollment_stats, enrollment_stats.c.course_id == Course.id)
+        .outerjoin(revenue, revenue.c.course_id == Course.id)
+        .order_by(enrollment_stats.c.enrollments.desc(), Course.id.asc())
+        .limit(limit)).all()
+    return [{"course_id": cid, "title": title, "status": status,
+             "enrollments": enrolled, "completed": done or 0,
+             "completion_rate": round((done or 0) / enrolled * 100, 2) if enrolled else 0.0,
+             "revenue": {"currency": currency, "amount": money(total or 0)}}
+            for cid, title, status, currency, enrolled, done, total in rows]
+
+
+# --- users ------------------------------------------------------------------------------------
+
+def users_query(*, search: str | None = None, role: str | None = None,
+                is_active: bool | None = None):
+    query = select(User).order_by(User.created_at.desc(), User.id.desc())
+    if search:
+        pattern = "%" + search.lower().replace("\\", "\\\\").replace("%", "\\%") \
+            .replace("_", "\\_") + "%"
+        query = query.where(or_(
+            func.lower(User.email).like(pattern, escape="\\"),
+            func.lower(User.first_name).like(pattern, escape="\\"),
+            func.lower(User.last_name).like(pattern, escape="\\"),
+            func.lower(User.first_name + " " + User.last_name).like(pattern, escape="\\"),
+            User.phone_number.like(pattern, escape="\\")))
+    if role:
+        query = query.where(User.role == role)
+    if is_active is not None:
+        query = query.where(User.is_active.is_(is_active))
+    return query
+
+
+def get_user(user_id: int) -> User:
+    user = db.session.get(User, user_id)
+    if user is None:
+        raise NotFound("User not found")
+    return user
+
+
+def user_detail(user: User) -> dict:
+    enrollments = dict(db.session.execute(
+        select(Enrollment.status, func.count(Enrollment.id))
+        .where(Enrollment.user_id == user.id).group_by(Enrollment.status)).all())
+    payments = db.session.execute(
+        select(Payment.status, Payment.currency, func.count(Payment.id), func.sum(Payment.amount))
+        .where(Payment.user_id == user.id).group_by(Payment.status, Payment.currency)).all()
+    taught = db.session.scalar(select(func.count(Course.id)).where(Course.instructor_id == user.id))
+    data = user.to_dict(private=True)
+    data["locked_until"] = iso(user.locked_until)
+    data["enrollments"] = {"total": sum(enrollments.values()), "by_status": enrollments}
+    data["payments"] = {
+        "total": sum(count for _, _, count, _ in payments),
+        "completed": [{"currency": currency, "amount": money(total), "count": count}
+                      for status, currency, count, total in payments if status == "completed"],
+        "by_status": {status: count for status, _, count, _ in payments}}
+    data["courses_taught"] = taught
+    return data
+
+
+def _other_active_admins(user: User) -> int:
+    return db.session.scalar(select(func.count(User.id)).where(
+        User.role == "admin", User.is_active.is_(True), User.id != user.id)) or 0
+
+
+def _guard_admin_change(actor: User, target: User, *, new_role: str | None,
+                        new_active: bool | None) -> None:
+    loses_admin = target.role == "admin" and (
+        (new_role is not None and new_role != "admin") or new_active is False)
+    if not loses_admin:
+        return
+    if target.id == actor.id:
+        raise Conflict("You cannot demote or deactivate yourself", code="self_lockout")
+    if target.is_active and _other_active_admins(target) == 0:
+        raise Conflict("This is the last active admin", code="last_admin")
+
+
+AUDITED_USER_FIELDS = ("role", "is_active", "first_name", "last_name", "phone_number", "bio",
+                       "headline", "country", "city", "website", "is_email_verified",
+                       "is_phone_verified")
+
+
+def snapshot(user: User) -> dict:
+    return {name: getattr(user, name) for name in AUDITED_USER_FIELDS}
+
+
+def update_user(actor: User, target: User, changes: dict) -> tuple[dict, dict]:
+    """Apply an admin's changes; returns (before, after) of what changed."""
+    _guard_admin_change(actor, target, new_role=changes.get("role"),
+                        new_active=changes.get("is_active"))
+    if "phone_number" in changes and changes["phone_number"]:
+        taken = db.session.scalar(select(User.id).where(
+            User.phone_number == changes["phone_number"], User.id != target.id))
+        if taken:
+            raise Conflict("Another account has this phone number", code="phone_taken")
+    before = snapshot(target)
+    for name, value in changes.items():
+        setattr(target, name, value)
+    if changes.get("is_active") is False and before["is_active"]:
+        auth_service.revoke_all_tokens(target)
+    if "role" in changes and changes["role"] != before["role"]:
+        auth_service.revoke_all_tokens(target)  # tokens carry the role claim
+    after = snapshot(target)
+    changed = {k for k in after if after[k] != before[k]}
+    return ({k: before[k] for k in changed}, {k: after[k] for k in changed})
+
+
+def deactivate(actor: User, target: User) -> tuple[dict, dict]:
+    if not target.is_active:
+        raise Conflict("This account is already deactivated")
+    return update_user(actor, target, {"is_active": False})
+
+
+def promote(actor: User, target: User) -> tuple[dict, dict]:
+    if target.role != "student":
+        raise Conflict(f"Only students can be promoted; this user is {target.role}",
+                       code="not_a_student")
+    if not target.is_active:
+        raise Conflict("Deactivated accounts cannot be promoted")
+    return update_user(actor, target, {"role": "instructor"})
+
+
+# --- courses ----------------------------------------------------------------------------------
+
+def courses_query(*, status: str | None = None, instructor_id: int | None = None,
+                  search: str | None = None, pending: bool = False):
+    from services import catalog_service
+
+    query = catalog_service.course_query(statuses=(status,) if status else None,
+                                         instructor_id=instructor_id, search=search)
+    if pending:
+        query = (catalog_service.course_query(statuses=("draft",))
+                 .where(Course.review_requested_at.is_not(None))
+                 .order_by(None).order_by(Course.review_requested_at.asc(), Course.id.asc()))
+    return query
+
+
+def set_course_status(course: Course, status: str) -> tuple[str, str]:
+    before = course.status
+    course_service.set_status(course, status)
+    return before, course.status
+
+
+# --- payments ---------------------------------------------------------------------------------
+
+def payment_filters(*, status=None, user_id=None, course_id=None, gateway=None,
+                    date_from: date | None = None, date_to: date | None = None) -> list:
+    """WHERE conditions for the admin's payment list, totals and export (dates inclusive)."""
+    conditions = []
+    if status:
+        conditions.append(Payment.status == status)
+    if user_id:
+        conditions.append(Payment.user_id == user_id)
+    if course_id:
+        conditions.append(Payment.course_id == course_id)
+    if gateway:
+        conditions.append(Payment.gateway == gateway)
+    if date_from:
+        conditions.append(Payment.created_at >= datetime.combine(date_from, datetime.min.time(),
+                                                                 tzinfo=timezone.utc))
+    if date_to:
+        conditions.append(Payment.created_at < datetime.combine(
+            date_to, datetime.min.time(), tzinfo=timezone.utc) + timedelta(days=1))
+    return conditions
+
+
+def payment_totals(conditions: list) -> list[dict]:
+    rows = db.session.execute(
+        select(Payment.currency, Payment.status, func.count(Payment.id), func.sum(Payment.amount))
+        .where(*conditions).group_by(Payment.currency, Payment.status)
+        .order_by(Payment.currency, Payment.status)).all()
+    totals: dict[str, dict] = {}
+    for currency, status, count, amount in rows:
+        entry = totals.setdefault(currency, {"currency": currency, "count": 0,
+                                             "amount": Decimal(0), "by_status": {}})
+        entry["count"] += count
+        entry["amount"] += amount or 0
+        entry["by_status"][status] = {"count": count, "amount": money(amount or 0)}
+    return [{**entry, "amount": money(entry["amount"])} for entry in totals.values()]
+
+
+CSV_COLUMNS = ("id", "created_at", "paid_at", "status", "gateway", "amount", "currency",
+               "refunded_amount", "user_id", "user_email", "course_id", "course_title",
+               "gateway_order_id", "gateway_payment_id", "invoice_number")
+
+
+def payments_csv(conditions: list, chunk: int = 1000):
+    """The filtered payments as CSV, streamed in chunks (keyset pagination by id)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    yield buffer.getvalue()
+    last_id = 0
+    while True:
+        rows = db.session.execute(
+            select(Payment, User.email, Course.title)
+            .join(User, User.id == Payment.user_id).join(Course, Course.id == Payment.course_id)
+            .where(*conditions, Payment.id > last_id).order_by(Payment.id).limit(chunk)).all()
+        if not rows:
+            return
+        buffer.seek(0)
+        buffer.truncate()
+        for p, email, title in rows:
+            writer.writerow([p.id, iso(p.created_at), iso(p.paid_at), p.status, p.gateway,
+                             f"{money(p.amount):.2f}", p.currency,
+                             f"{money(p.refunded_amount):.2f}", p.user_id, _csv_safe(email),
+                             p.course_id, _csv_safe(title), p.gateway_order_id or "",
+                             p.gateway_payment_id or "", p.invoice_number or ""])
+        last_id = rows[-1][0].id
+        yield buffer.getvalue()
+
+
+def _csv_safe(value: str | None) -> str:
+    """Spreadsheets run cells that start with = + - @ as formulas: neutralise them."""
+    value = value or ""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+# --- audit log --------------------------------------------------------------------------------
+
+def audit_query(*, actor_id=None, action=None, target_type=None, target_id=None):
+    query = select(AuditLog).order_by(AuditLog.created_at.desc(), AuditLog.id.desc())
+    if actor_id:
+        query = query.where(AuditLog.actor_id == actor_id)
+    if action:
+        query = query.where(AuditLog.action.like(action.replace("%", "") + "%"))
+    if target_type:
+        query = query.where(AuditLog.target_type == target_type)
+    if target_id:
+        query = query.where(AuditLog.target_id == target_id)
+    return query
+
+
+def validate_months(months: int) -> int:
+    if not 1 <= months <= 60:
+        raise ValidationError("months must be between 1 and 60", details={"months": "1..60"})
+    return months
