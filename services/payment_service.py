@@ -103,6 +103,9 @@ def handle_webhook(raw: bytes, signature: str | None) -> dict:
     except (ValueError, UnicodeDecodeError, stripe.SignatureVerificationError):
         raise BadRequest("Invalid Stripe signature", code="invalid_signature")
     event = json.loads(raw)
+    if not isinstance(event, dict) or not event.get("id"):
+        raise BadRequest("A webhook event must be a JSON object with an id",
+                         code="malformed_event")
     record, new = settlement_service.record_event("stripe", str(event.get("id")),
                                                   str(event.get("type")), event)
     if not new:
@@ -110,10 +113,15 @@ def handle_webhook(raw: bytes, signature: str | None) -> dict:
     obj = (event.get("data") or {}).get("object") or {}
     kind = event.get("type")
     try:
-        payment_id = _apply(kind, obj)
+        with db.session.begin_nested():  # a failure undoes this event's partial effects
+            payment_id = _apply(kind, obj)
     except settlement_service.AmountMismatch as exc:
         settlement_service.finish_event(record, "failed", error=exc.message)
         return {"received": True, "error": exc.message}
+    except (AttributeError, TypeError, ValueError, KeyError) as exc:
+        log.error("Stripe event %s has an unexpected shape: %r", record.event_id, exc)
+        settlement_service.finish_event(record, "failed", error=f"unexpected payload: {exc!r}"[:500])
+        return {"received": True, "error": "unexpected payload"}
     settlement_service.finish_event(record, "processed" if payment_id else "ignored",
                                     payment_id=payment_id)
     return {"received": True}

@@ -54,6 +54,9 @@ def open_order(user: User, course_id: int, gateway: str) -> tuple[Payment, Cours
     from services import course_service
 
     course = course_service.visible_course(course_id, user)
+    # One order at a time per user: two simultaneous requests must not open two orders that
+    # could both be paid (FOR UPDATE on PostgreSQL; SQLite serialises writers itself).
+    db.session.execute(select(User.id).where(User.id == user.id).with_for_update())
     enrollment_service.check_can_buy(user, course)
     reusable = db.session.scalar(
         select(Payment).where(
@@ -157,6 +160,16 @@ def settle(payment_id: int, *, gateway_payment_id: str | None, amount_minor: int
     _merge_response(payment, source, raw)
     user = db.session.get(User, payment.user_id)
     course = db.session.get(Course, payment.course_id)
+    already_paid = db.session.scalar(select(Payment.id).where(
+        Payment.user_id == user.id, Payment.course_id == course.id,
+        Payment.status == "completed", Payment.id != payment.id).limit(1))
+    if already_paid is not None:
+        # Paid twice for one course: keep the money on record and put a refund in front of
+        # an admin rather than lose track of it.
+        log.error("payment %s duplicates completed payment %s", payment.id, already_paid)
+        db.session.add(RefundRequest(
+            payment_id=payment.id, user_id=user.id, status="pending", amount=payment.amount,
+            reason=f"Automatic: duplicate of completed payment #{already_paid} for this course"))
     enrollment_service.enroll_paid(user, course, payment)
     db.session.add(Notification(
         user_id=user.id, kind="payment", title="Payment received",
@@ -286,8 +299,15 @@ def apply_refund(payment: Payment, amount: Decimal, raw: dict | None, source: st
     payment.refunded_amount = min(Decimal(payment.amount),
                                   Decimal(payment.refunded_amount or 0) + amount)
     payment.refunded_at = utcnow()
-    payment.status = "refunded"
     _merge_response(payment, source, raw)
+    if payment.refunded_amount < Decimal(payment.amount):
+        # A partial refund (made at the gateway): recorded; access stays.
+        db.session.add(Notification(
+            user_id=payment.user_id, kind="payment", title="Partial refund processed",
+            message=f"{money(amount):.2f} {payment.currency} was refunded.",
+            data={"payment_id": payment.id}))
+        return
+    payment.status = "refunded"
     enrollment = db.session.scalar(select(Enrollment).where(
         Enrollment.user_id == payment.user_id, Enrollment.course_id == payment.course_id))
     if enrollment is not None and enrollment.status in enrollment_service.OPEN_STATUSES:
