@@ -134,7 +134,7 @@ def join(session_id: int, user: User) -> tuple[LiveSession, bool]:
                         f"{current_app.config['LIVE_SESSION_JOIN_EARLY_MINUTES']} minutes before "
                         "the start", code="session_not_open",
                         details={"opens_at": iso(opens), "start_time": iso(live.start_time)})
-    if now > ends:
+    if now >= ends:
         raise Forbidden("This live session has ended", code="session_ended",
                         details={"ended_at": iso(ends),
                                  "recording_url": live.recording_url})
@@ -225,6 +225,12 @@ def _stamp(value: datetime) -> str:
     return value.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
+def _sequence(live: LiveSession) -> int:
+    if live.created_at is None or live.updated_at is None or live.updated_at <= live.created_at:
+        return 0
+    return max(1, int((live.updated_at - live.created_at).total_seconds()))
+
+
 def ics(live: LiveSession, course: Course, *, cancelled: bool = False) -> str:
     host = current_app.config["PUBLIC_BASE_URL"].split("://", 1)[-1].split("/", 1)[0]
     lines = [
@@ -235,8 +241,9 @@ def ics(live: LiveSession, course: Course, *, cancelled: bool = False) -> str:
         f"DTSTAMP:{_stamp(utcnow())}",
         f"DTSTART:{_stamp(live.start_time)}",
         f"DTEND:{_stamp(live.end_time)}",
-        # Later updates must carry a higher sequence for calendars to apply them.
-        f"SEQUENCE:{int((live.updated_at or utcnow()).timestamp())}",
+        # Later updates must carry a higher sequence for calendars to apply them: 0 for the
+        # invitation, then the seconds since creation (at least 1) for every change.
+        f"SEQUENCE:{_sequence(live)}",
         f"SUMMARY:{_ics_text(live.title)}",
         f"DESCRIPTION:{_ics_text(f'{course.title}. ' + (live.description or ''))}",
         f"STATUS:{'CANCELLED' if cancelled else 'CONFIRMED'}",

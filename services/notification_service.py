@@ -7,6 +7,7 @@ queued and sent after the commit (services/email_service.py).
 from __future__ import annotations
 
 from flask import current_app, render_template_string
+from jinja2 import Template
 from sqlalchemy import Select, func, insert, literal, select, update
 
 from models import NOTIFICATION_KINDS, Notification, NotificationPreference, User, db
@@ -44,6 +45,9 @@ EMAIL_HTML = """<!doctype html>
 your notification settings.</p>
 </body></html>
 """
+
+
+_TEXT_TEMPLATE = Template(EMAIL_TEXT)  # jinja2.Template: no autoescaping
 
 
 def recipients_query(*, user_ids: list[int] | None = None, role: str | None = None,
@@ -106,7 +110,7 @@ def queue_emails(recipients: Select, *, kind: str, title: str, message: str,
                    "title": title, "message": message, "link": link, "app_name": app_name}
         send_after_commit(Outgoing(
             to=address, subject=f"{title} – {app_name}",
-            text=render_template_string(EMAIL_TEXT, **context),
+            text=_TEXT_TEMPLATE.render(**context),  # plain text: nothing to escape
             html=render_template_string(EMAIL_HTML, **context), attachments=attachments))
         queued += 1
     return queued
