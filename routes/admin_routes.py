@@ -18,7 +18,16 @@ from utils.errors import NotFound
 from utils.helpers import paginate
 from utils.middleware import current_request_id
 from routes.common import Envelope
-from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
+from utils.validation import (
+    PageQuery,
+    StrictModel,
+    document,
+    errors,
+    json_body,
+    parse_query,
+    query_args,
+    validate,
+)
 from utils.validators import PersonName, Phone, SafeText, Url
 
 bp = Blueprint("admin", __name__)
@@ -410,10 +419,11 @@ class AdminPaymentQuery(PageQuery):
 
 @bp.get("/payments")
 @admin_required
-@validate(query=AdminPaymentQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
+@document(query=AdminPaymentQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
 def list_payments():
-    """Payments with filters and the totals of the filter; `?format=csv` streams them all."""
-    args = query_args()
+    """Payments with filters and the totals of the filter; `?format=csv` streams them all.
+    (Documented, not wrapped: spectree's wrapper would read and JSON-check the CSV stream.)"""
+    args = parse_query(AdminPaymentQuery)
     conditions = admin_service.payment_filters(
         status=args.status, user_id=args.user_id, course_id=args.course_id, gateway=args.gateway,
         date_from=args.date_from, date_to=args.date_to)

@@ -8,8 +8,11 @@ import hashlib
 
 from flask import Blueprint, current_app, render_template_string, request
 
+from spectree import Response
+
 from routes.common import config_limit
 from services import certificate_service
+from utils.validation import document
 
 bp = Blueprint("verify_page", __name__)
 
@@ -81,12 +84,15 @@ def _render(number: str, check: bool | None = None):
 
 @bp.get("/<string:number>")
 @config_limit("RATE_LIMIT_VERIFY")
+@document(resp=Response("HTTP_200", "HTTP_404"), tags=["certificates", "public"])
 def verify_page(number: str):
+    """The verification page (HTML) a certificate's link and QR code open."""
     return _render(number)
 
 
 @bp.post("/<string:number>")
 @config_limit("RATE_LIMIT_VERIFY")
+@document(resp=Response("HTTP_200", "HTTP_404"), tags=["certificates", "public"])
 def verify_upload(number: str):
     """Compare an uploaded file's SHA-256 with the issued PDF's."""
     certificate = certificate_service.by_number(number)

@@ -155,21 +155,26 @@ def popular_courses(limit: int = 10) -> list[dict]:
                func.count(Enrollment.id).label("enrollments"),
                func.sum(case((Enrollment.status == "completed", 1), else_=0)).label("completed"))
         .group_by(Enrollment.course_id).subquery())
-    revenue = (
-        select(Payment.course_id.label("course_id"), func.sum(Payment.amount).label("revenue"))
-        .where(Payment.status.in_(REVENUE_STATUSES)).group_by(Payment.course_id).subquery())
     rows = db.session.execute(
-        select(Course.id, Course.title, Course.status, Course.currency,
-               enrollment_stats.c.enrollments, enrollment_stats.c.completed, revenue.c.revenue)
+        select(Course.id, Course.title, Course.status,
+               enrollment_stats.c.enrollments, enrollment_stats.c.completed)
         .join(enrollment_stats, enrollment_stats.c.course_id == Course.id)
-        .outerjoin(revenue, revenue.c.course_id == Course.id)
         .order_by(enrollment_stats.c.enrollments.desc(), Course.id.asc())
         .limit(limit)).all()
+    # Revenue per course and currency (a course's price may have changed currency): never
+    # added across currencies.
+    revenue: dict[int, list[dict]] = {}
+    for course_id, currency, total in db.session.execute(
+            select(Payment.course_id, Payment.currency, func.sum(Payment.amount))
+            .where(Payment.status.in_(REVENUE_STATUSES),
+                   Payment.course_id.in_([row[0] for row in rows]))
+            .group_by(Payment.course_id, Payment.currency).order_by(Payment.currency)):
+        revenue.setdefault(course_id, []).append({"currency": currency, "amount": money(total)})
     return [{"course_id": cid, "title": title, "status": status,
              "enrollments": enrolled, "completed": done or 0,
              "completion_rate": round((done or 0) / enrolled * 100, 2) if enrolled else 0.0,
-             "revenue": {"currency": currency, "amount": money(total or 0)}}
-            for cid, title, status, currency, enrolled, done, total in rows]
+             "revenue": revenue.get(cid, [])}
+            for cid, title, status, enrolled, done in rows]
 
 
 # --- users ------------------------------------------------------------------------------------
@@ -215,14 +220,24 @@ def user_detail(user: User) -> dict:
         "total": sum(count for _, _, count, _ in payments),
         "completed": [{"currency": currency, "amount": money(total), "count": count}
                       for status, currency, count, total in payments if status == "completed"],
-        "by_status": {status: count for status, _, count, _ in payments}}
+        "by_status": _counts_by_status(payments)}
     data["courses_taught"] = taught
     return data
 
 
+def _counts_by_status(rows) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for status, _currency, count, _total in rows:
+        counts[status] = counts.get(status, 0) + count
+    return counts
+
+
 def _other_active_admins(user: User) -> int:
-    return db.session.scalar(select(func.count(User.id)).where(
-        User.role == "admin", User.is_active.is_(True), User.id != user.id)) or 0
+    """Active admins other than `user`, counted with their rows locked (FOR UPDATE on
+    PostgreSQL): two admins demoting each other at once cannot both pass the check."""
+    ids = db.session.scalars(select(User.id).where(
+        User.role == "admin", User.is_active.is_(True)).order_by(User.id).with_for_update())
+    return sum(1 for admin_id in ids if admin_id != user.id)
 
 
 def _guard_admin_change(actor: User, target: User, *, new_role: str | None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from decimal import Decimal
 
 import stripe
@@ -46,6 +47,8 @@ def create_checkout(user: User, course_id: int) -> dict:
     """A Checkout Session for the course (an open one is reused)."""
     _require("STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET")
     payment, course, reused = settlement_service.open_order(user, course_id, "stripe")
+    if not reused:
+        _expire_superseded_sessions(user.id, course.id, payment.id)
     if reused:
         stored = (payment.gateway_response or {}).get("checkout_session", {})
         return {"payment_id": payment.id, "session_id": payment.gateway_session_id,
@@ -66,6 +69,10 @@ def create_checkout(user: User, course_id: int) -> dict:
         "customer_email": user.email,
         "success_url": f"{success}?session_id={{CHECKOUT_SESSION_ID}}",
         "cancel_url": cancel,
+        # The session stops being payable when we stop reusing it (Stripe's minimum is 30
+        # minutes), so an abandoned checkout cannot be paid after a newer one.
+        "expires_at": int(time.time()) + 60 * max(
+            30, current_app.config["PAYMENT_PENDING_TIMEOUT"]),
     }
     try:
         session = client().v1.checkout.sessions.create(
@@ -77,6 +84,21 @@ def create_checkout(user: User, course_id: int) -> dict:
     payment.gateway_response = {"checkout_session": session.to_dict()}
     return {"payment_id": payment.id, "session_id": session.id, "checkout_url": session.url,
             "reused": False}
+
+
+def _expire_superseded_sessions(user_id: int, course_id: int, new_payment_id: int) -> None:
+    """Older open sessions of the same purchase are expired at Stripe and here."""
+    older = db.session.scalars(db.select(Payment).where(
+        Payment.user_id == user_id, Payment.course_id == course_id, Payment.gateway == "stripe",
+        Payment.status.in_(settlement_service.PENDING), Payment.id != new_payment_id,
+        Payment.gateway_session_id.is_not(None))).all()
+    for payment in older:
+        try:
+            client().v1.checkout.sessions.expire(payment.gateway_session_id)
+        except stripe.StripeError as exc:  # already complete or expired: the webhook decides
+            log.info("could not expire session %s: %s", payment.gateway_session_id, exc)
+            continue
+        settlement_service.mark_expired(payment.id, None, "superseded")
 
 
 # --- webhooks ---------------------------------------------------------------------------------
@@ -98,11 +120,14 @@ def handle_webhook(raw: bytes, signature: str | None) -> dict:
     """Verify, record once, act. Returns the acknowledgement body."""
     _require("STRIPE_WEBHOOK_SECRET")
     try:
-        stripe.Webhook.construct_event(raw.decode("utf-8"), signature or "",
-                                       current_app.config["STRIPE_WEBHOOK_SECRET"])
+        payload = raw.decode("utf-8")
+        # The signature alone first; the body is parsed by us, whatever its shape.
+        stripe.WebhookSignature.verify_header(payload, signature or "",
+                                              current_app.config["STRIPE_WEBHOOK_SECRET"],
+                                              stripe.Webhook.DEFAULT_TOLERANCE)
+        event = json.loads(payload)
     except (ValueError, UnicodeDecodeError, stripe.SignatureVerificationError):
         raise BadRequest("Invalid Stripe signature", code="invalid_signature")
-    event = json.loads(raw)
     if not isinstance(event, dict) or not event.get("id"):
         raise BadRequest("A webhook event must be a JSON object with an id",
                          code="malformed_event")
@@ -110,11 +135,11 @@ def handle_webhook(raw: bytes, signature: str | None) -> dict:
                                                   str(event.get("type")), event)
     if not new:
         return {"received": True, "duplicate": True}
-    obj = (event.get("data") or {}).get("object") or {}
     kind = event.get("type")
     try:
         with db.session.begin_nested():  # a failure undoes this event's partial effects
-            payment_id = _apply(kind, obj)
+            data = event.get("data") or {}
+            payment_id = _apply(kind, data.get("object") or {})
     except settlement_service.AmountMismatch as exc:
         settlement_service.finish_event(record, "failed", error=exc.message)
         return {"received": True, "error": exc.message}
@@ -148,14 +173,20 @@ def _apply(kind: str, obj: dict) -> int | None:
             settlement_service.mark_expired(payment.id, obj, kind)
         return payment.id
     if kind == "charge.refunded":
+        intent = obj.get("payment_intent")
+        if not intent:  # a charge we did not make through Checkout
+            return None
         payment = db.session.scalar(db.select(Payment).where(
-            Payment.gateway == "stripe", Payment.gateway_payment_id == obj.get("payment_intent")))
-        if payment is None or not obj.get("refunded"):
-            return payment.id if payment else None
+            Payment.gateway == "stripe", Payment.gateway_payment_id == intent))
+        if payment is None:
+            return None
         payment = settlement_service.locked(payment.id)
-        amount = Decimal(int(obj.get("amount_refunded") or 0)) / (
-            Decimal(to_minor_units(Decimal(1), payment.currency)))
-        settlement_service.apply_refund(payment, amount, obj, kind)
+        # amount_refunded is the charge's running total; record what is new.
+        total = Decimal(int(obj.get("amount_refunded") or 0)) / Decimal(
+            to_minor_units(Decimal(1), payment.currency))
+        new_amount = total - Decimal(payment.refunded_amount or 0)
+        if new_amount > 0:
+            settlement_service.apply_refund(payment, new_amount, obj, kind)
         return payment.id
     return None
 

@@ -168,3 +168,12 @@ def document(**kwargs):
         return fn
 
     return decorator
+
+
+def parse_query(model: type[BaseModel]):
+    """Validate the query string against `model` in a view that is documented with
+    `document()` rather than wrapped (streamed answers)."""
+    try:
+        return model.model_validate(request.args.to_dict())
+    except PydanticValidationError as exc:
+        raise ValidationError("Invalid input", details=validation_details(exc.errors()))
