@@ -94,6 +94,8 @@ BACKENDS = {"console": _send_console, "smtp": _send_smtp, "sendgrid": _send_send
 def send_email(to: str, subject: str, text: str, html: str | None = None,
                attachments: list[Attachment] | tuple = ()) -> None:
     backend = current_app.config.get("MAIL_BACKEND")
+    if backend == "console" and current_app.config.get("CONFIG_NAME") == "production":
+        backend = None  # the console backend writes reset links to the log: never in production
     send = BACKENDS.get(backend or "")
     if send is None:
         raise EmailNotConfigured()

@@ -166,6 +166,8 @@ PROVIDERS = {"console": ConsoleProvider, "twilio": TwilioVerifyProvider}
 
 def provider():
     backend = current_app.config.get("SMS_BACKEND")
+    if backend == "console" and current_app.config.get("CONFIG_NAME") == "production":
+        backend = None  # the console provider writes codes to the log: never in production
     if backend not in PROVIDERS:
         raise ServiceUnavailable("SMS verification is not configured on this server "
                                  "(set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and "
