@@ -94,17 +94,24 @@ def enroll(user: User, course_id: int, *, payment: Payment | None = None
         db.session.flush()
         _complete_if_finished(existing)
         return existing, True
+    return _insert(user, course, payment)
+
+
+def _insert(user: User, course: Course, payment: Payment | None) -> tuple[Enrollment, bool]:
+    """A new enrollment row; if another request enrolled the same user at the same moment,
+    theirs stands (the unique constraint decides) and is returned with created=False."""
     enrollment = Enrollment(user_id=user.id, course_id=course.id, status="active",
-                            enrolled_at=now, payment_id=payment.id if payment else None)
+                            enrolled_at=utcnow(), payment_id=payment.id if payment else None)
     try:
         with db.session.begin_nested():
             db.session.add(enrollment)
     except IntegrityError:
-        # Another request enrolled the same user at the same moment: theirs stands.
         winner = db.session.scalar(select(Enrollment).where(
             Enrollment.user_id == user.id, Enrollment.course_id == course.id))
         if winner is None:
             raise
+        if payment is not None and winner.payment_id is None:
+            winner.payment_id = payment.id
         return winner, False
     return enrollment, True
 
@@ -128,19 +135,7 @@ def enroll_paid(user: User, course: Course, payment: Payment) -> tuple[Enrollmen
         db.session.flush()
         _complete_if_finished(existing)
         return existing, True
-    enrollment = Enrollment(user_id=user.id, course_id=course.id, status="active",
-                            enrolled_at=utcnow(), payment_id=payment.id)
-    try:
-        with db.session.begin_nested():
-            db.session.add(enrollment)
-    except IntegrityError:
-        winner = db.session.scalar(select(Enrollment).where(
-            Enrollment.user_id == user.id, Enrollment.course_id == course.id))
-        if winner is None:
-            raise
-        winner.payment_id = winner.payment_id or payment.id
-        return winner, False
-    return enrollment, True
+    return _insert(user, course, payment)
 
 
 def check_can_buy(user: User, course: Course) -> None:

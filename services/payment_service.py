@@ -131,25 +131,10 @@ def handle_webhook(raw: bytes, signature: str | None) -> dict:
     if not isinstance(event, dict) or not event.get("id"):
         raise BadRequest("A webhook event must be a JSON object with an id",
                          code="malformed_event")
-    record, new = settlement_service.record_event("stripe", str(event.get("id")),
-                                                  str(event.get("type")), event)
-    if not new:
-        return {"received": True, "duplicate": True}
     kind = event.get("type")
-    try:
-        with db.session.begin_nested():  # a failure undoes this event's partial effects
-            data = event.get("data") or {}
-            payment_id = _apply(kind, data.get("object") or {})
-    except settlement_service.AmountMismatch as exc:
-        settlement_service.finish_event(record, "failed", error=exc.message)
-        return {"received": True, "error": exc.message}
-    except (AttributeError, TypeError, ValueError, KeyError) as exc:
-        log.error("Stripe event %s has an unexpected shape: %r", record.event_id, exc)
-        settlement_service.finish_event(record, "failed", error=f"unexpected payload: {exc!r}"[:500])
-        return {"received": True, "error": "unexpected payload"}
-    settlement_service.finish_event(record, "processed" if payment_id else "ignored",
-                                    payment_id=payment_id)
-    return {"received": True}
+    return settlement_service.process_event(
+        "stripe", str(event.get("id")), str(kind), event,
+        lambda: _apply(kind, (event.get("data") or {}).get("object") or {}))
 
 
 def _apply(kind: str, obj: dict) -> int | None:

@@ -117,24 +117,9 @@ def handle_webhook(raw: bytes, signature: str | None, event_id: str | None) -> d
     event = json.loads(body)
     if not isinstance(event, dict):
         raise BadRequest("A webhook event must be a JSON object", code="malformed_event")
-    record, new = settlement_service.record_event(
-        "razorpay", _event_id(event_id, event, raw), str(event.get("event")), event)
-    if not new:
-        return {"received": True, "duplicate": True}
-    try:
-        with db.session.begin_nested():  # a failure undoes this event's partial effects
-            payment_id = _apply(str(event.get("event")), event.get("payload") or {})
-    except settlement_service.AmountMismatch as exc:
-        settlement_service.finish_event(record, "failed", error=exc.message)
-        return {"received": True, "error": exc.message}
-    except (AttributeError, TypeError, ValueError, KeyError) as exc:
-        # Signed but not shaped as documented: keep it for inspection, do not ask for retries.
-        log.error("Razorpay event %s has an unexpected shape: %r", record.event_id, exc)
-        settlement_service.finish_event(record, "failed", error=f"unexpected payload: {exc!r}"[:500])
-        return {"received": True, "error": "unexpected payload"}
-    settlement_service.finish_event(record, "processed" if payment_id else "ignored",
-                                    payment_id=payment_id)
-    return {"received": True}
+    return settlement_service.process_event(
+        "razorpay", _event_id(event_id, event, raw), str(event.get("event")), event,
+        lambda: _apply(str(event.get("event")), event.get("payload") or {}))
 
 
 def _entity(payload: dict, name: str) -> dict:

@@ -229,6 +229,29 @@ def finish_event(event: WebhookEvent, status: str, *, payment_id: int | None = N
     event.processed_at = utcnow()
 
 
+def process_event(gateway: str, event_id: str, event_type: str, payload: dict, apply) -> dict:
+    """Record a verified webhook event once and act on it: `apply()` returns the payment it
+    concerned (or None). Returns the acknowledgement body. A redelivery changes nothing; an
+    event that cannot be applied (wrong amount, unexpected shape) is kept as failed and
+    acknowledged, so the gateway does not redeliver it forever; its partial effects are
+    undone by the savepoint."""
+    record, new = record_event(gateway, event_id, event_type, payload)
+    if not new:
+        return {"received": True, "duplicate": True}
+    try:
+        with db.session.begin_nested():
+            payment_id = apply()
+    except AmountMismatch as exc:
+        finish_event(record, "failed", error=exc.message)
+        return {"received": True, "error": exc.message}
+    except (AttributeError, TypeError, ValueError, KeyError) as exc:
+        log.error("%s event %s has an unexpected shape: %r", gateway, record.event_id, exc)
+        finish_event(record, "failed", error=f"unexpected payload: {exc!r}"[:500])
+        return {"received": True, "error": "unexpected payload"}
+    finish_event(record, "processed" if payment_id else "ignored", payment_id=payment_id)
+    return {"received": True}
+
+
 # --- refunds ----------------------------------------------------------------------------------
 
 def request_refund(payment_id: int, user: User, reason: str) -> RefundRequest:
