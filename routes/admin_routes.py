@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Literal
 
-from flask import Blueprint, request
+from flask import Blueprint
 from pydantic import BaseModel, Field, IPvAnyAddress
 from spectree import Response
 

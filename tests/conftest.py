@@ -10,12 +10,16 @@ configured those tests skip, except under CI=true, where a missing service fails
 from __future__ import annotations
 
 import os
+import uuid
 from datetime import timedelta
 
 import pytest
 from flask_jwt_extended import create_access_token, create_refresh_token
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from app import create_app, limiter
+from config import normalise_database_url
 from models import User
 from models import db as _db
 from tests.support import probe_routes
@@ -82,6 +86,39 @@ def clean_state(app):
         client = redis_client.get()
         if client is not None:
             client.flushdb()
+
+
+@pytest.fixture
+def postgres_app(app):
+    """An app on PostgreSQL, for races that need real row locks: the session app when the
+    suite already runs there, else a scratch database of its own, dropped (FORCE) afterwards.
+    Skips without TEST_POSTGRES_URL, except under CI."""
+    url = require_service("PostgreSQL (TEST_POSTGRES_URL)", postgres_url())
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
+        yield app  # clean_state empties it after the test
+        return
+    server = make_url(normalise_database_url(url))
+    name = f"lms_scratch_{uuid.uuid4().hex[:10]}"
+    root = create_engine(server, isolation_level="AUTOCOMMIT")
+    with root.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        scratch = create_app("testing", overrides={
+            "SQLALCHEMY_DATABASE_URI": server.set(database=name).render_as_string(
+                hide_password=False),
+            "UPLOAD_FOLDER": app.config["UPLOAD_FOLDER"]})
+        with scratch.app_context():
+            _db.create_all()
+        try:
+            yield scratch
+        finally:
+            with scratch.app_context():
+                _db.session.remove()
+                _db.engine.dispose()
+    finally:
+        with root.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        root.dispose()
 
 
 @pytest.fixture

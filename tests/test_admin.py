@@ -20,11 +20,8 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import create_engine, event, func, insert, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import event, func, insert, select
 
-from app import create_app
-from config import normalise_database_url
 from models import (
     AuditLog,
     BlockedIP,
@@ -39,7 +36,6 @@ from models import (
     User,
     db,
 )
-from tests.conftest import postgres_url, require_service
 
 API = "/api/v1"
 ADMIN = f"{API}/admin"
@@ -781,34 +777,8 @@ def test_an_inactive_admin_may_be_demoted(app, client, auth_headers, make_user):
 # right after their "other active admins" count until both have counted.
 
 @pytest.fixture
-def pg_app(app):
-    """An app on PostgreSQL: the session app when it already is, else a scratch database."""
-    url = require_service("PostgreSQL (TEST_POSTGRES_URL)", postgres_url())
-    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
-        yield app
-        return
-    server = make_url(normalise_database_url(url))
-    name = f"admin_race_{uuid.uuid4().hex[:10]}"
-    root = create_engine(server, isolation_level="AUTOCOMMIT")
-    with root.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        scratch = create_app("testing", overrides={
-            "SQLALCHEMY_DATABASE_URI": server.set(database=name).render_as_string(
-                hide_password=False),
-            "UPLOAD_FOLDER": app.config["UPLOAD_FOLDER"]})
-        with scratch.app_context():
-            db.create_all()
-        try:
-            yield scratch
-        finally:
-            with scratch.app_context():
-                db.session.remove()
-                db.engine.dispose()
-    finally:
-        with root.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        root.dispose()
+def pg_app(postgres_app):
+    return postgres_app
 
 
 def admin_in(app, email: str) -> tuple[int, dict]:

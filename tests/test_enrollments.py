@@ -16,11 +16,8 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import create_engine, event, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import event, func, select
 
-from app import create_app
-from config import normalise_database_url
 from models import (
     Certificate,
     Enrollment,
@@ -30,7 +27,6 @@ from models import (
     User,
     db,
 )
-from tests.conftest import postgres_url, require_service
 from utils.helpers import iso
 
 API = "/api/v1"
@@ -399,35 +395,8 @@ def test_reenrolling_a_completed_course_keeps_the_completion(app, client, instru
 # --- 4. the race (PostgreSQL) -----------------------------------------------------------------
 
 @pytest.fixture
-def race_app(app):
-    """An app on PostgreSQL: the session app when it already is, else a scratch database of its
-    own, created here and dropped with (FORCE) afterwards."""
-    url = require_service("PostgreSQL (TEST_POSTGRES_URL)", postgres_url())
-    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
-        yield app  # clean_state empties it after the test
-        return
-    server = make_url(normalise_database_url(url))
-    name = f"enr_race_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        scratch = create_app("testing", overrides={
-            "SQLALCHEMY_DATABASE_URI": server.set(database=name).render_as_string(
-                hide_password=False),
-            "UPLOAD_FOLDER": app.config["UPLOAD_FOLDER"]})
-        with scratch.app_context():
-            db.create_all()
-        try:
-            yield scratch
-        finally:
-            with scratch.app_context():
-                db.session.remove()
-                db.engine.dispose()
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+def race_app(postgres_app):
+    return postgres_app
 
 
 def actor_in(app, role: str, n: int) -> Actor:

@@ -1,7 +1,6 @@
 """Liveness and readiness, including the answers when the database or Redis is down."""
 from __future__ import annotations
 
-import pytest
 
 from app import create_app
 from tests.conftest import redis_url, require_service

@@ -29,7 +29,6 @@ from models import (
     MasterCategory,
     Module,
     Subcategory,
-    User,
     db,
 )
 
