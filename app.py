@@ -19,6 +19,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from auth import jwt
 from config import CONFIGS, ConfigError, config_name_from_env
 from models import db
+from services import catalog_cache
 from services.email_service import register_outbox
 from utils.middleware import init_middleware
 from utils.security import refuse_blocked_ip
@@ -95,6 +96,7 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
     init_middleware(app)
     app.before_request(refuse_blocked_ip)
     register_outbox()
+    catalog_cache.register()
 
     from routes import (
         admin_routes,

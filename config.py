@@ -183,6 +183,9 @@ class Config:
     RATE_LIMIT_VERIFY = env("RATE_LIMIT_VERIFY", "30 per minute")
     CERTIFICATE_BULK_BATCH = env_int("CERTIFICATE_BULK_BATCH", 200)
 
+    # Public catalog answers to guests are cached this long in Redis (and by browsers/CDNs).
+    CATALOG_CACHE_SECONDS = env_int("CATALOG_CACHE_SECONDS", 30)
+
     # Live sessions
     LIVE_SESSION_JOIN_EARLY_MINUTES = env_int("LIVE_SESSION_JOIN_EARLY_MINUTES", 15)
 

@@ -13,6 +13,7 @@ from auth import current_user, instructor_required, optional_user
 from models import db
 from routes.common import Envelope, MessageOut
 from services import catalog_service, course_service, enrollment_service, file_service
+from services.catalog_cache import cached_public
 from utils.errors import ValidationError
 from utils.helpers import paginate
 from utils.validation import IdList, PageQuery, StrictModel, errors, json_body, query_args, validate
@@ -135,6 +136,7 @@ def course_page(query, args):
 
 @bp.get("")
 @validate(query=CourseListQuery, resp=Response(HTTP_200=Envelope), **TAGS)
+@cached_public
 def list_courses():
     """Published courses, with the same filters and sorts as /public/get-courses."""
     args = query_args()
@@ -143,6 +145,7 @@ def list_courses():
 
 @bp.get("/<int:course_id>")
 @validate(resp=Response(HTTP_200=Envelope, **errors(404)), **TAGS)
+@cached_public
 def get_course(course_id: int):
     """A course with its outline: full content for enrolled students, the owner and admins;
     titles, durations and preview lessons for everyone else."""

@@ -9,6 +9,7 @@ from auth import optional_user
 from routes.common import Envelope, config_limit
 from routes.course_routes import CourseListQuery, course_page, list_filters
 from services import catalog_service, category_service, course_service
+from services.catalog_cache import cached_public
 from utils.errors import NotFound
 from utils.helpers import paginate
 from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
@@ -43,6 +44,7 @@ def _active_master(category_id: int):
 @bp.get("/get-categories")
 @config_limit("RATE_LIMIT_PUBLIC")
 @validate(query=PageQuery, resp=Response(HTTP_200=Envelope, **errors(429)), **TAGS)
+@cached_public
 def categories():
     """Active master categories, in display order."""
     args = query_args()
@@ -53,6 +55,7 @@ def categories():
 @bp.get("/categories/<int:category_id>/subcategories")
 @config_limit("RATE_LIMIT_PUBLIC")
 @validate(query=PageQuery, resp=Response(HTTP_200=Envelope, **errors(404, 429)), **TAGS)
+@cached_public
 def category_subcategories(category_id: int):
     """Active subcategories of a master category."""
     args = query_args()
@@ -66,6 +69,7 @@ def category_subcategories(category_id: int):
 @bp.get("/get-subcategories")
 @config_limit("RATE_LIMIT_PUBLIC")
 @validate(query=SubcategoryQuery, resp=Response(HTTP_200=Envelope, **errors(429)), **TAGS)
+@cached_public
 def subcategories():
     """Active subcategories, optionally of one master category."""
     args = query_args()
@@ -78,6 +82,7 @@ def subcategories():
 @bp.get("/subcategories/<int:subcategory_id>/courses")
 @config_limit("RATE_LIMIT_PUBLIC")
 @validate(query=CourseListQuery, resp=Response(HTTP_200=Envelope, **errors(404, 429)), **TAGS)
+@cached_public
 def subcategory_courses(subcategory_id: int):
     """Published courses of a subcategory (same filters and sorts as get-courses)."""
     args = query_args()
@@ -93,6 +98,7 @@ def subcategory_courses(subcategory_id: int):
 @bp.get("/get-courses")
 @config_limit("RATE_LIMIT_PUBLIC")
 @validate(query=CourseListQuery, resp=Response(HTTP_200=Envelope, **errors(429)), **TAGS)
+@cached_public
 def courses():
     """Published courses: `category_id`, `subcategory_id`, `search`, `difficulty`,
     `min_price`, `max_price`, `is_free`, `language`, `mode_of_conduct`, `sort`."""
@@ -104,6 +110,7 @@ def courses():
 @bp.get("/get-courses/<int:course_id>")
 @config_limit("RATE_LIMIT_PUBLIC")
 @validate(resp=Response(HTTP_200=Envelope, **errors(404, 429)), **TAGS)
+@cached_public
 def course(course_id: int):
     """A published course with its outline (no video URLs or lesson bodies, except previews,
     unless the caller is enrolled, the owner or an admin)."""
@@ -125,6 +132,7 @@ def _search(text: str, page: int, per_page: int):
 @bp.get("/courses/search")
 @config_limit("RATE_LIMIT_SEARCH")
 @validate(query=SearchQuery, resp=Response(HTTP_200=Envelope, **errors(429)), **TAGS)
+@cached_public
 def search():
     """Search published courses by title, short description and description (`q`)."""
     args = query_args()
