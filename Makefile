@@ -5,11 +5,12 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 export FLASK_APP = app.py
 
-.PHONY: run test install migrate seed clean help
+.PHONY: run test bench install migrate seed clean help
 
 help:
 	@echo "make run    serve the API on http://127.0.0.1:5000/api/v1 (SQLite, no setup needed)"
 	@echo "make test   install and run the whole test suite"
+	@echo "make bench  the API under load against a bare-Flask baseline (PostgreSQL, Redis, wrk)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +38,12 @@ run: seed
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The benchmark: a large dataset on a scratch PostgreSQL database, gunicorn as in production,
+# wrk on 127.0.0.1 (installed from Debian's packages when missing). See bench/run.py.
+bench: install
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) instance/dev.db .pytest_cache

@@ -100,7 +100,9 @@ def cached_public(view):
     @wraps(view)
     def wrapper(*args, **kwargs):
         guest = "Authorization" not in request.headers
-        client = redis_client.get() if guest else None
+        # CATALOG_CACHE_SECONDS=0 turns the Redis copy off (ETags stay).
+        enabled = guest and current_app.config["CATALOG_CACHE_SECONDS"] > 0
+        client = redis_client.get() if enabled else None
         key = None
         if client is not None:
             try:
