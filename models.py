@@ -116,7 +116,11 @@ ROLES = ("student", "instructor", "admin")
 
 class User(TimestampMixin, db.Model):
     __tablename__ = "users"
-    __table_args__ = (one_of("role", ROLES),)
+    __table_args__ = (
+        one_of("role", ROLES),
+        # The admin's newest registrations and user list read in this order.
+        Index("ix_users_created_id", "created_at", "id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(255), unique=True)
@@ -629,6 +633,8 @@ class Payment(TimestampMixin, db.Model):
         CheckConstraint("amount >= 0", name="amount_not_negative"),
         Index("ix_payments_status_created", "status", "created_at"),
         Index("ix_payments_user_created", "user_id", "created_at"),
+        # The admin's latest payments and payment list read in this order.
+        Index("ix_payments_created_id", "created_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -31,10 +31,16 @@ REVENUE_STATUSES = ("completed",)
 # --- months -----------------------------------------------------------------------------------
 
 def month_key(column):
-    """'YYYY-MM' of a timestamp, in UTC, on either database."""
+    """The month of a timestamp, in UTC, to group by: date_trunc on PostgreSQL (much cheaper
+    per row than to_char), 'YYYY-MM' text on SQLite. `month_label` turns either into
+    'YYYY-MM'."""
     if db.engine.dialect.name == "postgresql":
-        return func.to_char(func.timezone("UTC", column), "YYYY-MM")
+        return func.date_trunc("month", func.timezone("UTC", column))
     return func.strftime("%Y-%m", column)
+
+
+def month_label(value) -> str:
+    return value if isinstance(value, str) else f"{value.year:04d}-{value.month:02d}"
 
 
 def last_months(count: int, today: date | None = None) -> list[str]:
@@ -126,7 +132,8 @@ def revenue_by_month(months: int = 12) -> dict:
         .where(Payment.status.in_(REVENUE_STATUSES), Payment.paid_at >= _month_start(keys[0]))
         .group_by(key, Payment.currency)).all()
     currencies = sorted({currency for _, currency, _, _ in rows})
-    found = {(month, currency): (total, count) for month, currency, total, count in rows}
+    found = {(month_label(month), currency): (total, count)
+             for month, currency, total, count in rows}
     return {"months": keys, "currencies": currencies, "series": [
         {"month": month, "revenue": [
             {"currency": currency, "amount": money(found.get((month, currency), (0, 0))[0] or 0),
@@ -137,13 +144,13 @@ def revenue_by_month(months: int = 12) -> dict:
 def enrollments_by_month(months: int = 12) -> dict:
     keys = last_months(months)
     enrolled_key = month_key(Enrollment.enrolled_at)
-    enrolled = dict(db.session.execute(
+    enrolled = {month_label(m): n for m, n in db.session.execute(
         select(enrolled_key, func.count(Enrollment.id))
-        .where(Enrollment.enrolled_at >= _month_start(keys[0])).group_by(enrolled_key)).all())
+        .where(Enrollment.enrolled_at >= _month_start(keys[0])).group_by(enrolled_key))}
     completed_key = month_key(Enrollment.completed_at)
-    completed = dict(db.session.execute(
+    completed = {month_label(m): n for m, n in db.session.execute(
         select(completed_key, func.count(Enrollment.id))
-        .where(Enrollment.completed_at >= _month_start(keys[0])).group_by(completed_key)).all())
+        .where(Enrollment.completed_at >= _month_start(keys[0])).group_by(completed_key))}
     return {"months": keys, "series": [
         {"month": m, "enrollments": enrolled.get(m, 0), "completions": completed.get(m, 0)}
         for m in keys]}
