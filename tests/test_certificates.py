@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 from sqlalchemy import delete, func, select
 
 from models import AuditLog, Certificate, Enrollment, User, db
+from tests.support.concurrency import fire_together
 
 API = "/api/v1"
 CERTS = f"{API}/certificates"
@@ -735,31 +735,6 @@ def actor_in(app, role: str, n: int) -> Actor:
         return Actor(user.id, {"Authorization": f"Bearer {create_access_token(user)}"})
 
 
-def fire_together(app, n: int, path: str, headers: dict) -> list:
-    """`n` identical POSTs from `n` threads, each with its own test client, released at once by
-    a barrier. Returns [(status, body)]."""
-    barrier = threading.Barrier(n)
-    results: list = [None] * n
-
-    def worker(i: int) -> None:
-        client = app.test_client()
-        try:
-            barrier.wait(timeout=30)
-            response = client.post(path, headers=headers)
-            results[i] = (response.status_code, response.get_json())
-        except BaseException as exc:  # reported by the assertion below
-            results[i] = exc
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(thread.is_alive() for thread in threads), "a request hung"
-    assert all(isinstance(r, tuple) for r in results), results
-    return results
-
-
 RACERS = 6
 
 
@@ -772,7 +747,8 @@ def test_simultaneous_generation_gives_one_certificate(race_app):
         complete_course(client, racer, built)
         delete_certificate(race_app, racer.id, built.id)
 
-        results = fire_together(race_app, RACERS, f"{CERTS}/generate/{built.id}", racer.headers)
+        results = fire_together(race_app, RACERS, "POST", f"{CERTS}/generate/{built.id}",
+                                racer.headers)
         assert all(status in (200, 201) for status, _ in results), results
         assert any(status == 201 for status, _ in results), results
         numbers = {body["certificate"]["certificate_number"] for _, body in results}

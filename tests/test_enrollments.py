@@ -9,7 +9,6 @@ landed) are inserted through the ORM.
 """
 from __future__ import annotations
 
-import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -27,6 +26,7 @@ from models import (
     User,
     db,
 )
+from tests.support.concurrency import fire_together
 from utils.helpers import iso
 
 API = "/api/v1"
@@ -410,31 +410,6 @@ def actor_in(app, role: str, n: int) -> Actor:
         db.session.add(user)
         db.session.commit()
         return Actor(user.id, {"Authorization": f"Bearer {create_access_token(user)}"})
-
-
-def fire_together(app, n: int, method: str, path: str, headers: dict, json=None) -> list:
-    """`n` identical requests from `n` threads, each with its own test client, released at once
-    by a barrier. Returns [(status, body)] (or the exception a thread raised)."""
-    barrier = threading.Barrier(n)
-    results: list = [None] * n
-
-    def worker(i: int) -> None:
-        client = app.test_client()
-        try:
-            barrier.wait(timeout=30)
-            response = client.open(path, method=method, headers=headers, json=json)
-            results[i] = (response.status_code, response.get_json())
-        except BaseException as exc:  # reported by the assertion below
-            results[i] = exc
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(thread.is_alive() for thread in threads), "a request hung"
-    assert all(isinstance(r, tuple) for r in results), results
-    return results
 
 
 RACERS = 8
