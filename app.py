@@ -19,7 +19,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from auth import jwt
 from config import CONFIGS, ConfigError, config_name_from_env
 from models import db
-from services import catalog_cache
+from services import catalog_cache, jobs
 from services.email_service import register_outbox
 from utils.middleware import init_middleware
 from utils.security import refuse_blocked_ip
@@ -97,6 +97,7 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
     app.before_request(refuse_blocked_ip)
     register_outbox()
     catalog_cache.register()
+    jobs.register()
 
     from routes import (
         admin_routes,
@@ -107,6 +108,7 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
         docs,
         enrollments_routes,
         file_routes,
+        jobs_routes,
         health,
         lessons_resources_routes,
         lessons_routes,
@@ -145,6 +147,7 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
         (file_routes, "/files"),
         (public_routes, "/public"),
         (admin_routes, "/admin"),
+        (jobs_routes, "/jobs"),
     ):
         app.register_blueprint(module.bp, url_prefix=api + prefix)
     app.register_blueprint(media.bp, url_prefix="/static/uploads")

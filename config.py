@@ -186,6 +186,16 @@ class Config:
     # Public catalog answers to guests are cached this long in Redis (and by browsers/CDNs).
     CATALOG_CACHE_SECONDS = env_int("CATALOG_CACHE_SECONDS", 30)
 
+    # Background jobs: "rq" (a Redis queue served by `flask worker`) or "inline" (run in the
+    # request that starts them). Default: rq when Redis is configured.
+    JOBS_BACKEND = env("JOBS_BACKEND") or ("rq" if env("REDIS_URL") else "inline")
+    JOBS_QUEUE = env("JOBS_QUEUE", "lms")
+    JOB_RETRY_INTERVALS = [int(x) for x in env("JOB_RETRY_INTERVALS", "30,120,600").split(",")]
+    JOB_TIMEOUT = env_int("JOB_TIMEOUT", 1800)  # seconds a job may run before it is killed
+    JOB_EMAIL_BATCH = env_int("JOB_EMAIL_BATCH", 500)  # recipients a fan-out job sends at once
+    # The worker's periodic tick: reconcile stale payments, requeue jobs Redis lost. 0: off.
+    JOBS_TICK_SECONDS = env_int("JOBS_TICK_SECONDS", 300)
+
     # Live sessions
     LIVE_SESSION_JOIN_EARLY_MINUTES = env_int("LIVE_SESSION_JOIN_EARLY_MINUTES", 15)
 
@@ -224,6 +234,7 @@ class TestingConfig(Config):
     SQLALCHEMY_DATABASE_URI = normalise_database_url(env("TEST_DATABASE_URL") or "sqlite://")
     REDIS_URL = env("TEST_REDIS_URL")
     RATELIMIT_STORAGE_URI = env("TEST_REDIS_URL") or "memory://"
+    JOBS_BACKEND = "inline"  # the job tests switch to rq and run a real worker
     MAIL_BACKEND = "console"
     OTP_REQUIRED = False
     # Hashing at 600,000 iterations costs ~125 ms a password: too slow for hundreds of test users.

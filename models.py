@@ -1012,3 +1012,38 @@ class AuditLog(db.Model):
             "request_id": self.request_id,
             "created_at": iso(self.created_at),
         }
+
+
+class BackgroundJob(db.Model):
+    """One background operation (e-mail delivery, e-mail fan-out, bulk certificates, payment
+    reconciliation): the durable record of what was asked, by whom, and how it went. RQ runs it
+    when Redis is configured (the queue carries only the id); it runs inline otherwise."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(50))
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    args: Mapped[dict] = mapped_column(JSONType, default=dict)
+    result: Mapped[dict | None] = mapped_column(JSONType)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_by: Mapped[int | None] = mapped_column(fk("users.id", "SET NULL"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "status": self.status,
+            "result": self.result,
+            "error": self.error,
+            "attempts": self.attempts,
+            "created_by": self.created_by,
+            "created_at": iso(self.created_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+        }

@@ -12,12 +12,12 @@ from spectree import Response
 
 from auth import admin_required, current_user
 from models import AuditLog, Certificate, Payment, RefundRequest, db
-from services import admin_service, certificate_service, settlement_service
+from services import admin_service, certificate_service, jobs, settlement_service
 from utils import security
 from utils.errors import NotFound
 from utils.helpers import paginate
 from utils.middleware import current_request_id
-from routes.common import Envelope
+from routes.common import Envelope, accepted
 from utils.validation import (
     PageQuery,
     StrictModel,
@@ -460,3 +460,45 @@ def audit_log():
         actor_id=args.actor_id, action=args.action, target_type=args.target_type,
         target_id=args.target_id), args.page, args.per_page)
     return {"entries": [row.to_dict() for row in rows], "pagination": meta}
+
+
+# --- background jobs ----------------------------------------------------------------------------
+
+@bp.get("/jobs/failed")
+@admin_required
+@validate(query=PageQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
+def failed_jobs():
+    """Jobs that failed for good (after their retries), newest first."""
+    args = query_args()
+    rows, meta = paginate(jobs.failed_query(), args.page, args.per_page)
+    return {"jobs": [row.to_dict() for row in rows], "pagination": meta}
+
+
+@bp.post("/jobs/<string:job_id>/retry")
+@admin_required
+@validate(resp=Response(HTTP_202=Envelope, **errors(401, 403, 404, 409)), **ADMIN)
+def retry_job(job_id: str):
+    """Run a failed job again (an e-mail fan-out resumes where it stopped)."""
+    job = jobs.retry(jobs.visible(job_id, current_user()))
+    jobs.requeue_on_commit(job)
+    audit("job.retry", "job", None, job_id=job.id, kind=job.kind)
+    db.session.commit()
+    return accepted(jobs.launch(job), "Job queued again")
+
+
+class ReconcileIn(StrictModel):
+    older_than_minutes: int | None = Field(None, ge=0, le=60 * 24 * 30)
+
+
+@bp.post("/payments/reconcile")
+@admin_required
+@validate(json=ReconcileIn, resp=Response(HTTP_202=Envelope, **errors(401, 403)), **ADMIN)
+def reconcile_payments():
+    """Ask the gateways about payments still pending and settle or expire them (a job; the
+    worker also runs it every JOBS_TICK_SECONDS)."""
+    body = json_body()
+    job = jobs.start("payments.reconcile", {"older_than_minutes": body.older_than_minutes},
+                     user_id=current_user().id)
+    audit("payments.reconcile", "job", None, job_id=job.id)
+    db.session.commit()
+    return accepted(jobs.launch(job), "Reconciliation started")

@@ -6,9 +6,9 @@ from pydantic import Field
 from spectree import Response
 
 from auth import admin_required, current_user, login_required
-from models import Certificate, Enrollment, db
-from routes.common import Envelope, config_limit
-from services import certificate_service, file_service
+from models import Certificate, Course, Enrollment, db
+from routes.common import Envelope, accepted, config_limit
+from services import certificate_service, file_service, jobs
 from utils.errors import NotFound
 from utils.helpers import paginate
 from utils.validation import (
@@ -138,9 +138,13 @@ def _issued(enrollment: Enrollment):
 
 @bp.post("/bulk-generate/<int:course_id>")
 @admin_required
-@validate(resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)), **AUTH)
+@validate(resp=Response(HTTP_202=Envelope, **errors(401, 403, 404)), **AUTH)
 def bulk_generate(course_id: int):
-    """Admin: issue for every completed enrollment of the course that has none."""
-    result = certificate_service.bulk_issue(course_id)
-    return {"message": f"{result.issued} certificate(s) issued", "issued": result.issued,
-            "skipped": result.skipped, "failed": result.failed}
+    """Admin: issue for every completed enrollment of the course that has none, as a job (202;
+    its result counts issued, skipped and failed)."""
+    if db.session.get(Course, course_id) is None:
+        raise NotFound("Course not found")
+    job = jobs.start("certificates.bulk_issue", {"course_id": course_id},
+                     user_id=current_user().id)
+    db.session.commit()
+    return accepted(jobs.launch(job), "Certificate issuance started")

@@ -10,7 +10,8 @@ from spectree import Response
 from auth import admin_required, current_user, login_required
 from models import db
 from routes.admin_routes import audit
-from routes.common import Envelope, MessageOut
+from routes.common import Envelope, MessageOut, accepted
+from services import jobs
 from services import notification_service as notifications
 from utils.helpers import paginate
 from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
@@ -123,28 +124,45 @@ def update_preferences():
 
 @bp.post("/send")
 @admin_required
-@validate(json=SendIn, resp=Response(HTTP_201=Envelope, **errors(401, 403)), **AUTH)
+@validate(json=SendIn, resp=Response(HTTP_201=Envelope, HTTP_202=Envelope, **errors(401, 403)),
+          **AUTH)
 def send():
-    """Admin: notify the given users, or everyone with a role (active users only)."""
+    """Admin: notify the given users, or everyone with a role (active users only). With
+    `send_email` the e-mails go out as a job: 202 with the job to follow."""
     body = json_body()
     recipients = notifications.recipients_query(user_ids=body.user_ids, role=body.role)
-    count = notifications.notify(recipients, kind=body.kind, title=body.title,
-                                 message=body.message, link=body.link, email=body.send_email)
-    audit("notification.send", "notification", None, recipients=count, role=body.role,
-          user_ids=body.user_ids[:50] if body.user_ids else None, title=body.title)
-    db.session.commit()
-    return {"message": f"Notification sent to {count} user(s)", "recipients": count}, 201
+    return _notify(recipients, "notification.send", kind=body.kind, title=body.title,
+                   message=body.message, link=body.link, send_email=body.send_email,
+                   audit_details={"role": body.role, "user_ids": body.user_ids[:50]
+                                  if body.user_ids else None},
+                   sent="Notification sent to {} user(s)")
 
 
 @bp.post("/broadcast")
 @admin_required
-@validate(json=BroadcastIn, resp=Response(HTTP_201=Envelope, **errors(401, 403)), **AUTH)
+@validate(json=BroadcastIn,
+          resp=Response(HTTP_201=Envelope, HTTP_202=Envelope, **errors(401, 403)), **AUTH)
 def broadcast():
-    """Admin: notify every active user."""
+    """Admin: notify every active user (e-mail, with `send_email`, as a job: 202)."""
     body = json_body()
-    count = notifications.notify(notifications.recipients_query(), kind="announcement",
-                                 title=body.title, message=body.message, link=body.link,
-                                 email=body.send_email)
-    audit("notification.broadcast", "notification", None, recipients=count, title=body.title)
+    return _notify(notifications.recipients_query(), "notification.broadcast",
+                   kind="announcement", title=body.title, message=body.message, link=body.link,
+                   send_email=body.send_email, audit_details={}, sent="Broadcast to {} user(s)")
+
+
+def _notify(recipients, action, *, kind, title, message, link, send_email, audit_details,
+            sent):
+    admin = current_user()
+    count = notifications.notify(recipients, kind=kind, title=title, message=message,
+                                 link=link)
+    job = None
+    if send_email:
+        job = notifications.queue_emails(recipients, kind=kind, title=title, message=message,
+                                         link=link, started_by=admin.id, as_job=True)
+    audit(action, "notification", None, recipients=count, title=title,
+          email_job=job.id if job else None, **audit_details)
     db.session.commit()
-    return {"message": f"Broadcast to {count} user(s)", "recipients": count}, 201
+    if job is None:
+        return {"message": sent.format(count), "recipients": count}, 201
+    return accepted(jobs.launch(job), sent.format(count) + "; e-mails are being sent",
+                    recipients=count)

@@ -117,8 +117,16 @@ class Outgoing:
 
 
 def send_after_commit(message: Outgoing) -> None:
+    """Send once the current transaction commits. When RQ runs the jobs, the message becomes an
+    "email.send" job row in this same transaction instead, retried by the worker on failure."""
     from models import db
+    from services import jobs
 
+    if jobs.queued_mode():
+        jobs.start("email.send", {
+            "to": message.to, "subject": message.subject, "text": message.text,
+            "html": message.html, "attachments": jobs.encode_attachments(message.attachments)})
+        return
     db.session.info.setdefault("outbox", []).append(message)
 
 

@@ -101,19 +101,82 @@ def email_recipients(recipients: Select, kind: str) -> list[tuple[str, str]]:
     return [(email, first) for email, first in rows]
 
 
+def _render(kind: str, title: str, message: str, link: str | None, first_name: str | None,
+            app_name: str) -> tuple[str, str, str]:
+    context = {"greeting": f"Hello {first_name}," if first_name else "Hello,",
+               "title": title, "message": message, "link": link, "app_name": app_name}
+    return (f"{title} – {app_name}",
+            _TEXT_TEMPLATE.render(**context),  # plain text: nothing to escape
+            render_template_string(EMAIL_HTML, **context))
+
+
 def queue_emails(recipients: Select, *, kind: str, title: str, message: str,
-                 link: str | None = None, attachments: tuple[Attachment, ...] = ()) -> int:
+                 link: str | None = None, attachments: tuple[Attachment, ...] = (),
+                 started_by: int | None = None, as_job: bool | None = None):
+    """E-mail the recipients whose preferences allow this kind.
+
+    As a job (always when RQ runs the jobs, or when `as_job`): one "notifications.email" row
+    naming the recipients, returned so the caller can launch it; the worker sends in batches
+    and a retry resumes where the last attempt stopped. Otherwise each message goes to the
+    after-commit outbox and None is returned."""
+    from services import jobs
+
+    if as_job is None:
+        as_job = jobs.queued_mode()
+    if as_job:
+        audience = recipients.subquery()
+        user_ids = list(db.session.scalars(select(audience.c.id).order_by(audience.c.id)))
+        return jobs.start("notifications.email", {
+            "kind": kind, "title": title, "message": message, "link": link,
+            "user_ids": user_ids, "attachments": jobs.encode_attachments(attachments)},
+            user_id=started_by)
     app_name = current_app.config["APP_NAME"]
-    queued = 0
     for address, first_name in email_recipients(recipients, kind):
-        context = {"greeting": f"Hello {first_name}," if first_name else "Hello,",
-                   "title": title, "message": message, "link": link, "app_name": app_name}
-        send_after_commit(Outgoing(
-            to=address, subject=f"{title} – {app_name}",
-            text=_TEXT_TEMPLATE.render(**context),  # plain text: nothing to escape
-            html=render_template_string(EMAIL_HTML, **context), attachments=attachments))
-        queued += 1
-    return queued
+        subject, text, html = _render(kind, title, message, link, first_name, app_name)
+        send_after_commit(Outgoing(to=address, subject=subject, text=text, html=html,
+                                   attachments=attachments))
+    return None
+
+
+def email_fanout(args: dict) -> dict:
+    """The "notifications.email" job: send to `user_ids` in batches of JOB_EMAIL_BATCH,
+    recording after each batch the last id done, so that a retry after a failure (the mail
+    server down) sends only to those not reached yet."""
+    import base64
+
+    from services import jobs
+    from services.email_service import send_email
+
+    job_id = args["_job"]
+    progress = jobs.progress(job_id) or {}
+    done_until = progress.get("last_user_id", 0)
+    sent = progress.get("sent", 0)
+    app_name = current_app.config["APP_NAME"]
+    attachments = [Attachment(a["filename"], a["content_type"], base64.b64decode(a["data"]))
+                   for a in args.get("attachments", [])]
+    wanted = EMAIL_PREFERENCE[args["kind"]]
+    pending = [uid for uid in args["user_ids"] if uid > done_until]
+    size = current_app.config["JOB_EMAIL_BATCH"]
+    for start in range(0, len(pending), size):
+        chunk = pending[start:start + size]
+        rows = db.session.execute(
+            select(User.id, User.email, User.first_name)
+            .outerjoin(NotificationPreference, NotificationPreference.user_id == User.id)
+            .where(User.id.in_(chunk), User.is_active.is_(True),
+                   func.coalesce(wanted, True).is_(True))
+            .order_by(User.id)).all()
+        db.session.rollback()  # no transaction held open while the mail server works
+        try:
+            for user_id, address, first_name in rows:
+                subject, text, html = _render(args["kind"], args["title"], args["message"],
+                                              args.get("link"), first_name, app_name)
+                send_email(address, subject, text, html, attachments)
+                sent += 1
+                done_until = user_id
+            done_until = chunk[-1]  # those whose preference says no are done as well
+        finally:
+            jobs.save_progress(job_id, {"sent": sent, "last_user_id": done_until})
+    return {"sent": sent, "recipients": len(args["user_ids"])}
 
 
 # --- the user's own notifications -------------------------------------------------------------

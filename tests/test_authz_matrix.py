@@ -50,6 +50,7 @@ from flask_jwt_extended import create_access_token, create_refresh_token
 from werkzeug.security import generate_password_hash
 
 from models import (
+    BackgroundJob,
     Certificate,
     ContactForm,
     Course,
@@ -525,6 +526,15 @@ TABLE: list[Entry] = [
     row("DELETE", "/admin/users/<int:user_id>", ADMINS),
     row("PUT", "/admin/users/<int:user_id>/deactivate", ADMINS),
     row("POST", "/admin/users/<int:user_id>/promote", ADMINS),
+    row("GET", "/admin/jobs/failed", ADMINS),
+    # A failed job is queued again once: the world is rebuilt after each allowed retry.
+    row("POST", "/admin/jobs/<string:job_id>/retry", ADMINS, params={"job_id": "job_failed"},
+        fresh=True),
+    row("POST", "/admin/payments/reconcile", ADMINS, body={}),
+
+    # --- background jobs --------------------------------------------------------------------------
+    # Student A started job A: theirs and the admins' to read, nobody else's.
+    row("GET", "/jobs/<string:job_id>", HOLDER_OR_ADMIN),
 
     # --- outside /api/v1 --------------------------------------------------------------------------
     row("GET", "/static/uploads/<string:folder>/<string:name>", PUBLIC),
@@ -557,7 +567,7 @@ DEFAULT_PARAMS = {
     "session_id": "live_a", "category_id": "master", "subcategory_id": "sub",
     "form_id": "contact", "request_id": "refund_a", "user_id": "student_a_id",
     "prerequisite_id": "course_f", "ip": "blocked_ip", "number": "certificate_number",
-    "folder": "thumbnail_folder", "name": "thumbnail_name",
+    "folder": "thumbnail_folder", "name": "thumbnail_name", "job_id": "job_a",
 }
 
 TABLE_BY_KEY = {entry.key: entry for entry in TABLE}
@@ -792,7 +802,14 @@ class WorldBuilder:
                 title="Kick-off", start_time=now + timedelta(minutes=5), duration_minutes=60,
                 platform="zoom", meeting_url=SECRET_MEETING_URL, meeting_id="123 456",
                 meeting_password=SECRET_MEETING_PASSWORD, status="scheduled")
-            db.session.add_all([notification_a, notification_b, refund_a, contact, live_a])
+            job_a = BackgroundJob(id=str(uuid.uuid4()), kind="payments.reconcile",
+                                  status="finished", args={}, result={"outcomes": {}},
+                                  created_by=student_a.id, created_at=now, attempts=1)
+            job_failed = BackgroundJob(id=str(uuid.uuid4()), kind="payments.reconcile",
+                                       status="failed", args={}, error="gateway down",
+                                       created_by=people[ADMIN].id, created_at=now, attempts=4)
+            db.session.add_all([notification_a, notification_b, refund_a, contact, live_a,
+                                job_a, job_failed])
             db.session.commit()
             security.block_ip(BLOCKED_IP, seconds=None, reason="matrix test")
 
@@ -804,7 +821,8 @@ class WorldBuilder:
                 certificate_a=certificate.id,
                 certificate_number=certificate.certificate_number,
                 notification_a=notification_a.id, refund_a=refund_a.id, contact=contact.id,
-                live_a=live_a.id, student_a_id=student_a.id,
+                live_a=live_a.id, student_a_id=student_a.id, job_a=job_a.id,
+                job_failed=job_failed.id,
                 user={name: person.id for name, person in people.items()},
                 email={name: person.email for name, person in people.items()},
             )

@@ -67,3 +67,37 @@ def register_commands(app: Flask) -> None:
 
         counts = reconcile_service.reconcile_pending(older_than)
         click.echo(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "nothing pending")
+
+    @app.cli.command("worker")
+    @click.option("--burst", is_flag=True, help="Stop once the queue is empty.")
+    @click.option("--simple", is_flag=True,
+                  help="Run jobs in this process rather than in a fork per job.")
+    def worker(burst, simple):
+        """Run background jobs from Redis (RQ): e-mail, fan-out, bulk certificates and the
+        periodic payment reconciliation. Start as many as the load needs, on any host."""
+        import os
+
+        import redis
+        from flask import current_app
+        from rq import SimpleWorker, Worker
+
+        from models import db
+        from services import jobs
+
+        cfg = current_app.config
+        if not cfg.get("REDIS_URL"):
+            raise click.ClickException("REDIS_URL is not set: without Redis, jobs run inline "
+                                       "in the request that starts them.")
+        if cfg.get("JOBS_BACKEND") != "rq":
+            raise click.ClickException("JOBS_BACKEND is not 'rq': the web process runs jobs "
+                                       "inline and queues none.")
+        # No socket timeout: the worker blocks on the queue between jobs.
+        connection = redis.Redis.from_url(cfg["REDIS_URL"], socket_connect_timeout=5,
+                                          health_check_interval=30)
+        db.engine.dispose()  # a forked job opens connections of its own
+        os.register_at_fork(after_in_child=lambda: db.engine.dispose(close=False))
+        jobs.schedule_tick(connection, delay=0)
+        worker_class = SimpleWorker if simple else Worker
+        queue = jobs.queue(connection)
+        worker_class([queue], connection=connection).work(
+            burst=burst, with_scheduler=True, logging_level=cfg.get("LOG_LEVEL", "INFO"))

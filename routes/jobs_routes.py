@@ -1,0 +1,22 @@
+"""A background job's state, for the user who started it and for admins."""
+from __future__ import annotations
+
+from flask import Blueprint
+from spectree import Response
+
+from auth import current_user, login_required
+from routes.common import Envelope
+from services import jobs
+from utils.validation import errors, validate
+
+bp = Blueprint("jobs", __name__)
+
+
+@bp.get("/<string:job_id>")
+@login_required
+@validate(resp=Response(HTTP_200=Envelope, **errors(401, 404)), tags=["jobs"],
+          security={"bearer": []})
+def get_job(job_id: str):
+    """Status (queued, started, retrying, finished, failed), attempts, result and last error of
+    a job you started (admins: any job)."""
+    return {"job": jobs.visible(job_id, current_user()).to_dict()}

@@ -1,0 +1,304 @@
+"""Background jobs: a durable row in `jobs` for every operation, run by RQ or inline.
+
+- `start(kind, args, user_id)` adds the row to the caller's transaction; once that commits,
+  `launch(job)` hands the id to RQ (JOBS_BACKEND="rq", served by `flask worker`) or runs it at
+  once (JOBS_BACKEND="inline", the embedded default). The queue carries only the id: arguments,
+  results and errors stay in the database, never in Redis or the worker's log.
+- `perform(job_id)` is what the worker calls: it marks the row started, runs the kind's
+  function, and records the result. A failure is retried by RQ with backoff
+  (JOB_RETRY_INTERVALS); the row says "retrying" until the last attempt fails, then "failed",
+  which admins list at GET /admin/jobs/failed and can retry.
+- Mail caused by a change is queued the same way when RQ is on: `email_service.send_after_commit`
+  adds an "email.send" row to the change's own transaction (a transactional outbox), so a
+  rollback sends nothing and a committed change always has its mail on record.
+- The worker's periodic `tick` reconciles stale payments and re-queues rows that were committed
+  while Redis was unreachable.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import uuid
+from datetime import timedelta
+from typing import Any, Callable
+
+from flask import current_app
+from sqlalchemy import and_, or_, select, update
+
+from models import BackgroundJob, db
+from utils.errors import NotFound
+from utils.helpers import utcnow
+
+log = logging.getLogger("lms.jobs")
+
+TICK_KEY = "lms:jobs:tick"
+STALE_AFTER = timedelta(minutes=2)  # a queued row older than this was lost by Redis
+_handlers: dict[str, Callable[[dict], dict | None]] = {}
+
+
+def handler(kind: str):
+    """Register the function that runs jobs of `kind`: f(args) -> result dict (or None)."""
+    def register(func):
+        _handlers[kind] = func
+        return func
+    return register
+
+
+def queued_mode() -> bool:
+    return current_app.config.get("JOBS_BACKEND") == "rq" and bool(current_app.config.get(
+        "REDIS_URL"))
+
+
+# --- starting ----------------------------------------------------------------------------------
+
+def start(kind: str, args: dict, user_id: int | None = None) -> BackgroundJob:
+    """Add the job's row to the current transaction; `launch` it after the commit."""
+    if kind not in _handlers:
+        raise ValueError(f"unknown job kind {kind!r}")
+    job = BackgroundJob(id=str(uuid.uuid4()), kind=kind, status="queued", args=args,
+                        created_by=user_id, attempts=0, created_at=utcnow())
+    db.session.add(job)
+    db.session.info.setdefault("jobs", []).append(job.id)
+    return job
+
+
+def launch(job: BackgroundJob) -> BackgroundJob:
+    """After the commit that started it: run the job now when jobs run inline (RQ got it at
+    the commit otherwise). Returns the row as it stands."""
+    if not queued_mode():
+        perform(job.id)
+    db.session.expire_all()
+    return db.session.get(BackgroundJob, job.id)
+
+
+def _enqueue_committed(session) -> None:
+    ids = session.info.pop("jobs", [])
+    if ids and queued_mode():
+        enqueue(ids)
+
+
+def _drop_uncommitted(session, previous_transaction) -> None:
+    if not session.in_transaction():
+        session.info.pop("jobs", None)
+
+
+def register() -> None:
+    """Hand jobs to RQ when the transaction that started them commits (app factory)."""
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    if not event.contains(Session, "after_commit", _enqueue_committed):
+        event.listen(Session, "after_commit", _enqueue_committed)
+        event.listen(Session, "after_soft_rollback", _drop_uncommitted)
+
+
+def progress(job_id: str) -> dict | None:
+    return db.session.scalar(select(BackgroundJob.result).where(BackgroundJob.id == job_id))
+
+
+def save_progress(job_id: str, result: dict) -> None:
+    db.session.execute(update(BackgroundJob).where(BackgroundJob.id == job_id)
+                       .values(result=result))
+    db.session.commit()
+
+
+def queue(connection=None):
+    from rq import Queue
+
+    from services import redis_client
+
+    return Queue(current_app.config["JOBS_QUEUE"], connection=connection or redis_client.get())
+
+
+def enqueue(job_ids: list[str]) -> bool:
+    """Hand ids to RQ. When Redis is unreachable the rows stay queued and the worker's tick
+    re-queues them; the request that started them is not failed for it."""
+    import redis
+    from rq import Retry
+
+    if not job_ids:
+        return True
+    cfg = current_app.config
+    intervals = cfg["JOB_RETRY_INTERVALS"]
+    try:
+        rq_queue = queue()
+        with rq_queue.connection.pipeline() as pipe:
+            for job_id in job_ids:
+                rq_queue.enqueue_call("services.jobs.perform", args=(job_id,), job_id=job_id,
+                                   timeout=cfg["JOB_TIMEOUT"], result_ttl=0,
+                                   description=f"job {job_id}",
+                                   retry=Retry(max=len(intervals), interval=intervals),
+                                   pipeline=pipe)
+            pipe.execute()
+        return True
+    except redis.RedisError as exc:
+        log.warning("could not queue %d job(s), the worker's tick will: %s", len(job_ids), exc)
+        return False
+
+
+# --- running -------------------------------------------------------------------------------------
+
+def _retries_left() -> int:
+    from rq import get_current_job
+
+    current = get_current_job()
+    return (current.retries_left or 0) if current is not None else 0
+
+
+def perform(job_id: str) -> dict | None:
+    """Run one job (the RQ entry point). Raises on failure so that RQ retries it."""
+    # A row left "started" by a worker killed at JOB_TIMEOUT may be claimed by the retry.
+    abandoned = utcnow() - timedelta(seconds=current_app.config["JOB_TIMEOUT"])
+    claimed = db.session.execute(
+        update(BackgroundJob).where(BackgroundJob.id == job_id, or_(
+            BackgroundJob.status.in_(("queued", "retrying")),
+            and_(BackgroundJob.status == "started", BackgroundJob.started_at < abandoned)))
+        .values(status="started", started_at=utcnow(), attempts=BackgroundJob.attempts + 1)
+        .returning(BackgroundJob.kind, BackgroundJob.args)).first()
+    db.session.commit()
+    if claimed is None:  # finished already, failed for good, or gone: nothing to do
+        log.info("job %s: not runnable, skipped", job_id)
+        return None
+    kind, args = claimed
+    try:
+        result = _handlers[kind]({**(args or {}), "_job": job_id})
+    except Exception as exc:
+        db.session.rollback()
+        retrying = _retries_left() > 0
+        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        db.session.execute(update(BackgroundJob).where(BackgroundJob.id == job_id).values(
+            status="retrying" if retrying else "failed", error=message[:2000],
+            finished_at=None if retrying else utcnow()))
+        db.session.commit()
+        log.warning("job %s (%s) failed%s: %s", job_id, kind,
+                    ", will retry" if retrying else "", message)
+        if queued_mode():
+            raise
+        return None
+    values: dict[str, Any] = {"status": "finished", "result": result, "error": None,
+                              "finished_at": utcnow()}
+    if kind == "email.send":  # what was sent may hold a link with a token: keep only the facts
+        values["args"] = {"to": args.get("to"), "subject": args.get("subject")}
+    db.session.execute(update(BackgroundJob).where(BackgroundJob.id == job_id).values(**values))
+    db.session.commit()
+    return result
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+def visible(job_id: str, user) -> BackgroundJob:
+    """The job, to the user who started it and to admins; 404 to everyone else."""
+    job = db.session.get(BackgroundJob, job_id[:36])
+    if job is None or (user.role != "admin" and job.created_by != user.id):
+        raise NotFound("Job not found")
+    return job
+
+
+def failed_query():
+    return (select(BackgroundJob).where(BackgroundJob.status == "failed")
+            .order_by(BackgroundJob.created_at.desc(), BackgroundJob.id.desc()))
+
+
+def retry(job: BackgroundJob) -> BackgroundJob:
+    """Put a failed job back in the queue (admins)."""
+    from utils.errors import Conflict
+
+    if job.status != "failed":
+        raise Conflict("Only a failed job can be retried")
+    job.status = "queued"
+    job.error = None
+    job.finished_at = None
+    return job
+
+
+def requeue_on_commit(job: BackgroundJob) -> None:
+    """Hand an existing row to RQ again when the current transaction commits."""
+    db.session.info.setdefault("jobs", []).append(job.id)
+
+
+# --- the worker's periodic tick --------------------------------------------------------------------
+
+def requeue_stale() -> int:
+    """Queue again the rows that were committed but never reached Redis."""
+    cutoff = utcnow() - STALE_AFTER
+    ids = list(db.session.scalars(select(BackgroundJob.id).where(
+        BackgroundJob.status == "queued", BackgroundJob.created_at < cutoff)
+        .order_by(BackgroundJob.created_at).limit(10_000)))
+    if ids:
+        rq_queue = queue()
+        known = set(rq_queue.get_job_ids()) | set(
+            rq_queue.scheduled_job_registry.get_job_ids())
+        ids = [job_id for job_id in ids if job_id not in known]
+        enqueue(ids)
+    return len(ids)
+
+
+def schedule_tick(connection, delay: int | None = None) -> bool:
+    """Schedule the next tick unless one is scheduled already (one chain per Redis)."""
+    seconds = current_app.config["JOBS_TICK_SECONDS"]
+    if seconds <= 0:
+        return False
+    if not connection.set(TICK_KEY, "1", nx=True, ex=seconds + 60):
+        return False
+    rq_queue = queue(connection)
+    if delay == 0:
+        rq_queue.enqueue_call("services.jobs.tick", result_ttl=0, description="periodic tick")
+    else:
+        rq_queue.enqueue_in(timedelta(seconds=delay or seconds), "services.jobs.tick",
+                         result_ttl=0, description="periodic tick")
+    return True
+
+
+def tick() -> dict:
+    from services import reconcile_service
+
+    connection = queue().connection
+    connection.delete(TICK_KEY)
+    try:
+        reconciled = reconcile_service.reconcile_pending()
+        requeued = requeue_stale()
+    finally:
+        schedule_tick(connection)
+    log.info("tick: reconciled %s, requeued %d", reconciled, requeued)
+    return {"reconciled": reconciled, "requeued": requeued}
+
+
+# --- the kinds -------------------------------------------------------------------------------------
+
+def encode_attachments(attachments) -> list[dict]:
+    return [{"filename": a.filename, "content_type": a.content_type,
+             "data": base64.b64encode(a.data).decode()} for a in attachments]
+
+
+@handler("email.send")
+def _email_send(args: dict) -> dict:
+    from services.email_service import Attachment, send_email
+
+    attachments = [Attachment(a["filename"], a["content_type"], base64.b64decode(a["data"]))
+                   for a in args.get("attachments", [])]
+    send_email(args["to"], args["subject"], args["text"], args.get("html"), attachments)
+    return {"sent": 1}
+
+
+@handler("notifications.email")
+def _notifications_email(args: dict) -> dict:
+    """E-mail a notification to its recipients, in batches; a retry skips those already sent
+    (recorded in `progress` of the row as the last user id done)."""
+    from services import notification_service
+
+    return notification_service.email_fanout(args)
+
+
+@handler("certificates.bulk_issue")
+def _bulk_issue(args: dict) -> dict:
+    from services import certificate_service
+
+    result = certificate_service.bulk_issue(int(args["course_id"]))
+    return {"issued": result.issued, "skipped": result.skipped, "failed": result.failed}
+
+
+@handler("payments.reconcile")
+def _reconcile(args: dict) -> dict:
+    from services import reconcile_service
+
+    return {"outcomes": reconcile_service.reconcile_pending(args.get("older_than_minutes"))}
