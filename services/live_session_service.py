@@ -28,8 +28,27 @@ def get(session_id: int) -> LiveSession:
 
 
 def is_host(live: LiveSession, user: User, course: Course | None = None) -> bool:
-    course = course or db.session.get(Course, live.course_id)
-    return user.role == "admin" or user.id in (live.instructor_id, course.instructor_id)
+    """Admins, the session's instructor and the course's instructor host a session. Lists ask
+    this for every row: it reads the database at most once per transaction (the courses the
+    user teaches), not once per session's course."""
+    if user.role == "admin" or user.id == live.instructor_id:
+        return True
+    if course is not None:
+        return course.instructor_id == user.id
+    return live.course_id in _taught_course_ids(user)
+
+
+def _taught_course_ids(user: User) -> frozenset[int]:
+    """The ids of the courses `user` teaches, remembered for the rest of the transaction (a
+    commit or rollback starts a new one, which reads them again)."""
+    session = db.session()
+    remembered = session.info.get("taught_course_ids")
+    if (remembered is not None and remembered[0] is session.get_transaction()
+            and remembered[1] == user.id):
+        return remembered[2]
+    ids = frozenset(session.scalars(select(Course.id).where(Course.instructor_id == user.id)))
+    session.info["taught_course_ids"] = (session.get_transaction(), user.id, ids)
+    return ids
 
 
 def visible(session_id: int, user: User) -> tuple[LiveSession, bool]:
