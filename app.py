@@ -5,9 +5,10 @@ rather than at import, so importing `create_app` (tests, tools) builds no develo
 """
 from __future__ import annotations
 
+import logging
 import sys
 
-from flask import Flask
+from flask import Flask, request
 from flask_cors import CORS
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -48,6 +49,22 @@ DOCS_CSP = {
     "connect-src": "'self'",
     "worker-src": ["'self'", "blob:"],
 }
+
+
+def _rate_limit_headers_on_writes(response):
+    """X-RateLimit-* on limited writes only: reading the window costs a Redis round trip that
+    the read hot path does without."""
+    if request.method in ("GET", "HEAD", "OPTIONS") or not limiter.enabled:
+        return response
+    current = limiter.current_limit
+    if current is not None:
+        try:
+            response.headers["X-RateLimit-Limit"] = str(current.limit.amount)
+            response.headers["X-RateLimit-Remaining"] = str(current.remaining)
+            response.headers["X-RateLimit-Reset"] = str(current.reset_at)
+        except Exception as exc:  # the storage is down: the answer stands without them
+            logging.getLogger("lms.limits").warning("rate limit headers skipped: %s", exc)
+    return response
 
 
 def create_app(config_name: str | None = None, overrides: dict | None = None) -> Flask:
@@ -95,6 +112,8 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
     )
     init_middleware(app)
     app.before_request(refuse_blocked_ip)
+    if app.config["RATE_LIMIT_HEADERS"] == "writes":
+        app.after_request(_rate_limit_headers_on_writes)
     register_outbox()
     catalog_cache.register()
     jobs.register()

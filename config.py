@@ -88,7 +88,10 @@ class Config:
     REDIS_URL = env("REDIS_URL")
     RATELIMIT_ENABLED = env_bool("RATELIMIT_ENABLED", True)
     RATELIMIT_STORAGE_URI = env("RATE_LIMIT_STORAGE_URL") or env("REDIS_URL") or "memory://"
-    RATELIMIT_HEADERS_ENABLED = env_bool("RATELIMIT_HEADERS_ENABLED", True)
+    # X-RateLimit-* headers: "writes" (POST, PUT, PATCH, DELETE), "all" or "none". Each costs a
+    # Redis read, which reads (the hot path) are spared by default; 429s always say Retry-After.
+    RATE_LIMIT_HEADERS = env("RATE_LIMIT_HEADERS", "writes")
+    RATELIMIT_HEADERS_ENABLED = RATE_LIMIT_HEADERS == "all"
     RATELIMIT_DEFAULT = env("RATELIMIT_DEFAULT", "")
     RATE_LIMIT_REGISTER = env("RATE_LIMIT_REGISTER", "5 per hour")
     RATE_LIMIT_LOGIN = env("RATE_LIMIT_LOGIN", "10 per 15 minutes")
@@ -182,6 +185,10 @@ class Config:
                                    "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf").split(":")
     RATE_LIMIT_VERIFY = env("RATE_LIMIT_VERIFY", "30 per minute")
     CERTIFICATE_BULK_BATCH = env_int("CERTIFICATE_BULK_BATCH", 200)
+
+    # Redis's mirror of blocked addresses and revoked tokens is re-checked against the database
+    # this often (services/shared_state.py).
+    SHARED_SYNC_SECONDS = env_int("SHARED_SYNC_SECONDS", 60)
 
     # Public catalog answers to guests are cached this long in Redis (and by browsers/CDNs).
     CATALOG_CACHE_SECONDS = env_int("CATALOG_CACHE_SECONDS", 30)

@@ -1,8 +1,10 @@
 """A short Redis cache and conditional GET for the public catalog.
 
 Guest answers of the public catalog (lists, search, course detail) are kept in Redis for
-CATALOG_CACHE_SECONDS under a key that carries a catalog version number; any commit that
-wrote a catalog table bumps the version, so a change is visible at once on every host.
+CATALOG_CACHE_SECONDS with the catalog version number they were computed under; any commit
+that wrote a catalog table bumps the version, so a change is visible at once on every host.
+The version and the copy are read in the request's one Redis round trip
+(services/shared_state.py).
 Every cacheable answer gets an ETag and Cache-Control; a matching If-None-Match is 304.
 Without Redis, answers are computed every time but still carry ETags.
 """
@@ -26,10 +28,6 @@ VERSION_KEY = "lms:catalog:version"
 # name or picture shows in cached lists within CATALOG_CACHE_SECONDS.
 CATALOG_TABLES = frozenset({"courses", "modules", "lessons", "lesson_resources",
                             "course_prerequisites", "master_categories", "subcategories"})
-
-
-def _version(client) -> int:
-    return int(client.get(VERSION_KEY) or 0)
 
 
 def bump() -> None:
@@ -93,38 +91,57 @@ def _conditional(body: bytes, status: int, public: bool):
     return response
 
 
+def _entry_key() -> str:
+    query = "&".join(f"{k}={v}" for k, v in sorted(request.args.items(multi=True)))
+    return f"lms:catalog:entry:{request.path}?{query}"
+
+
+def prefetch_keys() -> tuple[str, ...]:
+    """The keys a guest's request for a cached catalog view reads (in the request's one Redis
+    round trip, services/shared_state.py): the catalog version and this page's copy."""
+    if "Authorization" in request.headers or current_app.config["CATALOG_CACHE_SECONDS"] <= 0:
+        return ()
+    view = current_app.view_functions.get(request.endpoint or "")
+    while view is not None and not getattr(view, "catalog_cached", False):
+        view = getattr(view, "__wrapped__", None)
+    return (VERSION_KEY, _entry_key()) if view is not None else ()
+
+
 def cached_public(view):
     """Cache a public catalog view's guest answers (the decorated view must not depend on
-    anything but its path and query string when the caller is a guest)."""
+    anything but its path and query string when the caller is a guest). A copy is stored with
+    the catalog version it was computed under, and served only while that is still the
+    version: any catalog write makes every copy stale at once, on every host."""
 
     @wraps(view)
     def wrapper(*args, **kwargs):
+        from services import shared_state
+
         guest = "Authorization" not in request.headers
-        # CATALOG_CACHE_SECONDS=0 turns the Redis copy off (ETags stay).
-        enabled = guest and current_app.config["CATALOG_CACHE_SECONDS"] > 0
-        client = redis_client.get() if enabled else None
-        key = None
-        if client is not None:
-            try:
-                query = "&".join(f"{k}={v}" for k, v in sorted(request.args.items(multi=True)))
-                key = f"lms:catalog:{_version(client)}:{request.path}?{query}"
-                hit = client.get(key)
-                if hit is not None:
+        key = _entry_key() if guest else None
+        # Not prefetched: a signed-in caller, the cache off, no Redis or Redis down.
+        version = shared_state.cached(VERSION_KEY) if guest else shared_state.NOT_READ
+        usable = version is not shared_state.NOT_READ
+        if usable:
+            current = int(version or 0)
+            entry = shared_state.cached(key)
+            if entry is not None:
+                stored, _, body = entry.partition(b"\n")
+                if stored == str(current).encode():
                     g.catalog_cache = "hit"
-                    return _conditional(hit, 200, public=True)
-            except redis.RedisError as exc:
-                log.warning("catalog cache unavailable: %s", exc)
-                client = None
+                    return _conditional(body, 200, public=True)
         response = current_app.make_response(view(*args, **kwargs))
         if response.status_code != 200:
             return response
         body = response.get_data()
-        if client is not None and key is not None:
+        if usable:
             try:
-                client.set(key, body, ex=current_app.config["CATALOG_CACHE_SECONDS"])
+                redis_client.get().set(key, str(current).encode() + b"\n" + body,
+                                       ex=current_app.config["CATALOG_CACHE_SECONDS"])
             except redis.RedisError as exc:
                 log.warning("catalog cache not written: %s", exc)
-        g.catalog_cache = "miss"
+            g.catalog_cache = "miss"
         return _conditional(body, 200, public=guest)
 
+    wrapper.catalog_cached = True
     return wrapper

@@ -2,9 +2,10 @@
 
 Every revocation is written to the revoked_tokens table (durable, shared by all hosts) and,
 when Redis is configured, to one Redis key per jti that expires with the token. The
-per-request check reads Redis when configured, so it costs no database query; if Redis errors,
-the check falls back to the table, so a Redis hiccup neither logs everyone out nor lets a
-revoked token back in.
+per-request check answers from the request's one Redis read (services/shared_state.py) while
+the mirror is in sync, so it costs no database query; when Redis errors, or lost its data, or
+a mirror write failed, the check reads the table, so a Redis hiccup neither logs everyone out
+nor lets a revoked token back in.
 """
 from __future__ import annotations
 
@@ -16,13 +17,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from models import RevokedToken, db
-from services import redis_client
+from services import redis_client, shared_state
 
 log = logging.getLogger("lms.auth")
 
 
-def _key(jti: str) -> str:
-    return f"lms:revoked-jti:{jti}"
+_key = shared_state.jti_key
 
 
 def revoke(payload: dict) -> None:
@@ -45,13 +45,11 @@ def revoke(payload: dict) -> None:
             client.set(_key(jti), "1", ex=ttl)
         except redis.RedisError as exc:
             log.error("could not mirror a revocation to Redis: %s", exc)
+            shared_state.distrust()
 
 
 def is_revoked(jti: str) -> bool:
-    client = redis_client.get()
-    if client is not None:
-        try:
-            return bool(client.exists(_key(jti)))
-        except redis.RedisError as exc:
-            log.warning("token blocklist read fell back to the database: %s", exc)
+    known, value = shared_state.mirrored(_key(jti))
+    if known:
+        return value is not None
     return db.session.scalar(select(RevokedToken.id).where(RevokedToken.jti == jti)) is not None

@@ -81,11 +81,14 @@ def clean_state(app):
     _truncate_all(app)
     with app.app_context():
         limiter.reset()
-        from services import redis_client
+        from services import redis_client, shared_state
 
         client = redis_client.get()
         if client is not None:
             client.flushdb()
+            # A running deployment's Redis mirror is in sync; start every test from there (the
+            # re-sync after Redis lost its data has its own tests).
+            shared_state.sync(client)
 
 
 @pytest.fixture

@@ -74,7 +74,7 @@ def test_guest_answers_are_cached_and_writes_invalidate_them(cache_app):
     first = client.get(f"/api/v1/public/courses/{course_id}")
     assert first.json["course"]["title"] == "Cached course"
     with cache_app.app_context():
-        keys = [k.decode() for k in redis_client.get().keys("lms:catalog:*:/api/v1/public/*")]
+        keys = [k.decode() for k in redis_client.get().keys("lms:catalog:entry:/api/v1/public/*")]
     assert any(k.endswith(f"/api/v1/public/courses/{course_id}?") for k in keys)
     # A hit answers the same body without touching the database.
     with cache_app.app_context():

@@ -4,7 +4,8 @@ An address is blocked when, within IP_BLOCK_WINDOW_SECONDS, it fails logins for
 IP_BLOCK_MAX_ACCOUNTS distinct accounts or trips the injection checks
 IP_BLOCK_MAX_UNSAFE_INPUTS times. Events are counted in the database; blocks are recorded in
 the database (the admin's list) and mirrored in Redis when configured, which is what the
-per-request check reads. Without Redis the check reads the database.
+per-request check reads while the mirror is in sync (services/shared_state.py). Without Redis
+the check reads the database.
 """
 from __future__ import annotations
 
@@ -17,15 +18,14 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from models import BlockedIP, SecurityEvent, db
-from services import redis_client
+from services import redis_client, shared_state
 from utils.errors import Forbidden
 from utils.helpers import utcnow
 
 log = logging.getLogger("lms.security")
 
 
-def _key(ip: str) -> str:
-    return f"lms:blocked-ip:{ip}"
+_key = shared_state.ip_key
 
 
 def client_ip() -> str:
@@ -33,12 +33,9 @@ def client_ip() -> str:
 
 
 def is_blocked(ip: str) -> bool:
-    client = redis_client.get()
-    if client is not None:
-        try:
-            return bool(client.exists(_key(ip)))
-        except redis.RedisError as exc:
-            log.warning("blocked-ip check fell back to the database: %s", exc)
+    known, value = shared_state.mirrored(_key(ip))
+    if known:
+        return value is not None
     now = utcnow()
     try:
         return db.session.scalar(
@@ -71,6 +68,7 @@ def block_ip(ip: str, *, seconds: int | None, reason: str, by_user_id: int | Non
             client.set(_key(ip), reason[:255], ex=seconds or None)
         except redis.RedisError as exc:
             log.error("could not mirror the block of %s to Redis: %s", ip, exc)
+            shared_state.distrust()
     log.warning("blocked IP %s until %s: %s", ip, until or "lifted", reason)
     return row
 
@@ -84,6 +82,7 @@ def unblock_ip(ip: str) -> bool:
             mirrored = client.delete(_key(ip))
         except redis.RedisError as exc:
             log.error("could not lift the Redis block of %s: %s", ip, exc)
+            shared_state.distrust()
     return bool(deleted or mirrored)
 
 
@@ -133,7 +132,9 @@ def record_unsafe_input(ip: str, fields: list[str]) -> None:
 
 
 def refuse_blocked_ip() -> None:
-    """before_request: a blocked address gets 403 on every route."""
+    """before_request: a blocked address gets 403 on every route. First reads, in one Redis
+    round trip, what this request's checks need (services/shared_state.py)."""
+    shared_state.prefetch()
     if is_blocked(client_ip()):
         raise Forbidden("Requests from your network address are temporarily blocked",
                         code="ip_blocked")

@@ -1,0 +1,159 @@
+"""What every host must agree on, read from Redis in one round trip a request.
+
+The blocked addresses and revoked tokens live in PostgreSQL (blocked_ips, revoked_tokens) and
+are mirrored in Redis, one key each. Before the view runs, `prefetch()` sends a single MGET for
+everything this request may ask: the caller's address, the jti of the bearer token (read, not
+yet verified, only to name the key), and for a guest's public catalog page its cached copy and
+the catalog version. The checks then answer from that one reply.
+
+Redis is trusted only while `lms:shared:synced` is present. It expires every SHARED_SYNC_SECONDS
+(and is deleted when a mirror write fails); the first request that finds it missing brings the
+mirror up to date from the database (rows added since the last sync; everything if Redis lost
+its data) under a lock, and answers from the database meanwhile. So a Redis restart, flush or
+eviction never lets a revoked token or a blocked address back in, and a failed mirror write is
+repaired within SHARED_SYNC_SECONDS. When Redis errors, the checks read the database.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from datetime import datetime, timezone
+
+import redis
+from flask import current_app, g, has_request_context, request
+from sqlalchemy import or_, select
+
+from services import redis_client
+
+log = logging.getLogger("lms.shared")
+
+SYNCED = "lms:shared:synced"   # present: the mirrors are complete (TTL SHARED_SYNC_SECONDS)
+EPOCH = "lms:shared:epoch"     # no TTL: the last revoked_tokens id mirrored; gone: data lost
+LOCK = "lms:shared:syncing"
+OVERLAP = 1000  # ids re-mirrored before the epoch: rows that committed out of id order
+NOT_READ = object()  # what `cached` returns for a key this request did not read
+
+
+def ip_key(ip: str) -> str:
+    return f"lms:blocked-ip:{ip}"
+
+
+def jti_key(jti: str) -> str:
+    return f"lms:revoked-jti:{jti}"
+
+
+def _bearer_jti() -> str | None:
+    """The jti claimed by the bearer token, unverified: only used to name a key to read."""
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        return None
+    try:
+        payload = header[7:].split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        jti = claims.get("jti")
+    except (IndexError, ValueError, TypeError, AttributeError):
+        return None
+    return jti if isinstance(jti, str) and 0 < len(jti) <= 64 else None
+
+
+def prefetch() -> None:
+    """before_request: one MGET for this request's shared state (see the module's docstring)."""
+    from services import catalog_cache
+
+    g.shared_state = None
+    client = redis_client.get()
+    if client is None:
+        return
+    keys = [SYNCED, ip_key(request.remote_addr or "unknown")]
+    jti = _bearer_jti()
+    if jti:
+        keys.append(jti_key(jti))
+    keys.extend(catalog_cache.prefetch_keys())
+    try:
+        values = client.mget(keys)
+    except redis.RedisError as exc:
+        log.warning("shared state unavailable, reading the database: %s", exc)
+        return
+    g.shared_state = dict(zip(keys, values))
+    if values[0] is None:
+        sync(client)
+
+
+def cached(key: str):
+    """The prefetched value of a cache key (no trust needed): bytes, None, or NOT_READ."""
+    state = g.get("shared_state") if has_request_context() else None
+    if state is None or key not in state:
+        return NOT_READ
+    return state[key]
+
+
+def mirrored(key: str):
+    """(True, value) when Redis's mirror answers for `key` in this request; (False, None) when
+    the caller must read the database (no Redis, Redis down, mirror not in sync, not
+    prefetched)."""
+    state = g.get("shared_state") if has_request_context() else None
+    if state is None or key not in state or state[SYNCED] is None:
+        return False, None
+    return True, state[key]
+
+
+def distrust() -> None:
+    """A mirror write failed: make every host read the database until the next sync."""
+    client = redis_client.get()
+    if client is not None:
+        try:
+            client.delete(SYNCED)
+        except redis.RedisError:
+            pass  # Redis is down: the checks read the database anyway; SYNCED will expire
+
+
+def sync(client=None) -> bool:
+    """Bring the Redis mirrors up to date from the database (one host at a time)."""
+    from models import BlockedIP, RevokedToken, db
+    from utils.helpers import utcnow
+
+    client = client or redis_client.get()
+    if client is None:
+        return False
+    try:
+        if not client.set(LOCK, "1", nx=True, ex=30):
+            return False
+        epoch = client.get(EPOCH)
+        after = max(int(epoch) - OVERLAP, 0) if epoch is not None else 0
+        now = utcnow()
+        tokens = db.session.execute(
+            select(RevokedToken.id, RevokedToken.jti, RevokedToken.expires_at)
+            .where(RevokedToken.id > after, RevokedToken.expires_at > now)
+            .order_by(RevokedToken.id)).all()
+        blocks = {ip: (reason, until) for ip, reason, until in db.session.execute(
+            select(BlockedIP.ip_address, BlockedIP.reason, BlockedIP.blocked_until).where(
+                or_(BlockedIP.blocked_until.is_(None), BlockedIP.blocked_until > now)))}
+        db.session.rollback()
+        pipe = client.pipeline(transaction=False)
+        for _id, jti, expires in tokens:
+            pipe.set(jti_key(jti), "1", ex=_seconds_until(expires))
+        wanted = {ip_key(ip) for ip in blocks}
+        for key in client.scan_iter(ip_key("*"), count=1000):
+            if key.decode() not in wanted:
+                pipe.delete(key)  # lifted in the database, the mirror's delete had failed
+        for ip, (reason, until) in blocks.items():
+            pipe.set(ip_key(ip), reason or "blocked",
+                     ex=_seconds_until(until) if until is not None else None)
+        newest = max([row[0] for row in tokens], default=int(epoch or 0))
+        pipe.set(EPOCH, max(newest, int(epoch or 0)))
+        pipe.set(SYNCED, "1", ex=current_app.config["SHARED_SYNC_SECONDS"])
+        pipe.delete(LOCK)
+        pipe.execute()
+        log.info("shared state mirrored: %d revoked token(s), %d block(s)%s", len(tokens),
+                 len(blocks), "" if epoch is not None else " (full rebuild)")
+        return True
+    except redis.RedisError as exc:
+        log.warning("shared state not mirrored: %s", exc)
+        return False
+
+
+def _seconds_until(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return max(1, int((moment - datetime.now(timezone.utc)).total_seconds()) + 1)
