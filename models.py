@@ -147,15 +147,24 @@ class User(TimestampMixin, db.Model):
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     def set_password(self, password: str) -> None:
-        method = (
-            current_app.config["PASSWORD_HASH_METHOD"]
-            if has_app_context()
-            else "pbkdf2:sha256:600000"
-        )
-        self.password_hash = generate_password_hash(password, method=method)
+        if not has_app_context():
+            self.password_hash = generate_password_hash(password, method="pbkdf2:sha256:600000")
+            return
+        from services import hash_slots
+
+        with hash_slots.slot():  # slow by design: a bounded number at once per host
+            self.password_hash = generate_password_hash(
+                password, method=current_app.config["PASSWORD_HASH_METHOD"])
 
     def check_password(self, password: str) -> bool:
-        return bool(self.password_hash) and check_password_hash(self.password_hash, password)
+        if not self.password_hash:
+            return False
+        if not has_app_context():
+            return check_password_hash(self.password_hash, password)
+        from services import hash_slots
+
+        with hash_slots.slot():
+            return check_password_hash(self.password_hash, password)
 
     @property
     def full_name(self) -> str:

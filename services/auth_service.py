@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from models import PasswordResetToken, User, db
-from services import email_service, sms_service, token_blocklist
+from services import email_service, hash_slots, sms_service, token_blocklist
 from utils import security
 from utils.errors import (
     Conflict,
@@ -131,7 +131,8 @@ def _equalise_timing(password: str) -> None:
     method = current_app.config["PASSWORD_HASH_METHOD"]
     if method not in _dummy_hashes:
         _dummy_hashes[method] = generate_password_hash(secrets.token_hex(8), method=method)
-    check_password_hash(_dummy_hashes[method], password)
+    with hash_slots.slot():
+        check_password_hash(_dummy_hashes[method], password)
 
 
 def _locked_error(until: datetime) -> Locked:
