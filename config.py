@@ -53,6 +53,32 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
+def database_engine_options(url: str) -> dict:
+    """SQLAlchemy engine options for `url`, from the environment (DATABASE_* settings).
+
+    On PostgreSQL a database that is down, stuck or overloaded must cost a request a bounded
+    time and a 503, never a worker: a connect timeout, a server-side statement timeout (0 turns
+    it off, e.g. for a long migration), a bounded pool whose waiters give up after
+    DATABASE_POOL_TIMEOUT, connections recycled and pinged before use (a restarted server is
+    noticed on checkout), and TCP keepalives for a peer that vanished without closing. Other
+    databases (SQLite) get the ping only: psycopg2's arguments would break sqlite3.connect."""
+    options: dict = {"pool_pre_ping": True}
+    if not url.startswith(("postgresql", "postgres://")):
+        return options
+    connect_args: dict = {"connect_timeout": env_int("DATABASE_CONNECT_TIMEOUT", 3),
+                          "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                          "keepalives_count": 3}
+    statement_timeout = env_int("DATABASE_STATEMENT_TIMEOUT_MS", 30000)
+    if statement_timeout > 0:
+        connect_args["options"] = f"-c statement_timeout={statement_timeout}"
+    options.update(pool_size=env_int("DATABASE_POOL_SIZE", 5),
+                   max_overflow=env_int("DATABASE_MAX_OVERFLOW", 5),
+                   pool_timeout=env_int("DATABASE_POOL_TIMEOUT", 5),
+                   pool_recycle=env_int("DATABASE_POOL_RECYCLE", 1800),
+                   connect_args=connect_args)
+    return options
+
+
 def _dev_secret(name: str) -> str:
     """A random secret kept in instance/, so a development server needs no `.env` and its
     tokens survive a restart, without any secret being written into the code."""
@@ -74,7 +100,7 @@ class Config:
 
     # Database
     SQLALCHEMY_DATABASE_URI = normalise_database_url(env("DATABASE_URL", "") or "")
-    SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+    SQLALCHEMY_ENGINE_OPTIONS = database_engine_options(SQLALCHEMY_DATABASE_URI)
     SQLALCHEMY_RECORD_QUERIES = False
 
     # JWT
@@ -244,6 +270,9 @@ class TestingConfig(Config):
     SECRET_KEY = "test-session-secret"
     JWT_SECRET_KEY = "test-jwt-secret-that-is-long-enough-for-hs256"
     SQLALCHEMY_DATABASE_URI = normalise_database_url(env("TEST_DATABASE_URL") or "sqlite://")
+    # Tests point one app at SQLite or PostgreSQL by overriding the URI alone, so no
+    # driver-specific arguments here (psycopg2's would break sqlite3.connect).
+    SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
     REDIS_URL = env("TEST_REDIS_URL")
     RATELIMIT_STORAGE_URI = env("TEST_REDIS_URL") or "memory://"
     JOBS_BACKEND = "inline"  # the job tests switch to rq and run a real worker
@@ -264,7 +293,7 @@ class ProductionConfig(Config):
     MAIL_BACKEND = Config.MAIL_BACKEND or (
         "sendgrid" if Config.SENDGRID_API_KEY else "smtp" if Config.MAIL_SERVER else None)
     SMS_BACKEND = env("SMS_BACKEND") or ("twilio" if env("TWILIO_ACCOUNT_SID") else None)
-    SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 5}
+    SQLALCHEMY_ENGINE_OPTIONS = database_engine_options(Config.SQLALCHEMY_DATABASE_URI)
 
     @classmethod
     def check(cls) -> None:

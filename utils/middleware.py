@@ -9,10 +9,11 @@ import time
 import uuid
 
 from flask import Flask, g, has_request_context, jsonify, request
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
 
-from utils.errors import APIError
+from utils.errors import APIError, ServiceUnavailable
 
 log = logging.getLogger("lms.request")
 
@@ -30,6 +31,16 @@ _HTTP_CODES = {
     415: ("unsupported_media_type", "Unsupported media type"),
     429: ("rate_limited", "Too many requests"),
 }
+
+
+# A database that cannot serve right now answers 503 with this Retry-After (seconds).
+DATABASE_RETRY_AFTER = 5
+# PostgreSQL SQLSTATEs that mean "not now" rather than "this request is wrong": connection
+# exceptions (08), insufficient resources (53: too many connections, disk full), operator
+# intervention (57: shutting down, starting up, statement timeout), and a lost serialization
+# race, a deadlock or a lock timeout, which a retry can win.
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57")
+_TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03"}
 
 
 def current_request_id() -> str | None:
@@ -123,18 +134,74 @@ def _handle_http_exception(exc: HTTPException):
     return error_response(status, code, message, headers=headers)
 
 
-def _handle_integrity_error(exc: IntegrityError):
+def _rollback_session() -> None:
+    """Roll the request's session back; when the connection itself is gone and even that
+    fails, invalidate it, so the pool opens a new one for the next request."""
     from models import db
 
-    db.session.rollback()
+    try:
+        db.session.rollback()
+    except SQLAlchemyError:
+        try:
+            db.session.invalidate()
+        except SQLAlchemyError:
+            pass
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    orig = exc.orig
+    return getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """True when `exc` says the database cannot serve right now (down, restarting, out of
+    connections, too slow, a lost lock race), so the client should retry; False for an error
+    that retrying would only repeat (a bug, bad SQL, a missing table)."""
+    if isinstance(exc, PoolTimeoutError):
+        return True  # every pooled connection busy for DATABASE_POOL_TIMEOUT seconds
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True  # the dialect recognised a dropped connection
+    sqlstate = _sqlstate(exc)
+    if sqlstate:
+        return sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES or sqlstate in _TRANSIENT_SQLSTATES
+    if not isinstance(exc, OperationalError):
+        return False
+    module = type(exc.orig).__module__ or ""
+    if module.startswith("psycopg"):
+        # No SQLSTATE: the client library failed to reach or lost the server (refused,
+        # timed out, closed), before the server could say anything.
+        return True
+    # sqlite3: a locked or busy database file is transient; "no such table" is not.
+    name = getattr(exc.orig, "sqlite_errorname", None) or ""
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+
+
+def _handle_database_error(exc: SQLAlchemyError):
+    if not database_unavailable(exc):
+        return _handle_unexpected(exc)
+    _rollback_session()
+    orig = getattr(exc, "orig", None)
+    sqlstate = _sqlstate(exc) if isinstance(exc, DBAPIError) else None
+    # The driver's message can carry host names, users and SQL: the class and SQLSTATE only.
+    log.error("database unavailable on %s %s: %s%s", request.method, request.path,
+              type(orig if orig is not None else exc).__name__,
+              f" (SQLSTATE {sqlstate})" if sqlstate else "",
+              extra={"error_class": type(exc).__name__, "sqlstate": sqlstate})
+    return _handle_api_error(ServiceUnavailable(
+        "The service is temporarily unavailable; try again shortly",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER)}))
+
+
+def _handle_integrity_error(exc: IntegrityError):
+    _rollback_session()
     log.warning("integrity error: %s", type(exc.orig).__name__)
     return error_response(409, "conflict", "The request conflicts with existing data")
 
 
 def _handle_unexpected(exc: Exception):
-    from models import db
-
-    db.session.rollback()
+    _rollback_session()
     log.exception("unhandled error on %s %s", request.method, request.path)
     return error_response(500, "internal_error", "An unexpected error occurred")
 
@@ -192,4 +259,5 @@ def init_middleware(app: Flask) -> None:
     app.register_error_handler(APIError, _handle_api_error)
     app.register_error_handler(HTTPException, _handle_http_exception)
     app.register_error_handler(IntegrityError, _handle_integrity_error)
+    app.register_error_handler(SQLAlchemyError, _handle_database_error)
     app.register_error_handler(Exception, _handle_unexpected)
