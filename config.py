@@ -224,6 +224,11 @@ class Config:
     # Public catalog answers to guests are cached this long in Redis (and by browsers/CDNs).
     CATALOG_CACHE_SECONDS = env_int("CATALOG_CACHE_SECONDS", 30)
 
+    # Admin dashboard and analytics: read from this replica when set, and kept in Redis this
+    # many seconds (0: computed on every request).
+    DATABASE_REPLICA_URL = normalise_database_url(env("DATABASE_REPLICA_URL", "") or "") or None
+    ADMIN_STATS_CACHE_SECONDS = env_int("ADMIN_STATS_CACHE_SECONDS", 30)
+
     # Background jobs: "rq" (a Redis queue served by `flask worker`) or "inline" (run in the
     # request that starts them). Default: rq when Redis is configured.
     JOBS_BACKEND = env("JOBS_BACKEND") or ("rq" if env("REDIS_URL") else "inline")
@@ -276,6 +281,7 @@ class TestingConfig(Config):
     REDIS_URL = env("TEST_REDIS_URL")
     RATELIMIT_STORAGE_URI = env("TEST_REDIS_URL") or "memory://"
     JOBS_BACKEND = "inline"  # the job tests switch to rq and run a real worker
+    ADMIN_STATS_CACHE_SECONDS = 0  # tests read their own writes; the cache has its own test
     MAIL_BACKEND = "console"
     OTP_REQUIRED = False
     # Hashing at 600,000 iterations costs ~125 ms a password: too slow for hundreds of test users.

@@ -210,7 +210,7 @@ class PopularQuery(StrictModel):
 def dashboard():
     """Users by role, courses by status, enrollments, revenue (all time and this month, per
     currency), and the latest registrations, enrollments and payments."""
-    return admin_service.dashboard()
+    return admin_service.figures("dashboard", admin_service.dashboard)
 
 
 @bp.get("/analytics")
@@ -220,23 +220,28 @@ def analytics():
     """Revenue and enrollments by month (`?months=12`, empty months as zero) and the most
     popular courses."""
     months = query_args().months
-    return {"revenue": admin_service.revenue_by_month(months),
-            "enrollments": admin_service.enrollments_by_month(months),
-            "popular_courses": admin_service.popular_courses()}
+    return admin_service.figures("analytics", lambda: {
+        "revenue": admin_service.revenue_by_month(months),
+        "enrollments": admin_service.enrollments_by_month(months),
+        "popular_courses": admin_service.popular_courses()}, months)
 
 
 @bp.get("/analytics/revenue")
 @admin_required
 @validate(query=MonthsQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
 def analytics_revenue():
-    return admin_service.revenue_by_month(query_args().months)
+    months = query_args().months
+    return admin_service.figures("revenue", lambda: admin_service.revenue_by_month(months),
+                                 months)
 
 
 @bp.get("/analytics/enrollments")
 @admin_required
 @validate(query=MonthsQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
 def analytics_enrollments():
-    return admin_service.enrollments_by_month(query_args().months)
+    months = query_args().months
+    return admin_service.figures("enrollments",
+                                 lambda: admin_service.enrollments_by_month(months), months)
 
 
 @bp.get("/analytics/popular-courses")
@@ -244,7 +249,9 @@ def analytics_enrollments():
 @validate(query=PopularQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
 def analytics_popular_courses():
     """Courses by enrollments, with completion rate and revenue."""
-    return {"courses": admin_service.popular_courses(query_args().limit)}
+    limit = query_args().limit
+    return {"courses": admin_service.figures(
+        "popular", lambda: admin_service.popular_courses(limit), limit)}
 
 
 # --- users ------------------------------------------------------------------------------------

@@ -3,15 +3,28 @@
 Every figure is computed by SQL aggregation (the database adds up; Python only fills the months
 that had nothing with zero), the same way on SQLite and PostgreSQL. Revenue counts completed
 payments only: refunded ones are excluded.
+
+The dashboard and analytics read from DATABASE_REPLICA_URL when it is set (a read replica keeps
+their full scans off the primary) and are kept in Redis for ADMIN_STATS_CACHE_SECONDS: while one
+worker recomputes an expired copy, the others answer from it rather than all scanning at once.
 """
 from __future__ import annotations
 
 import csv
 import io
+import json
+import logging
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
-from sqlalchemy import case, func, or_, select
+import redis
+from flask import current_app
+from sqlalchemy import case, create_engine, func, or_, select
+from sqlalchemy.orm import Session
 
 from models import (
     AuditLog,
@@ -21,11 +34,80 @@ from models import (
     User,
     db,
 )
-from services import auth_service, course_service
+from services import auth_service, course_service, redis_client
 from utils.errors import Conflict, NotFound, ValidationError
 from utils.helpers import iso, money, utcnow
 
 REVENUE_STATUSES = ("completed",)
+log = logging.getLogger("lms.admin")
+
+
+# --- where the figures are read, and how long they are kept -----------------------------------
+
+_reader: ContextVar[Session | None] = ContextVar("admin_reader", default=None)
+
+
+def reader():
+    """The session the figures read through: the replica's inside `on_replica()`."""
+    return _reader.get() or db.session
+
+
+def _replica_engine():
+    url = current_app.config.get("DATABASE_REPLICA_URL")
+    if not url:
+        return None
+    engine = current_app.extensions.get("lms_replica_engine")
+    if engine is None:
+        from config import database_engine_options
+
+        engine = create_engine(url, **database_engine_options(url))
+        current_app.extensions["lms_replica_engine"] = engine
+    return engine
+
+
+@contextmanager
+def on_replica():
+    engine = _replica_engine()
+    if engine is None:
+        yield
+        return
+    with Session(engine) as session:
+        token = _reader.set(session)
+        try:
+            yield
+        finally:
+            _reader.reset(token)
+
+
+def figures(name: str, compute: Callable[[], dict | list], *params) -> dict | list:
+    """`compute()` on the replica (if any), its JSON kept in Redis for ADMIN_STATS_CACHE_SECONDS.
+    An expired copy is served while a single worker (a Redis lock) recomputes it."""
+    seconds = current_app.config["ADMIN_STATS_CACHE_SECONDS"]
+    client = redis_client.get() if seconds > 0 else None
+    if client is None:
+        with on_replica():
+            return compute()
+    key = "lms:admin-figures:" + ":".join([name, *map(str, params)])
+    try:
+        cached = client.get(key)
+        if cached is not None:
+            entry = json.loads(cached)
+            fresh = entry["at"] + seconds > time.time()
+            if fresh or not client.set(key + ":lock", "1", nx=True, ex=60):
+                return entry["value"]
+    except redis.RedisError as exc:
+        log.warning("admin figures cache unavailable: %s", exc)
+        client = None
+    with on_replica():
+        value = compute()
+    if client is not None:
+        try:
+            # Kept ten times longer than fresh: the stale copy others serve during a recompute.
+            client.set(key, json.dumps({"at": time.time(), "value": value}), ex=seconds * 10)
+            client.delete(key + ":lock")
+        except redis.RedisError as exc:
+            log.warning("admin figures not cached: %s", exc)
+    return value
 
 
 # --- months -----------------------------------------------------------------------------------
@@ -34,7 +116,7 @@ def month_key(column):
     """The month of a timestamp, in UTC, to group by: date_trunc on PostgreSQL (much cheaper
     per row than to_char), 'YYYY-MM' text on SQLite. `month_label` turns either into
     'YYYY-MM'."""
-    if db.engine.dialect.name == "postgresql":
+    if reader().get_bind().dialect.name == "postgresql":
         return func.date_trunc("month", func.timezone("UTC", column))
     return func.strftime("%Y-%m", column)
 
@@ -69,29 +151,29 @@ def _revenue(since: datetime | None = None) -> list[dict]:
     if since is not None:
         query = query.where(Payment.paid_at >= since)
     return [{"currency": currency, "amount": money(total), "payments": count}
-            for currency, total, count in db.session.execute(query)]
+            for currency, total, count in reader().execute(query)]
 
 
 def dashboard(recent: int = 5) -> dict:
-    users = db.session.execute(
+    users = reader().execute(
         select(User.role, func.count(User.id),
                func.sum(case((User.is_active.is_(True), 1), else_=0)))
         .group_by(User.role)).all()
-    courses = dict(db.session.execute(
+    courses = dict(reader().execute(
         select(Course.status, func.count(Course.id)).group_by(Course.status)).all())
-    enrollments = db.session.execute(
+    enrollments = reader().execute(
         select(func.count(Enrollment.id),
                func.sum(case((Enrollment.status == "completed", 1), else_=0)),
                func.sum(case((Enrollment.status == "active", 1), else_=0)))).one()
     month_start = _month_start(last_months(1)[0])
     by_role = {role: {"total": total, "active": active or 0} for role, total, active in users}
-    latest_users = db.session.scalars(select(User).order_by(User.created_at.desc(), User.id.desc())
+    latest_users = reader().scalars(select(User).order_by(User.created_at.desc(), User.id.desc())
                                       .limit(recent)).all()
-    latest_enrollments = db.session.execute(
+    latest_enrollments = reader().execute(
         select(Enrollment, User.email, Course.title)
         .join(User, User.id == Enrollment.user_id).join(Course, Course.id == Enrollment.course_id)
         .order_by(Enrollment.enrolled_at.desc(), Enrollment.id.desc()).limit(recent)).all()
-    latest_payments = db.session.execute(
+    latest_payments = reader().execute(
         select(Payment, User.email, Course.title)
         .join(User, User.id == Payment.user_id).join(Course, Course.id == Payment.course_id)
         .order_by(Payment.created_at.desc(), Payment.id.desc()).limit(recent)).all()
@@ -126,7 +208,7 @@ def dashboard(recent: int = 5) -> dict:
 def revenue_by_month(months: int = 12) -> dict:
     keys = last_months(months)
     key = month_key(Payment.paid_at)
-    rows = db.session.execute(
+    rows = reader().execute(
         select(key.label("month"), Payment.currency, func.sum(Payment.amount),
                func.count(Payment.id))
         .where(Payment.status.in_(REVENUE_STATUSES), Payment.paid_at >= _month_start(keys[0]))
@@ -144,11 +226,11 @@ def revenue_by_month(months: int = 12) -> dict:
 def enrollments_by_month(months: int = 12) -> dict:
     keys = last_months(months)
     enrolled_key = month_key(Enrollment.enrolled_at)
-    enrolled = {month_label(m): n for m, n in db.session.execute(
+    enrolled = {month_label(m): n for m, n in reader().execute(
         select(enrolled_key, func.count(Enrollment.id))
         .where(Enrollment.enrolled_at >= _month_start(keys[0])).group_by(enrolled_key))}
     completed_key = month_key(Enrollment.completed_at)
-    completed = {month_label(m): n for m, n in db.session.execute(
+    completed = {month_label(m): n for m, n in reader().execute(
         select(completed_key, func.count(Enrollment.id))
         .where(Enrollment.completed_at >= _month_start(keys[0])).group_by(completed_key))}
     return {"months": keys, "series": [
@@ -162,7 +244,7 @@ def popular_courses(limit: int = 10) -> list[dict]:
                func.count(Enrollment.id).label("enrollments"),
                func.sum(case((Enrollment.status == "completed", 1), else_=0)).label("completed"))
         .group_by(Enrollment.course_id).subquery())
-    rows = db.session.execute(
+    rows = reader().execute(
         select(Course.id, Course.title, Course.status,
                enrollment_stats.c.enrollments, enrollment_stats.c.completed)
         .join(enrollment_stats, enrollment_stats.c.course_id == Course.id)
@@ -171,7 +253,7 @@ def popular_courses(limit: int = 10) -> list[dict]:
     # Revenue per course and currency (a course's price may have changed currency): never
     # added across currencies.
     revenue: dict[int, list[dict]] = {}
-    for course_id, currency, total in db.session.execute(
+    for course_id, currency, total in reader().execute(
             select(Payment.course_id, Payment.currency, func.sum(Payment.amount))
             .where(Payment.status.in_(REVENUE_STATUSES),
                    Payment.course_id.in_([row[0] for row in rows]))
