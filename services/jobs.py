@@ -219,10 +219,14 @@ def requeue_on_commit(job: BackgroundJob) -> None:
 # --- the worker's periodic tick --------------------------------------------------------------------
 
 def requeue_stale() -> int:
-    """Queue again the rows that were committed but never reached Redis."""
-    cutoff = utcnow() - STALE_AFTER
-    ids = list(db.session.scalars(select(BackgroundJob.id).where(
-        BackgroundJob.status == "queued", BackgroundJob.created_at < cutoff)
+    """Queue again the rows Redis does not hold: committed while it was unreachable, or
+    waiting for a retry that a Redis restart lost."""
+    now = utcnow()
+    retry_due = now - STALE_AFTER - timedelta(
+        seconds=max(current_app.config["JOB_RETRY_INTERVALS"] or [0]))
+    ids = list(db.session.scalars(select(BackgroundJob.id).where(or_(
+        and_(BackgroundJob.status == "queued", BackgroundJob.created_at < now - STALE_AFTER),
+        and_(BackgroundJob.status == "retrying", BackgroundJob.started_at < retry_due)))
         .order_by(BackgroundJob.created_at).limit(10_000)))
     if ids:
         rq_queue = queue()

@@ -348,3 +348,21 @@ def test_a_job_committed_while_redis_is_down_is_queued_later_by_the_tick(rq_worl
     w.worker(free_port())
     row = job_row(w.app, job_id)
     assert (row.status, row.result) == ("finished", {"outcomes": {}})
+
+
+def test_a_retry_that_redis_lost_is_queued_again_by_the_tick(rq_world):
+    """Redis restarted while a job waited for its retry: the row says "retrying" and no queue
+    or schedule holds it. The tick queues it once the longest retry interval has passed."""
+    w = rq_world
+    job_id = add_job(w.app, status="retrying", attempts=1, error="SMTP down",
+                     started_at=utcnow() - timedelta(seconds=30))
+    with w.app.app_context():
+        assert jobs.requeue_stale() == 0  # its retry may still be due: left alone
+        db.session.execute(update(BackgroundJob).where(BackgroundJob.id == job_id).values(
+            started_at=utcnow() - timedelta(minutes=10)))
+        db.session.commit()
+        assert jobs.requeue_stale() == 1
+    assert w.queued() == 1
+    w.worker(free_port())
+    row = job_row(w.app, job_id)
+    assert (row.status, row.attempts, row.result) == ("finished", 2, {"outcomes": {}})
