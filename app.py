@@ -20,7 +20,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from auth import jwt
 from config import CONFIGS, ConfigError, config_name_from_env
 from models import db
-from services import catalog_cache, jobs
+from services import catalog_cache, certificate_service, jobs
 from services.email_service import register_outbox
 from utils.middleware import init_middleware
 from utils.security import refuse_blocked_ip
@@ -117,6 +117,7 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
     register_outbox()
     catalog_cache.register()
     jobs.register()
+    certificate_service.register()
 
     from routes import (
         admin_routes,

@@ -56,6 +56,8 @@ def _note_bulk(state) -> None:
 
 
 def _after_commit(session) -> None:
+    if session.in_nested_transaction():  # a savepoint released: the real commit is to come
+        return
     if session.info.pop("catalog_changed", False):
         bump()
 

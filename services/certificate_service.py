@@ -120,11 +120,13 @@ def bulk_issue(course_id: int) -> BulkResult:
     for start in range(0, len(pending), batch_size):
         for enrollment in db.session.scalars(select(Enrollment).where(
                 Enrollment.id.in_(pending[start:start + batch_size])).order_by(Enrollment.id)):
+            stored = len(db.session.info.get(NEW_FILES, []))
             try:
                 with db.session.begin_nested():
                     issue_for_enrollment(enrollment)
                 issued += 1
             except Exception:
+                discard_new_files(stored)
                 failed += 1
                 log.exception("bulk issue failed for enrollment %s", enrollment.id)
         db.session.commit()
@@ -304,8 +306,49 @@ def store_pdf(certificate: Certificate) -> None:
     scratch = store.scratch(FOLDER)
     scratch.write_bytes(data)
     store.keep(scratch, key)
+    db.session.info.setdefault(NEW_FILES, []).append(key)
     certificate.file_path = key
     certificate.sha256 = hashlib.sha256(data).hexdigest()
+
+
+# --- files written by a transaction that does not commit ---------------------------------------
+# A PDF is stored before the row that names it commits. Should the transaction roll back (or a
+# savepoint in bulk issuance), the file would be left with no certificate: it is deleted.
+
+NEW_FILES = "new_certificate_files"
+
+
+def discard_new_files(since: int = 0) -> None:
+    """Delete the PDFs this transaction stored after the first `since` (a rolled-back
+    savepoint's)."""
+    files = db.session.info.get(NEW_FILES, [])
+    for key in files[since:]:
+        file_service.delete(key)
+    del files[since:]
+
+
+def _committed(session) -> None:
+    if session.in_nested_transaction():  # after_commit also fires when a savepoint is released
+        return
+    session.info.pop(NEW_FILES, None)
+
+
+def _rolled_back(session, previous_transaction) -> None:
+    if not session.in_transaction():
+        for key in session.info.pop(NEW_FILES, []):
+            try:
+                file_service.delete(key)
+            except Exception as exc:  # best effort: a leftover file is harmless
+                log.warning("could not delete %s after a rollback: %s", key, exc)
+
+
+def register() -> None:
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    if not event.contains(Session, "after_commit", _committed):
+        event.listen(Session, "after_commit", _committed)
+        event.listen(Session, "after_soft_rollback", _rolled_back)
 
 
 def pdf_path(certificate: Certificate):

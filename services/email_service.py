@@ -131,6 +131,8 @@ def send_after_commit(message: Outgoing) -> None:
 
 
 def _deliver_outbox(session) -> None:
+    if session.in_nested_transaction():  # a savepoint released: the real commit is to come
+        return
     outbox = session.info.pop("outbox", [])
     for message in outbox:
         try:

@@ -26,7 +26,7 @@ from flask import current_app
 from sqlalchemy import and_, or_, select, update
 
 from models import BackgroundJob, db
-from utils.errors import NotFound
+from utils.errors import APIError, NotFound
 from utils.helpers import utcnow
 
 log = logging.getLogger("lms.jobs")
@@ -72,6 +72,8 @@ def launch(job: BackgroundJob) -> BackgroundJob:
 
 
 def _enqueue_committed(session) -> None:
+    if session.in_nested_transaction():  # a savepoint released: the real commit is to come
+        return
     ids = session.info.pop("jobs", [])
     if ids and queued_mode():
         enqueue(ids)
@@ -165,7 +167,12 @@ def perform(job_id: str) -> dict | None:
     except Exception as exc:
         db.session.rollback()
         retrying = _retries_left() > 0
-        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        # Our own errors carry a message meant for people; anything else (a driver's error
+        # quotes SQL and parameters) is recorded by its class alone.
+        message = exc.message if isinstance(exc, APIError) else (
+            f"{type(exc).__name__} (details in the worker's log)")
+        log.error("job %s (%s) raised %s", job_id, kind, type(exc).__name__,
+                  exc_info=not isinstance(exc, APIError))
         db.session.execute(update(BackgroundJob).where(BackgroundJob.id == job_id).values(
             status="retrying" if retrying else "failed", error=message[:2000],
             finished_at=None if retrying else utcnow()))

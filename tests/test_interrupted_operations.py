@@ -488,10 +488,6 @@ def test_a_batch_whose_commit_fails_is_absent_and_the_retry_completes_the_rest(w
     assert len({c["user_id"] for c in after.values()}) == 5
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: services/certificate_service.py:85 issue() stores the PDF (store_pdf) before the "
-    "transaction commits; when the certificate's savepoint or its batch's commit fails, the "
-    "file stays in UPLOAD_FOLDER/certificates with no row pointing at it"))
 def test_an_interrupted_bulk_run_leaves_no_pdf_without_its_certificate(world, faults):
     course, _ = _completed_course(world)
     faults.inject("certificates", "INSERT", nth=3, at_commit=True)

@@ -366,3 +366,22 @@ def test_a_retry_that_redis_lost_is_queued_again_by_the_tick(rq_world):
     w.worker(free_port())
     row = job_row(w.app, job_id)
     assert (row.status, row.attempts, row.result) == ("finished", 2, {"outcomes": {}})
+
+
+def test_a_released_savepoint_is_not_a_commit(app, caplog):
+    """SQLAlchemy runs after_commit hooks when a savepoint is released too: mail and jobs wait
+    for the real commit, and a rollback after the savepoint sends and starts nothing."""
+    from services.email_service import Outgoing, send_after_commit
+
+    with app.app_context():
+        with caplog.at_level("WARNING", logger="lms.email"):
+            send_after_commit(Outgoing(to="someone@example.com", subject="Not yet", text="x"))
+            job = jobs.start("payments.reconcile", {})
+            with db.session.begin_nested():
+                pass
+            assert "Not yet" not in caplog.text
+            assert db.session.info.get("jobs") == [job.id]
+            db.session.rollback()
+        assert "Not yet" not in caplog.text
+        assert db.session.scalar(select(BackgroundJob.id)) is None
+        assert "jobs" not in db.session.info and "outbox" not in db.session.info
