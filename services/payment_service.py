@@ -179,13 +179,19 @@ def _apply(kind: str, obj: dict) -> int | None:
 # --- refunds and reconciliation ---------------------------------------------------------------
 
 def refund(payment: Payment, amount: Decimal, *, idempotency_key: str) -> dict:
+    """Refund, unless a refund with this key exists already (Stripe keeps idempotency keys for
+    24 hours; an approval retried later must not refund twice either)."""
     if not payment.gateway_payment_id:
         raise BadGateway("This Stripe payment has no payment intent to refund")
     try:
+        made = client().v1.refunds.list(params={"payment_intent": payment.gateway_payment_id})
+        for item in made.data:
+            if (item.metadata or {}).get("lms_key") == idempotency_key:
+                return item.to_dict()
         result = client().v1.refunds.create(
             params={"payment_intent": payment.gateway_payment_id,
                     "amount": to_minor_units(amount, payment.currency),
-                    "metadata": {"payment_id": str(payment.id)}},
+                    "metadata": {"payment_id": str(payment.id), "lms_key": idempotency_key}},
             options={"idempotency_key": idempotency_key})
     except stripe.StripeError as exc:
         raise _gateway_error(exc, "refund")

@@ -160,8 +160,15 @@ def _apply(kind: str, payload: dict) -> int | None:
 # --- refunds and reconciliation ---------------------------------------------------------------
 
 def refund(payment: Payment, amount: Decimal, *, idempotency_key: str) -> dict:
+    """Refund, unless a refund with this key (our `receipt`) exists already: Razorpay does not
+    deduplicate, and an approval retried after our commit failed must not refund twice."""
     if not payment.gateway_payment_id:
         raise BadGateway("This Razorpay payment has no payment id to refund")
+    made = _call("look up refunds", client().payment.fetch_multiple_refund,
+                 payment.gateway_payment_id)
+    for item in made.get("items", []):
+        if item.get("receipt") == idempotency_key[:40]:
+            return item
     return _call("refund", client().payment.refund, payment.gateway_payment_id, {
         "amount": to_minor_units(amount, payment.currency),
         "receipt": idempotency_key[:40], "notes": {"payment_id": str(payment.id)}})

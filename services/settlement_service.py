@@ -331,6 +331,14 @@ def apply_refund(payment: Payment, amount: Decimal, raw: dict | None, source: st
             data={"payment_id": payment.id}))
         return
     payment.status = "refunded"
+    # A refund made at the gateway (its dashboard, or an approval whose commit failed here)
+    # settles the payer's open request too: nobody approves or declines it afterwards.
+    for open_request in db.session.scalars(select(RefundRequest).where(
+            RefundRequest.payment_id == payment.id, RefundRequest.status == "pending")):
+        open_request.status = "processed"
+        open_request.processed_at = open_request.decided_at = utcnow()
+        open_request.gateway_refund_id = (raw or {}).get("id")
+        open_request.admin_note = open_request.admin_note or "Refunded at the payment gateway"
     enrollment = db.session.scalar(select(Enrollment).where(
         Enrollment.user_id == payment.user_id, Enrollment.course_id == payment.course_id))
     if enrollment is not None and enrollment.status in enrollment_service.OPEN_STATUSES:

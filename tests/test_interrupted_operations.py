@@ -17,15 +17,12 @@ each operation (services/settlement_service.py, services/certificate_service.py)
   recorded, so the gateway's redelivery settles it (with the next invoice number: no gap).
 - Approving a refund asks the gateway first, then records the refund request as processed,
   the payment refunded, the enrollment refunded, the certificate revoked, a notice and the
-  audit entry: interrupted, none of ours is written. (The gateway has refunded by then; what a
-  retry does about that is the known bug below.)
+  audit entry: interrupted, none of ours is written. The gateway has refunded by then: the
+  retried approval finds that refund by its key and records it, rather than refunding twice.
 - Bulk certificate issuance commits in batches of CERTIFICATE_BULK_BATCH, each certificate in
   a savepoint: a certificate that fails is absent as a whole (no row without its PDF's hash);
   a batch whose COMMIT fails is absent as a whole while earlier batches stand; a retry issues
   exactly the rest, with no duplicates.
-
-Where the application is wrong the test asserts the right behaviour and is marked
-xfail(strict=True) with "BUG: file:line ...".
 
 PostgreSQL only (`postgres_app` from conftest.py): triggers are the fault injector. Each test
 gets its own app on that database with Razorpay pointing at the stand-in
@@ -377,11 +374,6 @@ def test_interrupted_refund_approval_writes_nothing_of_ours(world, faults, point
     assert [r["payment_id"] for r in world.stub.refunds.values()] == [case["gateway_payment"]]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: services/settlement_service.py:306 approve_refund refunds at the gateway before our "
-    "transaction commits and, on a retry, asks for a second refund: Razorpay refuses it (the "
-    "payment is fully refunded; the `receipt` sent as an idempotency key does not deduplicate "
-    "refunds), so the request answers 502 for ever and stays pending, while the money is gone"))
 def test_refund_approval_retried_after_an_interruption_completes(world, faults):
     case = _settled_with_refund_request(world)
     faults.inject("notifications", "INSERT")

@@ -744,6 +744,9 @@ def test_refund_approval_with_the_gateway_failing_changes_nothing(w, failure):
 def test_refund_processed_webhook_marks_the_payment_refunded(w):
     student, course, order, paid = w.settled()
     certificate = _certificate(w, student, course)
+    # The student had asked; the refund was then made from Razorpay's dashboard.
+    ok(w.client.post(f"{PAY}/{order['payment_id']}/refund-request", headers=w.headers(student),
+                     json={"reason": "Changed my mind"}), 201)
     refund = {"id": "rfnd_FromDashboard1", "entity": "refund", "amount": MINOR,
               "currency": "INR", "payment_id": paid["id"], "status": "processed",
               "notes": {}, "created_at": 0}
@@ -755,6 +758,10 @@ def test_refund_processed_webhook_marks_the_payment_refunded(w):
     assert w.row(Certificate, Certificate.id == certificate)["status"] == "revoked"
     assert w.row(WebhookEvent)["status"] == "processed"
     assert w.count(Notification, Notification.title == "Refund processed") == 1
+    request = w.row(RefundRequest)
+    assert (request["status"], request["gateway_refund_id"]) == ("processed",
+                                                                 "rfnd_FromDashboard1")
+    assert request["admin_note"] == "Refunded at the payment gateway"
     state = w.money_state()
     assert ok(w.webhook(body, signature, "evt_refund"))["duplicate"] is True
     assert w.money_state() == state

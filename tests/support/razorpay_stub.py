@@ -11,6 +11,7 @@ with HTTP Basic auth `key_id:key_secret`.
 - GET  /v1/payments/<id>                 the payment
 - POST /v1/payments/<id>/capture         authorized -> captured (amount must match)
 - POST /v1/payments/<id>/refund          {"id": "rfnd_...", "entity": "refund", ...}
+- GET  /v1/payments/<id>/refunds         {"entity": "collection", "items": [refund, ...]}
 
 Unknown ids answer 400 with Razorpay's error shape
 `{"error": {"code": "BAD_REQUEST_ERROR", "description": ...}}` (the SDK raises
@@ -319,6 +320,9 @@ class RazorpayStub:
                 return self._capture(payment, body)
             if parts[2:] == ["refund"] and method == "POST":
                 return self._refund(payment, body)
+            if parts[2:] == ["refunds"] and method == "GET":
+                items = [r for r in self.refunds.values() if r["payment_id"] == payment["id"]]
+                return 200, {"entity": "collection", "count": len(items), "items": items}
         return rz_error(400, "The requested URL was not found on the server.")
 
     def _create_order(self, body: dict) -> tuple[int, Any]:
