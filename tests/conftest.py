@@ -49,6 +49,21 @@ def require_service(name: str, url: str | None) -> str:
     pytest.skip(message)
 
 
+# Tests that bring their own servers or need PostgreSQL whatever the suite's database: the
+# same whether the suite runs on SQLite or PostgreSQL, so CI runs them in one pass only.
+SERVICE_MODULES = {"test_multiworker", "test_two_hosts", "test_webhook_concurrency",
+                   "test_postgres_restart"}
+SERVICE_FIXTURES = {"postgres_app", "rq_world", "replica"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if module in SERVICE_MODULES or SERVICE_FIXTURES & set(getattr(item, "fixturenames",
+                                                                           ())):
+            item.add_marker(pytest.mark.services)
+
+
 @pytest.fixture(scope="session")
 def app(tmp_path_factory):
     upload_root = tmp_path_factory.mktemp("uploads")
