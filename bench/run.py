@@ -7,7 +7,12 @@
 2. Starts gunicorn as production would (gunicorn.conf.py, 4 sync workers, PostgreSQL, Redis,
    rate limits on but high) for the API, and the same for bench/baseline.py.
 3. Drives each scenario with wrk (32 connections, BENCH_SECONDS each) on 127.0.0.1 and prints
-   one table: requests/s, p50, p99, errors and the ratio to the baseline; writes it to
+   one table: requests/s, p50, p99, errors and the ratio to the baseline. Every route carries
+   a (high) rate limit; the same authenticated read is also measured on a server without rate
+   limiting, and a read while 16 connections sign in at once.
+4. Then: one broadcast to all 50,000 users (e-mail queued as a job), and in process
+   (bench/inprocess.py): a certificate PDF's time and size, bulk issuance for a course with
+   1,000 completed enrollments, and one password check. Everything goes to
    bench/results/latest.json.
 
 Everything it starts, it stops; the scratch database is dropped at the end.
@@ -118,6 +123,19 @@ FROM enrollments e JOIN modules m ON m.course_id = e.course_id
 JOIN lessons l ON l.module_id = m.id AND l.position = 0
 WHERE e.user_id = 2;
 
+INSERT INTO courses (title, slug, short_description, price, currency, difficulty, language,
+                     mode_of_conduct, status, subcategory_id, instructor_id, published_at,
+                     created_at, updated_at)
+VALUES ('Bulk certificates course', 'bench-bulk-course', 'For bulk issuance', 0, 'USD',
+        'beginner', 'English', 'ONLINE', 'published', 1, 3, now(), now(), now());
+
+INSERT INTO enrollments (user_id, course_id, status, progress_percent, enrolled_at, started_at,
+                         completed_at, created_at, updated_at)
+SELECT u, (SELECT id FROM courses WHERE slug = 'bench-bulk-course'), 'completed', 100,
+       now() - interval '30 days', now() - interval '30 days', now() - interval '1 day',
+       now(), now()
+FROM generate_series(1001, 2000) u;
+
 INSERT INTO notifications (user_id, kind, title, message, is_read, created_at)
 SELECT 2, 'announcement', 'Notice ' || n, 'Message ' || n, n % 3 = 0, now()
 FROM generate_series(1, 200) n;
@@ -163,10 +181,11 @@ def seed(url: str) -> dict:
             "SELECT e.id, e.course_id, l.id FROM enrollments e JOIN modules m ON "
             "m.course_id = e.course_id JOIN lessons l ON l.module_id = m.id "
             "WHERE e.user_id = 2 ORDER BY e.id, m.position, l.position LIMIT 1")).one()
+        bulk_course = conn.scalar(text("SELECT id FROM courses WHERE slug = 'bench-bulk-course'"))
     engine.dispose()
     log(f"seeded in {time.perf_counter() - started:.1f}s: {counts}")
     return {"counts": counts, "enrollment_id": enrollment[0], "course_id": enrollment[1],
-            "lesson_id": enrollment[2]}
+            "lesson_id": enrollment[2], "bulk_course_id": bulk_course}
 
 
 def start_gunicorn(module: str, port: int, env: dict, logfile) -> subprocess.Popen:
@@ -196,13 +215,19 @@ def stop(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def api_env(url: str, cache_seconds: int) -> dict:
+UPLOADS = tempfile.mkdtemp(prefix="lms-bench-uploads-")
+
+
+def api_env(url: str, cache_seconds: int, limits: bool = True) -> dict:
+    """Production settings; every route rate-limited (a default limit, high enough never to
+    refuse), or no rate limiting at all (`limits=False`, the unprotected comparison)."""
     keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL")}
     return {**keep, "APP_ENV": "production", "DATABASE_URL": url, "REDIS_URL": REDIS,
             "RATE_LIMIT_STORAGE_URL": REDIS, "SESSION_SECRET": "bench-session-secret",
             "JWT_SECRET_KEY": "bench-jwt-secret-of-enough-length-0123456789",
             "FORCE_HTTPS": "False", "LOG_LEVEL": "WARNING", "OTP_REQUIRED": "False",
-            "RATELIMIT_HEADERS_ENABLED": "False", "CATALOG_CACHE_SECONDS": str(cache_seconds),
+            "CATALOG_CACHE_SECONDS": str(cache_seconds), "UPLOAD_FOLDER": UPLOADS,
+            "RATELIMIT_ENABLED": str(limits), "RATELIMIT_DEFAULT": HIGH,
             "IP_BLOCK_MAX_ACCOUNTS": "1000000000",
             **{name: HIGH for name in ("RATE_LIMIT_LOGIN", "RATE_LIMIT_PUBLIC", "RATE_LIMIT_SEARCH",
                                        "RATE_LIMIT_REGISTER", "RATE_LIMIT_REFRESH")}}
@@ -248,6 +273,40 @@ def wrk(url: str, *, headers: dict | None = None, method: str = "GET", body: str
         errors += sum(int(x) for x in socket_errors.groups())
     return {"rps": round(requests, 1), "p50_ms": round(latency("50"), 2),
             "p99_ms": round(latency("99"), 2), "errors": errors}
+
+
+def during_login_flood(port: int, read_url: str, headers: dict) -> dict:
+    """A read's latency while 16 connections sign in as fast as they can (PBKDF2 at 600,000
+    iterations): how much the slow hashing delays everything else."""
+    body = json.dumps({"email": "bench-student@example.com", "password": PASSWORD})
+    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n'
+                 'wrk.headers["Content-Type"] = "application/json"\n')
+    script.close()
+    flood = subprocess.Popen(
+        ["wrk", "-t", "1", "-c", "16", "-d", f"{SECONDS + 2}s", "--timeout", "10s", "-s",
+         script.name, f"http://127.0.0.1:{port}/api/v1/auth/login"],
+        stdout=subprocess.PIPE, text=True)
+    time.sleep(1)
+    read = wrk(read_url, headers=headers, connections=8)
+    output = flood.communicate()[0]
+    os.unlink(script.name)
+    logins = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    refused = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    read["concurrent_logins_per_s"] = round(logins, 1)
+    read["logins_refused_busy"] = int(refused.group(1)) if refused else 0
+    return read
+
+
+def timed_post(url: str, headers: dict, body: dict) -> dict:
+    request = urllib.request.Request(url, method="POST", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json", **headers})
+    started = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=120) as response:
+        answer = json.loads(response.read())
+        status = response.status
+    return {"seconds": round(time.perf_counter() - started, 2), "status": status,
+            "recipients": answer.get("recipients")}
 
 
 def rss_mb(master: subprocess.Popen) -> float:
@@ -301,7 +360,7 @@ def main() -> int:
             ("admin dashboard", f"{api_url}/admin/dashboard", {"headers": admin}),
             ("admin analytics", f"{api_url}/admin/analytics", {"headers": admin}),
             ("login (PBKDF2 600k)", f"{api_url}/auth/login",
-             {"method": "POST", "connections": 8, "body": json.dumps(
+             {"method": "POST", "connections": 4, "body": json.dumps(
                  {"email": "bench-student@example.com", "password": PASSWORD})}),
         ]
         for name, target, options in scenarios:
@@ -309,7 +368,15 @@ def main() -> int:
                 connections=options.get("connections", CONNECTIONS))  # warm-up
             results[name] = wrk(target, **options)
             log(f"{name}: {results[name]}")
+        unread = f"{api_url}/notifications/unread-count"
+        results["unread count during a login flood"] = during_login_flood(
+            api_port, unread, student)
+        log(f"login flood: {results['unread count during a login flood']}")
         results["_api_worker_rss_mb"] = {"value": rss_mb(api)}
+        # One broadcast to every active user, e-mail included (queued as a job).
+        results["_broadcast"] = timed_post(f"{api_url}/notifications/broadcast", admin, {
+            "title": "Bench broadcast", "message": "To everyone", "send_email": True})
+        log(f"broadcast: {results['_broadcast']}")
         stop(api)
         processes.remove(api)
         cached = start_gunicorn("app:app", cached_port, api_env(url, 30), logfile)
@@ -321,6 +388,24 @@ def main() -> int:
             wrk(target, seconds=2)
             results[name] = wrk(target)
             log(f"{name}: {results[name]}")
+        stop(cached)
+        processes.remove(cached)
+        # The same authenticated read with no rate limiting: what the limit costs.
+        bare_port = free_port()
+        bare = start_gunicorn("app:app", bare_port, api_env(url, 0, limits=False), logfile)
+        processes.append(bare)
+        target = f"http://127.0.0.1:{bare_port}/api/v1/notifications/unread-count"
+        wrk(target, headers=student, seconds=2)
+        results["unread count, no rate limiting"] = wrk(target, headers=student)
+        log(f"unprotected: {results['unread count, no rate limiting']}")
+        stop(bare)
+        processes.remove(bare)
+        figures = subprocess.run([sys.executable, str(ROOT / "bench" / "inprocess.py"),
+                                  str(data["bulk_course_id"])], cwd=ROOT,
+                                 env=api_env(url, 0), capture_output=True, text=True,
+                                 check=True).stdout
+        results["_in_process"] = json.loads(figures.strip().splitlines()[-1])
+        log(f"in process: {results['_in_process']}")
     finally:
         for process in processes:
             stop(process)
@@ -328,6 +413,7 @@ def main() -> int:
         with root.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
         root.dispose()
+        shutil.rmtree(UPLOADS, ignore_errors=True)
     baseline = results["baseline: bare Flask JSON"]["rps"]
     table = []
     for name, row in results.items():
@@ -340,7 +426,21 @@ def main() -> int:
     for name, row in table:
         print(f"{name:36} {row['rps']:>9.1f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
               f"{row['errors']:>7} {row['ratio']:>7.3f}")
-    print(f"\nlargest API worker RSS after the run: {results['_api_worker_rss_mb']['value']} MB")
+    protected = results["notifications unread count"]["rps"]
+    unprotected = results["unread count, no rate limiting"]["rps"]
+    inproc = results["_in_process"]
+    print(f"\nrate-limited authenticated read / the same without limits: "
+          f"{protected / unprotected:.2f}")
+    print(f"largest API worker RSS after the run: {results['_api_worker_rss_mb']['value']} MB")
+    print(f"broadcast to every user (e-mail queued): {results['_broadcast']['seconds']} s for "
+          f"{results['_broadcast']['recipients']} users (HTTP {results['_broadcast']['status']})")
+    print(f"certificate PDF: {inproc['certificate_pdf']['median_ms']} ms median, "
+          f"{inproc['certificate_pdf']['size_kb']} KB")
+    print(f"bulk issuance: {inproc['bulk_issuance']['issued']} certificates in "
+          f"{inproc['bulk_issuance']['seconds']} s")
+    print(f"password check ({inproc['password_check']['method']}): "
+          f"{inproc['password_check']['ms']} ms, "
+          f"{inproc['password_check']['checks_per_second_per_core']} checks/s per core")
     out = ROOT / "bench" / "results" / "latest.json"
     out.write_text(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                "connections": CONNECTIONS, "seconds": SECONDS,
