@@ -221,16 +221,27 @@ def _clip(text: str, font: str, size: float, max_width: float) -> str:
 
 
 def _qr_image(url: str):
+    """The QR code as a small 1-bit image (4 px a module), drawn scaled by the PDF. A fixed
+    mask pattern skips qrcode's search over all eight (most of its time; any mask is valid),
+    and the image goes to ReportLab as is, without a PNG round trip."""
     import qrcode
     from reportlab.lib.utils import ImageReader
 
-    qr = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, box_size=8, border=2)
+    qr = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, box_size=4, border=2,
+                       mask_pattern=0)
     qr.add_data(url)
     qr.make(fit=True)
-    buffer = io.BytesIO()
-    qr.make_image(fill_color="black", back_color="white").save(buffer, format="PNG")
-    buffer.seek(0)
-    return ImageReader(buffer)
+    return ImageReader(qr.make_image().get_image().convert("L"))
+
+
+def _latin(*texts: str | None) -> bool:
+    """Whether the standard PDF fonts (WinAnsi) can draw every text: then nothing is embedded."""
+    try:
+        for text in texts:
+            (text or "").encode("cp1252")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def render_pdf(certificate: Certificate) -> bytes:
@@ -240,8 +251,14 @@ def render_pdf(certificate: Certificate) -> bytes:
     from reportlab.pdfgen import canvas as pdf_canvas
 
     cfg = current_app.config
-    regular, bold = _fonts(tuple(cfg["CERTIFICATE_FONT_PATHS"]),
-                           tuple(cfg["CERTIFICATE_BOLD_FONT_PATHS"]))
+    url = verify_url(certificate.certificate_number)
+    if _latin(certificate.holder_name, certificate.course_title, certificate.instructor_name,
+              cfg["APP_NAME"], url):
+        # Helvetica is one of the PDF's own fonts: no font file embedded (a few KB, not 50).
+        regular, bold = "Helvetica", "Helvetica-Bold"
+    else:  # names in other scripts: DejaVu Sans, embedded (subset)
+        regular, bold = _fonts(tuple(cfg["CERTIFICATE_FONT_PATHS"]),
+                               tuple(cfg["CERTIFICATE_BOLD_FONT_PATHS"]))
     previous, rl_config.invariant = rl_config.invariant, 1  # same input, same bytes
     try:
         buffer = io.BytesIO()
@@ -287,7 +304,6 @@ def render_pdf(certificate: Certificate) -> bytes:
         c.drawCentredString(centre, height - 370,
                             f"Completed on {certificate.completion_date.strftime('%d %B %Y')}")
 
-        url = verify_url(certificate.certificate_number)
         c.drawImage(_qr_image(url), width - 180, 60, 110, 110)
         c.setFont(regular, 10)
         c.drawString(70, 90, f"Certificate number: {certificate.certificate_number}")

@@ -365,6 +365,24 @@ def test_unicode_name_is_drawn_and_shown(app, client, actor, course):
     assert "Zoë Ñúñez-Marín" in page.get_data(as_text=True)
 
 
+def test_latin_names_embed_no_font_and_other_scripts_embed_dejavu(app, client, actor, course):
+    """A Latin-script certificate uses the PDF's own Helvetica (nothing embedded: a few KB);
+    a name in another script is drawn with DejaVu Sans, embedded as a subset."""
+    plain = actor("student", first_name="Ada", last_name="Lovelace")
+    greek = actor("student", first_name="Ἀλέξανδρος", last_name="Петров")
+    for who in (plain, greek):
+        complete_course(client, who, course)
+    latin_pdf = download(client, certificate_of(app, plain.id, course.id).id, plain.headers).data
+    other_pdf = download(client, certificate_of(app, greek.id, course.id).id, greek.headers).data
+    assert b"/FontFile" not in latin_pdf and b"/Helvetica" in latin_pdf
+    assert len(latin_pdf) < 10 * 1024, len(latin_pdf)
+    assert "Ada Lovelace" in pdf_text(latin_pdf)
+    assert b"/FontFile2" in other_pdf
+    assert "Ἀλέξανδρος Петров" in pdf_text(other_pdf)
+    for data in (latin_pdf, other_pdf):  # the QR code reads back either way
+        assert any(p.startswith("http") and "/verify/" in p for p in pdf_qr_payloads(data))
+
+
 def test_a_150_character_name_is_fitted_not_refused(app, client, actor, course):
     first, last = "Maximiliana" + "x" * 64, "Wolfeschlegelsteinhausen" + "y" * 50
     full = f"{first} {last}"
