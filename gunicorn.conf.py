@@ -10,9 +10,10 @@ bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5000')}"
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
 workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count() * 2))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
-# Slow password hashing may hold all but one worker at a time (services/hash_slots.py), so a
-# burst of sign-ins cannot stall every other request. Set before the app (and config) loads.
-os.environ.setdefault("PASSWORD_HASH_SLOTS", str(max(1, workers - 1)))
+# Password hashing is CPU-bound: at most one hash per core but one runs at a time on a host
+# (services/hash_slots.py), so a burst of sign-ins leaves CPU and workers for every other
+# request; sign-ins beyond that wait briefly, then answer 503 busy. Set before the app loads.
+os.environ.setdefault("PASSWORD_HASH_SLOTS", str(max(1, multiprocessing.cpu_count() - 1)))
 graceful_timeout = 30
 keepalive = 5
 # Recycle workers now and then so a slow leak cannot grow without bound.

@@ -4,7 +4,7 @@ Checking a PBKDF2-SHA256 hash at 600,000 iterations holds a sync worker for abou
 of sign-ins (or a credential-stuffing run) could otherwise occupy every worker and stall every
 other request behind them. At most PASSWORD_HASH_SLOTS requests per host hash at a time (file
 locks in PASSWORD_HASH_SLOT_DIR, shared by the workers of the host; gunicorn.conf.py sets it to
-one less than the workers); a request that finds no slot free within PASSWORD_HASH_WAIT_MS
+one less than the cores); a request that finds no slot free within PASSWORD_HASH_WAIT_MS
 answers 503 `busy` with Retry-After: 1 instead of waiting. 0 slots: no bound (development).
 """
 from __future__ import annotations
