@@ -51,6 +51,9 @@ def _token_refused(_header, payload) -> bool:
         user = db.session.get(User, int(payload["sub"]))
     except (KeyError, TypeError, ValueError):
         return True
+    # Kept for the user lookup that follows: the session's identity map holds objects weakly,
+    # so without a reference it would load the same row a second time.
+    g.token_user = user
     if user is not None and user.tokens_valid_after is not None:
         issued_ms = payload.get("iat_ms", payload.get("iat", 0) * 1000)
         if issued_ms < round(user.tokens_valid_after.timestamp() * 1000):
@@ -64,6 +67,9 @@ def _load_user(_header, payload):
         user_id = int(payload["sub"])
     except (KeyError, TypeError, ValueError):
         return None
+    user = g.pop("token_user", None)
+    if user is not None and user.id == user_id:
+        return user
     return db.session.get(User, user_id)
 
 
