@@ -179,6 +179,10 @@ class Config:
     STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY")
     STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET")
     STRIPE_API_BASE = env("STRIPE_API_BASE")
+    # Seconds a call to a payment gateway may take before the request gives up with 503 (the
+    # payment stays pending; the reconciler settles it later). The SDKs' defaults are 80 s and
+    # none at all.
+    GATEWAY_TIMEOUT_SECONDS = float(env("GATEWAY_TIMEOUT_SECONDS") or 10)
     STRIPE_SUCCESS_URL = env("STRIPE_SUCCESS_URL")
     STRIPE_CANCEL_URL = env("STRIPE_CANCEL_URL")
     RAZORPAY_KEY_ID = env("RAZORPAY_KEY_ID")

@@ -31,9 +31,10 @@ def _require(*names: str) -> None:
 def client() -> stripe.StripeClient:
     _require("STRIPE_SECRET_KEY")
     base = current_app.config.get("STRIPE_API_BASE")
-    return stripe.StripeClient(current_app.config["STRIPE_SECRET_KEY"],
-                               base_addresses={"api": base} if base else None,
-                               max_network_retries=2)
+    return stripe.StripeClient(
+        current_app.config["STRIPE_SECRET_KEY"], base_addresses={"api": base} if base else None,
+        max_network_retries=2,
+        http_client=stripe.RequestsClient(timeout=current_app.config["GATEWAY_TIMEOUT_SECONDS"]))
 
 
 def _gateway_error(exc: stripe.StripeError, action: str):

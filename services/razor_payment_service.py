@@ -30,11 +30,25 @@ def _require(*names: str) -> None:
                                  + ", ".join(missing), code="razorpay_not_configured")
 
 
+class _TimedSession(requests.Session):
+    """The Razorpay SDK sends without a timeout: a gateway that stops answering would hold a
+    worker until gunicorn killed it. Every call gets GATEWAY_TIMEOUT_SECONDS."""
+
+    def __init__(self, timeout: float):
+        super().__init__()
+        self.timeout = timeout
+
+    def request(self, *args, **kwargs):
+        kwargs.setdefault("timeout", self.timeout)
+        return super().request(*args, **kwargs)
+
+
 def client() -> razorpay.Client:
     _require("RAZORPAY_KEY_ID", "RAZORPAY_KEY_SECRET")
     cfg = current_app.config
     options = {"base_url": cfg["RAZORPAY_API_BASE"]} if cfg.get("RAZORPAY_API_BASE") else {}
-    return razorpay.Client(auth=(cfg["RAZORPAY_KEY_ID"], cfg["RAZORPAY_KEY_SECRET"]), **options)
+    return razorpay.Client(session=_TimedSession(cfg["GATEWAY_TIMEOUT_SECONDS"]),
+                           auth=(cfg["RAZORPAY_KEY_ID"], cfg["RAZORPAY_KEY_SECRET"]), **options)
 
 
 def _call(action: str, fn, *args):

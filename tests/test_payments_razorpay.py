@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import time
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
@@ -341,6 +342,37 @@ def test_create_order_gateway_down_or_failing(w):
     # The gateway back: the order is made.
     order = w.order_for(student, course)
     assert order["amount"] == MINOR and w.count(Payment) == 1
+
+
+def test_a_gateway_that_stops_answering_costs_a_bounded_wait_then_reconciliation_settles(build):
+    """Razorpay times out: the request gives up after GATEWAY_TIMEOUT_SECONDS with 503 and keeps
+    nothing; a payment captured while our look-up timed out stays pending until the reconciler
+    reaches the gateway again."""
+    w = build(GATEWAY_TIMEOUT_SECONDS=0.5)
+    student, course = w.user(), w.course()
+    w.stub.hang(2)
+    started = time.monotonic()
+    body = error(w.create_order(student, course), 503)
+    assert time.monotonic() - started < 1.8
+    assert "razorpay" in body["error"].lower() and w.count(Payment) == 0
+
+    w.stub.recover()
+    order = w.order_for(student, course)
+    w.stub.pay(order["order_id"])
+    w.update(Payment, order["payment_id"], created_at=utcnow() - timedelta(hours=2))
+    w.stub.hang(2)
+    started = time.monotonic()
+    result = w.app.test_cli_runner().invoke(args=["payments", "reconcile"])
+    assert time.monotonic() - started < 1.8
+    assert result.exit_code == 0 and "unknown: 1" in result.output, result.output
+    assert w.row(Payment, Payment.id == order["payment_id"])["status"] == "pending"
+    assert w.count(Enrollment) == 0
+
+    w.stub.recover()
+    result = w.app.test_cli_runner().invoke(args=["payments", "reconcile"])
+    assert "settled: 1" in result.output, result.output
+    assert w.row(Payment, Payment.id == order["payment_id"])["status"] == "completed"
+    assert w.row(Enrollment, Enrollment.course_id == course)["status"] == "active"
 
 
 def test_create_order_with_a_wrong_key_is_a_gateway_error(build):

@@ -80,6 +80,7 @@ class RazorpayStub:
         self.requests: list[ReceivedRequest] = []
         self._failure: int | None = None
         self._failure_description = ""
+        self._delay = 0.0
         self._down = False
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
@@ -165,6 +166,11 @@ class RazorpayStub:
         with self._lock:
             self._failure, self._failure_description = status, description
 
+    def hang(self, seconds: float) -> None:
+        """Every API call waits `seconds` before answering (a gateway timing out)."""
+        with self._lock:
+            self._delay = seconds
+
     def go_down(self) -> None:
         """Every connection is closed without an answer."""
         with self._lock:
@@ -172,7 +178,7 @@ class RazorpayStub:
 
     def recover(self) -> None:
         with self._lock:
-            self._failure, self._down = None, False
+            self._failure, self._down, self._delay = None, False, 0.0
 
     # --- what tests inspect -----------------------------------------------------------------
 
@@ -196,7 +202,7 @@ class RazorpayStub:
             self.payments.clear()
             self.refunds.clear()
             self.requests.clear()
-            self._failure, self._down = None, False
+            self._failure, self._down, self._delay = None, False, 0.0
 
     # --- what the customer and Razorpay's servers do ----------------------------------------
 
@@ -294,6 +300,8 @@ class RazorpayStub:
             return rz_error(404, "The requested URL was not found on the server.")
         if not self._authorised(request):
             return rz_error(401, "Authentication failed")
+        if self._delay:
+            time.sleep(self._delay)
         if self._failure is not None:
             return rz_error(self._failure, self._failure_description)
         parts = request.path.strip("/").split("/")[1:]  # without "v1"
