@@ -112,6 +112,25 @@ def test_pagination_shape_and_cap(client, app):
     assert capped["per_page"] == 100 and capped["pages"] == 1
     beyond = client.get("/api/v1/_probe/page?page=9").json
     assert beyond["items"] == [] and beyond["pagination"]["has_next"] is False
+    assert beyond["pagination"]["total"] == 25  # no rows to carry it: counted apart
+    last = client.get("/api/v1/_probe/page?page=3&per_page=10").json
+    assert last["items"] == ids[20:] and last["pagination"]["total"] == 25
+
+
+def test_an_empty_list_is_one_statement(client, app):
+    from sqlalchemy import event
+
+    statements = []
+    with app.app_context():
+        engine = db.engine
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        body = client.get("/api/v1/_probe/page").json
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    assert body["items"] == [] and body["pagination"]["total"] == 0
+    assert len([s for s in statements if "master_categories" in s]) == 1
 
 
 @pytest.mark.parametrize("query", ["page=0", "per_page=0", "page=abc", "per_page=-5"])
