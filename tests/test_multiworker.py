@@ -8,7 +8,6 @@ worker that answered, and each scenario asserts that both workers answered.
 """
 from __future__ import annotations
 
-import secrets
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
@@ -19,7 +18,7 @@ from sqlalchemy.engine import make_url
 
 from config import normalise_database_url
 from tests.conftest import postgres_url, redis_url, require_service
-from tests.support.gunicorn_server import GunicornServer, base_env, run_flask
+from tests.support.gunicorn_server import GunicornServer, production_env, run_flask
 
 API = "/api/v1"
 PASSWORD = "Multi-w0rker-pass"
@@ -66,19 +65,8 @@ def scratch_redis():
 
 @pytest.fixture(scope="module")
 def server(scratch_database, scratch_redis, tmp_path_factory):
-    env = base_env(
-        APP_ENV="production",
-        DATABASE_URL=scratch_database,
-        REDIS_URL=scratch_redis,
-        RATE_LIMIT_STORAGE_URL=scratch_redis,
-        SESSION_SECRET=secrets.token_hex(32),
-        JWT_SECRET_KEY=secrets.token_hex(32),
-        FORCE_HTTPS="False",
-        LOG_FORMAT="json",
-        LOG_LEVEL="INFO",
-        SMS_BACKEND="console",
-        MAIL_BACKEND="console",
-        OTP_REQUIRED="False",  # production requires a verified phone to register
+    env = production_env(
+        scratch_database, scratch_redis,
         # Generous where a scenario is not about the limit, so only the tested limit bites.
         RATE_LIMIT_REGISTER="100 per minute",
         RATE_LIMIT_LOGIN="1000 per minute",

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import signal
 import sqlite3
 import threading
@@ -40,7 +39,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from app import create_app
 from config import database_engine_options
 from tests.conftest import require_service
-from tests.support.gunicorn_server import GunicornServer, base_env, run_flask
+from tests.support.gunicorn_server import GunicornServer, production_env, run_flask
 from tests.support.postgres_server import PostgresServer, binaries
 from tests.support.standins import free_port
 from utils.middleware import DATABASE_RETRY_AFTER, database_unavailable
@@ -78,19 +77,8 @@ def running_postgres(own_postgres):
 
 @pytest.fixture(scope="module")
 def server(own_postgres, tmp_path_factory):
-    env = base_env(
-        APP_ENV="production",
-        DATABASE_URL=own_postgres.create_database("lms_restart"),
-        REDIS_URL="",  # empty is unset, and keeps a developer's .env from supplying one
-        RATE_LIMIT_STORAGE_URL="memory://",
-        SESSION_SECRET=secrets.token_hex(32),
-        JWT_SECRET_KEY=secrets.token_hex(32),
-        FORCE_HTTPS="False",
-        LOG_FORMAT="json",
-        LOG_LEVEL="INFO",
-        SMS_BACKEND="console",
-        MAIL_BACKEND="console",
-        OTP_REQUIRED="False",
+    env = production_env(
+        own_postgres.create_database("lms_restart"), None,  # no Redis: in-memory limits
         RATE_LIMIT_REGISTER="1000 per minute",
         RATE_LIMIT_LOGIN="1000 per minute",
         RATE_LIMIT_PUBLIC="1000 per minute",

@@ -14,7 +14,6 @@ its status and its body, and the outcome is read straight from the scratch datab
 """
 from __future__ import annotations
 
-import secrets
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from config import normalise_database_url
 from models import Course, Enrollment, Payment, RevokedToken, User, WebhookEvent
-from tests.support.gunicorn_server import Answer, GunicornServer, base_env, run_flask
+from tests.support.gunicorn_server import Answer, GunicornServer, production_env, run_flask
 from tests.support.razorpay_stub import KEY_ID, KEY_SECRET, WEBHOOK_SECRET, RazorpayStub
 from tests.support.scratch_services import (
     flushed_redis,
@@ -88,19 +87,8 @@ def stub():
 @pytest.fixture(scope="module")
 def hosts(scratch_database, scratch_redis, stub, tmp_path_factory):
     # One environment for both: what two hosts behind one balancer are deployed with.
-    env = base_env(
-        APP_ENV="production",
-        DATABASE_URL=scratch_database,
-        REDIS_URL=scratch_redis,
-        RATE_LIMIT_STORAGE_URL=scratch_redis,
-        SESSION_SECRET=secrets.token_hex(32),
-        JWT_SECRET_KEY=secrets.token_hex(32),
-        FORCE_HTTPS="False",
-        LOG_FORMAT="json",
-        LOG_LEVEL="INFO",
-        SMS_BACKEND="console",
-        MAIL_BACKEND="console",
-        OTP_REQUIRED="False",  # production requires a verified phone to register
+    env = production_env(
+        scratch_database, scratch_redis,
         RAZORPAY_KEY_ID=KEY_ID,
         RAZORPAY_KEY_SECRET=KEY_SECRET,
         RAZORPAY_WEBHOOK_SECRET=WEBHOOK_SECRET,

@@ -13,7 +13,6 @@ in-process app; the browser's token comes from logging in through the API.
 """
 from __future__ import annotations
 
-import secrets
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +35,7 @@ from models import (
     db,
 )
 from tests.conftest import postgres_url, redis_url, require_service
-from tests.support.gunicorn_server import GunicornServer, base_env, run_flask
+from tests.support.gunicorn_server import GunicornServer, production_env, run_flask
 from tests.support.razorpay_stub import KEY_ID, KEY_SECRET, WEBHOOK_SECRET, RazorpayStub
 from utils.helpers import utcnow
 
@@ -74,19 +73,8 @@ def stub():
 @pytest.fixture(scope="module")
 def server(scratch_database, stub, tmp_path_factory):
     redis = require_service("Redis (TEST_REDIS_URL)", redis_url())
-    env = base_env(
-        APP_ENV="production",
-        DATABASE_URL=scratch_database,
-        REDIS_URL=redis,
-        RATE_LIMIT_STORAGE_URL=redis,
-        SESSION_SECRET=secrets.token_hex(32),
-        JWT_SECRET_KEY=secrets.token_hex(32),
-        FORCE_HTTPS="False",
-        LOG_FORMAT="json",
-        LOG_LEVEL="INFO",
-        SMS_BACKEND="console",
-        MAIL_BACKEND="console",
-        OTP_REQUIRED="False",
+    env = production_env(
+        scratch_database, redis,
         RAZORPAY_KEY_ID=KEY_ID,
         RAZORPAY_KEY_SECRET=KEY_SECRET,
         RAZORPAY_WEBHOOK_SECRET=WEBHOOK_SECRET,

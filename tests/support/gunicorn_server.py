@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -37,6 +38,22 @@ def base_env(**settings: str) -> dict[str, str]:
     env.update({key: value for key, value in os.environ.items() if key.startswith("PG")})
     env.update(settings)
     return env
+
+
+def production_env(database_url: str, redis_url: str | None, **settings: str) -> dict[str, str]:
+    """base_env for the production configuration as the server tests run it: fresh secrets,
+    JSON request logs at INFO (they name the worker that answered), no forced HTTPS, console
+    SMS and mail, no verified phone required to register; Redis for the shared state and the
+    rate limits, or none (`redis_url=None`: in-memory limits). `settings` add or override."""
+    shared = ({"REDIS_URL": redis_url, "RATE_LIMIT_STORAGE_URL": redis_url} if redis_url
+              # empty is unset, and keeps a developer's .env from supplying one
+              else {"REDIS_URL": "", "RATE_LIMIT_STORAGE_URL": "memory://"})
+    return base_env(**{
+        "APP_ENV": "production", "DATABASE_URL": database_url, **shared,
+        "SESSION_SECRET": secrets.token_hex(32), "JWT_SECRET_KEY": secrets.token_hex(32),
+        "FORCE_HTTPS": "False", "LOG_FORMAT": "json", "LOG_LEVEL": "INFO",
+        "SMS_BACKEND": "console", "MAIL_BACKEND": "console", "OTP_REQUIRED": "False",
+        **settings})
 
 
 def run_flask(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
