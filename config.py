@@ -135,7 +135,7 @@ class Config:
     # Password hashing at once per host (services/hash_slots.py; gunicorn.conf.py sets it to
     # cores - 1); past PASSWORD_HASH_WAIT_MS without a slot, a sign-in answers 503 busy.
     PASSWORD_HASH_SLOTS = env_int("PASSWORD_HASH_SLOTS", 0)
-    PASSWORD_HASH_WAIT_MS = env_int("PASSWORD_HASH_WAIT_MS", 200)
+    PASSWORD_HASH_WAIT_MS = env_int("PASSWORD_HASH_WAIT_MS", 50)
     PASSWORD_HASH_SLOT_DIR = env("PASSWORD_HASH_SLOT_DIR")
     OTP_REQUIRED = env_bool("OTP_REQUIRED", True)
     OTP_LENGTH = env_int("OTP_LENGTH", 6)
