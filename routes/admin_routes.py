@@ -487,7 +487,6 @@ def failed_jobs():
 def retry_job(job_id: str):
     """Run a failed job again (an e-mail fan-out resumes where it stopped)."""
     job = jobs.retry(jobs.visible(job_id, current_user()))
-    jobs.requeue_on_commit(job)
     audit("job.retry", "job", None, job_id=job.id, kind=job.kind)
     db.session.commit()
     return accepted(jobs.launch(job), "Job queued again")

@@ -6,7 +6,7 @@ from pydantic import Field
 from spectree import Response
 
 from auth import admin_required, current_user, login_required
-from models import Certificate, Course, Enrollment, db
+from models import Certificate, Enrollment, db
 from routes.common import Envelope, accepted, config_limit
 from services import certificate_service, file_service, jobs
 from utils.errors import NotFound
@@ -142,9 +142,6 @@ def _issued(enrollment: Enrollment):
 def bulk_generate(course_id: int):
     """Admin: issue for every completed enrollment of the course that has none, as a job (202;
     its result counts issued, skipped and failed)."""
-    if db.session.get(Course, course_id) is None:
-        raise NotFound("Course not found")
-    job = jobs.start("certificates.bulk_issue", {"course_id": course_id},
-                     user_id=current_user().id)
+    job = certificate_service.start_bulk_issue(course_id, current_user().id)
     db.session.commit()
     return accepted(jobs.launch(job), "Certificate issuance started")

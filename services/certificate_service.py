@@ -103,6 +103,16 @@ class BulkResult:
     failed: int
 
 
+def start_bulk_issue(course_id: int, user_id: int):
+    """The "certificates.bulk_issue" job for a course that exists (launch it after the
+    commit); an unknown course is refused before any job is recorded."""
+    from services import jobs
+
+    if db.session.get(Course, course_id) is None:
+        raise NotFound("Course not found")
+    return jobs.start("certificates.bulk_issue", {"course_id": course_id}, user_id=user_id)
+
+
 def bulk_issue(course_id: int) -> BulkResult:
     """Issue for every completed enrollment of the course that has none, in batches that
     commit on their own: one failure costs its certificate, not the whole run."""

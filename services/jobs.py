@@ -26,7 +26,7 @@ from flask import current_app
 from sqlalchemy import and_, or_, select, update
 
 from models import BackgroundJob, db
-from utils.errors import APIError, NotFound
+from utils.errors import APIError, Conflict, NotFound
 from utils.helpers import utcnow
 
 log = logging.getLogger("lms.jobs")
@@ -58,8 +58,13 @@ def start(kind: str, args: dict, user_id: int | None = None) -> BackgroundJob:
     job = BackgroundJob(id=str(uuid.uuid4()), kind=kind, status="queued", args=args,
                         created_by=user_id, attempts=0, created_at=utcnow())
     db.session.add(job)
-    db.session.info.setdefault("jobs", []).append(job.id)
+    _enqueue_on_commit(job)
     return job
+
+
+def _enqueue_on_commit(job: BackgroundJob) -> None:
+    """Hand the row to RQ when the current transaction commits (`_enqueue_committed`)."""
+    db.session.info.setdefault("jobs", []).append(job.id)
 
 
 def launch(job: BackgroundJob) -> BackgroundJob:
@@ -127,10 +132,10 @@ def enqueue(job_ids: list[str]) -> bool:
         with rq_queue.connection.pipeline() as pipe:
             for job_id in job_ids:
                 rq_queue.enqueue_call("services.jobs.perform", args=(job_id,), job_id=job_id,
-                                   timeout=cfg["JOB_TIMEOUT"], result_ttl=0,
-                                   description=f"job {job_id}",
-                                   retry=Retry(max=len(intervals), interval=intervals),
-                                   pipeline=pipe)
+                                      timeout=cfg["JOB_TIMEOUT"], result_ttl=0,
+                                      description=f"job {job_id}",
+                                      retry=Retry(max=len(intervals), interval=intervals),
+                                      pipeline=pipe)
             pipe.execute()
         return True
     except redis.RedisError as exc:
@@ -171,14 +176,12 @@ def perform(job_id: str) -> dict | None:
         # quotes SQL and parameters) is recorded by its class alone.
         message = exc.message if isinstance(exc, APIError) else (
             f"{type(exc).__name__} (details in the worker's log)")
-        log.error("job %s (%s) raised %s", job_id, kind, type(exc).__name__,
-                  exc_info=not isinstance(exc, APIError))
+        log.error("job %s (%s) failed%s: %s", job_id, kind, ", will retry" if retrying else "",
+                  message, exc_info=not isinstance(exc, APIError))
         db.session.execute(update(BackgroundJob).where(BackgroundJob.id == job_id).values(
             status="retrying" if retrying else "failed", error=message[:2000],
             finished_at=None if retrying else utcnow()))
         db.session.commit()
-        log.warning("job %s (%s) failed%s: %s", job_id, kind,
-                    ", will retry" if retrying else "", message)
         if queued_mode():
             raise
         return None
@@ -207,20 +210,14 @@ def failed_query():
 
 
 def retry(job: BackgroundJob) -> BackgroundJob:
-    """Put a failed job back in the queue (admins)."""
-    from utils.errors import Conflict
-
+    """Put a failed job back in the queue (admins); `launch` it after the commit."""
     if job.status != "failed":
         raise Conflict("Only a failed job can be retried")
     job.status = "queued"
     job.error = None
     job.finished_at = None
+    _enqueue_on_commit(job)
     return job
-
-
-def requeue_on_commit(job: BackgroundJob) -> None:
-    """Hand an existing row to RQ again when the current transaction commits."""
-    db.session.info.setdefault("jobs", []).append(job.id)
 
 
 # --- the worker's periodic tick --------------------------------------------------------------------
@@ -256,7 +253,7 @@ def schedule_tick(connection, delay: int | None = None) -> bool:
         rq_queue.enqueue_call("services.jobs.tick", result_ttl=0, description="periodic tick")
     else:
         rq_queue.enqueue_in(timedelta(seconds=delay or seconds), "services.jobs.tick",
-                         result_ttl=0, description="periodic tick")
+                            result_ttl=0, description="periodic tick")
     return True
 
 
@@ -277,17 +274,24 @@ def tick() -> dict:
 # --- the kinds -------------------------------------------------------------------------------------
 
 def encode_attachments(attachments) -> list[dict]:
+    """E-mail attachments as a job's JSON arguments (`decode_attachments` reverses it)."""
     return [{"filename": a.filename, "content_type": a.content_type,
              "data": base64.b64encode(a.data).decode()} for a in attachments]
 
 
+def decode_attachments(encoded: list[dict]) -> list:
+    from services.email_service import Attachment
+
+    return [Attachment(a["filename"], a["content_type"], base64.b64decode(a["data"]))
+            for a in encoded]
+
+
 @handler("email.send")
 def _email_send(args: dict) -> dict:
-    from services.email_service import Attachment, send_email
+    from services.email_service import send_email
 
-    attachments = [Attachment(a["filename"], a["content_type"], base64.b64decode(a["data"]))
-                   for a in args.get("attachments", [])]
-    send_email(args["to"], args["subject"], args["text"], args.get("html"), attachments)
+    send_email(args["to"], args["subject"], args["text"], args.get("html"),
+               decode_attachments(args.get("attachments", [])))
     return {"sent": 1}
 
 

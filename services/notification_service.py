@@ -101,7 +101,7 @@ def email_recipients(recipients: Select, kind: str) -> list[tuple[str, str]]:
     return [(email, first) for email, first in rows]
 
 
-def _render(kind: str, title: str, message: str, link: str | None, first_name: str | None,
+def _render(title: str, message: str, link: str | None, first_name: str | None,
             app_name: str) -> tuple[str, str, str]:
     context = {"greeting": f"Hello {first_name}," if first_name else "Hello,",
                "title": title, "message": message, "link": link, "app_name": app_name}
@@ -132,7 +132,7 @@ def queue_emails(recipients: Select, *, kind: str, title: str, message: str,
             user_id=started_by)
     app_name = current_app.config["APP_NAME"]
     for address, first_name in email_recipients(recipients, kind):
-        subject, text, html = _render(kind, title, message, link, first_name, app_name)
+        subject, text, html = _render(title, message, link, first_name, app_name)
         send_after_commit(Outgoing(to=address, subject=subject, text=text, html=html,
                                    attachments=attachments))
     return None
@@ -142,8 +142,6 @@ def email_fanout(args: dict) -> dict:
     """The "notifications.email" job: send to `user_ids` in batches of JOB_EMAIL_BATCH,
     recording after each batch the last id done, so that a retry after a failure (the mail
     server down) sends only to those not reached yet."""
-    import base64
-
     from services import jobs
     from services.email_service import send_email
 
@@ -152,8 +150,7 @@ def email_fanout(args: dict) -> dict:
     done_until = progress.get("last_user_id", 0)
     sent = progress.get("sent", 0)
     app_name = current_app.config["APP_NAME"]
-    attachments = [Attachment(a["filename"], a["content_type"], base64.b64decode(a["data"]))
-                   for a in args.get("attachments", [])]
+    attachments = jobs.decode_attachments(args.get("attachments", []))
     wanted = EMAIL_PREFERENCE[args["kind"]]
     pending = [uid for uid in args["user_ids"] if uid > done_until]
     size = current_app.config["JOB_EMAIL_BATCH"]
@@ -168,8 +165,8 @@ def email_fanout(args: dict) -> dict:
         db.session.rollback()  # no transaction held open while the mail server works
         try:
             for user_id, address, first_name in rows:
-                subject, text, html = _render(args["kind"], args["title"], args["message"],
-                                              args.get("link"), first_name, app_name)
+                subject, text, html = _render(args["title"], args["message"], args.get("link"),
+                                              first_name, app_name)
                 send_email(address, subject, text, html, attachments)
                 sent += 1
                 done_until = user_id

@@ -65,7 +65,9 @@ def prefetch() -> None:
     client = redis_client.get()
     if client is None:
         return
-    keys = [SYNCED, ip_key(request.remote_addr or "unknown")]
+    from utils.security import client_ip
+
+    keys = [SYNCED, ip_key(client_ip())]
     jti = _bearer_jti()
     if jti:
         keys.append(jti_key(jti))
@@ -132,14 +134,14 @@ def sync(client=None) -> bool:
         db.session.rollback()
         pipe = client.pipeline(transaction=False)
         for _id, jti, expires in tokens:
-            pipe.set(jti_key(jti), "1", ex=_seconds_until(expires))
+            pipe.set(jti_key(jti), "1", ex=seconds_until(expires))
         wanted = {ip_key(ip) for ip in blocks}
         for key in client.scan_iter(ip_key("*"), count=1000):
             if key.decode() not in wanted:
                 pipe.delete(key)  # lifted in the database, the mirror's delete had failed
         for ip, (reason, until) in blocks.items():
             pipe.set(ip_key(ip), reason or "blocked",
-                     ex=_seconds_until(until) if until is not None else None)
+                     ex=seconds_until(until) if until is not None else None)
         newest = max([row[0] for row in tokens], default=int(epoch or 0))
         pipe.set(EPOCH, max(newest, int(epoch or 0)))
         pipe.set(SYNCED, "1", ex=current_app.config["SHARED_SYNC_SECONDS"])
@@ -153,7 +155,8 @@ def sync(client=None) -> bool:
         return False
 
 
-def _seconds_until(moment: datetime) -> int:
+def seconds_until(moment: datetime) -> int:
+    """A mirror key's TTL: it lives as long as the row it mirrors (at least a second)."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return max(1, int((moment - datetime.now(timezone.utc)).total_seconds()) + 1)

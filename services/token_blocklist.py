@@ -40,9 +40,8 @@ def revoke(payload: dict) -> None:
         pass  # already revoked
     client = redis_client.get()
     if client is not None:
-        ttl = max(1, int((expires - datetime.now(timezone.utc)).total_seconds()) + 1)
         try:
-            client.set(_key(jti), "1", ex=ttl)
+            client.set(_key(jti), "1", ex=shared_state.seconds_until(expires))
         except redis.RedisError as exc:
             log.error("could not mirror a revocation to Redis: %s", exc)
             shared_state.distrust()
