@@ -7,6 +7,7 @@ import pytest
 from app import create_app
 from models import db
 from tests.conftest import redis_url, require_service
+from tests.support.queries import recorded_statements
 
 
 @pytest.fixture
@@ -77,17 +78,8 @@ def test_guest_answers_are_cached_and_writes_invalidate_them(cache_app):
         keys = [k.decode() for k in redis_client.get().keys("lms:catalog:entry:/api/v1/public/*")]
     assert any(k.endswith(f"/api/v1/public/courses/{course_id}?") for k in keys)
     # A hit answers the same body without touching the database.
-    with cache_app.app_context():
-        from sqlalchemy import event
-
-        statements = []
-        engine = db.engine
-    listener = lambda *args: statements.append(args[2])  # noqa: E731
-    event.listen(engine, "before_cursor_execute", listener)
-    try:
+    with recorded_statements(cache_app) as statements:
         hit = client.get(f"/api/v1/public/courses/{course_id}")
-    finally:
-        event.remove(engine, "before_cursor_execute", listener)
     assert hit.json == first.json and hit.headers["ETag"] == first.headers["ETag"]
     assert not any("FROM courses" in s for s in statements), statements
     # A write through any path is visible at once.

@@ -15,7 +15,7 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from models import (
     Certificate,
@@ -27,6 +27,7 @@ from models import (
     db,
 )
 from tests.support.concurrency import fire_together
+from tests.support.queries import recorded_statements
 from utils.helpers import iso
 
 API = "/api/v1"
@@ -881,18 +882,8 @@ def test_users_certificates_lists_mine(app, client, scenario):
 
 
 def count_statements(app, client, path: str, headers: dict) -> int:
-    with app.app_context():
-        engine = db.engine
-    statements: list[str] = []
-
-    def record(conn, cursor, statement, parameters, context, executemany):
-        statements.append(statement)
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
+    with recorded_statements(app) as statements:
         ok(client.get(path, headers=headers))
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
     return len(statements)
 
 

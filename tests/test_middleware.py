@@ -8,6 +8,7 @@ import re
 import pytest
 
 from models import MasterCategory, db
+from tests.support.queries import recorded_statements
 from utils.middleware import JsonFormatter, RequestIdFilter
 
 
@@ -118,17 +119,8 @@ def test_pagination_shape_and_cap(client, app):
 
 
 def test_an_empty_list_is_one_statement(client, app):
-    from sqlalchemy import event
-
-    statements = []
-    with app.app_context():
-        engine = db.engine
-    listener = lambda *args: statements.append(args[2])  # noqa: E731
-    event.listen(engine, "before_cursor_execute", listener)
-    try:
+    with recorded_statements(app) as statements:
         body = client.get("/api/v1/_probe/page").json
-    finally:
-        event.remove(engine, "before_cursor_execute", listener)
     assert body["items"] == [] and body["pagination"]["total"] == 0
     assert len([s for s in statements if "master_categories" in s]) == 1
 

@@ -14,12 +14,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from flask_jwt_extended import create_access_token
-from sqlalchemy import event, func, insert, select
+from sqlalchemy import func, insert, select
 
 from app import create_app
 from models import AuditLog, Notification, NotificationPreference, SecurityEvent, User, db
 from services import notification_service
 from tests.support.standins import smtp_server
+from tests.support.queries import recorded_statements
 
 API = "/api/v1"
 N = f"{API}/notifications"
@@ -547,18 +548,8 @@ def add_users(app, n: int, offset: int = 0) -> None:
 
 
 def statements_during(app, action) -> int:
-    seen: list[str] = []
-
-    def count(conn, cursor, statement, parameters, context, executemany):
-        seen.append(statement)
-
-    with app.app_context():
-        engine = db.engine
-    event.listen(engine, "before_cursor_execute", count)
-    try:
+    with recorded_statements(app) as seen:
         action()
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
     return len(seen)
 
 

@@ -13,13 +13,12 @@ import struct
 import uuid
 import zipfile
 import zlib
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from models import (
     Course,
@@ -31,6 +30,7 @@ from models import (
     Subcategory,
     db,
 )
+from tests.support.queries import recorded_statements
 
 API = "/api/v1"
 BASE_TIME = datetime(2025, 1, 1, 9, 0, tzinfo=timezone.utc)
@@ -943,25 +943,8 @@ def test_public_list_is_rate_limited_per_address(client, app, catalog):
 # 4. Query counts: a page costs the same number of statements whatever its size
 # ==============================================================================================
 
-@contextmanager
-def counting_statements(app):
-    statements: list[str] = []
-
-    def record(_conn, _cursor, statement, _parameters, _context, _executemany):
-        statements.append(statement)
-
-    with app.app_context():
-        engine = db.engine
-        event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield statements
-    finally:
-        with app.app_context():
-            event.remove(engine, "before_cursor_execute", record)
-
-
 def statements_for(app, client, path: str, **kwargs) -> int:
-    with counting_statements(app) as statements:
+    with recorded_statements(app) as statements:
         response = client.get(path, environ_base=fresh_ip(), **kwargs)
     assert response.status_code == 200, response.get_data(as_text=True)
     return len(statements)

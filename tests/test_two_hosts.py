@@ -14,7 +14,6 @@ its status and its body, and the outcome is read straight from the scratch datab
 """
 from __future__ import annotations
 
-import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from config import normalise_database_url
 from models import Course, Enrollment, Payment, RevokedToken, User, WebhookEvent
+from tests.support.concurrency import all_at_once
 from tests.support.gunicorn_server import Answer, GunicornServer, production_env, run_flask
 from tests.support.razorpay_stub import KEY_ID, KEY_SECRET, WEBHOOK_SECRET, RazorpayStub
 from tests.support.scratch_services import (
@@ -227,18 +227,6 @@ def _published_course(host: Host, bearer: dict, title: str, **fields) -> int:
     assert published.status == 200, published.body
     assert published.body["course"]["status"] == "published", published.body
     return course["id"]
-
-
-def _all_at_once(calls):
-    """Run the callables together: each waits at a barrier, then sends on its own connection."""
-    barrier = threading.Barrier(len(calls))
-
-    def run(call):
-        barrier.wait(timeout=10)
-        return call()
-
-    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
-        return [f.result() for f in [pool.submit(run, call) for call in calls]]
 
 
 # --- 1. sessions ------------------------------------------------------------------------------
@@ -443,7 +431,7 @@ def test_the_same_webhook_on_both_hosts_settles_the_payment_once(hosts, stub, in
                                  data=hook_body.encode(), headers=headers)
 
     # The same delivery reaches both hosts (twice each) at the same moment ...
-    answers = _all_at_once([deliver(a), deliver(b), deliver(a), deliver(b)])
+    answers = all_at_once([deliver(a), deliver(b), deliver(a), deliver(b)])
     assert [x.status for x in answers] == [200] * 4, [(x.status, x.body) for x in answers]
     fresh = [x.body for x in answers if x.body != {"received": True, "duplicate": True}]
     assert fresh == [{"received": True}], [x.body for x in answers]

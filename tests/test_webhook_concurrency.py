@@ -13,9 +13,7 @@ in-process app; the browser's token comes from logging in through the API.
 """
 from __future__ import annotations
 
-import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import pytest
@@ -35,6 +33,7 @@ from models import (
     db,
 )
 from tests.conftest import postgres_url, redis_url, require_service
+from tests.support.concurrency import all_at_once
 from tests.support.gunicorn_server import GunicornServer, production_env, run_flask
 from tests.support.razorpay_stub import KEY_ID, KEY_SECRET, WEBHOOK_SECRET, RazorpayStub
 from utils.helpers import utcnow
@@ -139,18 +138,6 @@ def _seed(app, stub) -> dict:
     return seeded
 
 
-def _all_at_once(calls):
-    """Run the callables together: each waits at a barrier, then sends on its own connection."""
-    barrier = threading.Barrier(len(calls))
-
-    def run(call):
-        barrier.wait(timeout=10)
-        return call()
-
-    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
-        return [f.result() for f in [pool.submit(run, call) for call in calls]]
-
-
 def _hook(server, body: str, signature: str, event_id: str, tag: str):
     return lambda: server.send("POST", WEBHOOK, tag=tag, data=body.encode(), headers={
         "Content-Type": "application/json", "X-Razorpay-Signature": signature,
@@ -188,7 +175,7 @@ def test_concurrent_webhooks_and_verify_calls_settle_exactly_once(server, stub, 
     # 1. The same signed payment.captured, ten times at once.
     paid, _ = stub.pay(first["order_id"])
     body, signature = stub.payment_event("payment.captured", paid)
-    answers = server.attribute(_all_at_once(
+    answers = server.attribute(all_at_once(
         [_hook(server, body, signature, "evt_same_delivery", "same")] * 10))
     assert [a.status for a in answers] == [200] * 10, [(a.status, a.body) for a in answers]
     fresh = [a.body for a in answers if not a.body.get("duplicate")]
@@ -219,7 +206,7 @@ def test_concurrent_webhooks_and_verify_calls_settle_exactly_once(server, stub, 
                    "razorpay_signature": checkout_signature}
     calls += [lambda: server.send("POST", VERIFY, tag="verify", json=verify_body,
                                   headers=bearer)] * 5
-    answers = server.attribute(_all_at_once(calls))
+    answers = server.attribute(all_at_once(calls))
     assert [a.status for a in answers] == [200] * 15, [(a.status, a.body) for a in answers]
     for answer in answers[:10]:
         assert answer.body == {"received": True}, answer.body
