@@ -298,6 +298,8 @@ class TestingConfig(Config):
 
 class ProductionConfig(Config):
     DEBUG = False
+    # No default: certificate QR codes and e-mailed links must never point at localhost.
+    PUBLIC_BASE_URL = (env("PUBLIC_BASE_URL") or "").rstrip("/") or None
     FORCE_HTTPS = env_bool("FORCE_HTTPS", True)
     # Unconfigured gateways answer 503 rather than writing codes or mail to the log.
     MAIL_BACKEND = Config.MAIL_BACKEND or (
@@ -313,6 +315,7 @@ class ProductionConfig(Config):
                 ("SESSION_SECRET", cls.SECRET_KEY),
                 ("JWT_SECRET_KEY", cls.JWT_SECRET_KEY),
                 ("DATABASE_URL", cls.SQLALCHEMY_DATABASE_URI),
+                ("PUBLIC_BASE_URL", cls.PUBLIC_BASE_URL),
             )
             if not value
         ]
