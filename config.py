@@ -253,6 +253,16 @@ class Config:
     LOG_FORMAT = env("LOG_FORMAT", "json")
     LOG_LEVEL = env("LOG_LEVEL", "INFO")
 
+    # Prometheus metrics (utils/metrics.py), served by the gunicorn master on a port of their
+    # own, never through the reverse proxy. 0: not served.
+    METRICS_PORT = env_int("METRICS_PORT", 0)
+    METRICS_ADDRESS = env("METRICS_ADDRESS", "127.0.0.1")
+
+    # Error reporting to Sentry (utils/error_reporting.py) when a DSN is set.
+    SENTRY_DSN = env("SENTRY_DSN")
+    SENTRY_ENVIRONMENT = env("SENTRY_ENVIRONMENT")  # default: the configuration's name
+    SENTRY_TRACES_SAMPLE_RATE = float(env("SENTRY_TRACES_SAMPLE_RATE") or 0)
+
     @classmethod
     def check(cls) -> None:
         """Raise ConfigError when this configuration cannot run."""
