@@ -86,7 +86,8 @@ class GunicornServer:
     env: dict[str, str]
     log_path: Path
     workers: int = 2
-    port: int | None = None
+    port: int | None = None  # None: one the kernel picks
+    host: str = "127.0.0.1"  # any 127.x address: two servers may then share a port number
     worker_pids: set[int] = field(default_factory=set)
     _process: subprocess.Popen | None = None
     _log_file: object = None
@@ -97,7 +98,7 @@ class GunicornServer:
         self._log_file = open(self.log_path, "ab")  # O_APPEND: the workers' lines never overlap
         self._process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "app:app", "-c", "gunicorn.conf.py",
-             "--workers", str(self.workers), "--bind", "127.0.0.1:0",
+             "--workers", str(self.workers), "--bind", f"{self.host}:{self.port or 0}",
              "--no-control-socket"],
             cwd=REPO_ROOT, env=self.env, stdout=self._log_file, stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -152,7 +153,7 @@ class GunicornServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def send(self, method: str, path: str, *, tag: str = "mw", **kwargs) -> Answer:
         """One request on a connection of its own, so the kernel may hand it to any worker."""
