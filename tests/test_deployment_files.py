@@ -1,0 +1,234 @@
+"""The deployment files, read as an operator's tools read them: docker-compose.yml's structure
+(services, dependencies, published ports, networks, health checks), the app and proxy images
+(Dockerfile, deploy/nginx/Dockerfile, .dockerignore with Docker's own matching rules), and the
+proxy template's agreement with the app's configuration. `docker compose config` validates the
+file too where the compose plugin is installed (not on this machine: docker is a bare client).
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from config import Config
+from tests.support.gunicorn_server import REPO_ROOT
+
+COMPOSE = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+TEMPLATE = (REPO_ROOT / "deploy" / "nginx" / "lms.conf.template").read_text()
+PROXY_DOCKERFILE = (REPO_ROOT / "deploy" / "nginx" / "Dockerfile").read_text()
+APP_DOCKERFILE = (REPO_ROOT / "Dockerfile").read_text()
+
+
+def interpolate(value: str) -> str:
+    """Compose's `${NAME:-default}` with nothing set in the environment."""
+    return re.sub(r"\$\{[A-Z_]+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", str(value))
+
+
+def dockerfile_env(text: str) -> dict[str, str]:
+    block = re.search(r"^ENV ((?:.*\\\n)*.*)$", text, re.M).group(1)
+    return dict(re.findall(r"(\w+)=(\S+)", block))
+
+
+# --- docker-compose.yml -------------------------------------------------------------------------
+
+def test_the_services():
+    assert set(SERVICES) == {"proxy", "web", "worker", "migrate", "db", "redis"}
+
+
+def test_only_the_proxy_publishes_ports():
+    published = {name for name, service in SERVICES.items() if service.get("ports")}
+    assert published == {"proxy"}
+    targets = sorted(interpolate(port).rsplit(":", 1)[1] for port in SERVICES["proxy"]["ports"])
+    assert targets == ["443", "80"]
+    for name, service in SERVICES.items():
+        assert service.get("network_mode") is None, name
+        # A fixed container name or host port would make `--scale` fail.
+        assert "container_name" not in service, name
+    assert set(SERVICES["web"]["expose"]) == {"5000", "9101"}
+
+
+def test_web_and_worker_wait_for_the_migrations_and_redis():
+    for name in ("web", "worker"):
+        depends = SERVICES[name]["depends_on"]
+        assert depends["migrate"] == {"condition": "service_completed_successfully"}, name
+        assert depends["redis"] == {"condition": "service_healthy"}, name
+    assert SERVICES["migrate"]["depends_on"] == {"db": {"condition": "service_healthy"}}
+    assert SERVICES["migrate"]["command"] == ["flask", "--app", "app", "db", "upgrade"]
+    assert SERVICES["proxy"]["depends_on"] == {"web": {"condition": "service_started"}}
+
+
+def test_restart_policies():
+    for name in ("proxy", "web", "worker", "db", "redis"):
+        assert SERVICES[name]["restart"] == "unless-stopped", name
+    assert SERVICES["migrate"]["restart"] == "no"  # one shot: a failure stops the deployment
+
+
+def test_health_checks():
+    for name in ("web", "worker", "db", "redis"):
+        assert SERVICES[name]["healthcheck"]["test"], name
+    assert SERVICES["worker"]["healthcheck"]["test"] == ["CMD", "python", "-m",
+                                                         "utils.worker_health"]
+    assert "/api/v1/health/ready" in " ".join(SERVICES["web"]["healthcheck"]["test"])
+
+
+def test_commands_and_images():
+    assert SERVICES["web"]["command"] == ["gunicorn", "app:app"]
+    assert SERVICES["worker"]["command"] == ["flask", "--app", "app", "worker"]
+    for name in ("web", "worker", "migrate"):
+        assert SERVICES[name]["build"] == ".", name
+        assert SERVICES[name]["environment"]["APP_ENV"] == "production", name
+        assert SERVICES[name]["env_file"] == [{"path": ".env", "required": False}], name
+    assert SERVICES["proxy"]["build"] == "./deploy/nginx"
+    # The app image serves; migrating is the migrate service's one job.
+    assert re.search(r'^CMD \["gunicorn", "app:app"\]$', APP_DOCKERFILE, re.M)
+    assert "db upgrade" not in APP_DOCKERFILE.split("CMD", 1)[1]
+
+
+def test_the_app_believes_forwarded_headers_from_the_proxys_network_only():
+    subnet = interpolate(COMPOSE["networks"]["edge"]["ipam"]["config"][0]["subnet"])
+    web = SERVICES["web"]["environment"]
+
+    assert subnet == "10.250.0.0/24"
+    assert interpolate(web["TRUSTED_PROXIES"]) == subnet
+    assert interpolate(web["FORWARDED_ALLOW_IPS"]) == subnet
+    on_edge = {name for name, service in SERVICES.items() if "edge" in service["networks"]}
+    assert on_edge == {"proxy", "web"}  # nothing else can send from the trusted subnet
+    for name in ("worker", "migrate", "db", "redis"):
+        assert SERVICES[name]["networks"] == ["backend"], name
+    # The worker and the migration believe no forwarded header at all.
+    for name in ("worker", "migrate"):
+        assert "TRUSTED_PROXIES" not in SERVICES[name]["environment"], name
+
+
+def test_metrics_are_served_inside_the_network_only():
+    web = SERVICES["web"]["environment"]
+    assert web["METRICS_PORT"] == "9101" and web["METRICS_ADDRESS"] == "0.0.0.0"
+    assert "9101" not in " ".join(SERVICES["proxy"]["ports"])
+    assert "9101" not in TEMPLATE
+
+
+def test_the_proxy_mounts_the_tested_template_and_the_certificates():
+    volumes = [interpolate(volume) for volume in SERVICES["proxy"]["volumes"]]
+    env = dockerfile_env(PROXY_DOCKERFILE)
+
+    assert "./deploy/nginx/lms.conf.template:/etc/nginx/templates/lms.conf.template:ro" in volumes
+    assert f"./deploy/certs:{env['NGINX_CERT_DIR']}:ro" in volumes
+    assert "/etc/nginx/templates/lms.conf.template" in (
+        REPO_ROOT / "deploy" / "nginx" / "docker-entrypoint.sh").read_text()
+    # Every setting the template names has the compose default in the proxy image.
+    assert set(re.findall(r"\$\{(NGINX_[A-Z_]+)\}", TEMPLATE)) == set(env)
+    assert env["NGINX_UPSTREAM"] == "web:5000"  # the service name and gunicorn's port
+    assert env["NGINX_RESOLVER"] == "127.0.0.11"  # Docker's DNS: every replica's address
+    assert env["NGINX_HTTP_LISTEN"] == "80" and env["NGINX_HTTPS_LISTEN"] == "443"
+    assert interpolate(SERVICES["proxy"]["environment"]["NGINX_PUBLIC_HTTPS_PORT"]) == "443"
+    assert re.search(r"^FROM debian:bookworm-slim$", PROXY_DOCKERFILE, re.M)
+
+
+@pytest.mark.skipif(shutil.which("docker") is None, reason="no docker client")
+def test_docker_compose_accepts_the_file(tmp_path):
+    plugin = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+    if plugin.returncode != 0:
+        pytest.skip("the docker compose plugin is not installed")
+    result = subprocess.run(["docker", "compose", "-f", str(REPO_ROOT / "docker-compose.yml"),
+                             "config", "--quiet"], capture_output=True, text=True,
+                            cwd=REPO_ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+# --- the proxy template and the app agree ----------------------------------------------------------
+
+def test_the_proxys_upload_limit_and_message_are_the_apps(app):
+    assert re.search(r"^\s*client_max_body_size 50m;", TEMPLATE, re.M)
+    assert 50 * 1024 * 1024 == Config.MAX_CONTENT_LENGTH == 52428800
+    message = re.search(r'"error":"(Request body too large[^"]*)"', TEMPLATE).group(1)
+
+    small = app.test_client()
+    app.config["MAX_CONTENT_LENGTH"] = 10
+    try:
+        answer = small.post("/api/v1/_probe/echo", data=b"x" * 11,
+                            content_type="application/json")
+    finally:
+        app.config["MAX_CONTENT_LENGTH"] = Config.MAX_CONTENT_LENGTH
+    assert answer.status_code == 413
+    assert answer.get_json()["code"] == "payload_too_large"
+    assert answer.get_json()["error"] == message.replace("52428800", "10")
+
+
+def test_the_proxy_accepts_the_request_ids_the_app_accepts():
+    from utils.middleware import _REQUEST_ID_RE
+
+    pattern = re.search(r'"~(\^[^"]+\$)"\s+\$http_x_request_id;', TEMPLATE).group(1)
+    assert pattern == _REQUEST_ID_RE.pattern
+
+
+# --- .dockerignore, with Docker's matching rules ------------------------------------------------------
+
+def _docker_pattern(pattern: str) -> re.Pattern:
+    """moby/patternmatcher's translation: `*` any run within a path segment, `?` one
+    character, `**` any number of segments; anchored at the build context's root."""
+    out, i = "^", 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if pattern.startswith("**", i):
+            i += 2
+            if pattern[i:i + 1] == "/":
+                i += 1
+            out += ".*" if i == len(pattern) else "(.*/)?"
+            continue
+        out += "[^/]*" if ch == "*" else "[^/]" if ch == "?" else re.escape(ch)
+        i += 1
+    return re.compile(out + "$")
+
+
+def _dockerignore():
+    rules = []
+    for line in (REPO_ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negated = line.startswith("!")
+        pattern = line[1:] if negated else line
+        rules.append((negated, _docker_pattern(pattern.strip("/"))))
+    return rules
+
+
+def excluded(path: str, rules) -> bool:
+    """Whether `docker build` leaves `path` out of the context: the last matching rule wins; a
+    rule matching a parent directory matches everything in it."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[:n]) for n in range(1, len(parts))] + [path]
+    matched = False
+    for negated, pattern in rules:
+        if negated != matched:
+            continue
+        if any(pattern.match(candidate) for candidate in candidates):
+            matched = not negated
+    return matched
+
+
+@pytest.mark.parametrize("path", [
+    ".env", ".env.production", ".venv/bin/python", "venv/lib/site.py", "instance/dev.db",
+    "instance/.jwt_secret_key", ".git", ".git/HEAD", "node_modules/left-pad/index.js",
+    "client/node_modules/x/y.js", "routes/__pycache__/health.cpython-311.pyc",
+    "static/uploads/certificates/AIFA-1.pdf", "static/uploads/profiles/me.png",
+    "deploy/certs/privkey.pem", "tests/conftest.py", "bench/run.py", ".ci/run",
+])
+def test_the_image_leaves_out(path):
+    assert excluded(path, _dockerignore())
+
+
+def test_the_image_keeps_everything_the_app_runs():
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    rules = _dockerignore()
+    needed = [path for path in tracked
+              if path.split("/")[0] in ("routes", "services", "utils", "migrations", "static")
+              or re.fullmatch(r"[a-z_]+\.py|requirements\.txt|gunicorn\.conf\.py", path)]
+
+    assert "utils/worker_health.py" in needed and "gunicorn.conf.py" in needed
+    assert [path for path in needed if excluded(path, rules)] == []
+    assert not excluded(".env.example", rules)
