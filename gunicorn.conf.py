@@ -10,7 +10,9 @@ bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5000')}"
 # Sync workers: the API's work is short database round trips; measured here, gthread and
 # gevent gave worse tail latency under keep-alive.
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
-workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count() * 2))
+# WEB_CONCURRENCY: what Heroku sets for the dyno's size.
+workers = int(os.environ.get("GUNICORN_WORKERS") or os.environ.get("WEB_CONCURRENCY")
+              or multiprocessing.cpu_count() * 2)
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
 # Password hashing is CPU-bound: at most one hash per core but one runs at a time on a host
 # (services/hash_slots.py), so a burst of sign-ins leaves CPU and workers for every other

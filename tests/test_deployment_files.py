@@ -1,20 +1,28 @@
 """The deployment files, read as an operator's tools read them: docker-compose.yml's structure
 (services, dependencies, published ports, networks, health checks), the app and proxy images
-(Dockerfile, deploy/nginx/Dockerfile, .dockerignore with Docker's own matching rules), and the
-proxy template's agreement with the app's configuration. `docker compose config` validates the
-file too where the compose plugin is installed (not on this machine: docker is a bare client).
+(Dockerfile, deploy/nginx/Dockerfile, .dockerignore with Docker's own matching rules), the
+proxy template's agreement with the app's configuration, and the spec's other two deployment
+paths, render.yaml and the Procfile: the same commands everywhere, each run far enough to show
+it exists, and every setting production requires. `docker compose config` validates the
+compose file too where the compose plugin is installed (not on this machine: docker is a bare
+client there).
 """
 from __future__ import annotations
 
+import functools
 import re
+import shlex
 import shutil
 import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import yaml
 
 from config import Config
-from tests.support.gunicorn_server import REPO_ROOT
+from tests.support.gunicorn_server import REPO_ROOT, base_env
 
 COMPOSE = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
@@ -232,3 +240,165 @@ def test_the_image_keeps_everything_the_app_runs():
     assert "utils/worker_health.py" in needed and "gunicorn.conf.py" in needed
     assert [path for path in needed if excluded(path, rules)] == []
     assert not excluded(".env.example", rules)
+
+
+# --- the other two deployment paths: Render and Heroku ------------------------------------------------
+
+RENDER = yaml.safe_load((REPO_ROOT / "render.yaml").read_text())
+PROCFILE = dict(line.split(": ", 1) for line in
+                (REPO_ROOT / "Procfile").read_text().splitlines() if line.strip())
+# Variables a platform reads itself, not the app.
+PLATFORM_VARIABLES = {"PYTHON_VERSION", "PORT", "WEB_CONCURRENCY"}
+
+
+@functools.lru_cache(maxsize=None)
+def run_command(command: str) -> tuple[int, str]:
+    """Run a deployment command far enough to show it exists, from the virtualenv the
+    requirements installed: `--help` for a flask command, gunicorn's `--check-config` (which
+    loads gunicorn.conf.py and the app), pip's requirements file read."""
+    words = shlex.split(command)
+    binary = Path(sys.executable).parent / words[0]
+    if not binary.exists():
+        return 127, f"{words[0]} is not installed"
+    if words[0] == "flask":
+        args = [str(binary), *words[1:], "--help"]
+    elif words[0] == "gunicorn":
+        args = [str(binary), "--check-config", *words[1:]]
+    elif words[:3] == ["pip", "install", "-r"]:
+        path = REPO_ROOT / words[3]
+        return (0, "") if path.exists() and "gunicorn==" in path.read_text() else (1, "no file")
+    else:
+        return 1, f"no way to check {command!r}"
+    with tempfile.TemporaryDirectory() as metrics_dir:
+        env = base_env(APP_ENV="testing", PROMETHEUS_MULTIPROC_DIR=metrics_dir)
+        result = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                                timeout=120)
+    return result.returncode, result.stdout + result.stderr
+
+
+def assert_command_exists(command: str) -> None:
+    code, output = run_command(command)
+    assert code == 0, f"{command}: {output[-2000:]}"
+    assert "No such command" not in output, output
+
+
+def required_in_production() -> set[str]:
+    """What ProductionConfig.check names when nothing is set."""
+    from config import ConfigError, ProductionConfig
+
+    saved = {name: getattr(ProductionConfig, name) for name in
+             ("SECRET_KEY", "JWT_SECRET_KEY", "SQLALCHEMY_DATABASE_URI", "PUBLIC_BASE_URL")}
+    try:
+        for name in saved:
+            setattr(ProductionConfig, name, None)
+        with pytest.raises(ConfigError) as excinfo:
+            ProductionConfig.check()
+    finally:
+        for name, value in saved.items():
+            setattr(ProductionConfig, name, value)
+    return set(re.search(r"set (.*) in the environment", str(excinfo.value)).group(1)
+               .split(", "))
+
+
+def settings_read() -> set[str]:
+    """Every variable config.py and gunicorn.conf.py read."""
+    text = (REPO_ROOT / "config.py").read_text() + (REPO_ROOT / "gunicorn.conf.py").read_text()
+    return set(re.findall(r'env(?:_int|_bool)?\("([A-Z_]+)"', text)) | set(
+        re.findall(r'environ(?:\.get)?\(\s*"([A-Z_]+)"', text))
+
+
+def render_env(service: dict) -> dict[str, dict]:
+    groups = {group["name"]: group for group in RENDER["envVarGroups"]}
+    env = {}
+    for entry in service["envVars"]:
+        if "fromGroup" in entry:
+            env.update({var["key"]: var for var in groups[entry["fromGroup"]]["envVars"]})
+        else:
+            env[entry["key"]] = entry
+    return env
+
+
+def render_service(kind: str) -> dict:
+    [service] = [s for s in RENDER["services"] if s["type"] == kind]
+    return service
+
+
+def test_render_declares_web_worker_postgres_and_redis():
+    assert sorted((s["type"], s["name"]) for s in RENDER["services"]) == [
+        ("keyvalue", "lms-redis"), ("web", "lms-api"), ("worker", "lms-worker")]
+    assert [db["name"] for db in RENDER["databases"]] == ["lms-db"]
+    redis_service = render_service("keyvalue")
+    assert redis_service["maxmemoryPolicy"] == "noeviction"
+    assert redis_service["ipAllowList"] == [] and RENDER["databases"][0]["ipAllowList"] == []
+
+
+def test_render_migrates_before_start_and_checks_readiness(app):
+    web, worker = render_service("web"), render_service("worker")
+
+    assert web["preDeployCommand"] == "flask --app app db upgrade"
+    assert web["startCommand"] == "gunicorn app:app"
+    assert worker["startCommand"] == "flask --app app worker"
+    assert web["healthCheckPath"] in {rule.rule for rule in app.url_map.iter_rules()}
+    for service in (web, worker):
+        assert service["runtime"] == "python"
+        assert service["buildCommand"] == "pip install -r requirements.txt"
+        for key in ("buildCommand", "preDeployCommand", "startCommand"):
+            if key in service:
+                assert_command_exists(service[key])
+
+
+def test_render_gives_web_and_worker_every_required_setting():
+    required = required_in_production() | {"REDIS_URL", "APP_ENV"}
+    assert required >= {"SESSION_SECRET", "JWT_SECRET_KEY", "DATABASE_URL", "PUBLIC_BASE_URL"}
+    databases = {db["name"] for db in RENDER["databases"]}
+    services = {(s["type"], s["name"]) for s in RENDER["services"]}
+    known = settings_read() | PLATFORM_VARIABLES
+
+    for kind in ("web", "worker"):
+        env = render_env(render_service(kind))
+        assert required <= set(env), (kind, required - set(env))
+        assert env["APP_ENV"]["value"] == "production"
+        assert set(env) <= known, (kind, set(env) - known)  # no misspelt setting
+        for entry in env.values():
+            if "fromDatabase" in entry:
+                assert entry["fromDatabase"]["name"] in databases
+            if "fromService" in entry:
+                source = entry["fromService"]
+                assert (source["type"], source["name"]) in services
+    # One pair of secrets for both: generated once, in the group they share.
+    group = {var["key"]: var for var in RENDER["envVarGroups"][0]["envVars"]}
+    for secret in ("SESSION_SECRET", "JWT_SECRET_KEY"):
+        assert group[secret] == {"key": secret, "generateValue": True}
+    assert group["PUBLIC_BASE_URL"] == {"key": "PUBLIC_BASE_URL", "sync": False}
+
+
+def test_the_procfile_runs_what_render_and_compose_run():
+    assert set(PROCFILE) == {"web", "worker", "release"}
+    web, worker = render_service("web"), render_service("worker")
+    assert PROCFILE["web"] == web["startCommand"] == " ".join(SERVICES["web"]["command"])
+    assert PROCFILE["worker"] == worker["startCommand"] == " ".join(
+        SERVICES["worker"]["command"])
+    assert PROCFILE["release"] == web["preDeployCommand"] == " ".join(
+        SERVICES["migrate"]["command"])
+    for command in PROCFILE.values():
+        assert_command_exists(command)
+
+
+def test_the_commands_are_the_apps():
+    """What the help of each command says: the app's own worker, Flask-Migrate's upgrade."""
+    assert "Run background jobs from Redis" in run_command("flask --app app worker")[1]
+    assert "Upgrade to a later version" in run_command("flask --app app db upgrade")[1]
+
+
+def test_one_python_version_everywhere():
+    version = (REPO_ROOT / ".python-version").read_text().strip()
+    assert version == "3.11"
+    assert re.search(rf"^FROM python:{re.escape(version)}-slim$", APP_DOCKERFILE, re.M)
+    group = {var["key"]: var for var in RENDER["envVarGroups"][0]["envVars"]}
+    assert group["PYTHON_VERSION"]["value"] == version
+
+
+def test_compose_sets_only_settings_the_app_reads():
+    known = settings_read()
+    for name in ("web", "worker", "migrate"):
+        assert set(SERVICES[name]["environment"]) <= known, name
