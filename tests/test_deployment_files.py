@@ -402,3 +402,12 @@ def test_compose_sets_only_settings_the_app_reads():
     known = settings_read()
     for name in ("web", "worker", "migrate"):
         assert set(SERVICES[name]["environment"]) <= known, name
+
+
+def test_prometheus_scrapes_every_web_replicas_metrics_port():
+    config = yaml.safe_load((REPO_ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    [job] = config["scrape_configs"]
+    [discovery] = job["dns_sd_configs"]
+
+    assert discovery["names"] == ["web"] and discovery["type"] == "A"
+    assert str(discovery["port"]) == SERVICES["web"]["environment"]["METRICS_PORT"]

@@ -1,12 +1,14 @@
 """Metrics (utils/metrics.py), in the test process: requests counted by URL rule, method and
 status with their latency; database and Redis errors counted where they happen; the scrape-time
 figures read from the database and the job queue; an exited worker's counts kept when its files
-are folded into the archive. tests/test_metrics_gunicorn.py scrapes a real multi-worker server.
+are folded into the archive; the Grafana dashboard reading only what is exported.
+tests/test_metrics_gunicorn.py scrapes a real multi-worker server.
 
 Counters are global to the process, so each test compares a value before and after."""
 from __future__ import annotations
 
 import os
+import re
 import uuid
 
 import pytest
@@ -278,3 +280,54 @@ def test_a_new_run_starts_from_an_empty_directory(tmp_path):
     metrics.clear_directory(str(tmp_path))
 
     assert os.listdir(tmp_path) == ["notes.txt"]
+
+
+# --- the Grafana dashboard ---------------------------------------------------------------------------------
+
+def _exported(families) -> tuple[set[str], set[str]]:
+    """Sample names and label names of metric families, as Prometheus stores them."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+    names, labels = set(), set()
+    for family in families:
+        if not family.name.startswith("lms_"):
+            continue
+        names |= {family.name + suffix for suffix in suffixes.get(family.type, ("",))}
+        labels |= {label for sample in family.samples for label in sample.labels}
+    return names, labels
+
+
+def test_the_dashboard_reads_only_metrics_the_app_exports(app, client):
+    import json
+    from pathlib import Path
+
+    import fakeredis
+
+    client.get(f"{API}/health")  # so the request metrics have samples and labels
+    with app.app_context():
+        seed_figures()
+        figures = list(metrics.DatabaseFigures(db.engine, fakeredis.FakeRedis(), "lms")
+                       .collect())
+    names, labels = _exported([*REGISTRY.collect(), *figures])
+    labels |= {"le", "status", "method", "endpoint", "error"}
+    dashboard = json.loads((Path(__file__).parent.parent / "deploy" / "grafana" /
+                            "lms-dashboard.json").read_text())
+
+    panels = dashboard["panels"]
+    assert len({panel["id"] for panel in panels}) == len(panels)
+    for panel in panels:
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            used = set(re.findall(r"\blms_[a-z_]+", target["expr"]))
+            assert used and used <= names, (panel["title"], used - names)
+            grouped = {label.strip() for group in re.findall(r"by \(([^)]*)\)", target["expr"])
+                       for label in group.split(",")}
+            assert grouped <= labels, (panel["title"], grouped - labels)
+    covered = {name for panel in panels for target in panel["targets"]
+               for name in re.findall(r"\blms_[a-z_]+", target["expr"])}
+    # Every figure the issue names has a panel.
+    assert covered >= {"lms_http_requests_total", "lms_http_request_duration_seconds_bucket",
+                       "lms_database_errors_total", "lms_redis_errors_total",
+                       "lms_job_queue_depth", "lms_job_failed_attempts_total",
+                       "lms_payments_settled_total", "lms_payments_failed_total",
+                       "lms_payments_refunded_total", "lms_certificates_issued_total"}
