@@ -411,3 +411,44 @@ def test_prometheus_scrapes_every_web_replicas_metrics_port():
 
     assert discovery["names"] == ["web"] and discovery["type"] == "A"
     assert str(discovery["port"]) == SERVICES["web"]["environment"]["METRICS_PORT"]
+
+
+# --- the README's Production section says what the files do -------------------------------------------
+
+README = (REPO_ROOT / "README.md").read_text()
+PRODUCTION = README[README.index("## Production"):README.index("### Jobs, Redis and caches")]
+
+
+def _section(title: str) -> str:
+    start = PRODUCTION.index(f"### {title}")
+    end = PRODUCTION.find("\n### ", start + 1)
+    return PRODUCTION[start:end if end != -1 else None]
+
+
+def test_the_readme_lists_the_compose_services_and_settings():
+    table = re.findall(r"^\| `([a-z]+)`(?:, `([a-z]+)`)? \|", _section("Docker Compose"), re.M)
+    assert {name for row in table for name in row if name} == set(SERVICES)
+    compose_text = (REPO_ROOT / "docker-compose.yml").read_text()
+    for variable in ("HTTP_PORT", "HTTPS_PORT", "TLS_CERT_DIR", "EDGE_SUBNET"):
+        assert f"`{variable}`" in PRODUCTION and "${" + variable in compose_text, variable
+    assert "`10.250.0.0/24`" in PRODUCTION
+
+
+def test_the_readme_quotes_the_procfile_and_the_blueprint():
+    for name, command in PROCFILE.items():
+        assert f"`{name}: {command}`" in _section("Heroku"), name
+    render = _section("Render")
+    for name in ("lms-api", "lms-worker", "lms-db", "lms-redis", "lms-settings"):
+        assert f"`{name}`" in render, name
+    assert f"`preDeployCommand: {render_service('web')['preDeployCommand']}`" in render
+
+
+def test_the_readme_lists_every_metric():
+    source = (REPO_ROOT / "utils" / "metrics.py").read_text()
+    defined = {name + "_total" for name in
+               re.findall(r'(?:Counter|CounterMetricFamily)\(\s*"(lms_[a-z_]+)"', source)}
+    defined |= set(re.findall(r'(?:Histogram|GaugeMetricFamily)\(\s*"(lms_[a-z_]+)"', source))
+    rows = [line for line in _section("Metrics").splitlines() if line.startswith("| `lms_")]
+    listed = {name for row in rows for name in re.findall(r"`(lms_[a-z_]+)`",
+                                                          row.split(" | ")[0])}
+    assert listed == defined
