@@ -49,7 +49,7 @@ def on_starting(server):
 
 
 def when_ready(server):
-    config = server.app.wsgi().config  # preloaded: the app the workers run
+    config = getattr(server.app.wsgi(), "config", {})  # preloaded: the app the workers run
     if config.get("METRICS_PORT"):
         from utils import metrics
 
