@@ -14,6 +14,8 @@ RUN apt-get update \
 COPY requirements.txt .
 RUN pip install -r requirements.txt
 
+# .dockerignore keeps secrets (.env), local state (instance/, uploads, .venv), .git, tests and
+# the deployment files out of the image.
 COPY . .
 RUN mkdir -p static/uploads/thumbnails static/uploads/resources static/uploads/profiles \
         static/uploads/certificates instance \
@@ -21,7 +23,10 @@ RUN mkdir -p static/uploads/thumbnails static/uploads/resources static/uploads/p
     && chown -R lms:lms static/uploads instance
 
 USER lms
-EXPOSE 5000
+# 5000: the API (reached through the proxy only); 9101: metrics (METRICS_PORT, not published).
+EXPOSE 5000 9101
 
-# Apply migrations, then serve; gunicorn.conf.py holds the worker settings.
-CMD ["sh", "-c", "flask --app app db upgrade && exec gunicorn app:app"]
+# Serve; gunicorn.conf.py holds the worker settings. Migrations are a step of their own, run
+# once before the web and worker processes start: the compose `migrate` service, Render's
+# preDeployCommand, Heroku's release phase (README, Production).
+CMD ["gunicorn", "app:app"]

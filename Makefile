@@ -5,12 +5,14 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 export FLASK_APP = app.py
 
-.PHONY: run test bench install migrate seed clean help
+.PHONY: run test bench install migrate seed clean help nginx certs
 
 help:
 	@echo "make run    serve the API on http://127.0.0.1:5000/api/v1 (SQLite, no setup needed)"
 	@echo "make test   install and run the whole test suite"
 	@echo "make bench  the API under load against a bare-Flask baseline (PostgreSQL, Redis, wrk)"
+	@echo "make nginx  nginx, envsubst and openssl from Debian's packages (the proxy tests need them)"
+	@echo "make certs  a self-signed certificate in deploy/certs, to try docker compose out"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +46,21 @@ test: install
 bench: install
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/run.py
+
+# tests/test_proxy.py runs the compose proxy's configuration (deploy/nginx) with nginx from
+# Debian's packages; installed when missing, as `make bench` does for wrk. A package install
+# that started the system's own nginx (no policy-rc.d to stop it) is stopped again.
+nginx:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || ( \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends nginx \
+	    && (test ! -f /run/nginx.pid || /usr/sbin/nginx -s quit || true))
+	@command -v envsubst >/dev/null || apt-get install -y -qq --no-install-recommends gettext-base
+	@command -v openssl >/dev/null || apt-get install -y -qq --no-install-recommends openssl
+
+# For trying `docker compose up` out: a self-signed certificate where the proxy looks for one
+# (TLS_CERT_DIR, default deploy/certs). Production mounts the certificate its CA issued.
+certs:
+	@test -f deploy/certs/fullchain.pem || deploy/nginx/self-signed-cert.sh deploy/certs localhost
 
 clean:
 	rm -rf $(VENV) instance/dev.db .pytest_cache

@@ -22,6 +22,7 @@ from config import CONFIGS, ConfigError, config_name_from_env
 from models import db
 from services import catalog_cache, certificate_service, jobs
 from services.email_service import register_outbox
+from utils import error_reporting, metrics
 from utils.middleware import init_middleware
 from utils.security import refuse_blocked_ip
 from utils.validation import spec
@@ -81,6 +82,7 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
     app.config.update(overrides or {})
     app.config["CONFIG_NAME"] = config_name
     app.json.sort_keys = False
+    error_reporting.init_app(app)
 
     if app.config["TRUSTED_PROXIES"]:
         count = app.config["TRUSTED_PROXIES"]
@@ -111,6 +113,7 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
         referrer_policy="no-referrer",
     )
     init_middleware(app)
+    metrics.init_app(app)
     app.before_request(refuse_blocked_ip)
     if app.config["RATE_LIMIT_HEADERS"] == "writes":
         app.after_request(_rate_limit_headers_on_writes)

@@ -253,6 +253,16 @@ class Config:
     LOG_FORMAT = env("LOG_FORMAT", "json")
     LOG_LEVEL = env("LOG_LEVEL", "INFO")
 
+    # Prometheus metrics (utils/metrics.py), served by the gunicorn master on a port of their
+    # own, never through the reverse proxy. 0: not served.
+    METRICS_PORT = env_int("METRICS_PORT", 0)
+    METRICS_ADDRESS = env("METRICS_ADDRESS", "127.0.0.1")
+
+    # Error reporting to Sentry (utils/error_reporting.py) when a DSN is set.
+    SENTRY_DSN = env("SENTRY_DSN")
+    SENTRY_ENVIRONMENT = env("SENTRY_ENVIRONMENT")  # default: the configuration's name
+    SENTRY_TRACES_SAMPLE_RATE = float(env("SENTRY_TRACES_SAMPLE_RATE") or 0)
+
     @classmethod
     def check(cls) -> None:
         """Raise ConfigError when this configuration cannot run."""
@@ -298,6 +308,8 @@ class TestingConfig(Config):
 
 class ProductionConfig(Config):
     DEBUG = False
+    # No default: certificate QR codes and e-mailed links must never point at localhost.
+    PUBLIC_BASE_URL = (env("PUBLIC_BASE_URL") or "").rstrip("/") or None
     FORCE_HTTPS = env_bool("FORCE_HTTPS", True)
     # Unconfigured gateways answer 503 rather than writing codes or mail to the log.
     MAIL_BACKEND = Config.MAIL_BACKEND or (
@@ -313,6 +325,7 @@ class ProductionConfig(Config):
                 ("SESSION_SECRET", cls.SECRET_KEY),
                 ("JWT_SECRET_KEY", cls.JWT_SECRET_KEY),
                 ("DATABASE_URL", cls.SQLALCHEMY_DATABASE_URI),
+                ("PUBLIC_BASE_URL", cls.PUBLIC_BASE_URL),
             )
             if not value
         ]

@@ -3,12 +3,16 @@
 Every value can be overridden from the environment (GUNICORN_WORKERS, PORT, ...)."""
 import multiprocessing
 import os
+import shutil
+import tempfile
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5000')}"
 # Sync workers: the API's work is short database round trips; measured here, gthread and
 # gevent gave worse tail latency under keep-alive.
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
-workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count() * 2))
+# WEB_CONCURRENCY: what Heroku sets for the dyno's size.
+workers = int(os.environ.get("GUNICORN_WORKERS") or os.environ.get("WEB_CONCURRENCY")
+              or multiprocessing.cpu_count() * 2)
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
 # Password hashing is CPU-bound: at most one hash per core but one runs at a time on a host
 # (services/hash_slots.py), so a burst of sign-ins leaves CPU and workers for every other
@@ -29,3 +33,43 @@ preload_app = True
 # gunicorn's control socket sits at one fixed path per user by default, which two servers on a
 # host would share; the API does not use it.
 control_socket_disable = True
+
+# Metrics (utils/metrics.py): each worker counts into files of prometheus_client's multiprocess
+# mode, in a directory that must be known before the app is imported; with METRICS_PORT set, the
+# master serves their sum. A directory given in PROMETHEUS_MULTIPROC_DIR is emptied at start.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lms-metrics-")
+    os.environ["LMS_METRICS_DIR_OWNED"] = "1"  # this file made it: on_exit removes it
+
+
+def on_starting(server):
+    from utils import metrics
+
+    metrics.clear_directory(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
+
+def when_ready(server):
+    config = getattr(server.app.wsgi(), "config", {})  # preloaded: the app the workers run
+    if config.get("METRICS_PORT"):
+        from utils import metrics
+
+        metrics.serve(config, config["METRICS_ADDRESS"], config["METRICS_PORT"])
+        server.log.info("Metrics at http://%s:%s/metrics", config["METRICS_ADDRESS"],
+                        config["METRICS_PORT"])
+
+
+def post_fork(server, worker):
+    from utils import metrics
+
+    metrics.close_in_worker()  # the master's metrics socket, inherited by the fork
+
+
+def child_exit(server, worker):
+    from utils import metrics
+
+    metrics.worker_exited(worker.pid, os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
+
+def on_exit(server):
+    if os.environ.get("LMS_METRICS_DIR_OWNED") == "1":
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

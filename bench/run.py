@@ -225,6 +225,7 @@ def api_env(url: str, cache_seconds: int, limits: bool = True) -> dict:
     return {**keep, "APP_ENV": "production", "DATABASE_URL": url, "REDIS_URL": REDIS,
             "RATE_LIMIT_STORAGE_URL": REDIS, "SESSION_SECRET": "bench-session-secret",
             "JWT_SECRET_KEY": "bench-jwt-secret-of-enough-length-0123456789",
+            "PUBLIC_BASE_URL": "https://lms.example.test",
             "FORCE_HTTPS": "False", "LOG_LEVEL": "WARNING", "OTP_REQUIRED": "False",
             "CATALOG_CACHE_SECONDS": str(cache_seconds), "UPLOAD_FOLDER": UPLOADS,
             "RATELIMIT_ENABLED": str(limits), "RATELIMIT_DEFAULT": HIGH,

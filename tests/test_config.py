@@ -19,7 +19,7 @@ from config import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-PRODUCTION_SECRETS = ("SESSION_SECRET", "JWT_SECRET_KEY", "DATABASE_URL")
+PRODUCTION_SECRETS = ("SESSION_SECRET", "JWT_SECRET_KEY", "DATABASE_URL", "PUBLIC_BASE_URL")
 
 
 def _run_python(code: str, *, remove: tuple[str, ...] = (), **extra_env: str):
@@ -83,14 +83,16 @@ def test_dotenv_lines_lose_their_inline_comments(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def _set_production(monkeypatch, secret, jwt_secret, database_uri):
+def _set_production(monkeypatch, secret, jwt_secret, database_uri,
+                    public_base_url="https://lms.example.com"):
     monkeypatch.setattr(ProductionConfig, "SECRET_KEY", secret)
     monkeypatch.setattr(ProductionConfig, "JWT_SECRET_KEY", jwt_secret)
     monkeypatch.setattr(ProductionConfig, "SQLALCHEMY_DATABASE_URI", database_uri)
+    monkeypatch.setattr(ProductionConfig, "PUBLIC_BASE_URL", public_base_url)
 
 
 def test_production_check_names_every_missing_secret(monkeypatch):
-    _set_production(monkeypatch, None, "", "")
+    _set_production(monkeypatch, None, "", "", None)
 
     with pytest.raises(ConfigError) as excinfo:
         ProductionConfig.check()
@@ -109,6 +111,7 @@ def test_production_check_names_only_what_is_missing(monkeypatch):
     message = str(excinfo.value)
     assert "JWT_SECRET_KEY" in message
     assert "SESSION_SECRET" not in message and "DATABASE_URL" not in message
+    assert "PUBLIC_BASE_URL" not in message
 
 
 def test_production_check_passes_when_everything_is_set(monkeypatch):
@@ -132,13 +135,37 @@ def test_production_app_refuses_to_start_without_secrets():
 def test_production_app_names_only_the_missing_database_url():
     result = _run_python("import app; app.app", remove=("DATABASE_URL", "APP_ENV"),
                          FLASK_ENV="production", SESSION_SECRET="a-real-session-secret",
-                         JWT_SECRET_KEY="a-real-jwt-secret")
+                         JWT_SECRET_KEY="a-real-jwt-secret",
+                         PUBLIC_BASE_URL="https://lms.example.com")
 
     assert result.returncode == 1, (result.stdout, result.stderr)
     last = _last_line(result.stderr)
     assert "DATABASE_URL" in last
     assert "SESSION_SECRET" not in last and "JWT_SECRET_KEY" not in last
+    assert "PUBLIC_BASE_URL" not in last
     assert "Traceback" not in result.stderr
+
+
+def test_production_app_refuses_to_start_without_a_public_base_url():
+    """Certificate QR codes and e-mailed links use PUBLIC_BASE_URL: production has no
+    localhost default to fall back on, and says so in one line."""
+    result = _run_python("import app; app.app", remove=("PUBLIC_BASE_URL", "APP_ENV"),
+                         FLASK_ENV="production", SESSION_SECRET="a-real-session-secret",
+                         JWT_SECRET_KEY="a-real-jwt-secret",
+                         DATABASE_URL="postgresql://db.invalid/lms")
+
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == ["Production configuration refuses to start: set PUBLIC_BASE_URL in "
+                     "the environment."], result.stderr
+
+
+def test_production_public_base_url_loses_its_trailing_slash():
+    result = _run_python("from config import ProductionConfig as C; print(C.PUBLIC_BASE_URL)",
+                         remove=("APP_ENV",), PUBLIC_BASE_URL=" https://lms.example.com/ ")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "https://lms.example.com"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -180,6 +180,7 @@ class RQWorld:
             MAIL_BACKEND="smtp", MAIL_SERVER="127.0.0.1", MAIL_PORT=str(mail_port),
             MAIL_USE_TLS="False", SESSION_SECRET=secrets.token_hex(16),
             JWT_SECRET_KEY=secrets.token_hex(32), UPLOAD_FOLDER=self.upload_folder,
+            PUBLIC_BASE_URL="https://lms.example.test",
             LOG_FORMAT="json", LOG_LEVEL="INFO")
         return run_flask(env, "worker", "--burst", *extra, timeout=60)
 

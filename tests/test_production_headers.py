@@ -36,6 +36,7 @@ print(json.dumps({{name: {{"status": r.status_code, "headers": dict(r.headers)}}
 def test_production_sends_hsts_csp_and_cors_for_the_two_spas_only(tmp_path):
     env = base_env(APP_ENV="production", DATABASE_URL=f"sqlite:///{tmp_path / 'p.db'}",
                    SESSION_SECRET="s" * 32, JWT_SECRET_KEY="j" * 48,
+                   PUBLIC_BASE_URL="https://api.example.com",
                    FRONTEND_URL_STUDENTS=STUDENTS, FRONTEND_URL_ADMIN=ADMINS,
                    LOG_LEVEL="ERROR")
     result = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO_ROOT, env=env,

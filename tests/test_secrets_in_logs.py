@@ -23,6 +23,7 @@ def production_app(app, monkeypatch):
     monkeypatch.setattr(ProductionConfig, "SECRET_KEY", "production-session-secret-for-test")
     monkeypatch.setattr(ProductionConfig, "JWT_SECRET_KEY", "production-jwt-secret-for-test-1234567")
     monkeypatch.setattr(ProductionConfig, "SQLALCHEMY_DATABASE_URI", uri)
+    monkeypatch.setattr(ProductionConfig, "PUBLIC_BASE_URL", "https://lms.example.test")
     sink = smtp_server()
     prod = create_app("production", overrides={
         "SQLALCHEMY_DATABASE_URI": uri, "SQLALCHEMY_ENGINE_OPTIONS": {}, "FORCE_HTTPS": False,

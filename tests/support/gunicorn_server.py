@@ -29,6 +29,9 @@ _WORKER_RE = re.compile(r"Booting worker with pid: (\d+)")
 
 # What the subprocess inherits from the test process: enough to run Python and reach the
 # services, nothing that the app's configuration reads.
+# Production refuses to start without the public address its links and QR codes use.
+PUBLIC_BASE_URL = "https://lms.example.test"
+
 _PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "SYSTEMROOT")
 
 
@@ -44,14 +47,15 @@ def production_env(database_url: str, redis_url: str | None, **settings: str) ->
     """base_env for the production configuration as the server tests run it: fresh secrets,
     JSON request logs at INFO (they name the worker that answered), no forced HTTPS, console
     SMS and mail, no verified phone required to register; Redis for the shared state and the
-    rate limits, or none (`redis_url=None`: in-memory limits). `settings` add or override."""
+    rate limits, or none (`redis_url=None`: in-memory limits); PUBLIC_BASE_URL, which
+    production requires. `settings` add or override."""
     shared = ({"REDIS_URL": redis_url, "RATE_LIMIT_STORAGE_URL": redis_url} if redis_url
               # empty is unset, and keeps a developer's .env from supplying one
               else {"REDIS_URL": "", "RATE_LIMIT_STORAGE_URL": "memory://"})
     return base_env(**{
         "APP_ENV": "production", "DATABASE_URL": database_url, **shared,
         "SESSION_SECRET": secrets.token_hex(32), "JWT_SECRET_KEY": secrets.token_hex(32),
-        "FORCE_HTTPS": "False", "LOG_FORMAT": "json", "LOG_LEVEL": "INFO",
+        "PUBLIC_BASE_URL": PUBLIC_BASE_URL, "FORCE_HTTPS": "False", "LOG_FORMAT": "json", "LOG_LEVEL": "INFO",
         "SMS_BACKEND": "console", "MAIL_BACKEND": "console", "OTP_REQUIRED": "False",
         **settings})
 
@@ -82,7 +86,8 @@ class GunicornServer:
     env: dict[str, str]
     log_path: Path
     workers: int = 2
-    port: int | None = None
+    port: int | None = None  # None: one the kernel picks
+    host: str = "127.0.0.1"  # any 127.x address: two servers may then share a port number
     worker_pids: set[int] = field(default_factory=set)
     _process: subprocess.Popen | None = None
     _log_file: object = None
@@ -93,7 +98,7 @@ class GunicornServer:
         self._log_file = open(self.log_path, "ab")  # O_APPEND: the workers' lines never overlap
         self._process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "app:app", "-c", "gunicorn.conf.py",
-             "--workers", str(self.workers), "--bind", "127.0.0.1:0",
+             "--workers", str(self.workers), "--bind", f"{self.host}:{self.port or 0}",
              "--no-control-socket"],
             cwd=REPO_ROOT, env=self.env, stdout=self._log_file, stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -148,7 +153,7 @@ class GunicornServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def send(self, method: str, path: str, *, tag: str = "mw", **kwargs) -> Answer:
         """One request on a connection of its own, so the kernel may hand it to any worker."""
