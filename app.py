@@ -9,11 +9,6 @@ import logging
 import sys
 
 from flask import Flask, request
-from flask_cors import CORS
-from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
-from flask_mail import Mail
-from flask_migrate import Migrate
 from flask_talisman import Talisman
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -22,19 +17,10 @@ from config import CONFIGS, ConfigError, config_name_from_env
 from models import db
 from services import catalog_cache, certificate_service, jobs
 from services.email_service import register_outbox
+from utils.extensions import cors, limiter, mail, migrate
 from utils.middleware import init_middleware
 from utils.security import refuse_blocked_ip
 from utils.validation import spec
-
-migrate = Migrate()
-mail = Mail()
-cors = CORS()
-limiter = Limiter(
-    get_remote_address,
-    # With Redis briefly unreachable, limits fall back to memory instead of failing requests.
-    in_memory_fallback_enabled=True,
-    key_prefix="lms",
-)
 
 API_CSP = {"default-src": "'none'", "frame-ancestors": "'none'"}
 VERIFY_CSP = {"default-src": "'none'", "style-src": "'unsafe-inline'", "form-action": "'self'",

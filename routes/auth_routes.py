@@ -10,7 +10,7 @@ from flask_jwt_extended import get_jwt, jwt_required
 from pydantic import BaseModel, Field, model_validator
 from spectree import Response
 
-from app import limiter
+from utils.extensions import limiter
 from routes.common import config_limit
 from auth import current_user, login_required
 from models import db

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import current_app
 from pydantic import BaseModel
 
-from app import limiter
+from utils.extensions import limiter
 
 
 def config_limit(name: str):

@@ -8,7 +8,7 @@ from flask import Blueprint, request
 from pydantic import AfterValidator, BeforeValidator, Field
 from spectree import Response
 
-from app import limiter
+from utils.extensions import limiter
 from auth import current_user, instructor_required, optional_user
 from models import db
 from routes.common import Envelope, MessageOut

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, request
 from spectree import Response
 
-from app import limiter
+from utils.extensions import limiter
 from auth import instructor_required, login_required
 from routes import auth_routes, course_routes, lessons_resources_routes
 from routes.common import Envelope

@@ -5,7 +5,7 @@ from flask import Blueprint, request
 from pydantic import Field
 from spectree import Response
 
-from app import limiter
+from utils.extensions import limiter
 from auth import current_user, instructor_required, login_required
 from models import Course, Enrollment, Lesson, LessonResource, Module, db
 from routes.common import Envelope, MessageOut

@@ -6,7 +6,7 @@ from flask import Blueprint, Response as FlaskResponse, request
 from pydantic import Field
 from spectree import Response
 
-from app import limiter
+from utils.extensions import limiter
 from auth import current_user, login_required
 from models import Payment, db
 from routes.common import Envelope, config_limit

@@ -47,7 +47,7 @@ def _send_console(to, subject, text, html, attachments, sender):
 def _send_smtp(to, subject, text, html, attachments, sender):
     from flask_mail import Message
 
-    from app import mail
+    from utils.extensions import mail
 
     message = Message(subject=subject, recipients=[to], body=text, html=html, sender=sender)
     for item in attachments:

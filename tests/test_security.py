@@ -169,7 +169,7 @@ def test_client_address_comes_from_the_socket_unless_proxies_are_trusted(app):
 
 
 def test_rate_limiting_can_be_turned_off(app):
-    from app import limiter
+    from utils.extensions import limiter
 
     # Flask-Limiter keeps `enabled` on its one instance (one app per process in production);
     # put it back for the rest of the suite.

@@ -14,6 +14,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
 
 from utils.errors import APIError, ServiceUnavailable
+from utils.extensions import limiter
 
 log = logging.getLogger("lms.request")
 
@@ -120,8 +121,6 @@ def _handle_http_exception(exc: HTTPException):
         limit = getattr(exc, "description", None)
         if limit:
             message = f"Too many requests: the limit is {limit}"
-        from app import limiter
-
         current = limiter.current_limit
         if current is not None:
             headers["Retry-After"] = str(max(1, int(current.reset_at - time.time())))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, request
 from pydantic import Field
 
-from app import limiter
+from utils.extensions import limiter
 from auth import current_user, login_required, roles_required
 from models import MasterCategory, db
 from utils.errors import Conflict
