@@ -5,21 +5,20 @@ rather than at import, so importing `create_app` (tests, tools) builds no develo
 """
 from __future__ import annotations
 
-import logging
 import sys
 
-from flask import Flask, request
+from flask import Flask
 from flask_talisman import Talisman
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from auth import jwt
 from config import CONFIGS, ConfigError, config_name_from_env
 from models import db
-from services import catalog_cache, certificate_service, jobs
+from services import certificate_service, jobs
 from services.email_service import register_outbox
 from utils.extensions import cors, limiter, mail, migrate
 from utils.middleware import init_middleware
-from utils.security import refuse_blocked_ip
+from utils.pipeline.hooks import init_pipeline
 from utils.validation import spec
 
 API_CSP = {"default-src": "'none'", "frame-ancestors": "'none'"}
@@ -35,22 +34,6 @@ DOCS_CSP = {
     "connect-src": "'self'",
     "worker-src": ["'self'", "blob:"],
 }
-
-
-def _rate_limit_headers_on_writes(response):
-    """X-RateLimit-* on limited writes only: reading the window costs a Redis round trip that
-    the read hot path does without."""
-    if request.method in ("GET", "HEAD", "OPTIONS") or not limiter.enabled:
-        return response
-    current = limiter.current_limit
-    if current is not None:
-        try:
-            response.headers["X-RateLimit-Limit"] = str(current.limit.amount)
-            response.headers["X-RateLimit-Remaining"] = str(current.remaining)
-            response.headers["X-RateLimit-Reset"] = str(current.reset_at)
-        except Exception as exc:  # the storage is down: the answer stands without them
-            logging.getLogger("lms.limits").warning("rate limit headers skipped: %s", exc)
-    return response
 
 
 def create_app(config_name: str | None = None, overrides: dict | None = None) -> Flask:
@@ -97,11 +80,8 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
         referrer_policy="no-referrer",
     )
     init_middleware(app)
-    app.before_request(refuse_blocked_ip)
-    if app.config["RATE_LIMIT_HEADERS"] == "writes":
-        app.after_request(_rate_limit_headers_on_writes)
     register_outbox()
-    catalog_cache.register()
+    init_pipeline(app)
     jobs.register()
     certificate_service.register()
 

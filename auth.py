@@ -14,13 +14,13 @@ from flask_jwt_extended import JWTManager, get_current_user, verify_jwt_in_reque
 
 from models import User, db
 from utils.errors import Forbidden, Unauthorized
+from utils.middleware import error_response
+from utils.pipeline import token_blocklist
 
 jwt = JWTManager()
 
 
 def _unauthorized(message: str, code: str):
-    from utils.middleware import error_response
-
     return error_response(401, code, message)
 
 
@@ -43,8 +43,6 @@ def _claims(user):
 def _token_refused(_header, payload) -> bool:
     """Revoked (logout), or issued before the user's tokens_valid_after (password change or
     reset, deactivation)."""
-    from services import token_blocklist
-
     if token_blocklist.is_revoked(payload["jti"]):
         return True
     try:

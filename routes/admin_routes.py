@@ -12,12 +12,13 @@ from spectree import Response
 
 from auth import admin_required, current_user
 from models import AuditLog, Certificate, Payment, RefundRequest, db
+from routes.common import Envelope, accepted
 from services import admin_service, certificate_service, jobs, settlement_service
-from utils import security
 from utils.errors import NotFound
 from utils.helpers import paginate
 from utils.middleware import current_request_id
-from routes.common import Envelope, accepted
+from utils.pipeline import blocked_ips
+from utils.pipeline.client_address import client_ip
 from utils.validation import (
     PageQuery,
     StrictModel,
@@ -40,7 +41,7 @@ def audit(action: str, target_type: str | None = None, target_id: int | None = N
     details = {k: _jsonable(v) for k, v in details.items()}
     db.session.add(AuditLog(
         actor_id=current_user().id, action=action, target_type=target_type,
-        target_id=target_id, details=details or None, ip_address=security.client_ip(),
+        target_id=target_id, details=details or None, ip_address=client_ip(),
         request_id=current_request_id()))
 
 
@@ -89,7 +90,7 @@ class MessageOut(BaseModel):
 def list_blocked_ips():
     """Addresses blocked now (automatically or by an admin), newest first."""
     args = query_args()
-    rows, meta = paginate(security.active_blocks(), args.page, args.per_page)
+    rows, meta = paginate(blocked_ips.active_blocks(), args.page, args.per_page)
     return {"blocked_ips": [row.to_dict() for row in rows], "pagination": meta}
 
 
@@ -103,7 +104,7 @@ def block_ip():
     ip = str(body.ip_address)
     audit("blocked_ip.create", "blocked_ip", None, ip_address=ip, reason=body.reason,
           duration_seconds=body.duration_seconds)
-    row = security.block_ip(ip, seconds=body.duration_seconds, reason=body.reason,
+    row = blocked_ips.block_ip(ip, seconds=body.duration_seconds, reason=body.reason,
                             by_user_id=current_user().id)
     return {"message": "Address blocked", "blocked_ip": row.to_dict()}, 201
 
@@ -114,7 +115,7 @@ def block_ip():
           security={"bearer": []})
 def unblock_ip(ip: str):
     """Lift the block of an address."""
-    if not security.unblock_ip(ip[:45]):
+    if not blocked_ips.unblock_ip(ip[:45]):
         raise NotFound("This address is not blocked")
     audit("blocked_ip.delete", "blocked_ip", None, ip_address=ip[:45])
     db.session.commit()

@@ -1,15 +1,7 @@
-"""Small pieces shared by the route modules: output envelopes and per-route limits."""
+"""Small pieces shared by the route modules: output envelopes."""
 from __future__ import annotations
 
-from flask import current_app
 from pydantic import BaseModel
-
-from utils.extensions import limiter
-
-
-def config_limit(name: str):
-    """A per-route limit read from config when the request arrives."""
-    return limiter.limit(lambda: current_app.config[name])
 
 
 class MessageOut(BaseModel):

@@ -10,10 +10,11 @@ from spectree import Response
 from auth import admin_required
 from models import db
 from routes.admin_routes import audit
-from routes.common import Envelope, MessageOut, config_limit
+from routes.common import Envelope, MessageOut
 from services import contact_service
 from utils.helpers import paginate
-from utils.security import client_ip
+from utils.pipeline.client_address import client_ip
+from utils.pipeline.rate_limits import config_limit
 from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
 from utils.validators import Email, PersonName, SafeText
 

@@ -8,14 +8,14 @@ from flask import Blueprint, request
 from pydantic import AfterValidator, BeforeValidator, Field
 from spectree import Response
 
-from utils.extensions import limiter
 from auth import current_user, instructor_required, optional_user
 from models import db
 from routes.common import Envelope, MessageOut
 from services import catalog_service, course_service, enrollment_service, file_service
-from services.catalog_cache import cached_public
 from utils.errors import ValidationError
+from utils.extensions import limiter
 from utils.helpers import paginate
+from utils.pipeline.catalog_cache import cached_public
 from utils.validation import IdList, PageQuery, StrictModel, errors, json_body, query_args, validate
 from utils.validators import Url
 

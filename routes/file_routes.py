@@ -5,12 +5,12 @@ from __future__ import annotations
 from flask import Blueprint, request
 from spectree import Response
 
-from utils.extensions import limiter
 from auth import instructor_required, login_required
 from routes import auth_routes, course_routes, lessons_resources_routes
 from routes.common import Envelope
 from services import file_service
 from utils.errors import ValidationError
+from utils.extensions import limiter
 from utils.validation import document, errors, validate
 
 bp = Blueprint("files", __name__)

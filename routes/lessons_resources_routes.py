@@ -5,12 +5,12 @@ from flask import Blueprint, request
 from pydantic import Field
 from spectree import Response
 
-from utils.extensions import limiter
 from auth import current_user, instructor_required, login_required
 from models import Course, Enrollment, Lesson, LessonResource, Module, db
 from routes.common import Envelope, MessageOut
 from services import course_service, file_service
 from utils.errors import Forbidden, ValidationError
+from utils.extensions import limiter
 from utils.helpers import paginate
 from utils.validation import PageQuery, StrictModel, errors, filters, json_body, validate
 

@@ -6,12 +6,13 @@ from pydantic import Field
 from spectree import Response
 
 from auth import optional_user
-from routes.common import Envelope, config_limit
+from routes.common import Envelope
 from routes.course_routes import CourseListQuery, course_page, list_filters
 from services import catalog_service, category_service, course_service
-from services.catalog_cache import cached_public
 from utils.errors import NotFound
 from utils.helpers import paginate
+from utils.pipeline.catalog_cache import cached_public
+from utils.pipeline.rate_limits import config_limit
 from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
 
 bp = Blueprint("public", __name__)

@@ -10,8 +10,8 @@ from flask import Blueprint, current_app, render_template_string, request
 
 from spectree import Response
 
-from routes.common import config_limit
 from services import certificate_service
+from utils.pipeline.rate_limits import config_limit
 from utils.validation import document
 
 bp = Blueprint("verify_page", __name__)

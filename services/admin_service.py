@@ -34,9 +34,10 @@ from models import (
     User,
     db,
 )
-from services import auth_service, course_service, redis_client
+from services import auth_service, course_service
 from utils.errors import Conflict, NotFound, ValidationError
 from utils.helpers import iso, money, utcnow
+from utils.pipeline import redis_client
 
 REVENUE_STATUSES = ("completed",)
 log = logging.getLogger("lms.admin")

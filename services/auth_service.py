@@ -18,8 +18,7 @@ from sqlalchemy import select, update
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from models import PasswordResetToken, User, db
-from services import email_service, hash_slots, sms_service, token_blocklist
-from utils import security
+from services import email_service, sms_service
 from utils.errors import (
     Conflict,
     Forbidden,
@@ -29,6 +28,7 @@ from utils.errors import (
     ValidationError,
 )
 from utils.helpers import utcnow
+from utils.pipeline import blocked_ips, hash_slots, token_blocklist
 from utils.validators import normalise_email, password_problems
 
 log = logging.getLogger("lms.auth")
@@ -155,7 +155,7 @@ def authenticate(email: str, password: str, ip: str) -> User:
     user = db.session.scalar(select(User).where(User.email == email))
     if user is None or not user.password_hash:
         _equalise_timing(password)
-        security.record_login_failure(ip, email)
+        blocked_ips.record_login_failure(ip, email)
         raise _invalid_credentials()
     now = utcnow()
     if user.locked_until is not None:
@@ -177,7 +177,7 @@ def authenticate(email: str, password: str, ip: str) -> User:
                                .values(locked_until=locked_until, failed_login_attempts=0))
             log.warning("account %s locked after %s failed logins", user.id, failures)
         db.session.commit()
-        security.record_login_failure(ip, email)
+        blocked_ips.record_login_failure(ip, email)
         if locked_until is not None:
             raise _locked_error(locked_until)
         raise _invalid_credentials()

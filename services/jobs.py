@@ -112,7 +112,7 @@ def save_progress(job_id: str, result: dict) -> None:
 def queue(connection=None):
     from rq import Queue
 
-    from services import redis_client
+    from utils.pipeline import redis_client
 
     return Queue(current_app.config["JOBS_QUEUE"], connection=connection or redis_client.get())
 

@@ -97,7 +97,7 @@ def clean_state(app):
     _truncate_all(app)
     with app.app_context():
         limiter.reset()
-        from services import redis_client, shared_state
+        from utils.pipeline import redis_client, shared_state
 
         client = redis_client.get()
         if client is not None:

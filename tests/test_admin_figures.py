@@ -13,8 +13,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from models import User, db
-from services import redis_client
 from tests.conftest import postgres_url, redis_url, require_service
+from utils.pipeline import redis_client
 
 API = "/api/v1/admin"
 KEY = "lms:admin-figures:dashboard"

@@ -450,7 +450,7 @@ def test_logout_does_not_revoke_another_users_refresh_token(client, make_user):
 
 
 def test_revocation_is_in_redis_when_configured(client, app, make_user):
-    from services import redis_client
+    from utils.pipeline import redis_client
 
     with app.app_context():
         redis = redis_client.get()

@@ -18,6 +18,8 @@ from spectree import Response, SecurityScheme, SpecTree
 from spectree.models import SecuritySchemeData, SecureType
 
 from utils.errors import UnsupportedMediaType, ValidationError
+from utils.pipeline import blocked_ips
+from utils.pipeline.client_address import client_ip
 
 
 class ErrorOut(BaseModel):
@@ -63,9 +65,7 @@ def _query_items() -> dict:
 def _raise_invalid(errors: list[dict]) -> None:
     tripped = [_field_path(e.get("loc", ())) for e in errors if e.get("type") == "unsafe_input"]
     if tripped:
-        from utils import security
-
-        security.record_unsafe_input(security.client_ip(), tripped)
+        blocked_ips.record_unsafe_input(client_ip(), tripped)
     raise ValidationError("Invalid input", details=validation_details(errors))
 
 

@@ -1,10 +1,10 @@
-"""IP blocking and the security events it counts.
+"""Blocked addresses and the security events that block one.
 
 An address is blocked when, within IP_BLOCK_WINDOW_SECONDS, it fails logins for
 IP_BLOCK_MAX_ACCOUNTS distinct accounts or trips the injection checks
 IP_BLOCK_MAX_UNSAFE_INPUTS times. Events are counted in the database; blocks are recorded in
 the database (the admin's list) and mirrored in Redis when configured, which is what the
-per-request check reads while the mirror is in sync (services/shared_state.py). Without Redis
+per-request check reads while the mirror is in sync (utils/pipeline/shared_state.py). Without Redis
 the check reads the database.
 """
 from __future__ import annotations
@@ -13,23 +13,20 @@ import logging
 from datetime import datetime, timedelta
 
 import redis
-from flask import current_app, request
+from flask import current_app
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from models import BlockedIP, SecurityEvent, db
-from services import redis_client, shared_state
 from utils.errors import Forbidden
 from utils.helpers import utcnow
+from utils.pipeline import redis_client, shared_state
+from utils.pipeline.client_address import client_ip
 
 log = logging.getLogger("lms.security")
 
 
 _key = shared_state.ip_key
-
-
-def client_ip() -> str:
-    return request.remote_addr or "unknown"
 
 
 def is_blocked(ip: str) -> bool:
@@ -132,9 +129,8 @@ def record_unsafe_input(ip: str, fields: list[str]) -> None:
 
 
 def refuse_blocked_ip() -> None:
-    """before_request: a blocked address gets 403 on every route. First reads, in one Redis
-    round trip, what this request's checks need (services/shared_state.py)."""
-    shared_state.prefetch()
+    """A blocked address gets 403 on every route (after the request's shared state is read:
+    utils/pipeline/hooks.py)."""
     if is_blocked(client_ip()):
         raise Forbidden("Requests from your network address are temporarily blocked",
                         code="ip_blocked")
