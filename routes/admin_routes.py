@@ -15,8 +15,8 @@ from models import AuditLog, Certificate, Payment, RefundRequest, db
 from routes.common import Envelope, accepted
 from services import admin_service, certificate_service, jobs, settlement_service
 from utils.errors import NotFound
-from utils.helpers import paginate
 from utils.middleware import current_request_id
+from utils.pagination import paginate
 from utils.pipeline import blocked_ips
 from utils.pipeline.client_address import client_ip
 from utils.validation import (

@@ -10,7 +10,7 @@ from models import Certificate, Enrollment, db
 from routes.common import Envelope, accepted
 from services import certificate_service, file_service, jobs
 from utils.errors import NotFound
-from utils.helpers import paginate
+from utils.pagination import paginate
 from utils.pipeline.rate_limits import config_limit
 from utils.validation import (
     PageQuery,

@@ -12,7 +12,7 @@ from models import db
 from routes.admin_routes import audit
 from routes.common import Envelope, MessageOut
 from services import contact_service
-from utils.helpers import paginate
+from utils.pagination import paginate
 from utils.pipeline.client_address import client_ip
 from utils.pipeline.rate_limits import config_limit
 from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate

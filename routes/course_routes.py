@@ -14,7 +14,7 @@ from routes.common import Envelope, MessageOut
 from services import catalog_service, course_service, enrollment_service, file_service
 from utils.errors import ValidationError
 from utils.extensions import limiter
-from utils.helpers import paginate
+from utils.pagination import paginate
 from utils.pipeline.catalog_cache import cached_public
 from utils.validation import IdList, PageQuery, StrictModel, errors, json_body, query_args, validate
 from utils.validators import Url

@@ -11,7 +11,7 @@ from models import db
 from routes.common import Envelope
 from services import enrollment_service
 from utils.errors import Conflict, NotFound
-from utils.helpers import paginate
+from utils.pagination import paginate
 from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
 
 bp = Blueprint("enrollments", __name__)

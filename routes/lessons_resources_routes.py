@@ -11,7 +11,7 @@ from routes.common import Envelope, MessageOut
 from services import course_service, file_service
 from utils.errors import Forbidden, ValidationError
 from utils.extensions import limiter
-from utils.helpers import paginate
+from utils.pagination import paginate
 from utils.validation import PageQuery, StrictModel, errors, filters, json_body, validate
 
 bp = Blueprint("lesson_resources", __name__)

@@ -12,7 +12,7 @@ from auth import current_user, instructor_required, login_required
 from models import db
 from routes.common import Envelope
 from services import live_session_service as live_sessions
-from utils.helpers import paginate
+from utils.pagination import paginate
 from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
 from utils.validators import Url
 

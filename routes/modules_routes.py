@@ -10,7 +10,7 @@ from models import Course, Module, db
 from routes import course_routes
 from routes.common import Envelope, MessageOut
 from services import course_service
-from utils.helpers import paginate
+from utils.pagination import paginate
 from utils.validation import IdList, PageQuery, StrictModel, errors, filters, json_body, validate
 
 bp = Blueprint("modules", __name__)

@@ -13,7 +13,7 @@ from routes.admin_routes import audit
 from routes.common import Envelope, MessageOut, accepted
 from services import jobs
 from services import notification_service as notifications
-from utils.helpers import paginate
+from utils.pagination import paginate
 from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
 from utils.validators import SafeText
 

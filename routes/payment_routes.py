@@ -12,7 +12,7 @@ from routes.common import Envelope
 from services import invoice_service, payment_service, razor_payment_service, settlement_service
 from utils.errors import NotFound
 from utils.extensions import limiter
-from utils.helpers import paginate
+from utils.pagination import paginate
 from utils.pipeline.rate_limits import config_limit
 from utils.validation import PageQuery, StrictModel, document, errors, json_body, query_args, validate
 

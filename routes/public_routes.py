@@ -10,7 +10,7 @@ from routes.common import Envelope
 from routes.course_routes import CourseListQuery, course_page, list_filters
 from services import catalog_service, category_service, course_service
 from utils.errors import NotFound
-from utils.helpers import paginate
+from utils.pagination import paginate
 from utils.pipeline.catalog_cache import cached_public
 from utils.pipeline.rate_limits import config_limit
 from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate

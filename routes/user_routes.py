@@ -10,7 +10,7 @@ from routes import auth_routes, course_routes
 from routes.common import Envelope
 from routes.enrollments_routes import enrollment_page
 from services import enrollment_service
-from utils.helpers import paginate
+from utils.pagination import paginate
 from utils.validation import PageQuery, errors, query_args, validate
 
 AUTH = {"tags": ["users"], "security": {"bearer": []}}
