@@ -14,7 +14,35 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from auth import jwt
 from config import CONFIGS, ConfigError, config_name_from_env
 from models import db
-from services import certificate_service, jobs
+# In this order: spectree lists the OpenAPI document's component schemas in the order the
+# routes' decorators declare them, and the published document keeps its order.
+from routes import (  # isort: skip
+    admin_routes,
+    auth_routes,
+    course_routes,
+    certificate_routes,
+    contact_routes,
+    docs,
+    enrollments_routes,
+    lessons_resources_routes,
+    file_routes,
+    jobs_routes,
+    health,
+    lessons_routes,
+    live_session_routes,
+    master_routes,
+    media,
+    modules_routes,
+    notification_routes,
+    payment_routes,
+    prerequisites,
+    public_routes,
+    subcategory_routes,
+    user_routes,
+    verify_page,
+)
+from routes.cli import register_commands
+from services import certificate_service, job_kinds, jobs
 from services.email_service import register_outbox
 from utils.extensions import cors, limiter, mail, migrate
 from utils.middleware import init_middleware
@@ -83,33 +111,9 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
     register_outbox()
     init_pipeline(app)
     jobs.register()
+    job_kinds.register()
     certificate_service.register()
 
-    from routes import (
-        admin_routes,
-        auth_routes,
-        course_routes,
-        certificate_routes,
-        contact_routes,
-        docs,
-        enrollments_routes,
-        file_routes,
-        jobs_routes,
-        health,
-        lessons_resources_routes,
-        lessons_routes,
-        live_session_routes,
-        master_routes,
-        media,
-        modules_routes,
-        notification_routes,
-        payment_routes,
-        prerequisites,
-        public_routes,
-        subcategory_routes,
-        user_routes,
-        verify_page,
-    )
 
     api = app.config["API_PREFIX"]
     for module, prefix in (
@@ -141,8 +145,6 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
 
     spec.register(app)
     _per_view_security(app)
-
-    from utils.cli import register_commands
 
     register_commands(app)
     return app

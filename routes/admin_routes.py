@@ -6,14 +6,21 @@ from __future__ import annotations
 from datetime import date
 from typing import Literal
 
-from flask import Blueprint
+from flask import Blueprint, Response as Streamed, stream_with_context
 from pydantic import BaseModel, Field, IPvAnyAddress
 from spectree import Response
 
 from auth import admin_required, current_user
 from models import AuditLog, Certificate, Payment, RefundRequest, db
 from routes.common import Envelope, accepted
-from services import admin_service, certificate_service, jobs, settlement_service
+from services import (
+    admin_service,
+    certificate_service,
+    course_service,
+    jobs,
+    notification_service,
+    settlement_service,
+)
 from utils.errors import NotFound
 from utils.middleware import current_request_id
 from utils.pagination import paginate
@@ -356,8 +363,6 @@ class CourseStatusIn(StrictModel):
 
 
 def _course_page(query, args):
-    from services import course_service
-
     rows, meta = paginate(query, args.page, args.per_page)
     return {"courses": [course_service.course_summary(c) for c in rows], "pagination": meta}
 
@@ -382,8 +387,6 @@ def pending_courses():
 
 
 def _set_course_status(course_id: int, status: str):
-    from services import course_service, notification_service
-
     course = course_service.get_course(course_id)
     before, after = admin_service.set_course_status(course, status)
     audit("course.status", "course", course.id, before={"status": before},
@@ -436,8 +439,6 @@ def list_payments():
         status=args.status, user_id=args.user_id, course_id=args.course_id, gateway=args.gateway,
         date_from=args.date_from, date_to=args.date_to)
     if args.format == "csv":
-        from flask import Response as Streamed, stream_with_context
-
         return Streamed(stream_with_context(admin_service.payments_csv(conditions)),
                         mimetype="text/csv", headers={
                             "Content-Disposition": 'attachment; filename="payments.csv"',

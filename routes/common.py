@@ -1,6 +1,7 @@
 """Small pieces shared by the route modules: output envelopes."""
 from __future__ import annotations
 
+from flask import url_for
 from pydantic import BaseModel
 
 
@@ -18,7 +19,5 @@ class Envelope(BaseModel):
 def accepted(job, message: str, **extra):
     """202 for a request that started a background job: the job (queued, or already finished
     when jobs run inline) and where to follow it."""
-    from flask import url_for
-
     location = url_for("jobs.get_job", job_id=job.id)
     return {"message": message, "job": job.to_dict(), **extra}, 202, {"Location": location}

@@ -15,8 +15,13 @@ import logging
 from dataclasses import dataclass
 
 from flask import current_app
+from sqlalchemy import event
+from sqlalchemy.orm import Session
 
+from models import db
+from services import jobs
 from utils.errors import ServiceUnavailable
+from utils.extensions import mail
 
 log = logging.getLogger("lms.email")
 
@@ -45,9 +50,7 @@ def _send_console(to, subject, text, html, attachments, sender):
 
 
 def _send_smtp(to, subject, text, html, attachments, sender):
-    from flask_mail import Message
-
-    from utils.extensions import mail
+    from flask_mail import Message  # loaded only where MAIL_BACKEND is "smtp"
 
     message = Message(subject=subject, recipients=[to], body=text, html=html, sender=sender)
     for item in attachments:
@@ -102,6 +105,17 @@ def send_email(to: str, subject: str, text: str, html: str | None = None,
     send(to, subject, text, html, list(attachments), current_app.config["MAIL_DEFAULT_SENDER"])
 
 
+def encode_attachments(attachments) -> list[dict]:
+    """Attachments as a job's JSON arguments (`decode_attachments` reverses it)."""
+    return [{"filename": a.filename, "content_type": a.content_type,
+             "data": base64.b64encode(a.data).decode()} for a in attachments]
+
+
+def decode_attachments(encoded: list[dict]) -> list[Attachment]:
+    return [Attachment(a["filename"], a["content_type"], base64.b64decode(a["data"]))
+            for a in encoded]
+
+
 # --- after-commit delivery --------------------------------------------------------------------
 # Mail caused by a database change is queued on the session and sent only once that change is
 # committed: a rollback sends nothing, and a failed send is logged without undoing the change
@@ -119,13 +133,10 @@ class Outgoing:
 def send_after_commit(message: Outgoing) -> None:
     """Send once the current transaction commits. When RQ runs the jobs, the message becomes an
     "email.send" job row in this same transaction instead, retried by the worker on failure."""
-    from models import db
-    from services import jobs
-
     if jobs.queued_mode():
         jobs.start("email.send", {
             "to": message.to, "subject": message.subject, "text": message.text,
-            "html": message.html, "attachments": jobs.encode_attachments(message.attachments)})
+            "html": message.html, "attachments": encode_attachments(message.attachments)})
         return
     db.session.info.setdefault("outbox", []).append(message)
 
@@ -149,9 +160,6 @@ def _drop_outbox(session, previous_transaction) -> None:
 
 
 def register_outbox() -> None:
-    from sqlalchemy import event
-    from sqlalchemy.orm import Session
-
     if not event.contains(Session, "after_commit", _deliver_outbox):
         event.listen(Session, "after_commit", _deliver_outbox)
         event.listen(Session, "after_soft_rollback", _drop_outbox)
