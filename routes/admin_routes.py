@@ -10,9 +10,9 @@ from flask import Blueprint, Response as Streamed, stream_with_context
 from pydantic import BaseModel, Field, IPvAnyAddress
 from spectree import Response
 
-from auth import admin_required, current_user
-from models import AuditLog, Certificate, Payment, RefundRequest, db
-from routes.common import Envelope, accepted
+from auth import admin_required, audit, current_user
+from models import Certificate, Payment, RefundRequest, db
+from utils.routing import Envelope, accepted
 from services import (
     admin_service,
     certificate_service,
@@ -22,10 +22,8 @@ from services import (
     settlement_service,
 )
 from utils.errors import NotFound
-from utils.middleware import current_request_id
 from utils.pagination import paginate
 from utils.pipeline import blocked_ips
-from utils.pipeline.client_address import client_ip
 from utils.validation import (
     PageQuery,
     StrictModel,
@@ -39,27 +37,6 @@ from utils.validation import (
 from utils.validators import PersonName, Phone, SafeText, Url
 
 bp = Blueprint("admin", __name__)
-
-
-def audit(action: str, target_type: str | None = None, target_id: int | None = None,
-          **details) -> None:
-    """Record an admin write in the audit log (committed with the change it describes).
-    `before=` and `after=` in details hold the changed values."""
-    details = {k: _jsonable(v) for k, v in details.items()}
-    db.session.add(AuditLog(
-        actor_id=current_user().id, action=action, target_type=target_type,
-        target_id=target_id, details=details or None, ip_address=client_ip(),
-        request_id=current_request_id()))
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return value
 
 
 class BlockIn(StrictModel):
@@ -363,8 +340,7 @@ class CourseStatusIn(StrictModel):
 
 
 def _course_page(query, args):
-    rows, meta = paginate(query, args.page, args.per_page)
-    return {"courses": [course_service.course_summary(c) for c in rows], "pagination": meta}
+    return course_service.course_page(query, args.page, args.per_page)
 
 
 @bp.get("/courses")

@@ -7,11 +7,11 @@ from spectree import Response
 
 from auth import admin_required, current_user, login_required
 from models import Certificate, Enrollment, db
-from routes.common import Envelope, accepted
 from services import certificate_service, file_service, jobs
 from utils.errors import NotFound
 from utils.pagination import paginate
 from utils.pipeline.rate_limits import config_limit
+from utils.routing import Envelope, accepted
 from utils.validation import (
     PageQuery,
     StrictModel,

@@ -7,14 +7,13 @@ from flask import Blueprint
 from pydantic import Field
 from spectree import Response
 
-from auth import admin_required
+from auth import admin_required, audit
 from models import db
-from routes.admin_routes import audit
-from routes.common import Envelope, MessageOut
 from services import contact_service
 from utils.pagination import paginate
 from utils.pipeline.client_address import client_ip
 from utils.pipeline.rate_limits import config_limit
+from utils.routing import Envelope, MessageOut
 from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
 from utils.validators import Email, PersonName, SafeText
 

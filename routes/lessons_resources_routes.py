@@ -7,11 +7,10 @@ from spectree import Response
 
 from auth import current_user, instructor_required, login_required
 from models import Course, Enrollment, Lesson, LessonResource, Module, db
-from routes.common import Envelope, MessageOut
 from services import course_service, file_service
-from utils.errors import Forbidden, ValidationError
 from utils.extensions import limiter
 from utils.pagination import paginate
+from utils.routing import Envelope, MessageOut, form_text
 from utils.validation import PageQuery, StrictModel, errors, filters, json_body, validate
 
 bp = Blueprint("lesson_resources", __name__)
@@ -28,49 +27,18 @@ class ResourceQuery(PageQuery):
     lesson_id: int | None = Field(None, ge=1)
 
 
-def _form_text(name: str, limit: int) -> str | None:
-    value = request.form.get(name)
-    if value is None:
-        return None
-    value = value.strip()
-    if len(value) > limit:
-        raise ValidationError("Invalid input", details={name: f"at most {limit} characters"})
-    return value or None
-
-
-def upload_resource(lesson_id: int):
-    """Shared by /lesson-resources/create-lesson-resources/<id> and /files/upload."""
-    user = current_user()
-    lesson = course_service.get_lesson(lesson_id)
-    course_service.ensure_can_edit(course_service.course_of_lesson(lesson), user)
-    resource = course_service.create_resource(
-        lesson, request.files.get("file"), title=_form_text("title", 200),
-        description=_form_text("description", 5000), uploader=user)
-    try:
-        db.session.commit()
-    except Exception:
-        file_service.delete(resource.stored_path)
-        raise
-    return {"message": "Resource uploaded", "resource": resource.to_dict()}, 201
-
-
 @bp.post("/create-lesson-resources/<int:lesson_id>")
 @limiter.limit("20 per hour")
 @instructor_required
 @validate(resp=Response(HTTP_201=Envelope, **errors(401, 403, 404, 413, 415)), **AUTH)
 def create_resource(lesson_id: int):
     """Attach a file to a lesson (multipart: `file`, optional `title`, `description`)."""
-    return upload_resource(lesson_id)
-
-
-def readable_resource(resource_id: int) -> LessonResource:
-    """A resource the caller may open: enrolled students, the owner and admins."""
-    user = current_user()
-    resource = course_service.get_resource(resource_id)
-    course = course_service.visible_course(course_service.course_of_resource(resource).id, user)
-    if not course_service.has_full_content(course_service.access_level(course, user)):
-        raise Forbidden("Enroll in the course to open its resources", code="not_enrolled")
-    return resource
+    resource = course_service.upload_resource(
+        lesson_id, current_user(), request.files.get("file"),
+        title=form_text("title", 200), description=form_text("description", 5000))
+    with file_service.deleted_if_fails(resource.stored_path):
+        db.session.commit()
+    return {"message": "Resource uploaded", "resource": resource.to_dict()}, 201
 
 
 @bp.get("/get-lesson-resources")
@@ -99,7 +67,7 @@ def list_resources():
 @login_required
 @validate(resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)), **AUTH)
 def get_resource(resource_id: int):
-    return {"resource": readable_resource(resource_id).to_dict()}
+    return {"resource": course_service.readable_resource(resource_id, current_user()).to_dict()}
 
 
 @bp.put("/<int:resource_id>")

@@ -7,9 +7,9 @@ from spectree import Response
 
 from auth import current_user, instructor_required, login_required
 from models import Course, Lesson, Module, db
-from routes.common import Envelope, MessageOut
 from services import course_service, file_service
 from utils.pagination import paginate
+from utils.routing import Envelope, MessageOut
 from utils.validation import PageQuery, StrictModel, errors, filters, json_body, validate
 from utils.validators import Url
 

@@ -10,9 +10,9 @@ from spectree import Response
 
 from auth import current_user, instructor_required, login_required
 from models import db
-from routes.common import Envelope
 from services import live_session_service as live_sessions
 from utils.pagination import paginate
+from utils.routing import Envelope
 from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
 from utils.validators import Url
 

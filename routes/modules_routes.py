@@ -7,17 +7,15 @@ from spectree import Response
 
 from auth import current_user, instructor_required, login_required
 from models import Course, Module, db
-from routes import course_routes
-from routes.common import Envelope, MessageOut
 from services import course_service
 from utils.pagination import paginate
+from utils.routing import Envelope, MessageOut, alias
 from utils.validation import IdList, PageQuery, StrictModel, errors, filters, json_body, validate
 
 bp = Blueprint("modules", __name__)
 AUTH = {"tags": ["modules"], "security": {"bearer": []}}
 
-bp.add_url_rule("/create-modules/<int:course_id>", view_func=course_routes.create_module,
-                methods=["POST"])
+alias(bp, "/create-modules/<int:course_id>", "courses.create_module", methods=["POST"])
 
 
 class ModuleUpdate(StrictModel):

@@ -7,13 +7,12 @@ from flask import Blueprint
 from pydantic import Field, model_validator
 from spectree import Response
 
-from auth import admin_required, current_user, login_required
+from auth import admin_required, audit, current_user, login_required
 from models import db
-from routes.admin_routes import audit
-from routes.common import Envelope, MessageOut, accepted
 from services import jobs
 from services import notification_service as notifications
 from utils.pagination import paginate
+from utils.routing import Envelope, MessageOut, accepted
 from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
 from utils.validators import SafeText
 

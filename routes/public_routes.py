@@ -6,13 +6,13 @@ from pydantic import Field
 from spectree import Response
 
 from auth import optional_user
-from routes.common import Envelope
-from routes.course_routes import CourseListQuery, course_page, list_filters
 from services import catalog_service, category_service, course_service
 from utils.errors import NotFound
 from utils.pagination import paginate
 from utils.pipeline.catalog_cache import cached_public
 from utils.pipeline.rate_limits import config_limit
+from utils.routing import Envelope
+from utils.schemas import CourseListQuery
 from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
 
 bp = Blueprint("public", __name__)
@@ -90,10 +90,11 @@ def subcategory_courses(subcategory_id: int):
     sub = category_service.get_sub(subcategory_id)
     if not sub.is_active:
         raise NotFound("Subcategory not found")
-    filters = list_filters(args)
+    filters = args.filters()
     filters["subcategory_id"] = sub.id
     return {"subcategory": sub.to_dict(),
-            **course_page(catalog_service.course_query(**filters), args)}
+            **course_service.course_page(catalog_service.course_query(**filters), args.page,
+                                         args.per_page)}
 
 
 @bp.get("/get-courses")
@@ -104,7 +105,8 @@ def courses():
     """Published courses: `category_id`, `subcategory_id`, `search`, `difficulty`,
     `min_price`, `max_price`, `is_free`, `language`, `mode_of_conduct`, `sort`."""
     args = query_args()
-    return course_page(catalog_service.course_query(**list_filters(args)), args)
+    return course_service.course_page(catalog_service.course_query(**args.filters()), args.page,
+                                      args.per_page)
 
 
 @bp.get("/courses/<int:course_id>")
@@ -125,9 +127,7 @@ def course(course_id: int):
 def _search(text: str, page: int, per_page: int):
     per_page = min(per_page, 100)
     query = catalog_service.course_query(search=text, sort="newest")
-    rows, meta = paginate(query, page, per_page)
-    return {"query": text, "courses": [course_service.course_summary(c) for c in rows],
-            "pagination": meta}
+    return {"query": text, **course_service.course_page(query, page, per_page)}
 
 
 @bp.get("/courses/search")

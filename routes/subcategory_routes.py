@@ -7,9 +7,9 @@ from spectree import Response
 
 from auth import admin_required
 from models import Subcategory, db
-from routes.common import Envelope, MessageOut
 from services import category_service
 from utils.pagination import paginate
+from utils.routing import Envelope, MessageOut
 from utils.validation import PageQuery, StrictModel, errors, filters, json_body, validate
 from utils.validators import SafeText
 

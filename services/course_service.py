@@ -33,6 +33,7 @@ from models import (
 from services import file_service
 from utils.errors import Conflict, Forbidden, NotFound, ValidationError
 from utils.helpers import utcnow
+from utils.pagination import paginate
 from utils.validators import slugify
 
 ACTIVE_ENROLLMENT = ("active", "completed")
@@ -231,6 +232,13 @@ def delete_course(course: Course) -> Removal:
         db.session.execute(statement, execution_options={"synchronize_session": False})
     db.session.delete(course)
     return Removal("deleted", files)
+
+
+def replace_thumbnail(course_id: int, user: User, upload) -> tuple[Course, str | None]:
+    """Store a new thumbnail for a course `user` may change: (the course, the stored path of
+    the thumbnail it replaces, for the caller to delete once the change is committed)."""
+    course = editable_course(course_id, user)
+    return course, set_thumbnail(course, upload)
 
 
 def set_thumbnail(course: Course, upload) -> str | None:
@@ -433,6 +441,23 @@ def create_resource(lesson: Lesson, upload, *, title: str | None, description: s
     return resource
 
 
+def upload_resource(lesson_id: int, user: User, upload, *, title: str | None,
+                    description: str | None) -> LessonResource:
+    """Attach an uploaded file to a lesson of a course `user` may change."""
+    lesson = get_lesson(lesson_id)
+    ensure_can_edit(course_of_lesson(lesson), user)
+    return create_resource(lesson, upload, title=title, description=description, uploader=user)
+
+
+def readable_resource(resource_id: int, user: User) -> LessonResource:
+    """A resource the caller may open: enrolled students, the owner and admins."""
+    resource = get_resource(resource_id)
+    course = visible_course(course_of_resource(resource).id, user)
+    if not has_full_content(access_level(course, user)):
+        raise Forbidden("Enroll in the course to open its resources", code="not_enrolled")
+    return resource
+
+
 def update_resource(resource: LessonResource, changes: dict) -> LessonResource:
     changes = dict(changes)
     position = changes.pop("position", None)
@@ -580,6 +605,12 @@ def course_summary(course: Course) -> dict:
                             "master_category_id": course.subcategory.master_category_id}
                            if course.subcategory else None)
     return data
+
+
+def course_page(query, page: int, per_page: int) -> dict:
+    """One page of a course list, each course as its summary."""
+    rows, meta = paginate(query, page, per_page)
+    return {"courses": [course_summary(c) for c in rows], "pagination": meta}
 
 
 def course_detail(course: Course, viewer: User | None) -> dict:

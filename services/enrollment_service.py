@@ -34,6 +34,7 @@ from models import (
 from services import certificate_service, course_service
 from utils.errors import Conflict, Forbidden, NotFound, PaymentRequired
 from utils.helpers import money, utcnow
+from utils.pagination import paginate
 
 log = logging.getLogger("lms.enrollment")
 
@@ -220,6 +221,14 @@ def progress_by_enrollment(enrollments: list[Enrollment]) -> dict[int, Progress]
 
 def progress_of(enrollment: Enrollment) -> Progress:
     return progress_by_enrollment([enrollment])[enrollment.id]
+
+
+def enrollment_page(query, page: int, per_page: int) -> dict:
+    """One page of enrollments, each with its progress."""
+    rows, meta = paginate(query, page, per_page)
+    progress = progress_by_enrollment(rows)
+    return {"enrollments": [enrollment_dict(e, progress[e.id]) for e in rows],
+            "pagination": meta}
 
 
 def enrollment_dict(enrollment: Enrollment, progress: Progress, *, course: bool = True) -> dict:

@@ -14,6 +14,7 @@ import hashlib
 import os
 import uuid
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,3 +221,14 @@ def serve(relative_path: str, *, mime_type: str | None = None, download_name: st
                          max_age=0 if as_attachment else 3600)
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+@contextmanager
+def deleted_if_fails(path: str):
+    """Delete the stored file `path` if the block (the commit of its row) fails, and re-raise:
+    no file is left without its row."""
+    try:
+        yield
+    except Exception:
+        delete(path)
+        raise
