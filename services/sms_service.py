@@ -1,8 +1,9 @@
-"""Phone verification by one-time code, behind one interface with two providers:
+"""Phone verification by one-time code, behind one interface (SmsProvider) and a registry
+(PROVIDERS), chosen by SMS_BACKEND:
 
-- TwilioVerifyProvider: Twilio Verify v2 through the `twilio` SDK (TWILIO_* set); Twilio sends,
+- TwilioVerifyProvider ("twilio"): Twilio Verify v2 through the `twilio` SDK (TWILIO_* set); Twilio sends,
   stores and checks the code. TWILIO_API_BASE points the client elsewhere (tests).
-- ConsoleProvider: the code is generated here, written to the log, and stored as an HMAC with an
+- ConsoleProvider ("console"): the code is generated here, written to the log, and stored as an HMAC with an
   expiry and an attempt limit (development and tests).
 
 Either way a PhoneVerification row records each send (for the per-phone send limit) and the
@@ -14,15 +15,19 @@ import hashlib
 import hmac
 import logging
 import secrets
+from abc import ABC, abstractmethod
 from datetime import timedelta
 
 import requests
 from flask import current_app
 from sqlalchemy import func, select, update
+from twilio.base.exceptions import TwilioRestException
+from twilio.rest import Client
 
 from models import PhoneVerification, db
 from utils.errors import ServiceUnavailable, TooManyRequests, ValidationError
 from utils.helpers import utcnow
+from utils.providers import configured
 
 log = logging.getLogger("lms.sms")
 
@@ -41,7 +46,20 @@ def _invalid(message: str = "The code is wrong or has expired; request a new one
     return OTPInvalid(message, details={"code": message})
 
 
-class ConsoleProvider:
+class SmsProvider(ABC):
+    """One way of verifying a phone: send it a code, then check the code it was sent."""
+
+    name: str
+
+    @abstractmethod
+    def send_code(self, phone: str) -> None: ...
+
+    @abstractmethod
+    def check_code(self, phone: str, code: str) -> bool:
+        """True when `code` is right (the phone is then verified); OTPInvalid otherwise."""
+
+
+class ConsoleProvider(SmsProvider):
     name = "console"
 
     def send_code(self, phone: str) -> None:
@@ -95,12 +113,10 @@ class ConsoleProvider:
         return True
 
 
-class TwilioVerifyProvider:
+class TwilioVerifyProvider(SmsProvider):
     name = "twilio"
 
     def _service(self):
-        from twilio.rest import Client
-
         cfg = current_app.config
         client = Client(cfg["TWILIO_ACCOUNT_SID"], cfg["TWILIO_AUTH_TOKEN"])
         if cfg.get("TWILIO_API_BASE"):
@@ -108,8 +124,6 @@ class TwilioVerifyProvider:
         return client.verify.v2.services(cfg["TWILIO_VERIFY_SERVICE_SID"])
 
     def send_code(self, phone: str) -> None:
-        from twilio.base.exceptions import TwilioRestException
-
         try:
             self._service().verifications.create(to=phone, channel="sms")
         except TwilioRestException as exc:
@@ -130,8 +144,6 @@ class TwilioVerifyProvider:
         ))
 
     def check_code(self, phone: str, code: str) -> bool:
-        from twilio.base.exceptions import TwilioRestException
-
         try:
             result = self._service().verification_checks.create(to=phone, code=code)
         except TwilioRestException as exc:
@@ -161,18 +173,18 @@ class TwilioVerifyProvider:
         return True
 
 
-PROVIDERS = {"console": ConsoleProvider, "twilio": TwilioVerifyProvider}
+PROVIDERS: dict[str, type[SmsProvider]] = {
+    provider.name: provider for provider in (ConsoleProvider, TwilioVerifyProvider)}
 
 
-def provider():
-    backend = current_app.config.get("SMS_BACKEND")
-    if backend == "console" and current_app.config.get("CONFIG_NAME") == "production":
-        backend = None  # the console provider writes codes to the log: never in production
-    if backend not in PROVIDERS:
+def provider() -> SmsProvider:
+    """The provider SMS_BACKEND names; 503 sms_not_configured when there is none."""
+    chosen = configured(PROVIDERS, "SMS_BACKEND")
+    if chosen is None:
         raise ServiceUnavailable("SMS verification is not configured on this server "
                                  "(set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and "
                                  "TWILIO_VERIFY_SERVICE_SID)", code="sms_not_configured")
-    return PROVIDERS[backend]()
+    return chosen()
 
 
 def send_otp(phone: str) -> None:
