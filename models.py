@@ -565,6 +565,8 @@ class LessonResource(TimestampMixin, db.Model):
 # ---------------------------------------------------------------------------------------------
 
 ENROLLMENT_STATUSES = ("active", "completed", "cancelled", "refunded")
+# An enrollment in one of these opens its course's content to the student.
+OPEN_ENROLLMENT_STATUSES = ("active", "completed")
 
 
 class Enrollment(TimestampMixin, db.Model):

@@ -11,7 +11,16 @@ from pydantic import BaseModel, Field, IPvAnyAddress
 from spectree import Response
 
 from auth import admin_required, audit, current_user
-from models import Certificate, Payment, RefundRequest, db
+from models import (
+    COURSE_STATUSES,
+    GATEWAYS,
+    PAYMENT_STATUSES,
+    ROLES,
+    Certificate,
+    Payment,
+    RefundRequest,
+    db,
+)
 from utils.routing import Envelope, accepted
 from services import (
     admin_service,
@@ -25,6 +34,7 @@ from utils.errors import NotFound
 from utils.pagination import paginate
 from utils.pipeline import blocked_ips
 from utils.validation import (
+    sent_changes,
     PageQuery,
     StrictModel,
     document,
@@ -243,12 +253,12 @@ def analytics_popular_courses():
 
 class UserQuery(PageQuery):
     search: str | None = Field(None, max_length=100)
-    role: Literal["student", "instructor", "admin"] | None = None
+    role: Literal[ROLES] | None = None
     is_active: bool | None = None
 
 
 class AdminUserUpdate(StrictModel):
-    role: Literal["student", "instructor", "admin"] | None = None
+    role: Literal[ROLES] | None = None
     is_active: bool | None = None
     first_name: PersonName | None = None
     last_name: PersonName | None = None
@@ -300,8 +310,7 @@ def update_user(user_id: int):
     """Change a user's role, status or profile. An admin cannot demote or deactivate
     themselves, nor the last active admin."""
     target = admin_service.get_user(user_id)
-    changes = {k: v for k, v in json_body().model_dump(exclude_unset=True).items()
-               if v is not None or k in NULLABLE_USER_FIELDS}
+    changes = sent_changes(json_body(), clearable=NULLABLE_USER_FIELDS)
     result = admin_service.update_user(current_user(), target, changes)
     return _apply_user_change(target, result, "user.update", "User updated")
 
@@ -330,13 +339,13 @@ def promote_user(user_id: int):
 # --- courses ----------------------------------------------------------------------------------
 
 class AdminCourseQuery(PageQuery):
-    status: Literal["draft", "published", "archived"] | None = None
+    status: Literal[COURSE_STATUSES] | None = None
     instructor_id: int | None = Field(None, ge=1)
     search: str | None = Field(None, max_length=200)
 
 
 class CourseStatusIn(StrictModel):
-    status: Literal["draft", "published", "archived"]
+    status: Literal[COURSE_STATUSES]
 
 
 def _course_page(query, args):
@@ -395,10 +404,10 @@ def publish_course(course_id: int):
 # --- payments ---------------------------------------------------------------------------------
 
 class AdminPaymentQuery(PageQuery):
-    status: Literal["created", "pending", "completed", "failed", "expired", "refunded"] | None = None
+    status: Literal[PAYMENT_STATUSES] | None = None
     user_id: int | None = Field(None, ge=1)
     course_id: int | None = Field(None, ge=1)
-    gateway: Literal["razorpay", "stripe"] | None = None
+    gateway: Literal[GATEWAYS] | None = None
     date_from: date | None = None
     date_to: date | None = None
     format: Literal["json", "csv"] = "json"

@@ -16,7 +16,16 @@ from utils.pagination import paginate
 from utils.pipeline.catalog_cache import cached_public
 from utils.routing import Envelope, MessageOut
 from utils.schemas import CourseListQuery, Mode, TeachingQuery
-from utils.validation import IdList, PageQuery, StrictModel, errors, json_body, query_args, validate
+from utils.validation import (
+    IdList,
+    PageQuery,
+    StrictModel,
+    errors,
+    json_body,
+    query_args,
+    sent_changes,
+    validate,
+)
 from utils.validators import Url
 
 bp = Blueprint("courses", __name__)
@@ -163,8 +172,7 @@ def update_course(course_id: int):
     """Change a course (its instructor or an admin); publishing needs at least one lesson."""
     user = current_user()
     course = course_service.editable_course(course_id, user)
-    changes = {k: v for k, v in json_body().model_dump(exclude_unset=True).items()
-               if v is not None or k in NULLABLE_COURSE_FIELDS}
+    changes = sent_changes(json_body(), clearable=NULLABLE_COURSE_FIELDS)
     course_service.update_course(course, changes, user)
     db.session.commit()
     return {"message": "Course updated", "course": course.to_dict()}

@@ -7,7 +7,7 @@ from pydantic import Field
 from spectree import Response
 
 from auth import current_user, login_required
-from models import db
+from models import ENROLLMENT_STATUSES, db
 from services import enrollment_service
 from utils.errors import Conflict, NotFound
 from utils.routing import Envelope
@@ -27,7 +27,7 @@ class ProgressIn(StrictModel):
 
 
 class EnrollmentQuery(PageQuery):
-    status: str | None = Field(None, pattern="^(active|completed|cancelled|refunded)$")
+    status: str | None = Field(None, pattern=f"^({'|'.join(ENROLLMENT_STATUSES)})$")
 
 
 def _enroll(course_id: int):

@@ -6,12 +6,20 @@ from pydantic import Field
 from spectree import Response
 
 from auth import current_user, instructor_required, login_required
-from models import Course, Enrollment, Lesson, LessonResource, Module, db
+from models import Course, Lesson, LessonResource, Module, db
 from services import course_service, file_service
 from utils.extensions import limiter
 from utils.pagination import paginate
 from utils.routing import Envelope, MessageOut, form_text
-from utils.validation import PageQuery, StrictModel, errors, filters, json_body, validate
+from utils.validation import (
+    PageQuery,
+    StrictModel,
+    errors,
+    filters,
+    json_body,
+    sent_changes,
+    validate,
+)
 
 bp = Blueprint("lesson_resources", __name__)
 AUTH = {"tags": ["lesson resources"], "security": {"bearer": []}}
@@ -52,9 +60,7 @@ def list_resources():
     query = (db.select(LessonResource).join(Lesson).join(Module).join(Course)
              .order_by(LessonResource.lesson_id, LessonResource.position, LessonResource.id))
     if user.role != "admin":
-        enrolled = db.select(Enrollment.course_id).where(
-            Enrollment.user_id == user.id, Enrollment.status.in_(course_service.ACTIVE_ENROLLMENT))
-        query = query.where((Course.instructor_id == user.id) | Course.id.in_(enrolled))
+        query = query.where(course_service.full_content_readable_by(user))
     if args.lesson_id is not None:
         query = query.where(LessonResource.lesson_id == args.lesson_id)
     rows, meta = paginate(query, args.page, args.per_page)
@@ -78,8 +84,7 @@ def update_resource(resource_id: int):
     """Change a resource's title, description or position (replace the file by uploading anew)."""
     resource = course_service.get_resource(resource_id)
     course_service.ensure_can_edit(course_service.course_of_resource(resource), current_user())
-    changes = {k: v for k, v in json_body().model_dump(exclude_unset=True).items()
-               if v is not None or k == "description"}
+    changes = sent_changes(json_body(), clearable=("description",))
     course_service.update_resource(resource, changes)
     db.session.commit()
     return {"message": "Resource updated", "resource": resource.to_dict()}

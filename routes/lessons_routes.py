@@ -10,7 +10,15 @@ from models import Course, Lesson, Module, db
 from services import course_service, file_service
 from utils.pagination import paginate
 from utils.routing import Envelope, MessageOut
-from utils.validation import PageQuery, StrictModel, errors, filters, json_body, validate
+from utils.validation import (
+    PageQuery,
+    StrictModel,
+    errors,
+    filters,
+    json_body,
+    sent_changes,
+    validate,
+)
 from utils.validators import Url
 
 bp = Blueprint("lessons", __name__)
@@ -104,8 +112,7 @@ def update_lesson(lesson_id: int):
     """Change a lesson, move it (`position`), or move it to another module of the course."""
     lesson = course_service.get_lesson(lesson_id)
     course_service.ensure_can_edit(course_service.course_of_lesson(lesson), current_user())
-    changes = {k: v for k, v in json_body().model_dump(exclude_unset=True).items()
-               if v is not None or k in NULLABLE}
+    changes = sent_changes(json_body(), clearable=NULLABLE)
     course_service.update_lesson(lesson, changes)
     db.session.commit()
     return {"message": "Lesson updated", "lesson": lesson.to_dict()}

@@ -10,7 +10,15 @@ from models import MasterCategory, db
 from services import category_service
 from utils.pagination import paginate
 from utils.routing import Envelope, MessageOut
-from utils.validation import PageQuery, StrictModel, errors, filters, json_body, validate
+from utils.validation import (
+    PageQuery,
+    StrictModel,
+    errors,
+    filters,
+    json_body,
+    sent_changes,
+    validate,
+)
 from utils.validators import SafeText, Url
 
 bp = Blueprint("master_categories", __name__)
@@ -35,13 +43,6 @@ class MasterCategoryUpdate(StrictModel):
 
 class MasterCategoryQuery(PageQuery):
     is_active: bool | None = None
-
-
-def _changes(model) -> dict:
-    changes = model.model_dump(exclude_unset=True)
-    # Required columns cannot be set to null; optional ones can be cleared.
-    return {k: v for k, v in changes.items()
-            if v is not None or k in ("description", "icon_url")}
 
 
 @bp.get("")
@@ -90,7 +91,8 @@ def get_master_category(category_id: int):
           **ADMIN)
 def update_master_category(category_id: int):
     category = category_service.get_master(category_id)
-    category_service.update_master(category, _changes(json_body()))
+    category_service.update_master(
+        category, sent_changes(json_body(), clearable=("description", "icon_url")))
     db.session.commit()
     return {"message": "Master category updated", "master_category": category.to_dict()}
 

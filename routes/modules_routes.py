@@ -10,7 +10,16 @@ from models import Course, Module, db
 from services import course_service
 from utils.pagination import paginate
 from utils.routing import Envelope, MessageOut, alias
-from utils.validation import IdList, PageQuery, StrictModel, errors, filters, json_body, validate
+from utils.validation import (
+    IdList,
+    PageQuery,
+    StrictModel,
+    errors,
+    filters,
+    json_body,
+    sent_changes,
+    validate,
+)
 
 bp = Blueprint("modules", __name__)
 AUTH = {"tags": ["modules"], "security": {"bearer": []}}
@@ -70,8 +79,7 @@ def update_module(module_id: int):
     """Rename or move a module (`position` renumbers its siblings)."""
     module = course_service.get_module(module_id)
     course_service.editable_course(module.course_id, current_user())
-    changes = {k: v for k, v in json_body().model_dump(exclude_unset=True).items()
-               if v is not None or k == "description"}
+    changes = sent_changes(json_body(), clearable=("description",))
     course_service.update_module(module, changes)
     db.session.commit()
     return {"message": "Module updated", "module": module.to_dict()}

@@ -10,7 +10,15 @@ from models import Subcategory, db
 from services import category_service
 from utils.pagination import paginate
 from utils.routing import Envelope, MessageOut
-from utils.validation import PageQuery, StrictModel, errors, filters, json_body, validate
+from utils.validation import (
+    PageQuery,
+    StrictModel,
+    errors,
+    filters,
+    json_body,
+    sent_changes,
+    validate,
+)
 from utils.validators import SafeText
 
 bp = Blueprint("subcategories", __name__)
@@ -79,8 +87,7 @@ def get_subcategory(subcategory_id: int):
           **ADMIN)
 def update_subcategory(subcategory_id: int):
     sub = category_service.get_sub(subcategory_id)
-    changes = {k: v for k, v in json_body().model_dump(exclude_unset=True).items()
-               if v is not None or k == "description"}
+    changes = sent_changes(json_body(), clearable=("description",))
     category_service.update_sub(sub, changes)
     db.session.commit()
     return {"message": "Subcategory updated", "subcategory": sub.to_dict()}

@@ -36,7 +36,7 @@ from models import (
     db,
 )
 from services import auth_service, catalog_service, course_service
-from utils.errors import Conflict, NotFound, ValidationError
+from utils.errors import Conflict, NotFound
 from utils.helpers import iso, money, utcnow
 from utils.pipeline import redis_client
 
@@ -495,7 +495,3 @@ def audit_query(*, actor_id=None, action=None, target_type=None, target_id=None)
     return query
 
 
-def validate_months(months: int) -> int:
-    if not 1 <= months <= 60:
-        raise ValidationError("months must be between 1 and 60", details={"months": "1..60"})
-    return months

@@ -180,8 +180,12 @@ def public_facts(certificate: Certificate) -> dict:
     }
 
 
-def file_matches(certificate: Certificate, data: bytes) -> bool:
-    return bool(certificate.sha256) and hashlib.sha256(data).hexdigest() == certificate.sha256
+def file_matches(certificate: Certificate, stream) -> bool:
+    """Whether a file (read from `stream` in chunks) is the issued PDF, byte for byte."""
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: stream.read(1 << 16), b""):
+        digest.update(chunk)
+    return bool(certificate.sha256) and digest.hexdigest() == certificate.sha256
 
 
 # --- the PDF ----------------------------------------------------------------------------------

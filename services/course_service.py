@@ -9,12 +9,12 @@ database change is committed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal
 
-from sqlalchemy import delete, exists, func, or_, select
+from sqlalchemy import delete, exists, func, or_, select, true
 from sqlalchemy.orm import selectinload
 
 from models import (
+    OPEN_ENROLLMENT_STATUSES,
     Certificate,
     Course,
     CoursePrerequisite,
@@ -36,15 +36,15 @@ from utils.helpers import utcnow
 from utils.pagination import paginate
 from utils.validators import slugify
 
-ACTIVE_ENROLLMENT = ("active", "completed")
-
-
 # --- access -----------------------------------------------------------------------------------
+# Who may read a course's content: its instructor, an admin, and students whose enrollment is
+# open (`has_full_content(access_level(course, user))`); lists filter with its SQL twin,
+# `full_content_readable_by(user)`. Published courses show their outline to everyone.
 
 def is_enrolled(user_id: int, course_id: int) -> bool:
     return db.session.scalar(select(exists().where(
         Enrollment.user_id == user_id, Enrollment.course_id == course_id,
-        Enrollment.status.in_(ACTIVE_ENROLLMENT)))) or False
+        Enrollment.status.in_(OPEN_ENROLLMENT_STATUSES)))) or False
 
 
 def access_level(course: Course, user: User | None) -> str:
@@ -64,6 +64,16 @@ def has_full_content(level: str) -> bool:
     return level in ("admin", "owner", "enrolled")
 
 
+def full_content_readable_by(user: User):
+    """The SQL twin of `has_full_content(access_level(course, user))`: a condition on Course
+    for the courses whose full content `user` may read (every course for an admin)."""
+    if user.role == "admin":
+        return true()
+    enrolled = select(Enrollment.course_id).where(
+        Enrollment.user_id == user.id, Enrollment.status.in_(OPEN_ENROLLMENT_STATUSES))
+    return or_(Course.instructor_id == user.id, Course.id.in_(enrolled))
+
+
 def get_course(course_id: int) -> Course:
     course = db.session.get(Course, course_id)
     if course is None:
@@ -76,9 +86,7 @@ def visible_course(course_id: int, user: User | None) -> Course:
     they are enrolled in (an archived course stays open to its students). Anything else is
     404, so drafts do not reveal that they exist."""
     course = get_course(course_id)
-    if course.status == "published" or (user is not None and (
-            user.role == "admin" or course.instructor_id == user.id
-            or is_enrolled(user.id, course.id))):
+    if course.status == "published" or has_full_content(access_level(course, user)):
         return course
     raise NotFound("Course not found")
 
@@ -625,6 +633,3 @@ def course_detail(course: Course, viewer: User | None) -> dict:
     data["has_full_access"] = has_full_content(level)
     return data
 
-
-def price_is_valid(price: Decimal) -> bool:
-    return Decimal("0") <= price <= Decimal("99999999.99")

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
 from models import (
+    OPEN_ENROLLMENT_STATUSES,
     Certificate,
     Course,
     Enrollment,
@@ -38,7 +39,7 @@ from utils.pagination import paginate
 
 log = logging.getLogger("lms.enrollment")
 
-OPEN_STATUSES = ("active", "completed")
+OPEN_STATUSES = OPEN_ENROLLMENT_STATUSES  # the payment code reads it under this name
 
 
 # --- enrolling --------------------------------------------------------------------------------

@@ -97,10 +97,15 @@ def validate(*, json: type[BaseModel] | None = None, query: type[BaseModel] | No
     Validation is done here, on the input only: spectree's own wrapper also re-reads,
     re-parses and re-validates every response body, which the benchmark showed to dominate
     the cost of cheap requests (the schema-fuzz test checks responses against the document
-    in CI instead). spectree keeps the declarations for the document."""
+    in CI instead). spectree keeps the declarations for the document: its own wrapper is not
+    called, but ours wraps it (`__wrapped__`), which is how spectree finds a view's declaration
+    under other decorators."""
 
     def decorator(fn):
-        @wraps(fn)
+        documented = spec.validate(json=json, query=query, resp=resp, tags=tags,
+                                   security=security, **kwargs)(fn)
+
+        @wraps(documented)
         def wrapper(*args, **kw):
             context = SimpleNamespace(query=None, json=None)
             request.context = context
@@ -122,9 +127,6 @@ def validate(*, json: type[BaseModel] | None = None, query: type[BaseModel] | No
                 _raise_invalid(errors)
             return fn(*args, **kw)
 
-        documented = spec.validate(json=json, query=query, resp=resp, tags=tags,
-                                   security=security, **kwargs)(fn)
-        spec._function_metadata[wrapper] = spec.get_function_metadata(documented)
         return wrapper
 
     return decorator
@@ -174,6 +176,13 @@ def filters(model: type[BaseModel]):
         _raise_invalid(exc.errors())
 
 
+def sent_changes(model: BaseModel, clearable=()) -> dict:
+    """The fields a partial update sent: a null clears a field named in `clearable` and is
+    ignored for the others (required columns cannot be set to null)."""
+    return {key: value for key, value in model.model_dump(exclude_unset=True).items()
+            if value is not None or key in clearable}
+
+
 class IdList(StrictModel):
     """A body that names items in order (reordering)."""
 
@@ -183,13 +192,17 @@ class IdList(StrictModel):
 def document(**kwargs):
     """Describe a route in the API document without wrapping it. For file downloads:
     spectree's wrapper re-reads every response body (`get_data`), which breaks streamed files
-    and would hold a whole video in memory. (Reads spectree's metadata registry; the version is
-    pinned in requirements.txt.)"""
+    and would hold a whole video in memory. The view is called as it is; spectree's wrapper is
+    only found, through `__wrapped__`, for the declaration."""
 
     def decorator(fn):
-        wrapped = spec.validate(**kwargs)(fn)
-        spec._function_metadata[fn] = spec.get_function_metadata(wrapped)
-        return fn
+        documented = spec.validate(**kwargs)(fn)
+
+        @wraps(documented)
+        def view(*args, **kw):
+            return fn(*args, **kw)
+
+        return view
 
     return decorator
 
