@@ -21,7 +21,7 @@ from models import (
     RefundRequest,
     db,
 )
-from utils.routing import Envelope, accepted
+from utils.routing import Envelope, accepted, sent_changes
 from services import (
     admin_service,
     certificate_service,
@@ -34,7 +34,6 @@ from utils.errors import NotFound
 from utils.pagination import paginate
 from utils.pipeline import blocked_ips
 from utils.validation import (
-    sent_changes,
     PageQuery,
     StrictModel,
     document,

@@ -13,16 +13,8 @@ from services import contact_service
 from utils.pagination import paginate
 from utils.pipeline.client_address import client_ip
 from utils.pipeline.rate_limits import config_limit
-from utils.routing import Envelope, MessageOut
-from utils.validation import (
-    PageQuery,
-    StrictModel,
-    errors,
-    json_body,
-    query_args,
-    sent_changes,
-    validate,
-)
+from utils.routing import Envelope, MessageOut, sent_changes
+from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
 from utils.validators import Email, PersonName, SafeText
 
 bp = Blueprint("contact", __name__)

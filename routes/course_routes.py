@@ -14,18 +14,9 @@ from services import catalog_service, course_service, enrollment_service, file_s
 from utils.extensions import limiter
 from utils.pagination import paginate
 from utils.pipeline.catalog_cache import cached_public
-from utils.routing import Envelope, MessageOut
+from utils.routing import Envelope, MessageOut, sent_changes
 from utils.schemas import CourseListQuery, Mode, TeachingQuery
-from utils.validation import (
-    IdList,
-    PageQuery,
-    StrictModel,
-    errors,
-    json_body,
-    query_args,
-    sent_changes,
-    validate,
-)
+from utils.validation import IdList, PageQuery, StrictModel, errors, json_body, query_args, validate
 from utils.validators import Url
 
 bp = Blueprint("courses", __name__)

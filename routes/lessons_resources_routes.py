@@ -10,16 +10,8 @@ from models import Course, Lesson, LessonResource, Module, db
 from services import course_service, file_service
 from utils.extensions import limiter
 from utils.pagination import paginate
-from utils.routing import Envelope, MessageOut, form_text
-from utils.validation import (
-    PageQuery,
-    StrictModel,
-    errors,
-    filters,
-    json_body,
-    sent_changes,
-    validate,
-)
+from utils.routing import Envelope, MessageOut, form_text, sent_changes
+from utils.validation import PageQuery, StrictModel, errors, filters, json_body, validate
 
 bp = Blueprint("lesson_resources", __name__)
 AUTH = {"tags": ["lesson resources"], "security": {"bearer": []}}

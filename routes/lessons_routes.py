@@ -9,16 +9,8 @@ from auth import current_user, instructor_required, login_required
 from models import Course, Lesson, Module, db
 from services import course_service, file_service
 from utils.pagination import paginate
-from utils.routing import Envelope, MessageOut
-from utils.validation import (
-    PageQuery,
-    StrictModel,
-    errors,
-    filters,
-    json_body,
-    sent_changes,
-    validate,
-)
+from utils.routing import Envelope, MessageOut, sent_changes
+from utils.validation import PageQuery, StrictModel, errors, filters, json_body, validate
 from utils.validators import Url
 
 bp = Blueprint("lessons", __name__)

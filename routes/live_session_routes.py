@@ -12,16 +12,8 @@ from auth import current_user, instructor_required, login_required
 from models import PLATFORMS, db
 from services import live_session_service as live_sessions
 from utils.pagination import paginate
-from utils.routing import Envelope
-from utils.validation import (
-    PageQuery,
-    StrictModel,
-    errors,
-    json_body,
-    query_args,
-    sent_changes,
-    validate,
-)
+from utils.routing import Envelope, sent_changes
+from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
 from utils.validators import Url
 
 bp = Blueprint("live_sessions", __name__)

@@ -9,17 +9,8 @@ from auth import current_user, instructor_required, login_required
 from models import Course, Module, db
 from services import course_service
 from utils.pagination import paginate
-from utils.routing import Envelope, MessageOut, alias
-from utils.validation import (
-    IdList,
-    PageQuery,
-    StrictModel,
-    errors,
-    filters,
-    json_body,
-    sent_changes,
-    validate,
-)
+from utils.routing import Envelope, MessageOut, alias, sent_changes
+from utils.validation import IdList, PageQuery, StrictModel, errors, filters, json_body, validate
 
 bp = Blueprint("modules", __name__)
 AUTH = {"tags": ["modules"], "security": {"bearer": []}}

@@ -12,16 +12,8 @@ from models import NOTIFICATION_KINDS, ROLES, db
 from services import jobs
 from services import notification_service as notifications
 from utils.pagination import paginate
-from utils.routing import Envelope, MessageOut, accepted
-from utils.validation import (
-    PageQuery,
-    StrictModel,
-    errors,
-    json_body,
-    query_args,
-    sent_changes,
-    validate,
-)
+from utils.routing import Envelope, MessageOut, accepted, sent_changes
+from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
 from utils.validators import SafeText
 
 bp = Blueprint("notifications", __name__)

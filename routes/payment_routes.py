@@ -14,15 +14,7 @@ from utils.extensions import limiter
 from utils.pagination import paginate
 from utils.pipeline.rate_limits import config_limit
 from utils.routing import Envelope
-from utils.validation import (
-    PageQuery,
-    StrictModel,
-    document,
-    errors,
-    json_body,
-    query_args,
-    validate,
-)
+from utils.validation import PageQuery, StrictModel, document, errors, json_body, query_args, validate
 
 bp = Blueprint("payments", __name__)
 AUTH = {"tags": ["payments"], "security": {"bearer": []}}

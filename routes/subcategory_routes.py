@@ -9,16 +9,8 @@ from auth import admin_required
 from models import Subcategory, db
 from services import category_service
 from utils.pagination import paginate
-from utils.routing import Envelope, MessageOut
-from utils.validation import (
-    PageQuery,
-    StrictModel,
-    errors,
-    filters,
-    json_body,
-    sent_changes,
-    validate,
-)
+from utils.routing import Envelope, MessageOut, sent_changes
+from utils.validation import PageQuery, StrictModel, errors, filters, json_body, validate
 from utils.validators import SafeText
 
 bp = Blueprint("subcategories", __name__)

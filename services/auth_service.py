@@ -355,9 +355,6 @@ def update_profile(user: User, changes: dict) -> User:
 def set_profile_picture(user: User, upload) -> str | None:
     """Store a new picture; returns the stored path of the one it replaces, for the caller to
     delete once the change is committed."""
-    stored = file_service.save(upload, "profiles", allowed=file_service.IMAGE_EXTENSIONS)
-    previous = user.profile_picture
-    user.profile_picture = file_service.public_url(stored.relative_path)
-    if previous and previous.startswith(file_service.PUBLIC_URL_PREFIX + "profiles/"):
-        return previous[len(file_service.PUBLIC_URL_PREFIX):]
-    return None
+    user.profile_picture, replaced = file_service.store_public_image(
+        upload, "profiles", user.profile_picture)
+    return replaced

@@ -251,12 +251,9 @@ def replace_thumbnail(course_id: int, user: User, upload) -> tuple[Course, str |
 
 def set_thumbnail(course: Course, upload) -> str | None:
     """Store a new thumbnail; returns the stored path of the one it replaces."""
-    stored = file_service.save(upload, "thumbnails", allowed=file_service.IMAGE_EXTENSIONS)
-    previous = course.thumbnail_url
-    course.thumbnail_url = file_service.public_url(stored.relative_path)
-    if previous and previous.startswith(file_service.PUBLIC_URL_PREFIX + "thumbnails/"):
-        return previous[len(file_service.PUBLIC_URL_PREFIX):]
-    return None
+    course.thumbnail_url, replaced = file_service.store_public_image(
+        upload, "thumbnails", course.thumbnail_url)
+    return replaced
 
 
 # --- ordering ---------------------------------------------------------------------------------
@@ -271,13 +268,15 @@ def _place(siblings: list, item, position: int | None) -> None:
         sibling.position = number
 
 
-def _reorder(siblings: list, ordered_ids: list[int], what: str) -> None:
+def _reorder(siblings: list, ordered_ids: list[int], what: str) -> list:
+    """Number `siblings` in the order of `ordered_ids` (each exactly once); returns them so."""
     by_id = {s.id: s for s in siblings}
     if sorted(ordered_ids) != sorted(by_id):
         raise ValidationError(f"Give every {what} of the parent exactly once",
                               details={f"{what}_ids": f"must list each {what} id once"})
     for number, item_id in enumerate(ordered_ids):
         by_id[item_id].position = number
+    return sorted(siblings, key=lambda item: item.position)
 
 
 def _modules_of(course_id: int) -> list[Module]:
@@ -315,20 +314,24 @@ def create_module(course: Course, data: dict) -> Module:
     return module
 
 
-def update_module(module: Module, changes: dict) -> Module:
+def _update_placed(item, changes: dict, siblings) -> None:
+    """Set the changed fields of a module, lesson or resource; a `position` moves it among
+    `siblings()` (read after the other fields are set)."""
     changes = dict(changes)
     position = changes.pop("position", None)
     for name, value in changes.items():
-        setattr(module, name, value)
+        setattr(item, name, value)
     if position is not None:
-        _place(_modules_of(module.course_id), module, position)
+        _place(siblings(), item, position)
+
+
+def update_module(module: Module, changes: dict) -> Module:
+    _update_placed(module, changes, lambda: _modules_of(module.course_id))
     return module
 
 
 def reorder_modules(course: Course, module_ids: list[int]) -> list[Module]:
-    modules = _modules_of(course.id)
-    _reorder(modules, module_ids, "module")
-    return sorted(modules, key=lambda m: m.position)
+    return _reorder(_modules_of(course.id), module_ids, "module")
 
 
 def delete_module(module: Module) -> None:
@@ -390,17 +393,13 @@ def update_lesson(lesson: Lesson, changes: dict) -> Lesson:
         _renumber(_lessons_of(old_module_id))
         _place(_lessons_of(target.id), lesson, position)
         position = None
-    for name, value in changes.items():
-        setattr(lesson, name, value)
-    if position is not None:
-        _place(_lessons_of(lesson.module_id), lesson, position)
+    _update_placed(lesson, {**changes, "position": position},
+                   lambda: _lessons_of(lesson.module_id))
     return lesson
 
 
 def reorder_lessons(module: Module, lesson_ids: list[int]) -> list[Lesson]:
-    lessons = _lessons_of(module.id)
-    _reorder(lessons, lesson_ids, "lesson")
-    return sorted(lessons, key=lambda item: item.position)
+    return _reorder(_lessons_of(module.id), lesson_ids, "lesson")
 
 
 def delete_lesson(lesson: Lesson) -> Removal:
@@ -467,12 +466,7 @@ def readable_resource(resource_id: int, user: User) -> LessonResource:
 
 
 def update_resource(resource: LessonResource, changes: dict) -> LessonResource:
-    changes = dict(changes)
-    position = changes.pop("position", None)
-    for name, value in changes.items():
-        setattr(resource, name, value)
-    if position is not None:
-        _place(_resources_of(resource.lesson_id), resource, position)
+    _update_placed(resource, changes, lambda: _resources_of(resource.lesson_id))
     return resource
 
 

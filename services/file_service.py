@@ -223,6 +223,16 @@ def serve(relative_path: str, *, mime_type: str | None = None, download_name: st
     return response
 
 
+def store_public_image(upload, folder: str, previous_url: str | None) -> tuple[str, str | None]:
+    """Store an uploaded image under `folder` for a public URL: (its URL, the stored path of
+    the image it replaces when that one is ours, for the caller to delete after the commit)."""
+    stored = save(upload, folder, allowed=IMAGE_EXTENSIONS)
+    ours = PUBLIC_URL_PREFIX + folder + "/"
+    replaced = previous_url[len(PUBLIC_URL_PREFIX):] if previous_url and \
+        previous_url.startswith(ours) else None
+    return public_url(stored.relative_path), replaced
+
+
 @contextmanager
 def deleted_if_fails(path: str):
     """Delete the stored file `path` if the block (the commit of its row) fails, and re-raise:

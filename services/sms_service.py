@@ -42,6 +42,19 @@ def _code_hash(phone: str, code: str) -> str:
     return hmac.new(key, f"{phone}:{code}".encode(), hashlib.sha256).hexdigest()
 
 
+def _latest_open(phone: str, provider: str, *conditions) -> PhoneVerification | None:
+    """The newest verification of `phone` by `provider` neither verified nor used."""
+    return db.session.scalar(
+        select(PhoneVerification)
+        .where(PhoneVerification.phone_number == phone,
+               PhoneVerification.provider == provider,
+               PhoneVerification.verified_at.is_(None),
+               PhoneVerification.consumed_at.is_(None), *conditions)
+        .order_by(PhoneVerification.created_at.desc(), PhoneVerification.id.desc())
+        .limit(1)
+    )
+
+
 def _invalid(message: str = "The code is wrong or has expired; request a new one") -> OTPInvalid:
     return OTPInvalid(message, details={"code": message})
 
@@ -82,16 +95,7 @@ class ConsoleProvider(SmsProvider):
 
     def check_code(self, phone: str, code: str) -> bool:
         now = utcnow()
-        pending = db.session.scalar(
-            select(PhoneVerification)
-            .where(PhoneVerification.phone_number == phone,
-                   PhoneVerification.provider == self.name,
-                   PhoneVerification.verified_at.is_(None),
-                   PhoneVerification.consumed_at.is_(None),
-                   PhoneVerification.expires_at > now)
-            .order_by(PhoneVerification.created_at.desc(), PhoneVerification.id.desc())
-            .limit(1)
-        )
+        pending = _latest_open(phone, self.name, PhoneVerification.expires_at > now)
         if pending is None:
             raise _invalid()
         # Count the attempt in the database, atomically, before comparing: parallel guesses on
@@ -157,15 +161,7 @@ class TwilioVerifyProvider(SmsProvider):
         if result.status != "approved":
             raise _invalid()
         now = utcnow()
-        row = db.session.scalar(
-            select(PhoneVerification)
-            .where(PhoneVerification.phone_number == phone,
-                   PhoneVerification.provider == self.name,
-                   PhoneVerification.verified_at.is_(None),
-                   PhoneVerification.consumed_at.is_(None))
-            .order_by(PhoneVerification.created_at.desc(), PhoneVerification.id.desc())
-            .limit(1)
-        )
+        row = _latest_open(phone, self.name)
         if row is None:
             row = PhoneVerification(phone_number=phone, provider=self.name, expires_at=now)
             db.session.add(row)

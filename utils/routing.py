@@ -1,6 +1,7 @@
 """What the blueprints share: the success envelopes they answer with, the 202 of a request that
-started a job, the multipart form fields of uploads, and aliases (a path of one blueprint served
-by another blueprint's view). Blueprint modules never import each other; they meet here."""
+started a job, the fields a partial update sent, the multipart form fields of uploads, and
+aliases (a path of one blueprint served by another blueprint's view). Blueprint modules never
+import each other; they meet here."""
 from __future__ import annotations
 
 from flask import Blueprint, request, url_for
@@ -25,6 +26,13 @@ def accepted(job, message: str, **extra):
     when jobs run inline) and where to follow it."""
     location = url_for("jobs.get_job", job_id=job.id)
     return {"message": message, "job": job.to_dict(), **extra}, 202, {"Location": location}
+
+
+def sent_changes(model: BaseModel, clearable=()) -> dict:
+    """The fields a partial update sent: a null clears a field named in `clearable` and is
+    ignored for the others (required columns cannot be set to null)."""
+    return {key: value for key, value in model.model_dump(exclude_unset=True).items()
+            if value is not None or key in clearable}
 
 
 def alias(bp: Blueprint, rule: str, view: str, **options) -> None:

@@ -176,13 +176,6 @@ def filters(model: type[BaseModel]):
         _raise_invalid(exc.errors())
 
 
-def sent_changes(model: BaseModel, clearable=()) -> dict:
-    """The fields a partial update sent: a null clears a field named in `clearable` and is
-    ignored for the others (required columns cannot be set to null)."""
-    return {key: value for key, value in model.model_dump(exclude_unset=True).items()
-            if value is not None or key in clearable}
-
-
 class IdList(StrictModel):
     """A body that names items in order (reordering)."""
 
