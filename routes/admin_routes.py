@@ -31,7 +31,7 @@ from services import (
     settlement_service,
 )
 from utils.errors import NotFound
-from utils.pagination import paginate
+from utils.pagination import page_of, paginate
 from utils.pipeline import blocked_ips
 from utils.validation import (
     PageQuery,
@@ -83,8 +83,7 @@ class MessageOut(BaseModel):
 def list_blocked_ips():
     """Addresses blocked now (automatically or by an admin), newest first."""
     args = query_args()
-    rows, meta = paginate(blocked_ips.active_blocks(), args.page, args.per_page)
-    return {"blocked_ips": [row.to_dict() for row in rows], "pagination": meta}
+    return page_of("blocked_ips", blocked_ips.active_blocks(), args)
 
 
 @bp.post("/blocked-ips")
@@ -159,8 +158,7 @@ def list_refund_requests():
     query = db.select(RefundRequest).order_by(RefundRequest.created_at.asc(), RefundRequest.id)
     if args.status:
         query = query.where(RefundRequest.status == args.status)
-    rows, meta = paginate(query, args.page, args.per_page)
-    return {"refund_requests": [r.to_dict() for r in rows], "pagination": meta}
+    return page_of("refund_requests", query, args)
 
 
 @bp.put("/refund-requests/<int:request_id>")
@@ -463,8 +461,7 @@ def audit_log():
 def failed_jobs():
     """Jobs that failed for good (after their retries), newest first."""
     args = query_args()
-    rows, meta = paginate(jobs.failed_query(), args.page, args.per_page)
-    return {"jobs": [row.to_dict() for row in rows], "pagination": meta}
+    return page_of("jobs", jobs.failed_query(), args)
 
 
 @bp.post("/jobs/<string:job_id>/retry")

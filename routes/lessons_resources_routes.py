@@ -9,7 +9,7 @@ from auth import current_user, instructor_required, login_required
 from models import Course, Lesson, LessonResource, Module, db
 from services import course_service, file_service
 from utils.extensions import limiter
-from utils.pagination import paginate
+from utils.pagination import page_of
 from utils.routing import Envelope, MessageOut, form_text, sent_changes
 from utils.validation import PageQuery, StrictModel, errors, filters, json_body, validate
 
@@ -55,8 +55,7 @@ def list_resources():
         query = query.where(course_service.full_content_readable_by(user))
     if args.lesson_id is not None:
         query = query.where(LessonResource.lesson_id == args.lesson_id)
-    rows, meta = paginate(query, args.page, args.per_page)
-    return {"resources": [r.to_dict() for r in rows], "pagination": meta}
+    return page_of("resources", query, args)
 
 
 @bp.get("/<int:resource_id>")

@@ -8,7 +8,7 @@ from spectree import Response
 from auth import current_user, instructor_required, login_required
 from models import Course, Lesson, Module, db
 from services import course_service, file_service
-from utils.pagination import paginate
+from utils.pagination import page_of
 from utils.routing import Envelope, MessageOut, sent_changes
 from utils.validation import PageQuery, StrictModel, errors, filters, json_body, validate
 from utils.validators import Url
@@ -72,8 +72,7 @@ def list_lessons():
         query = query.where(Lesson.module_id == args.module_id)
     if args.course_id is not None:
         query = query.where(Module.course_id == args.course_id)
-    rows, meta = paginate(query, args.page, args.per_page)
-    return {"lessons": [lesson.to_dict() for lesson in rows], "pagination": meta}
+    return page_of("lessons", query, args)
 
 
 @bp.get("/<int:lesson_id>")

@@ -8,7 +8,7 @@ from spectree import Response
 from auth import admin_required
 from models import MasterCategory, db
 from services import category_service
-from utils.pagination import paginate
+from utils.pagination import page_of
 from utils.routing import Envelope, MessageOut, sent_changes
 from utils.validation import PageQuery, StrictModel, errors, filters, json_body, validate
 from utils.validators import SafeText, Url
@@ -48,8 +48,7 @@ def list_master_categories():
     query = category_service.list_masters()
     if args.is_active is not None:
         query = query.where(MasterCategory.is_active.is_(args.is_active))
-    rows, meta = paginate(query, args.page, args.per_page)
-    return {"master_categories": [row.to_dict() for row in rows], "pagination": meta}
+    return page_of("master_categories", query, args)
 
 
 @bp.post("")

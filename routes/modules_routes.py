@@ -8,7 +8,7 @@ from spectree import Response
 from auth import current_user, instructor_required, login_required
 from models import Course, Module, db
 from services import course_service
-from utils.pagination import paginate
+from utils.pagination import page_of
 from utils.routing import Envelope, MessageOut, alias, sent_changes
 from utils.validation import IdList, PageQuery, StrictModel, errors, filters, json_body, validate
 
@@ -42,8 +42,7 @@ def list_modules():
         query = query.where(Course.instructor_id == user.id)
     if args.course_id is not None:
         query = query.where(Module.course_id == args.course_id)
-    rows, meta = paginate(query, args.page, args.per_page)
-    return {"modules": [m.to_dict() for m in rows], "pagination": meta}
+    return page_of("modules", query, args)
 
 
 @bp.get("/<int:module_id>")

@@ -8,7 +8,7 @@ from spectree import Response
 from auth import optional_user
 from services import catalog_service, category_service, course_service
 from utils.errors import NotFound
-from utils.pagination import paginate
+from utils.pagination import page_of, paginate
 from utils.pipeline.catalog_cache import cached_public
 from utils.pipeline.rate_limits import config_limit
 from utils.routing import Envelope
@@ -49,8 +49,7 @@ def _active_master(category_id: int):
 def categories():
     """Active master categories, in display order."""
     args = query_args()
-    rows, meta = paginate(category_service.list_masters(active_only=True), args.page, args.per_page)
-    return {"categories": [row.to_dict() for row in rows], "pagination": meta}
+    return page_of("categories", category_service.list_masters(active_only=True), args)
 
 
 @bp.get("/categories/<int:category_id>/subcategories")

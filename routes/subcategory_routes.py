@@ -8,7 +8,7 @@ from spectree import Response
 from auth import admin_required
 from models import Subcategory, db
 from services import category_service
-from utils.pagination import paginate
+from utils.pagination import page_of
 from utils.routing import Envelope, MessageOut, sent_changes
 from utils.validation import PageQuery, StrictModel, errors, filters, json_body, validate
 from utils.validators import SafeText
@@ -49,8 +49,7 @@ def list_subcategories():
     query = category_service.list_subs(master_category_id=args.master_category_id)
     if args.is_active is not None:
         query = query.where(Subcategory.is_active.is_(args.is_active))
-    rows, meta = paginate(query, args.page, args.per_page)
-    return {"subcategories": [row.to_dict() for row in rows], "pagination": meta}
+    return page_of("subcategories", query, args)
 
 
 @bp.post("")

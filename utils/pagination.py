@@ -24,3 +24,10 @@ def paginate(select, page: int, per_page: int):
         total = db.session.scalar(select_(func.count()).select_from(
             select.order_by(None).subquery()))
     return [row[0] for row in rows], pagination_meta(page, per_page, total or 0)
+
+
+def page_of(key: str, query, args) -> dict:
+    """A list answer in the contract's shape: {key: [each row's to_dict()], "pagination":
+    {...}}, one page of `query` (`args` carries page and per_page)."""
+    rows, meta = paginate(query, args.page, args.per_page)
+    return {key: [row.to_dict() for row in rows], "pagination": meta}
