@@ -5,37 +5,50 @@ rather than at import, so importing `create_app` (tests, tools) builds no develo
 """
 from __future__ import annotations
 
-import logging
 import sys
 
-from flask import Flask, request
-from flask_cors import CORS
-from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
-from flask_mail import Mail
-from flask_migrate import Migrate
+from flask import Flask
 from flask_talisman import Talisman
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from auth import jwt
 from config import CONFIGS, ConfigError, config_name_from_env
 from models import db
-from services import catalog_cache, certificate_service, jobs
+# In this order: spectree lists the OpenAPI document's component schemas in the order the
+# routes' decorators declare them, and the published document keeps its order.
+from routes import (  # isort: skip
+    admin_routes,
+    auth_routes,
+    course_routes,
+    certificate_routes,
+    contact_routes,
+    docs,
+    enrollments_routes,
+    lessons_resources_routes,
+    file_routes,
+    jobs_routes,
+    health,
+    lessons_routes,
+    live_session_routes,
+    master_routes,
+    media,
+    modules_routes,
+    notification_routes,
+    payment_routes,
+    prerequisites,
+    public_routes,
+    subcategory_routes,
+    user_routes,
+    verify_page,
+)
+from routes.cli import register_commands
+from services import certificate_service, job_kinds, jobs
 from services.email_service import register_outbox
 from utils import error_reporting, metrics
+from utils.extensions import cors, limiter, mail, migrate
 from utils.middleware import init_middleware
-from utils.security import refuse_blocked_ip
+from utils.pipeline.hooks import init_pipeline
 from utils.validation import spec
-
-migrate = Migrate()
-mail = Mail()
-cors = CORS()
-limiter = Limiter(
-    get_remote_address,
-    # With Redis briefly unreachable, limits fall back to memory instead of failing requests.
-    in_memory_fallback_enabled=True,
-    key_prefix="lms",
-)
 
 API_CSP = {"default-src": "'none'", "frame-ancestors": "'none'"}
 VERIFY_CSP = {"default-src": "'none'", "style-src": "'unsafe-inline'", "form-action": "'self'",
@@ -50,22 +63,6 @@ DOCS_CSP = {
     "connect-src": "'self'",
     "worker-src": ["'self'", "blob:"],
 }
-
-
-def _rate_limit_headers_on_writes(response):
-    """X-RateLimit-* on limited writes only: reading the window costs a Redis round trip that
-    the read hot path does without."""
-    if request.method in ("GET", "HEAD", "OPTIONS") or not limiter.enabled:
-        return response
-    current = limiter.current_limit
-    if current is not None:
-        try:
-            response.headers["X-RateLimit-Limit"] = str(current.limit.amount)
-            response.headers["X-RateLimit-Remaining"] = str(current.remaining)
-            response.headers["X-RateLimit-Reset"] = str(current.reset_at)
-        except Exception as exc:  # the storage is down: the answer stands without them
-            logging.getLogger("lms.limits").warning("rate limit headers skipped: %s", exc)
-    return response
 
 
 def create_app(config_name: str | None = None, overrides: dict | None = None) -> Flask:
@@ -114,39 +111,12 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
     )
     init_middleware(app)
     metrics.init_app(app)
-    app.before_request(refuse_blocked_ip)
-    if app.config["RATE_LIMIT_HEADERS"] == "writes":
-        app.after_request(_rate_limit_headers_on_writes)
     register_outbox()
-    catalog_cache.register()
+    init_pipeline(app)
     jobs.register()
+    job_kinds.register()
     certificate_service.register()
 
-    from routes import (
-        admin_routes,
-        auth_routes,
-        course_routes,
-        certificate_routes,
-        contact_routes,
-        docs,
-        enrollments_routes,
-        file_routes,
-        jobs_routes,
-        health,
-        lessons_resources_routes,
-        lessons_routes,
-        live_session_routes,
-        master_routes,
-        media,
-        modules_routes,
-        notification_routes,
-        payment_routes,
-        prerequisites,
-        public_routes,
-        subcategory_routes,
-        user_routes,
-        verify_page,
-    )
 
     api = app.config["API_PREFIX"]
     for module, prefix in (
@@ -178,8 +148,6 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
 
     spec.register(app)
     _per_view_security(app)
-
-    from utils.cli import register_commands
 
     register_commands(app)
     return app

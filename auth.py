@@ -1,4 +1,4 @@
-"""JWT wiring and access decorators.
+"""JWT wiring, access decorators, and the audit log of what signed-in admins change.
 
 Identities are user ids as strings (Flask-JWT-Extended requires a string subject); the role
 rides along as a claim for clients, but every decision reads the user row, so a demotion or a
@@ -12,15 +12,16 @@ from functools import wraps
 from flask import g
 from flask_jwt_extended import JWTManager, get_current_user, verify_jwt_in_request
 
-from models import User, db
+from models import AuditLog, User, db
 from utils.errors import Forbidden, Unauthorized
+from utils.middleware import current_request_id, error_response
+from utils.pipeline import token_blocklist
+from utils.pipeline.client_address import client_ip
 
 jwt = JWTManager()
 
 
 def _unauthorized(message: str, code: str):
-    from utils.middleware import error_response
-
     return error_response(401, code, message)
 
 
@@ -43,8 +44,6 @@ def _claims(user):
 def _token_refused(_header, payload) -> bool:
     """Revoked (logout), or issued before the user's tokens_valid_after (password change or
     reset, deactivation)."""
-    from services import token_blocklist
-
     if token_blocklist.is_revoked(payload["jti"]):
         return True
     try:
@@ -164,3 +163,24 @@ def optional_user() -> User | None:
         g.user_id = user.id
         return user
     return None
+
+
+def audit(action: str, target_type: str | None = None, target_id: int | None = None,
+          **details) -> None:
+    """Record the signed-in admin's write in the audit log (committed with the change it
+    describes). `before=` and `after=` in details hold the changed values."""
+    details = {k: _jsonable(v) for k, v in details.items()}
+    db.session.add(AuditLog(
+        actor_id=current_user().id, action=action, target_type=target_type,
+        target_id=target_id, details=details or None, ip_address=client_ip(),
+        request_id=current_request_id()))
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value

@@ -132,7 +132,7 @@ class Config:
 
     # Accounts and security
     PASSWORD_HASH_METHOD = env("PASSWORD_HASH_METHOD", "pbkdf2:sha256:600000")
-    # Password hashing at once per host (services/hash_slots.py; gunicorn.conf.py sets it to
+    # Password hashing at once per host (utils/pipeline/hash_slots.py; gunicorn.conf.py sets it to
     # cores - 1); past PASSWORD_HASH_WAIT_MS without a slot, a sign-in answers 503 busy.
     PASSWORD_HASH_SLOTS = env_int("PASSWORD_HASH_SLOTS", 0)
     PASSWORD_HASH_WAIT_MS = env_int("PASSWORD_HASH_WAIT_MS", 50)
@@ -222,7 +222,7 @@ class Config:
     CERTIFICATE_BULK_BATCH = env_int("CERTIFICATE_BULK_BATCH", 200)
 
     # Redis's mirror of blocked addresses and revoked tokens is re-checked against the database
-    # this often (services/shared_state.py).
+    # this often (utils/pipeline/shared_state.py).
     SHARED_SYNC_SECONDS = env_int("SHARED_SYNC_SECONDS", 60)
 
     # Public catalog answers to guests are cached this long in Redis (and by browsers/CDNs).

@@ -15,7 +15,7 @@ workers = int(os.environ.get("GUNICORN_WORKERS") or os.environ.get("WEB_CONCURRE
               or multiprocessing.cpu_count() * 2)
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
 # Password hashing is CPU-bound: at most one hash per core but one runs at a time on a host
-# (services/hash_slots.py), so a burst of sign-ins leaves CPU and workers for every other
+# (utils/pipeline/hash_slots.py), so a burst of sign-ins leaves CPU and workers for every other
 # request; sign-ins beyond that wait briefly, then answer 503 busy. Set before the app loads.
 os.environ.setdefault("PASSWORD_HASH_SLOTS", str(max(1, multiprocessing.cpu_count() - 1)))
 graceful_timeout = 30

@@ -7,6 +7,7 @@ explicit: each `to_dict` names its fields, so a new column never leaks by accide
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -114,6 +115,13 @@ class TimestampMixin:
 ROLES = ("student", "instructor", "admin")
 
 
+def _hashing_slot():
+    """The host's bound on password hashes computed at once (utils/pipeline/hash_slots.py),
+    which the app installs in `app.extensions`; the model imports nothing above it."""
+    slot = current_app.extensions.get("password_hash_slot")
+    return slot() if slot is not None else nullcontext()
+
+
 class User(TimestampMixin, db.Model):
     __tablename__ = "users"
     __table_args__ = (
@@ -150,9 +158,7 @@ class User(TimestampMixin, db.Model):
         if not has_app_context():
             self.password_hash = generate_password_hash(password, method="pbkdf2:sha256:600000")
             return
-        from services import hash_slots
-
-        with hash_slots.slot():  # slow by design: a bounded number at once per host
+        with _hashing_slot():  # slow by design: a bounded number at once per host
             self.password_hash = generate_password_hash(
                 password, method=current_app.config["PASSWORD_HASH_METHOD"])
 
@@ -161,9 +167,7 @@ class User(TimestampMixin, db.Model):
             return False
         if not has_app_context():
             return check_password_hash(self.password_hash, password)
-        from services import hash_slots
-
-        with hash_slots.slot():
+        with _hashing_slot():
             return check_password_hash(self.password_hash, password)
 
     @property
@@ -561,6 +565,8 @@ class LessonResource(TimestampMixin, db.Model):
 # ---------------------------------------------------------------------------------------------
 
 ENROLLMENT_STATUSES = ("active", "completed", "cancelled", "refunded")
+# An enrollment in one of these opens its course's content to the student.
+OPEN_ENROLLMENT_STATUSES = ("active", "completed")
 
 
 class Enrollment(TimestampMixin, db.Model):

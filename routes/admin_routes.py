@@ -6,18 +6,33 @@ from __future__ import annotations
 from datetime import date
 from typing import Literal
 
-from flask import Blueprint
+from flask import Blueprint, Response as Streamed, stream_with_context
 from pydantic import BaseModel, Field, IPvAnyAddress
 from spectree import Response
 
-from auth import admin_required, current_user
-from models import AuditLog, Certificate, Payment, RefundRequest, db
-from services import admin_service, certificate_service, jobs, settlement_service
-from utils import security
+from auth import admin_required, audit, current_user
+from models import (
+    COURSE_STATUSES,
+    GATEWAYS,
+    PAYMENT_STATUSES,
+    ROLES,
+    Certificate,
+    Payment,
+    RefundRequest,
+    db,
+)
+from utils.routing import Envelope, accepted, sent_changes
+from services import (
+    admin_service,
+    certificate_service,
+    course_service,
+    jobs,
+    notification_service,
+    settlement_service,
+)
 from utils.errors import NotFound
-from utils.helpers import paginate
-from utils.middleware import current_request_id
-from routes.common import Envelope, accepted
+from utils.pagination import page_of, paginate
+from utils.pipeline import blocked_ips
 from utils.validation import (
     PageQuery,
     StrictModel,
@@ -31,27 +46,6 @@ from utils.validation import (
 from utils.validators import PersonName, Phone, SafeText, Url
 
 bp = Blueprint("admin", __name__)
-
-
-def audit(action: str, target_type: str | None = None, target_id: int | None = None,
-          **details) -> None:
-    """Record an admin write in the audit log (committed with the change it describes).
-    `before=` and `after=` in details hold the changed values."""
-    details = {k: _jsonable(v) for k, v in details.items()}
-    db.session.add(AuditLog(
-        actor_id=current_user().id, action=action, target_type=target_type,
-        target_id=target_id, details=details or None, ip_address=security.client_ip(),
-        request_id=current_request_id()))
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return value
 
 
 class BlockIn(StrictModel):
@@ -89,8 +83,7 @@ class MessageOut(BaseModel):
 def list_blocked_ips():
     """Addresses blocked now (automatically or by an admin), newest first."""
     args = query_args()
-    rows, meta = paginate(security.active_blocks(), args.page, args.per_page)
-    return {"blocked_ips": [row.to_dict() for row in rows], "pagination": meta}
+    return page_of("blocked_ips", blocked_ips.active_blocks(), args)
 
 
 @bp.post("/blocked-ips")
@@ -103,7 +96,7 @@ def block_ip():
     ip = str(body.ip_address)
     audit("blocked_ip.create", "blocked_ip", None, ip_address=ip, reason=body.reason,
           duration_seconds=body.duration_seconds)
-    row = security.block_ip(ip, seconds=body.duration_seconds, reason=body.reason,
+    row = blocked_ips.block_ip(ip, seconds=body.duration_seconds, reason=body.reason,
                             by_user_id=current_user().id)
     return {"message": "Address blocked", "blocked_ip": row.to_dict()}, 201
 
@@ -114,7 +107,7 @@ def block_ip():
           security={"bearer": []})
 def unblock_ip(ip: str):
     """Lift the block of an address."""
-    if not security.unblock_ip(ip[:45]):
+    if not blocked_ips.unblock_ip(ip[:45]):
         raise NotFound("This address is not blocked")
     audit("blocked_ip.delete", "blocked_ip", None, ip_address=ip[:45])
     db.session.commit()
@@ -165,8 +158,7 @@ def list_refund_requests():
     query = db.select(RefundRequest).order_by(RefundRequest.created_at.asc(), RefundRequest.id)
     if args.status:
         query = query.where(RefundRequest.status == args.status)
-    rows, meta = paginate(query, args.page, args.per_page)
-    return {"refund_requests": [r.to_dict() for r in rows], "pagination": meta}
+    return page_of("refund_requests", query, args)
 
 
 @bp.put("/refund-requests/<int:request_id>")
@@ -258,12 +250,12 @@ def analytics_popular_courses():
 
 class UserQuery(PageQuery):
     search: str | None = Field(None, max_length=100)
-    role: Literal["student", "instructor", "admin"] | None = None
+    role: Literal[ROLES] | None = None
     is_active: bool | None = None
 
 
 class AdminUserUpdate(StrictModel):
-    role: Literal["student", "instructor", "admin"] | None = None
+    role: Literal[ROLES] | None = None
     is_active: bool | None = None
     first_name: PersonName | None = None
     last_name: PersonName | None = None
@@ -315,8 +307,7 @@ def update_user(user_id: int):
     """Change a user's role, status or profile. An admin cannot demote or deactivate
     themselves, nor the last active admin."""
     target = admin_service.get_user(user_id)
-    changes = {k: v for k, v in json_body().model_dump(exclude_unset=True).items()
-               if v is not None or k in NULLABLE_USER_FIELDS}
+    changes = sent_changes(json_body(), clearable=NULLABLE_USER_FIELDS)
     result = admin_service.update_user(current_user(), target, changes)
     return _apply_user_change(target, result, "user.update", "User updated")
 
@@ -345,20 +336,17 @@ def promote_user(user_id: int):
 # --- courses ----------------------------------------------------------------------------------
 
 class AdminCourseQuery(PageQuery):
-    status: Literal["draft", "published", "archived"] | None = None
+    status: Literal[COURSE_STATUSES] | None = None
     instructor_id: int | None = Field(None, ge=1)
     search: str | None = Field(None, max_length=200)
 
 
 class CourseStatusIn(StrictModel):
-    status: Literal["draft", "published", "archived"]
+    status: Literal[COURSE_STATUSES]
 
 
 def _course_page(query, args):
-    from services import course_service
-
-    rows, meta = paginate(query, args.page, args.per_page)
-    return {"courses": [course_service.course_summary(c) for c in rows], "pagination": meta}
+    return course_service.course_page(query, args.page, args.per_page)
 
 
 @bp.get("/courses")
@@ -381,8 +369,6 @@ def pending_courses():
 
 
 def _set_course_status(course_id: int, status: str):
-    from services import course_service, notification_service
-
     course = course_service.get_course(course_id)
     before, after = admin_service.set_course_status(course, status)
     audit("course.status", "course", course.id, before={"status": before},
@@ -415,10 +401,10 @@ def publish_course(course_id: int):
 # --- payments ---------------------------------------------------------------------------------
 
 class AdminPaymentQuery(PageQuery):
-    status: Literal["created", "pending", "completed", "failed", "expired", "refunded"] | None = None
+    status: Literal[PAYMENT_STATUSES] | None = None
     user_id: int | None = Field(None, ge=1)
     course_id: int | None = Field(None, ge=1)
-    gateway: Literal["razorpay", "stripe"] | None = None
+    gateway: Literal[GATEWAYS] | None = None
     date_from: date | None = None
     date_to: date | None = None
     format: Literal["json", "csv"] = "json"
@@ -435,8 +421,6 @@ def list_payments():
         status=args.status, user_id=args.user_id, course_id=args.course_id, gateway=args.gateway,
         date_from=args.date_from, date_to=args.date_to)
     if args.format == "csv":
-        from flask import Response as Streamed, stream_with_context
-
         return Streamed(stream_with_context(admin_service.payments_csv(conditions)),
                         mimetype="text/csv", headers={
                             "Content-Disposition": 'attachment; filename="payments.csv"',
@@ -477,8 +461,7 @@ def audit_log():
 def failed_jobs():
     """Jobs that failed for good (after their retries), newest first."""
     args = query_args()
-    rows, meta = paginate(jobs.failed_query(), args.page, args.per_page)
-    return {"jobs": [row.to_dict() for row in rows], "pagination": meta}
+    return page_of("jobs", jobs.failed_query(), args)
 
 
 @bp.post("/jobs/<string:job_id>/retry")

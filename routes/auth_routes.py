@@ -10,12 +10,12 @@ from flask_jwt_extended import get_jwt, jwt_required
 from pydantic import BaseModel, Field, model_validator
 from spectree import Response
 
-from app import limiter
-from routes.common import config_limit
 from auth import current_user, login_required
 from models import db
 from services import auth_service, file_service
-from utils.security import client_ip
+from utils.extensions import limiter
+from utils.pipeline.client_address import client_ip
+from utils.pipeline.rate_limits import config_limit
 from utils.validation import StrictModel, errors, json_body, validate
 from utils.validators import Email, PersonName, Phone, SafeText, Url
 

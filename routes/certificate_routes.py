@@ -7,10 +7,11 @@ from spectree import Response
 
 from auth import admin_required, current_user, login_required
 from models import Certificate, Enrollment, db
-from routes.common import Envelope, accepted, config_limit
 from services import certificate_service, file_service, jobs
 from utils.errors import NotFound
-from utils.helpers import paginate
+from utils.pagination import page_of
+from utils.pipeline.rate_limits import config_limit
+from utils.routing import Envelope, accepted
 from utils.validation import (
     PageQuery,
     StrictModel,
@@ -61,8 +62,7 @@ def list_certificates():
         query = query.where(Certificate.course_id == args.course_id)
     if args.status:
         query = query.where(Certificate.status == args.status)
-    rows, meta = paginate(query, args.page, args.per_page)
-    return {"certificates": [c.to_dict() for c in rows], "pagination": meta}
+    return page_of("certificates", query, args)
 
 
 @bp.get("/<int:certificate_id>")

@@ -7,19 +7,19 @@ from flask import Blueprint
 from pydantic import Field
 from spectree import Response
 
-from auth import admin_required
-from models import db
-from routes.admin_routes import audit
-from routes.common import Envelope, MessageOut, config_limit
+from auth import admin_required, audit
+from models import CONTACT_STATUSES, db
 from services import contact_service
-from utils.helpers import paginate
-from utils.security import client_ip
+from utils.pagination import paginate
+from utils.pipeline.client_address import client_ip
+from utils.pipeline.rate_limits import config_limit
+from utils.routing import Envelope, MessageOut, sent_changes
 from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
 from utils.validators import Email, PersonName, SafeText
 
 bp = Blueprint("contact", __name__)
 ADMIN = {"tags": ["contact"], "security": {"bearer": []}}
-Status = Literal["new", "in_progress", "resolved", "closed"]
+Status = Literal[CONTACT_STATUSES]
 
 
 class ContactIn(StrictModel):
@@ -75,8 +75,7 @@ def get_form(form_id: int):
 def update_form(form_id: int):
     """Set the status (new, in_progress, resolved, closed) or an internal note."""
     form = contact_service.get(form_id)
-    changes = {k: v for k, v in json_body().model_dump(exclude_unset=True).items()
-               if v is not None or k == "admin_note"}
+    changes = sent_changes(json_body(), clearable=("admin_note",))
     before = {k: getattr(form, k) for k in changes}
     for name, value in changes.items():
         setattr(form, name, value)

@@ -8,14 +8,14 @@ from flask import Blueprint, request
 from pydantic import AfterValidator, BeforeValidator, Field
 from spectree import Response
 
-from app import limiter
 from auth import current_user, instructor_required, optional_user
-from models import db
-from routes.common import Envelope, MessageOut
+from models import COURSE_STATUSES, DIFFICULTIES, ENROLLMENT_STATUSES, db
 from services import catalog_service, course_service, enrollment_service, file_service
-from services.catalog_cache import cached_public
-from utils.errors import ValidationError
-from utils.helpers import paginate
+from utils.extensions import limiter
+from utils.pagination import paginate
+from utils.pipeline.catalog_cache import cached_public
+from utils.routing import Envelope, MessageOut, sent_changes
+from utils.schemas import CourseListQuery, Mode, TeachingQuery
 from utils.validation import IdList, PageQuery, StrictModel, errors, json_body, query_args, validate
 from utils.validators import Url
 
@@ -43,8 +43,6 @@ def _currency(value: str) -> str:
 
 Currency = Annotated[str, BeforeValidator(lambda v: v.strip().upper() if isinstance(v, str) else v),
                      Field(min_length=3, max_length=3), AfterValidator(_currency)]
-Mode = Annotated[Literal["ONLINE", "OFFLINE"],
-                 BeforeValidator(lambda v: v.strip().upper() if isinstance(v, str) else v)]
 Price = Annotated[Decimal, Field(ge=0, le=Decimal("99999999.99"), decimal_places=2)]
 Hours = Annotated[Decimal, Field(ge=0, le=10000, decimal_places=2)]
 Outcome = Annotated[str, Field(min_length=1, max_length=300)]
@@ -58,7 +56,7 @@ class CourseIn(StrictModel):
     description: str | None = Field(None, max_length=50_000)
     price: Price = Decimal("0.00")
     currency: Currency = "USD"
-    difficulty: Literal["beginner", "intermediate", "advanced"] = "beginner"
+    difficulty: Literal[DIFFICULTIES] = "beginner"
     duration_hours: Hours | None = None
     learning_outcomes: list[Outcome] = Field(default_factory=list, max_length=50)
     language: str = Field("English", min_length=1, max_length=50)
@@ -75,36 +73,19 @@ class CourseUpdate(StrictModel):
     description: str | None = Field(None, max_length=50_000)
     price: Price | None = None
     currency: Currency | None = None
-    difficulty: Literal["beginner", "intermediate", "advanced"] | None = None
+    difficulty: Literal[DIFFICULTIES] | None = None
     duration_hours: Hours | None = None
     learning_outcomes: list[Outcome] | None = Field(None, max_length=50)
     language: str | None = Field(None, min_length=1, max_length=50)
     mode_of_conduct: Mode | None = None
     subcategory_id: int | None = Field(None, ge=1)
     thumbnail_url: Url | None = None
-    status: Literal["draft", "published", "archived"] | None = None
+    status: Literal[COURSE_STATUSES] | None = None
     instructor_id: int | None = Field(None, ge=1)
 
 
 NULLABLE_COURSE_FIELDS = {"short_description", "description", "duration_hours", "subcategory_id",
                           "thumbnail_url"}
-
-
-class CourseListQuery(PageQuery):
-    category_id: int | None = Field(None, ge=1)
-    subcategory_id: int | None = Field(None, ge=1)
-    search: str | None = Field(None, max_length=200)
-    difficulty: Literal["beginner", "intermediate", "advanced"] | None = None
-    min_price: Decimal | None = Field(None, ge=0)
-    max_price: Decimal | None = Field(None, ge=0)
-    is_free: bool | None = None
-    language: str | None = Field(None, max_length=50)
-    mode_of_conduct: Mode | None = None
-    sort: Literal["newest", "oldest", "price_asc", "price_desc", "title", "popular"] = "newest"
-
-
-class TeachingQuery(CourseListQuery):
-    status: Literal["draft", "published", "archived"] | None = None
 
 
 class ModuleIn(StrictModel):
@@ -117,21 +98,6 @@ class PrerequisitesIn(StrictModel):
     prerequisite_course_ids: list[int] = Field(max_length=100)
 
 
-def list_filters(args) -> dict:
-    if args.min_price is not None and args.max_price is not None and args.min_price > args.max_price:
-        raise ValidationError("min_price is above max_price",
-                              details={"min_price": "must not exceed max_price"})
-    return {"category_id": args.category_id, "subcategory_id": args.subcategory_id,
-            "search": args.search, "difficulty": args.difficulty, "min_price": args.min_price,
-            "max_price": args.max_price, "is_free": args.is_free, "language": args.language,
-            "mode_of_conduct": args.mode_of_conduct, "sort": args.sort}
-
-
-def course_page(query, args):
-    rows, meta = paginate(query, args.page, args.per_page)
-    return {"courses": [course_service.course_summary(c) for c in rows], "pagination": meta}
-
-
 # --- the published catalog --------------------------------------------------------------------
 
 @bp.get("")
@@ -140,7 +106,8 @@ def course_page(query, args):
 def list_courses():
     """Published courses, with the same filters and sorts as /public/get-courses."""
     args = query_args()
-    return course_page(catalog_service.course_query(**list_filters(args)), args)
+    return course_service.course_page(catalog_service.course_query(**args.filters()), args.page,
+                                      args.per_page)
 
 
 @bp.get("/<int:course_id>")
@@ -156,21 +123,15 @@ def get_course(course_id: int):
 
 # --- instructors' own courses -----------------------------------------------------------------
 
-def teaching_page(args):
-    user = current_user()
-    instructor_id = None if user.role == "admin" else user.id
-    query = catalog_service.course_query(
-        statuses=(args.status,) if args.status else None, instructor_id=instructor_id,
-        **list_filters(args))
-    return course_page(query, args)
-
 
 @bp.get("/get-courses")
 @instructor_required
 @validate(query=TeachingQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **AUTH)
 def list_teaching_courses():
     """The instructor's own courses in every status (an admin sees every course)."""
-    return teaching_page(query_args())
+    args = query_args()
+    query = catalog_service.teaching_query(current_user(), args.status, args.filters())
+    return course_service.course_page(query, args.page, args.per_page)
 
 
 @bp.get("/get-courses/<int:course_id>")
@@ -202,8 +163,7 @@ def update_course(course_id: int):
     """Change a course (its instructor or an admin); publishing needs at least one lesson."""
     user = current_user()
     course = course_service.editable_course(course_id, user)
-    changes = {k: v for k, v in json_body().model_dump(exclude_unset=True).items()
-               if v is not None or k in NULLABLE_COURSE_FIELDS}
+    changes = sent_changes(json_body(), clearable=NULLABLE_COURSE_FIELDS)
     course_service.update_course(course, changes, user)
     db.session.commit()
     return {"message": "Course updated", "course": course.to_dict()}
@@ -238,15 +198,6 @@ def submit_for_review(course_id: int):
     return {"message": "Submitted for review", "course": course.to_dict()}
 
 
-def thumbnail_upload(course_id: int):
-    course = course_service.editable_course(course_id, current_user())
-    replaced = course_service.set_thumbnail(course, request.files.get("file")
-                                            or request.files.get("thumbnail"))
-    db.session.commit()
-    file_service.delete(replaced)
-    return {"message": "Thumbnail updated", "course": course.to_dict()}
-
-
 @bp.post("/<int:course_id>/thumbnail")
 @limiter.limit("20 per hour")
 @instructor_required
@@ -254,7 +205,11 @@ def thumbnail_upload(course_id: int):
           tags=["courses", "files"], security={"bearer": []})
 def upload_thumbnail(course_id: int):
     """Upload the course's cover image (multipart field `file`: png, jpg, jpeg, gif, webp)."""
-    return thumbnail_upload(course_id)
+    course, replaced = course_service.replace_thumbnail(
+        course_id, current_user(), request.files.get("file") or request.files.get("thumbnail"))
+    db.session.commit()
+    file_service.delete(replaced)
+    return {"message": "Thumbnail updated", "course": course.to_dict()}
 
 
 # --- modules and prerequisites of a course ----------------------------------------------------
@@ -344,7 +299,7 @@ def remove_prerequisite(course_id: int, prerequisite_id: int):
 # --- students of a course ---------------------------------------------------------------------
 
 class CourseEnrollmentQuery(PageQuery):
-    status: Literal["active", "completed", "cancelled", "refunded"] | None = None
+    status: Literal[ENROLLMENT_STATUSES] | None = None
 
 
 @bp.get("/<int:course_id>/enrollments")

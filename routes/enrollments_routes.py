@@ -7,11 +7,10 @@ from pydantic import Field
 from spectree import Response
 
 from auth import current_user, login_required
-from models import db
-from routes.common import Envelope
+from models import ENROLLMENT_STATUSES, db
 from services import enrollment_service
 from utils.errors import Conflict, NotFound
-from utils.helpers import paginate
+from utils.routing import Envelope
 from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
 
 bp = Blueprint("enrollments", __name__)
@@ -28,7 +27,7 @@ class ProgressIn(StrictModel):
 
 
 class EnrollmentQuery(PageQuery):
-    status: str | None = Field(None, pattern="^(active|completed|cancelled|refunded)$")
+    status: str | None = Field(None, pattern=f"^({'|'.join(ENROLLMENT_STATUSES)})$")
 
 
 def _enroll(course_id: int):
@@ -60,13 +59,6 @@ def enroll_by_path(course_id: int):
     return _enroll(course_id)
 
 
-def enrollment_page(query, args):
-    rows, meta = paginate(query, args.page, args.per_page)
-    progress = enrollment_service.progress_by_enrollment(rows)
-    return {"enrollments": [enrollment_service.enrollment_dict(e, progress[e.id]) for e in rows],
-            "pagination": meta}
-
-
 @bp.get("")
 @bp.get("/get-enrollments")
 @login_required
@@ -76,7 +68,7 @@ def my_enrollments():
     args = query_args()
     query = enrollment_service.enrollments_query(
         user_id=current_user().id, statuses=(args.status,) if args.status else None)
-    return enrollment_page(query, args)
+    return enrollment_service.enrollment_page(query, args.page, args.per_page)
 
 
 @bp.get("/<int:enrollment_id>")

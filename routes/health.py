@@ -7,7 +7,7 @@ from spectree import Response
 from sqlalchemy import text
 
 from models import db
-from services import redis_client
+from utils.pipeline import redis_client
 from utils.validation import validate
 
 bp = Blueprint("health", __name__)

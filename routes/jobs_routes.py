@@ -5,8 +5,8 @@ from flask import Blueprint
 from spectree import Response
 
 from auth import current_user, login_required
-from routes.common import Envelope
 from services import jobs
+from utils.routing import Envelope
 from utils.validation import errors, validate
 
 bp = Blueprint("jobs", __name__)

@@ -5,13 +5,12 @@ from flask import Blueprint, request
 from pydantic import Field
 from spectree import Response
 
-from app import limiter
 from auth import current_user, instructor_required, login_required
-from models import Course, Enrollment, Lesson, LessonResource, Module, db
-from routes.common import Envelope, MessageOut
+from models import Course, Lesson, LessonResource, Module, db
 from services import course_service, file_service
-from utils.errors import Forbidden, ValidationError
-from utils.helpers import paginate
+from utils.extensions import limiter
+from utils.pagination import page_of
+from utils.routing import Envelope, MessageOut, form_text, sent_changes
 from utils.validation import PageQuery, StrictModel, errors, filters, json_body, validate
 
 bp = Blueprint("lesson_resources", __name__)
@@ -28,49 +27,18 @@ class ResourceQuery(PageQuery):
     lesson_id: int | None = Field(None, ge=1)
 
 
-def _form_text(name: str, limit: int) -> str | None:
-    value = request.form.get(name)
-    if value is None:
-        return None
-    value = value.strip()
-    if len(value) > limit:
-        raise ValidationError("Invalid input", details={name: f"at most {limit} characters"})
-    return value or None
-
-
-def upload_resource(lesson_id: int):
-    """Shared by /lesson-resources/create-lesson-resources/<id> and /files/upload."""
-    user = current_user()
-    lesson = course_service.get_lesson(lesson_id)
-    course_service.ensure_can_edit(course_service.course_of_lesson(lesson), user)
-    resource = course_service.create_resource(
-        lesson, request.files.get("file"), title=_form_text("title", 200),
-        description=_form_text("description", 5000), uploader=user)
-    try:
-        db.session.commit()
-    except Exception:
-        file_service.delete(resource.stored_path)
-        raise
-    return {"message": "Resource uploaded", "resource": resource.to_dict()}, 201
-
-
 @bp.post("/create-lesson-resources/<int:lesson_id>")
 @limiter.limit("20 per hour")
 @instructor_required
 @validate(resp=Response(HTTP_201=Envelope, **errors(401, 403, 404, 413, 415)), **AUTH)
 def create_resource(lesson_id: int):
     """Attach a file to a lesson (multipart: `file`, optional `title`, `description`)."""
-    return upload_resource(lesson_id)
-
-
-def readable_resource(resource_id: int) -> LessonResource:
-    """A resource the caller may open: enrolled students, the owner and admins."""
-    user = current_user()
-    resource = course_service.get_resource(resource_id)
-    course = course_service.visible_course(course_service.course_of_resource(resource).id, user)
-    if not course_service.has_full_content(course_service.access_level(course, user)):
-        raise Forbidden("Enroll in the course to open its resources", code="not_enrolled")
-    return resource
+    resource = course_service.upload_resource(
+        lesson_id, current_user(), request.files.get("file"),
+        title=form_text("title", 200), description=form_text("description", 5000))
+    with file_service.deleted_if_fails(resource.stored_path):
+        db.session.commit()
+    return {"message": "Resource uploaded", "resource": resource.to_dict()}, 201
 
 
 @bp.get("/get-lesson-resources")
@@ -84,13 +52,10 @@ def list_resources():
     query = (db.select(LessonResource).join(Lesson).join(Module).join(Course)
              .order_by(LessonResource.lesson_id, LessonResource.position, LessonResource.id))
     if user.role != "admin":
-        enrolled = db.select(Enrollment.course_id).where(
-            Enrollment.user_id == user.id, Enrollment.status.in_(course_service.ACTIVE_ENROLLMENT))
-        query = query.where((Course.instructor_id == user.id) | Course.id.in_(enrolled))
+        query = query.where(course_service.full_content_readable_by(user))
     if args.lesson_id is not None:
         query = query.where(LessonResource.lesson_id == args.lesson_id)
-    rows, meta = paginate(query, args.page, args.per_page)
-    return {"resources": [r.to_dict() for r in rows], "pagination": meta}
+    return page_of("resources", query, args)
 
 
 @bp.get("/<int:resource_id>")
@@ -99,7 +64,7 @@ def list_resources():
 @login_required
 @validate(resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)), **AUTH)
 def get_resource(resource_id: int):
-    return {"resource": readable_resource(resource_id).to_dict()}
+    return {"resource": course_service.readable_resource(resource_id, current_user()).to_dict()}
 
 
 @bp.put("/<int:resource_id>")
@@ -110,8 +75,7 @@ def update_resource(resource_id: int):
     """Change a resource's title, description or position (replace the file by uploading anew)."""
     resource = course_service.get_resource(resource_id)
     course_service.ensure_can_edit(course_service.course_of_resource(resource), current_user())
-    changes = {k: v for k, v in json_body().model_dump(exclude_unset=True).items()
-               if v is not None or k == "description"}
+    changes = sent_changes(json_body(), clearable=("description",))
     course_service.update_resource(resource, changes)
     db.session.commit()
     return {"message": "Resource updated", "resource": resource.to_dict()}

@@ -7,9 +7,9 @@ from spectree import Response
 
 from auth import current_user, instructor_required, login_required
 from models import Course, Lesson, Module, db
-from routes.common import Envelope, MessageOut
 from services import course_service, file_service
-from utils.helpers import paginate
+from utils.pagination import page_of
+from utils.routing import Envelope, MessageOut, sent_changes
 from utils.validation import PageQuery, StrictModel, errors, filters, json_body, validate
 from utils.validators import Url
 
@@ -72,8 +72,7 @@ def list_lessons():
         query = query.where(Lesson.module_id == args.module_id)
     if args.course_id is not None:
         query = query.where(Module.course_id == args.course_id)
-    rows, meta = paginate(query, args.page, args.per_page)
-    return {"lessons": [lesson.to_dict() for lesson in rows], "pagination": meta}
+    return page_of("lessons", query, args)
 
 
 @bp.get("/<int:lesson_id>")
@@ -104,8 +103,7 @@ def update_lesson(lesson_id: int):
     """Change a lesson, move it (`position`), or move it to another module of the course."""
     lesson = course_service.get_lesson(lesson_id)
     course_service.ensure_can_edit(course_service.course_of_lesson(lesson), current_user())
-    changes = {k: v for k, v in json_body().model_dump(exclude_unset=True).items()
-               if v is not None or k in NULLABLE}
+    changes = sent_changes(json_body(), clearable=NULLABLE)
     course_service.update_lesson(lesson, changes)
     db.session.commit()
     return {"message": "Lesson updated", "lesson": lesson.to_dict()}

@@ -9,17 +9,17 @@ from pydantic import AwareDatetime, Field
 from spectree import Response
 
 from auth import current_user, instructor_required, login_required
-from models import db
-from routes.common import Envelope
+from models import PLATFORMS, db
 from services import live_session_service as live_sessions
-from utils.helpers import paginate
+from utils.pagination import paginate
+from utils.routing import Envelope, sent_changes
 from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
 from utils.validators import Url
 
 bp = Blueprint("live_sessions", __name__)
 AUTH = {"tags": ["live sessions"], "security": {"bearer": []}}
 
-Platform = Literal["zoom", "google_meet", "other"]
+Platform = Literal[PLATFORMS]
 
 
 class LiveSessionIn(StrictModel):
@@ -121,8 +121,7 @@ def get_session(session_id: int):
 def update_session(session_id: int):
     """Change a session; moving it notifies enrolled students with a new invitation."""
     live = live_sessions.hosted(session_id, current_user())
-    changes = {k: v for k, v in json_body().model_dump(exclude_unset=True).items()
-               if v is not None or k in NULLABLE}
+    changes = sent_changes(json_body(), clearable=NULLABLE)
     live_sessions.update_session(live, changes)
     db.session.commit()
     return {"message": "Live session updated",

@@ -7,9 +7,9 @@ from spectree import Response
 
 from auth import admin_required
 from models import MasterCategory, db
-from routes.common import Envelope, MessageOut
 from services import category_service
-from utils.helpers import paginate
+from utils.pagination import page_of
+from utils.routing import Envelope, MessageOut, sent_changes
 from utils.validation import PageQuery, StrictModel, errors, filters, json_body, validate
 from utils.validators import SafeText, Url
 
@@ -37,13 +37,6 @@ class MasterCategoryQuery(PageQuery):
     is_active: bool | None = None
 
 
-def _changes(model) -> dict:
-    changes = model.model_dump(exclude_unset=True)
-    # Required columns cannot be set to null; optional ones can be cleared.
-    return {k: v for k, v in changes.items()
-            if v is not None or k in ("description", "icon_url")}
-
-
 @bp.get("")
 @bp.get("/get-mastercategories")
 @bp.post("/get-mastercategories")
@@ -55,8 +48,7 @@ def list_master_categories():
     query = category_service.list_masters()
     if args.is_active is not None:
         query = query.where(MasterCategory.is_active.is_(args.is_active))
-    rows, meta = paginate(query, args.page, args.per_page)
-    return {"master_categories": [row.to_dict() for row in rows], "pagination": meta}
+    return page_of("master_categories", query, args)
 
 
 @bp.post("")
@@ -90,7 +82,8 @@ def get_master_category(category_id: int):
           **ADMIN)
 def update_master_category(category_id: int):
     category = category_service.get_master(category_id)
-    category_service.update_master(category, _changes(json_body()))
+    category_service.update_master(
+        category, sent_changes(json_body(), clearable=("description", "icon_url")))
     db.session.commit()
     return {"message": "Master category updated", "master_category": category.to_dict()}
 

@@ -7,17 +7,15 @@ from spectree import Response
 
 from auth import current_user, instructor_required, login_required
 from models import Course, Module, db
-from routes import course_routes
-from routes.common import Envelope, MessageOut
 from services import course_service
-from utils.helpers import paginate
+from utils.pagination import page_of
+from utils.routing import Envelope, MessageOut, alias, sent_changes
 from utils.validation import IdList, PageQuery, StrictModel, errors, filters, json_body, validate
 
 bp = Blueprint("modules", __name__)
 AUTH = {"tags": ["modules"], "security": {"bearer": []}}
 
-bp.add_url_rule("/create-modules/<int:course_id>", view_func=course_routes.create_module,
-                methods=["POST"])
+alias(bp, "/create-modules/<int:course_id>", "courses.create_module", methods=["POST"])
 
 
 class ModuleUpdate(StrictModel):
@@ -44,8 +42,7 @@ def list_modules():
         query = query.where(Course.instructor_id == user.id)
     if args.course_id is not None:
         query = query.where(Module.course_id == args.course_id)
-    rows, meta = paginate(query, args.page, args.per_page)
-    return {"modules": [m.to_dict() for m in rows], "pagination": meta}
+    return page_of("modules", query, args)
 
 
 @bp.get("/<int:module_id>")
@@ -72,8 +69,7 @@ def update_module(module_id: int):
     """Rename or move a module (`position` renumbers its siblings)."""
     module = course_service.get_module(module_id)
     course_service.editable_course(module.course_id, current_user())
-    changes = {k: v for k, v in json_body().model_dump(exclude_unset=True).items()
-               if v is not None or k == "description"}
+    changes = sent_changes(json_body(), clearable=("description",))
     course_service.update_module(module, changes)
     db.session.commit()
     return {"message": "Module updated", "module": module.to_dict()}

@@ -7,19 +7,18 @@ from flask import Blueprint
 from pydantic import Field, model_validator
 from spectree import Response
 
-from auth import admin_required, current_user, login_required
-from models import db
-from routes.admin_routes import audit
-from routes.common import Envelope, MessageOut, accepted
+from auth import admin_required, audit, current_user, login_required
+from models import NOTIFICATION_KINDS, ROLES, db
 from services import jobs
 from services import notification_service as notifications
-from utils.helpers import paginate
+from utils.pagination import paginate
+from utils.routing import Envelope, MessageOut, accepted, sent_changes
 from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
 from utils.validators import SafeText
 
 bp = Blueprint("notifications", __name__)
 AUTH = {"tags": ["notifications"], "security": {"bearer": []}}
-Kind = Literal["course_update", "live_session", "payment", "announcement", "system"]
+Kind = Literal[NOTIFICATION_KINDS]
 
 
 class NotificationQuery(PageQuery):
@@ -28,7 +27,7 @@ class NotificationQuery(PageQuery):
 
 class SendIn(StrictModel):
     user_ids: list[int] | None = Field(None, min_length=1, max_length=10_000)
-    role: Literal["student", "instructor", "admin"] | None = None
+    role: Literal[ROLES] | None = None
     title: SafeText = Field(min_length=1, max_length=200)
     message: SafeText = Field(min_length=1, max_length=5000)
     link: str | None = Field(None, max_length=500)
@@ -116,7 +115,7 @@ def get_preferences():
 @login_required
 @validate(json=PreferencesIn, resp=Response(HTTP_200=Envelope, **errors(401)), **AUTH)
 def update_preferences():
-    changes = {k: v for k, v in json_body().model_dump(exclude_unset=True).items() if v is not None}
+    changes = sent_changes(json_body())
     prefs = notifications.update_preferences(current_user(), changes)
     db.session.commit()
     return {"message": "Preferences updated", "preferences": prefs.to_dict()}

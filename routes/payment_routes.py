@@ -6,13 +6,14 @@ from flask import Blueprint, Response as FlaskResponse, request
 from pydantic import Field
 from spectree import Response
 
-from app import limiter
 from auth import current_user, login_required
 from models import Payment, db
-from routes.common import Envelope, config_limit
 from services import invoice_service, payment_service, razor_payment_service, settlement_service
 from utils.errors import NotFound
-from utils.helpers import paginate
+from utils.extensions import limiter
+from utils.pagination import paginate
+from utils.pipeline.rate_limits import config_limit
+from utils.routing import Envelope
 from utils.validation import PageQuery, StrictModel, document, errors, json_body, query_args, validate
 
 bp = Blueprint("payments", __name__)

@@ -6,12 +6,13 @@ from pydantic import Field
 from spectree import Response
 
 from auth import optional_user
-from routes.common import Envelope, config_limit
-from routes.course_routes import CourseListQuery, course_page, list_filters
 from services import catalog_service, category_service, course_service
-from services.catalog_cache import cached_public
 from utils.errors import NotFound
-from utils.helpers import paginate
+from utils.pagination import page_of, paginate
+from utils.pipeline.catalog_cache import cached_public
+from utils.pipeline.rate_limits import config_limit
+from utils.routing import Envelope
+from utils.schemas import CourseListQuery
 from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
 
 bp = Blueprint("public", __name__)
@@ -48,8 +49,7 @@ def _active_master(category_id: int):
 def categories():
     """Active master categories, in display order."""
     args = query_args()
-    rows, meta = paginate(category_service.list_masters(active_only=True), args.page, args.per_page)
-    return {"categories": [row.to_dict() for row in rows], "pagination": meta}
+    return page_of("categories", category_service.list_masters(active_only=True), args)
 
 
 @bp.get("/categories/<int:category_id>/subcategories")
@@ -89,10 +89,11 @@ def subcategory_courses(subcategory_id: int):
     sub = category_service.get_sub(subcategory_id)
     if not sub.is_active:
         raise NotFound("Subcategory not found")
-    filters = list_filters(args)
+    filters = args.filters()
     filters["subcategory_id"] = sub.id
     return {"subcategory": sub.to_dict(),
-            **course_page(catalog_service.course_query(**filters), args)}
+            **course_service.course_page(catalog_service.course_query(**filters), args.page,
+                                         args.per_page)}
 
 
 @bp.get("/get-courses")
@@ -103,7 +104,8 @@ def courses():
     """Published courses: `category_id`, `subcategory_id`, `search`, `difficulty`,
     `min_price`, `max_price`, `is_free`, `language`, `mode_of_conduct`, `sort`."""
     args = query_args()
-    return course_page(catalog_service.course_query(**list_filters(args)), args)
+    return course_service.course_page(catalog_service.course_query(**args.filters()), args.page,
+                                      args.per_page)
 
 
 @bp.get("/courses/<int:course_id>")
@@ -124,9 +126,7 @@ def course(course_id: int):
 def _search(text: str, page: int, per_page: int):
     per_page = min(per_page, 100)
     query = catalog_service.course_query(search=text, sort="newest")
-    rows, meta = paginate(query, page, per_page)
-    return {"query": text, "courses": [course_service.course_summary(c) for c in rows],
-            "pagination": meta}
+    return {"query": text, **course_service.course_page(query, page, per_page)}
 
 
 @bp.get("/courses/search")

@@ -7,9 +7,9 @@ from spectree import Response
 
 from auth import admin_required
 from models import Subcategory, db
-from routes.common import Envelope, MessageOut
 from services import category_service
-from utils.helpers import paginate
+from utils.pagination import page_of
+from utils.routing import Envelope, MessageOut, sent_changes
 from utils.validation import PageQuery, StrictModel, errors, filters, json_body, validate
 from utils.validators import SafeText
 
@@ -49,8 +49,7 @@ def list_subcategories():
     query = category_service.list_subs(master_category_id=args.master_category_id)
     if args.is_active is not None:
         query = query.where(Subcategory.is_active.is_(args.is_active))
-    rows, meta = paginate(query, args.page, args.per_page)
-    return {"subcategories": [row.to_dict() for row in rows], "pagination": meta}
+    return page_of("subcategories", query, args)
 
 
 @bp.post("")
@@ -79,8 +78,7 @@ def get_subcategory(subcategory_id: int):
           **ADMIN)
 def update_subcategory(subcategory_id: int):
     sub = category_service.get_sub(subcategory_id)
-    changes = {k: v for k, v in json_body().model_dump(exclude_unset=True).items()
-               if v is not None or k == "description"}
+    changes = sent_changes(json_body(), clearable=("description",))
     category_service.update_sub(sub, changes)
     db.session.commit()
     return {"message": "Subcategory updated", "subcategory": sub.to_dict()}

@@ -6,11 +6,10 @@ from flask import Blueprint
 from spectree import Response
 
 from auth import current_user, instructor_required, login_required
-from routes import auth_routes, course_routes
-from routes.common import Envelope
-from routes.enrollments_routes import enrollment_page
-from services import enrollment_service
-from utils.helpers import paginate
+from services import catalog_service, course_service, enrollment_service
+from utils.pagination import paginate
+from utils.routing import Envelope, alias
+from utils.schemas import TeachingQuery
 from utils.validation import PageQuery, errors, query_args, validate
 
 AUTH = {"tags": ["users"], "security": {"bearer": []}}
@@ -34,7 +33,8 @@ def enrolled_courses():
     """Courses the user is enrolled in (active or completed), with progress."""
     query = enrollment_service.enrollments_query(
         user_id=current_user().id, statuses=enrollment_service.OPEN_STATUSES)
-    return enrollment_page(query, query_args())
+    args = query_args()
+    return enrollment_service.enrollment_page(query, args.page, args.per_page)
 
 
 @bp.get("/completed-courses")
@@ -43,7 +43,8 @@ def enrolled_courses():
 def completed_courses():
     query = enrollment_service.enrollments_query(user_id=current_user().id,
                                                  statuses=("completed",))
-    return enrollment_page(query, query_args())
+    args = query_args()
+    return enrollment_service.enrollment_page(query, args.page, args.per_page)
 
 
 @bp.get("/certificates")
@@ -59,12 +60,14 @@ def certificates():
 
 @bp.get("/my-teaching-courses")
 @instructor_required
-@validate(query=course_routes.TeachingQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)),
+@validate(query=TeachingQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)),
           tags=["users", "courses"], security={"bearer": []})
 def my_teaching_courses():
     """The courses the signed-in instructor teaches, in every status."""
-    return course_routes.teaching_page(query_args())
+    args = query_args()
+    query = catalog_service.teaching_query(current_user(), args.status, args.filters())
+    return course_service.course_page(query, args.page, args.per_page)
 
-bp.add_url_rule("/profile", view_func=auth_routes.get_profile, methods=["GET"])
-bp.add_url_rule("/profile", endpoint="update_profile", view_func=auth_routes.update_profile,
-                methods=["PUT"])
+
+alias(bp, "/profile", "auth.get_profile", methods=["GET"])
+alias(bp, "/profile", "auth.update_profile", endpoint="update_profile", methods=["PUT"])

@@ -4,14 +4,12 @@ Plain, accessible HTML showing the same public facts as the API, every value esc
 autoescaping, and a form that checks an uploaded PDF against the hash of the issued file."""
 from __future__ import annotations
 
-import hashlib
-
 from flask import Blueprint, current_app, render_template_string, request
 
 from spectree import Response
 
-from routes.common import config_limit
 from services import certificate_service
+from utils.pipeline.rate_limits import config_limit
 from utils.validation import document
 
 bp = Blueprint("verify_page", __name__)
@@ -99,7 +97,4 @@ def verify_upload(number: str):
     upload = request.files.get("file")
     if certificate is None or upload is None:
         return _render(number, None)
-    digest = hashlib.sha256()
-    for chunk in iter(lambda: upload.stream.read(1 << 16), b""):
-        digest.update(chunk)
-    return _render(number, bool(certificate.sha256) and digest.hexdigest() == certificate.sha256)
+    return _render(number, certificate_service.file_matches(certificate, upload.stream))

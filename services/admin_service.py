@@ -26,6 +26,7 @@ from flask import current_app
 from sqlalchemy import case, create_engine, func, or_, select
 from sqlalchemy.orm import Session
 
+from config import database_engine_options
 from models import (
     AuditLog,
     Course,
@@ -34,9 +35,10 @@ from models import (
     User,
     db,
 )
-from services import auth_service, course_service, redis_client
-from utils.errors import Conflict, NotFound, ValidationError
+from services import auth_service, catalog_service, course_service
+from utils.errors import Conflict, NotFound
 from utils.helpers import iso, money, utcnow
+from utils.pipeline import redis_client
 
 REVENUE_STATUSES = ("completed",)
 log = logging.getLogger("lms.admin")
@@ -58,8 +60,6 @@ def _replica_engine():
         return None
     engine = current_app.extensions.get("lms_replica_engine")
     if engine is None:
-        from config import database_engine_options
-
         engine = create_engine(url, **database_engine_options(url))
         current_app.extensions["lms_replica_engine"] = engine
     return engine
@@ -390,8 +390,6 @@ def promote(actor: User, target: User) -> tuple[dict, dict]:
 
 def courses_query(*, status: str | None = None, instructor_id: int | None = None,
                   search: str | None = None, pending: bool = False):
-    from services import catalog_service
-
     query = catalog_service.course_query(statuses=(status,) if status else None,
                                          instructor_id=instructor_id, search=search)
     if pending:
@@ -497,7 +495,3 @@ def audit_query(*, actor_id=None, action=None, target_type=None, target_id=None)
     return query
 
 
-def validate_months(months: int) -> int:
-    if not 1 <= months <= 60:
-        raise ValidationError("months must be between 1 and 60", details={"months": "1..60"})
-    return months

@@ -18,8 +18,7 @@ from sqlalchemy import select, update
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from models import PasswordResetToken, User, db
-from services import email_service, hash_slots, sms_service, token_blocklist
-from utils import security
+from services import email_service, file_service, sms_service
 from utils.errors import (
     Conflict,
     Forbidden,
@@ -29,6 +28,7 @@ from utils.errors import (
     ValidationError,
 )
 from utils.helpers import utcnow
+from utils.pipeline import blocked_ips, hash_slots, token_blocklist
 from utils.validators import normalise_email, password_problems
 
 log = logging.getLogger("lms.auth")
@@ -155,7 +155,7 @@ def authenticate(email: str, password: str, ip: str) -> User:
     user = db.session.scalar(select(User).where(User.email == email))
     if user is None or not user.password_hash:
         _equalise_timing(password)
-        security.record_login_failure(ip, email)
+        blocked_ips.record_login_failure(ip, email)
         raise _invalid_credentials()
     now = utcnow()
     if user.locked_until is not None:
@@ -177,7 +177,7 @@ def authenticate(email: str, password: str, ip: str) -> User:
                                .values(locked_until=locked_until, failed_login_attempts=0))
             log.warning("account %s locked after %s failed logins", user.id, failures)
         db.session.commit()
-        security.record_login_failure(ip, email)
+        blocked_ips.record_login_failure(ip, email)
         if locked_until is not None:
             raise _locked_error(locked_until)
         raise _invalid_credentials()
@@ -292,6 +292,7 @@ GOOGLE_ISSUERS = {"accounts.google.com", "https://accounts.google.com"}
 
 
 def google_login(id_token: str, client_type: str) -> User:
+    # google-auth (~35 ms to import) loads only for a Google sign-in.
     from google.auth import exceptions as google_exceptions
     from google.auth.transport import requests as google_requests
     from google.oauth2 import id_token as google_id_token
@@ -354,11 +355,6 @@ def update_profile(user: User, changes: dict) -> User:
 def set_profile_picture(user: User, upload) -> str | None:
     """Store a new picture; returns the stored path of the one it replaces, for the caller to
     delete once the change is committed."""
-    from services import file_service
-
-    stored = file_service.save(upload, "profiles", allowed=file_service.IMAGE_EXTENSIONS)
-    previous = user.profile_picture
-    user.profile_picture = file_service.public_url(stored.relative_path)
-    if previous and previous.startswith(file_service.PUBLIC_URL_PREFIX + "profiles/"):
-        return previous[len(file_service.PUBLIC_URL_PREFIX):]
-    return None
+    user.profile_picture, replaced = file_service.store_public_image(
+        upload, "profiles", user.profile_picture)
+    return replaced

@@ -60,6 +60,13 @@ def _order(sort: str):
     return (Course.created_at.desc(), Course.id.desc())
 
 
+def teaching_query(user, status: str | None, filters: dict):
+    """The courses an instructor teaches, in every status (`status` narrows it; an admin's
+    query covers every course)."""
+    return course_query(statuses=(status,) if status else None,
+                        instructor_id=None if user.role == "admin" else user.id, **filters)
+
+
 def course_query(*, statuses=("published",), category_id: int | None = None,
                  subcategory_id: int | None = None, search: str | None = None,
                  difficulty: str | None = None, min_price: Decimal | None = None,

@@ -9,12 +9,12 @@ database change is committed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal
 
-from sqlalchemy import delete, exists, func, or_, select
+from sqlalchemy import delete, exists, func, or_, select, true
 from sqlalchemy.orm import selectinload
 
 from models import (
+    OPEN_ENROLLMENT_STATUSES,
     Certificate,
     Course,
     CoursePrerequisite,
@@ -33,17 +33,18 @@ from models import (
 from services import file_service
 from utils.errors import Conflict, Forbidden, NotFound, ValidationError
 from utils.helpers import utcnow
+from utils.pagination import paginate
 from utils.validators import slugify
 
-ACTIVE_ENROLLMENT = ("active", "completed")
-
-
 # --- access -----------------------------------------------------------------------------------
+# Who may read a course's content: its instructor, an admin, and students whose enrollment is
+# open (`has_full_content(access_level(course, user))`); lists filter with its SQL twin,
+# `full_content_readable_by(user)`. Published courses show their outline to everyone.
 
 def is_enrolled(user_id: int, course_id: int) -> bool:
     return db.session.scalar(select(exists().where(
         Enrollment.user_id == user_id, Enrollment.course_id == course_id,
-        Enrollment.status.in_(ACTIVE_ENROLLMENT)))) or False
+        Enrollment.status.in_(OPEN_ENROLLMENT_STATUSES)))) or False
 
 
 def access_level(course: Course, user: User | None) -> str:
@@ -63,6 +64,16 @@ def has_full_content(level: str) -> bool:
     return level in ("admin", "owner", "enrolled")
 
 
+def full_content_readable_by(user: User):
+    """The SQL twin of `has_full_content(access_level(course, user))`: a condition on Course
+    for the courses whose full content `user` may read (every course for an admin)."""
+    if user.role == "admin":
+        return true()
+    enrolled = select(Enrollment.course_id).where(
+        Enrollment.user_id == user.id, Enrollment.status.in_(OPEN_ENROLLMENT_STATUSES))
+    return or_(Course.instructor_id == user.id, Course.id.in_(enrolled))
+
+
 def get_course(course_id: int) -> Course:
     course = db.session.get(Course, course_id)
     if course is None:
@@ -75,9 +86,7 @@ def visible_course(course_id: int, user: User | None) -> Course:
     they are enrolled in (an archived course stays open to its students). Anything else is
     404, so drafts do not reveal that they exist."""
     course = get_course(course_id)
-    if course.status == "published" or (user is not None and (
-            user.role == "admin" or course.instructor_id == user.id
-            or is_enrolled(user.id, course.id))):
+    if course.status == "published" or has_full_content(access_level(course, user)):
         return course
     raise NotFound("Course not found")
 
@@ -233,14 +242,18 @@ def delete_course(course: Course) -> Removal:
     return Removal("deleted", files)
 
 
+def replace_thumbnail(course_id: int, user: User, upload) -> tuple[Course, str | None]:
+    """Store a new thumbnail for a course `user` may change: (the course, the stored path of
+    the thumbnail it replaces, for the caller to delete once the change is committed)."""
+    course = editable_course(course_id, user)
+    return course, set_thumbnail(course, upload)
+
+
 def set_thumbnail(course: Course, upload) -> str | None:
     """Store a new thumbnail; returns the stored path of the one it replaces."""
-    stored = file_service.save(upload, "thumbnails", allowed=file_service.IMAGE_EXTENSIONS)
-    previous = course.thumbnail_url
-    course.thumbnail_url = file_service.public_url(stored.relative_path)
-    if previous and previous.startswith(file_service.PUBLIC_URL_PREFIX + "thumbnails/"):
-        return previous[len(file_service.PUBLIC_URL_PREFIX):]
-    return None
+    course.thumbnail_url, replaced = file_service.store_public_image(
+        upload, "thumbnails", course.thumbnail_url)
+    return replaced
 
 
 # --- ordering ---------------------------------------------------------------------------------
@@ -255,13 +268,15 @@ def _place(siblings: list, item, position: int | None) -> None:
         sibling.position = number
 
 
-def _reorder(siblings: list, ordered_ids: list[int], what: str) -> None:
+def _reorder(siblings: list, ordered_ids: list[int], what: str) -> list:
+    """Number `siblings` in the order of `ordered_ids` (each exactly once); returns them so."""
     by_id = {s.id: s for s in siblings}
     if sorted(ordered_ids) != sorted(by_id):
         raise ValidationError(f"Give every {what} of the parent exactly once",
                               details={f"{what}_ids": f"must list each {what} id once"})
     for number, item_id in enumerate(ordered_ids):
         by_id[item_id].position = number
+    return sorted(siblings, key=lambda item: item.position)
 
 
 def _modules_of(course_id: int) -> list[Module]:
@@ -299,20 +314,24 @@ def create_module(course: Course, data: dict) -> Module:
     return module
 
 
-def update_module(module: Module, changes: dict) -> Module:
+def _update_placed(item, changes: dict, siblings) -> None:
+    """Set the changed fields of a module, lesson or resource; a `position` moves it among
+    `siblings()` (read after the other fields are set)."""
     changes = dict(changes)
     position = changes.pop("position", None)
     for name, value in changes.items():
-        setattr(module, name, value)
+        setattr(item, name, value)
     if position is not None:
-        _place(_modules_of(module.course_id), module, position)
+        _place(siblings(), item, position)
+
+
+def update_module(module: Module, changes: dict) -> Module:
+    _update_placed(module, changes, lambda: _modules_of(module.course_id))
     return module
 
 
 def reorder_modules(course: Course, module_ids: list[int]) -> list[Module]:
-    modules = _modules_of(course.id)
-    _reorder(modules, module_ids, "module")
-    return sorted(modules, key=lambda m: m.position)
+    return _reorder(_modules_of(course.id), module_ids, "module")
 
 
 def delete_module(module: Module) -> None:
@@ -374,17 +393,13 @@ def update_lesson(lesson: Lesson, changes: dict) -> Lesson:
         _renumber(_lessons_of(old_module_id))
         _place(_lessons_of(target.id), lesson, position)
         position = None
-    for name, value in changes.items():
-        setattr(lesson, name, value)
-    if position is not None:
-        _place(_lessons_of(lesson.module_id), lesson, position)
+    _update_placed(lesson, {**changes, "position": position},
+                   lambda: _lessons_of(lesson.module_id))
     return lesson
 
 
 def reorder_lessons(module: Module, lesson_ids: list[int]) -> list[Lesson]:
-    lessons = _lessons_of(module.id)
-    _reorder(lessons, lesson_ids, "lesson")
-    return sorted(lessons, key=lambda item: item.position)
+    return _reorder(_lessons_of(module.id), lesson_ids, "lesson")
 
 
 def delete_lesson(lesson: Lesson) -> Removal:
@@ -433,13 +448,25 @@ def create_resource(lesson: Lesson, upload, *, title: str | None, description: s
     return resource
 
 
+def upload_resource(lesson_id: int, user: User, upload, *, title: str | None,
+                    description: str | None) -> LessonResource:
+    """Attach an uploaded file to a lesson of a course `user` may change."""
+    lesson = get_lesson(lesson_id)
+    ensure_can_edit(course_of_lesson(lesson), user)
+    return create_resource(lesson, upload, title=title, description=description, uploader=user)
+
+
+def readable_resource(resource_id: int, user: User) -> LessonResource:
+    """A resource the caller may open: enrolled students, the owner and admins."""
+    resource = get_resource(resource_id)
+    course = visible_course(course_of_resource(resource).id, user)
+    if not has_full_content(access_level(course, user)):
+        raise Forbidden("Enroll in the course to open its resources", code="not_enrolled")
+    return resource
+
+
 def update_resource(resource: LessonResource, changes: dict) -> LessonResource:
-    changes = dict(changes)
-    position = changes.pop("position", None)
-    for name, value in changes.items():
-        setattr(resource, name, value)
-    if position is not None:
-        _place(_resources_of(resource.lesson_id), resource, position)
+    _update_placed(resource, changes, lambda: _resources_of(resource.lesson_id))
     return resource
 
 
@@ -582,6 +609,12 @@ def course_summary(course: Course) -> dict:
     return data
 
 
+def course_page(query, page: int, per_page: int) -> dict:
+    """One page of a course list, each course as its summary."""
+    rows, meta = paginate(query, page, per_page)
+    return {"courses": [course_summary(c) for c in rows], "pagination": meta}
+
+
 def course_detail(course: Course, viewer: User | None) -> dict:
     level = access_level(course, viewer)
     data = course_summary(course)
@@ -594,6 +627,3 @@ def course_detail(course: Course, viewer: User | None) -> dict:
     data["has_full_access"] = has_full_content(level)
     return data
 
-
-def price_is_valid(price: Decimal) -> bool:
-    return Decimal("0") <= price <= Decimal("99999999.99")

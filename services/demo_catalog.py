@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from models import Course, Lesson, MasterCategory, Module, Subcategory, User, db
 from utils.helpers import utcnow
+from utils.validators import slugify
 
 DEMO_INSTRUCTOR = "instructor@demo.aifirstacademy.com"
 DEMO_STUDENT = "student@demo.aifirstacademy.com"
@@ -50,12 +51,6 @@ CATALOG = [
 ]
 
 
-def _slugify(text: str) -> str:
-    from utils.validators import slugify
-
-    return slugify(text)
-
-
 def _get_or_create_user(email: str, first: str, last: str, role: str) -> tuple[User, str | None]:
     user = db.session.scalar(select(User).where(User.email == email))
     if user:
@@ -86,7 +81,7 @@ def seed_demo() -> dict:
     for m_pos, (m_name, m_desc, subs) in enumerate(CATALOG):
         master = db.session.scalar(select(MasterCategory).where(MasterCategory.name == m_name))
         if master is None:
-            master = MasterCategory(name=m_name, slug=_slugify(m_name), description=m_desc,
+            master = MasterCategory(name=m_name, slug=slugify(m_name), description=m_desc,
                                     position=m_pos)
             db.session.add(master)
             db.session.flush()
@@ -95,11 +90,11 @@ def seed_demo() -> dict:
                 Subcategory.master_category_id == master.id, Subcategory.name == s_name))
             if sub is None:
                 sub = Subcategory(master_category_id=master.id, name=s_name,
-                                  slug=_slugify(s_name), position=s_pos)
+                                  slug=slugify(s_name), position=s_pos)
                 db.session.add(sub)
                 db.session.flush()
             for title, summary, price, difficulty, modules in courses:
-                slug = _slugify(title)
+                slug = slugify(title)
                 if db.session.scalar(select(Course.id).where(Course.slug == slug)):
                     continue
                 course = Course(

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
 from models import (
+    OPEN_ENROLLMENT_STATUSES,
     Certificate,
     Course,
     Enrollment,
@@ -34,10 +35,11 @@ from models import (
 from services import certificate_service, course_service
 from utils.errors import Conflict, Forbidden, NotFound, PaymentRequired
 from utils.helpers import money, utcnow
+from utils.pagination import paginate
 
 log = logging.getLogger("lms.enrollment")
 
-OPEN_STATUSES = ("active", "completed")
+OPEN_STATUSES = OPEN_ENROLLMENT_STATUSES  # the payment code reads it under this name
 
 
 # --- enrolling --------------------------------------------------------------------------------
@@ -220,6 +222,14 @@ def progress_by_enrollment(enrollments: list[Enrollment]) -> dict[int, Progress]
 
 def progress_of(enrollment: Enrollment) -> Progress:
     return progress_by_enrollment([enrollment])[enrollment.id]
+
+
+def enrollment_page(query, page: int, per_page: int) -> dict:
+    """One page of enrollments, each with its progress."""
+    rows, meta = paginate(query, page, per_page)
+    progress = progress_by_enrollment(rows)
+    return {"enrollments": [enrollment_dict(e, progress[e.id]) for e in rows],
+            "pagination": meta}
 
 
 def enrollment_dict(enrollment: Enrollment, progress: Progress, *, course: bool = True) -> dict:

@@ -14,6 +14,7 @@ import hashlib
 import os
 import uuid
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,3 +221,24 @@ def serve(relative_path: str, *, mime_type: str | None = None, download_name: st
                          max_age=0 if as_attachment else 3600)
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+def store_public_image(upload, folder: str, previous_url: str | None) -> tuple[str, str | None]:
+    """Store an uploaded image under `folder` for a public URL: (its URL, the stored path of
+    the image it replaces when that one is ours, for the caller to delete after the commit)."""
+    stored = save(upload, folder, allowed=IMAGE_EXTENSIONS)
+    ours = PUBLIC_URL_PREFIX + folder + "/"
+    replaced = previous_url[len(PUBLIC_URL_PREFIX):] if previous_url and \
+        previous_url.startswith(ours) else None
+    return public_url(stored.relative_path), replaced
+
+
+@contextmanager
+def deleted_if_fails(path: str):
+    """Delete the stored file `path` if the block (the commit of its row) fails, and re-raise:
+    no file is left without its row."""
+    try:
+        yield
+    except Exception:
+        delete(path)
+        raise

@@ -7,21 +7,21 @@ from decimal import Decimal
 from flask import current_app
 
 from models import Course, Payment, User, db
+from services.certificate_service import pdf_fonts
 from utils.errors import Conflict
 from utils.helpers import money
 
 
 def render_invoice(payment: Payment) -> bytes:
+    # ReportLab (~30 ms to import) loads only when a PDF is drawn, not in every worker.
     from reportlab.lib import colors
     from reportlab.lib.pagesizes import A4
     from reportlab.pdfgen import canvas as pdf_canvas
 
-    from services.certificate_service import _fonts
-
     if payment.status not in ("completed", "refunded") or not payment.invoice_number:
         raise Conflict("An invoice exists only for a completed payment", code="no_invoice")
     cfg = current_app.config
-    regular, bold = _fonts(tuple(cfg["CERTIFICATE_FONT_PATHS"]),
+    regular, bold = pdf_fonts(tuple(cfg["CERTIFICATE_FONT_PATHS"]),
                            tuple(cfg["CERTIFICATE_BOLD_FONT_PATHS"]))
     buyer = db.session.get(User, payment.user_id)
     course = db.session.get(Course, payment.course_id)

@@ -9,13 +9,13 @@ from flask import current_app
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from models import Course, Enrollment, LiveSession, LiveSessionAttendance, User, db
+from models import OPEN_ENROLLMENT_STATUSES, Course, Enrollment, LiveSession, LiveSessionAttendance, User, db
 from services import course_service, notification_service
 from services.email_service import Attachment
 from utils.errors import Forbidden, Gone, NotFound
 from utils.helpers import iso, utcnow
 
-OPEN = course_service.ACTIVE_ENROLLMENT
+OPEN = OPEN_ENROLLMENT_STATUSES
 
 
 # --- who may do what --------------------------------------------------------------------------

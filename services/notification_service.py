@@ -11,7 +11,15 @@ from jinja2 import Template
 from sqlalchemy import Select, func, insert, literal, select, update
 
 from models import NOTIFICATION_KINDS, Notification, NotificationPreference, User, db
-from services.email_service import Attachment, Outgoing, send_after_commit
+from services import jobs
+from services.email_service import (
+    Attachment,
+    Outgoing,
+    decode_attachments,
+    encode_attachments,
+    send_after_commit,
+    send_email,
+)
 from utils.errors import NotFound
 from utils.helpers import utcnow
 
@@ -119,8 +127,6 @@ def queue_emails(recipients: Select, *, kind: str, title: str, message: str,
     naming the recipients, returned so the caller can launch it; the worker sends in batches
     and a retry resumes where the last attempt stopped. Otherwise each message goes to the
     after-commit outbox and None is returned."""
-    from services import jobs
-
     if as_job is None:
         as_job = jobs.queued_mode()
     if as_job:
@@ -128,7 +134,7 @@ def queue_emails(recipients: Select, *, kind: str, title: str, message: str,
         user_ids = list(db.session.scalars(select(audience.c.id).order_by(audience.c.id)))
         return jobs.start("notifications.email", {
             "kind": kind, "title": title, "message": message, "link": link,
-            "user_ids": user_ids, "attachments": jobs.encode_attachments(attachments)},
+            "user_ids": user_ids, "attachments": encode_attachments(attachments)},
             user_id=started_by)
     app_name = current_app.config["APP_NAME"]
     for address, first_name in email_recipients(recipients, kind):
@@ -142,15 +148,12 @@ def email_fanout(args: dict) -> dict:
     """The "notifications.email" job: send to `user_ids` in batches of JOB_EMAIL_BATCH,
     recording after each batch the last id done, so that a retry after a failure (the mail
     server down) sends only to those not reached yet."""
-    from services import jobs
-    from services.email_service import send_email
-
     job_id = args["_job"]
     progress = jobs.progress(job_id) or {}
     done_until = progress.get("last_user_id", 0)
     sent = progress.get("sent", 0)
     app_name = current_app.config["APP_NAME"]
-    attachments = jobs.decode_attachments(args.get("attachments", []))
+    attachments = decode_attachments(args.get("attachments", []))
     wanted = EMAIL_PREFERENCE[args["kind"]]
     pending = [uid for uid in args["user_ids"] if uid > done_until]
     size = current_app.config["JOB_EMAIL_BATCH"]

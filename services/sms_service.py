@@ -1,8 +1,9 @@
-"""Phone verification by one-time code, behind one interface with two providers:
+"""Phone verification by one-time code, behind one interface (SmsProvider) and a registry
+(PROVIDERS), chosen by SMS_BACKEND:
 
-- TwilioVerifyProvider: Twilio Verify v2 through the `twilio` SDK (TWILIO_* set); Twilio sends,
+- TwilioVerifyProvider ("twilio"): Twilio Verify v2 through the `twilio` SDK (TWILIO_* set); Twilio sends,
   stores and checks the code. TWILIO_API_BASE points the client elsewhere (tests).
-- ConsoleProvider: the code is generated here, written to the log, and stored as an HMAC with an
+- ConsoleProvider ("console"): the code is generated here, written to the log, and stored as an HMAC with an
   expiry and an attempt limit (development and tests).
 
 Either way a PhoneVerification row records each send (for the per-phone send limit) and the
@@ -14,15 +15,19 @@ import hashlib
 import hmac
 import logging
 import secrets
+from abc import ABC, abstractmethod
 from datetime import timedelta
 
 import requests
 from flask import current_app
 from sqlalchemy import func, select, update
+from twilio.base.exceptions import TwilioRestException
+from twilio.rest import Client
 
 from models import PhoneVerification, db
 from utils.errors import ServiceUnavailable, TooManyRequests, ValidationError
 from utils.helpers import utcnow
+from utils.providers import configured
 
 log = logging.getLogger("lms.sms")
 
@@ -37,11 +42,37 @@ def _code_hash(phone: str, code: str) -> str:
     return hmac.new(key, f"{phone}:{code}".encode(), hashlib.sha256).hexdigest()
 
 
+def _latest_open(phone: str, provider: str, *conditions) -> PhoneVerification | None:
+    """The newest verification of `phone` by `provider` neither verified nor used."""
+    return db.session.scalar(
+        select(PhoneVerification)
+        .where(PhoneVerification.phone_number == phone,
+               PhoneVerification.provider == provider,
+               PhoneVerification.verified_at.is_(None),
+               PhoneVerification.consumed_at.is_(None), *conditions)
+        .order_by(PhoneVerification.created_at.desc(), PhoneVerification.id.desc())
+        .limit(1)
+    )
+
+
 def _invalid(message: str = "The code is wrong or has expired; request a new one") -> OTPInvalid:
     return OTPInvalid(message, details={"code": message})
 
 
-class ConsoleProvider:
+class SmsProvider(ABC):
+    """One way of verifying a phone: send it a code, then check the code it was sent."""
+
+    name: str
+
+    @abstractmethod
+    def send_code(self, phone: str) -> None: ...
+
+    @abstractmethod
+    def check_code(self, phone: str, code: str) -> bool:
+        """True when `code` is right (the phone is then verified); OTPInvalid otherwise."""
+
+
+class ConsoleProvider(SmsProvider):
     name = "console"
 
     def send_code(self, phone: str) -> None:
@@ -64,16 +95,7 @@ class ConsoleProvider:
 
     def check_code(self, phone: str, code: str) -> bool:
         now = utcnow()
-        pending = db.session.scalar(
-            select(PhoneVerification)
-            .where(PhoneVerification.phone_number == phone,
-                   PhoneVerification.provider == self.name,
-                   PhoneVerification.verified_at.is_(None),
-                   PhoneVerification.consumed_at.is_(None),
-                   PhoneVerification.expires_at > now)
-            .order_by(PhoneVerification.created_at.desc(), PhoneVerification.id.desc())
-            .limit(1)
-        )
+        pending = _latest_open(phone, self.name, PhoneVerification.expires_at > now)
         if pending is None:
             raise _invalid()
         # Count the attempt in the database, atomically, before comparing: parallel guesses on
@@ -95,12 +117,10 @@ class ConsoleProvider:
         return True
 
 
-class TwilioVerifyProvider:
+class TwilioVerifyProvider(SmsProvider):
     name = "twilio"
 
     def _service(self):
-        from twilio.rest import Client
-
         cfg = current_app.config
         client = Client(cfg["TWILIO_ACCOUNT_SID"], cfg["TWILIO_AUTH_TOKEN"])
         if cfg.get("TWILIO_API_BASE"):
@@ -108,8 +128,6 @@ class TwilioVerifyProvider:
         return client.verify.v2.services(cfg["TWILIO_VERIFY_SERVICE_SID"])
 
     def send_code(self, phone: str) -> None:
-        from twilio.base.exceptions import TwilioRestException
-
         try:
             self._service().verifications.create(to=phone, channel="sms")
         except TwilioRestException as exc:
@@ -130,8 +148,6 @@ class TwilioVerifyProvider:
         ))
 
     def check_code(self, phone: str, code: str) -> bool:
-        from twilio.base.exceptions import TwilioRestException
-
         try:
             result = self._service().verification_checks.create(to=phone, code=code)
         except TwilioRestException as exc:
@@ -145,15 +161,7 @@ class TwilioVerifyProvider:
         if result.status != "approved":
             raise _invalid()
         now = utcnow()
-        row = db.session.scalar(
-            select(PhoneVerification)
-            .where(PhoneVerification.phone_number == phone,
-                   PhoneVerification.provider == self.name,
-                   PhoneVerification.verified_at.is_(None),
-                   PhoneVerification.consumed_at.is_(None))
-            .order_by(PhoneVerification.created_at.desc(), PhoneVerification.id.desc())
-            .limit(1)
-        )
+        row = _latest_open(phone, self.name)
         if row is None:
             row = PhoneVerification(phone_number=phone, provider=self.name, expires_at=now)
             db.session.add(row)
@@ -161,18 +169,18 @@ class TwilioVerifyProvider:
         return True
 
 
-PROVIDERS = {"console": ConsoleProvider, "twilio": TwilioVerifyProvider}
+PROVIDERS: dict[str, type[SmsProvider]] = {
+    provider.name: provider for provider in (ConsoleProvider, TwilioVerifyProvider)}
 
 
-def provider():
-    backend = current_app.config.get("SMS_BACKEND")
-    if backend == "console" and current_app.config.get("CONFIG_NAME") == "production":
-        backend = None  # the console provider writes codes to the log: never in production
-    if backend not in PROVIDERS:
+def provider() -> SmsProvider:
+    """The provider SMS_BACKEND names; 503 sms_not_configured when there is none."""
+    chosen = configured(PROVIDERS, "SMS_BACKEND")
+    if chosen is None:
         raise ServiceUnavailable("SMS verification is not configured on this server "
                                  "(set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and "
                                  "TWILIO_VERIFY_SERVICE_SID)", code="sms_not_configured")
-    return PROVIDERS[backend]()
+    return chosen()
 
 
 def send_otp(phone: str) -> None:

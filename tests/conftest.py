@@ -18,11 +18,12 @@ from flask_jwt_extended import create_access_token, create_refresh_token
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from app import create_app, limiter
+from app import create_app
 from config import normalise_database_url
 from models import User
 from models import db as _db
 from tests.support import probe_routes
+from utils.extensions import limiter
 
 CI = os.environ.get("CI", "").lower() == "true"
 
@@ -97,7 +98,7 @@ def clean_state(app):
     _truncate_all(app)
     with app.app_context():
         limiter.reset()
-        from services import redis_client, shared_state
+        from utils.pipeline import redis_client, shared_state
 
         client = redis_client.get()
         if client is not None:

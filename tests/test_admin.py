@@ -36,6 +36,7 @@ from models import (
     User,
     db,
 )
+from tests.support.assertions import count, error, fetch, ok
 
 API = "/api/v1"
 ADMIN = f"{API}/admin"
@@ -43,31 +44,6 @@ UTC = timezone.utc
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-def ok(response, status: int = 200) -> dict:
-    assert response.status_code == status, (response.status_code, response.get_json())
-    return response.get_json()
-
-
-def error(response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, (response.status_code, response.get_json())
-    body = response.get_json()
-    assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"], body
-    if code is not None:
-        assert body["code"] == code, body
-    return body
-
-
-def count(app, model, *where) -> int:
-    with app.app_context():
-        return db.session.scalar(select(func.count()).select_from(model).where(*where))
-
-
-def fetch(app, model, *where):
-    """The one row matching `where`, detached with its columns loaded (or None)."""
-    with app.app_context():
-        return db.session.scalars(select(model).where(*where)).one_or_none()
-
 
 def fetch_all(app, model, *where, order_by=None) -> list:
     with app.app_context():
@@ -1098,7 +1074,6 @@ def test_payment_list_filters_and_totals(client, auth_headers, ledger):
     for bad in ("?status=stolen", "?gateway=paypal", "?date_from=2025-13-01", "?user_id=0",
                 "?format=xml"):
         error(client.get(f"{ADMIN}/payments{bad}", headers=headers), 422)
-
 
 
 def read_csv(response) -> list[dict]:

@@ -13,16 +13,12 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from models import User, db
-from services import redis_client
 from tests.conftest import postgres_url, redis_url, require_service
+from tests.support.assertions import ok
+from utils.pipeline import redis_client
 
 API = "/api/v1/admin"
 KEY = "lms:admin-figures:dashboard"
-
-
-def ok(response) -> dict:
-    assert response.status_code == 200, (response.status_code, response.get_json())
-    return response.get_json()
 
 
 def students(body: dict) -> int:

@@ -9,9 +9,10 @@ from datetime import timedelta
 
 import pytest
 from flask_jwt_extended import decode_token
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from models import PhoneVerification, RevokedToken, SecurityEvent, User, db
+from tests.support.assertions import count
 from utils.helpers import utcnow
 
 PASSWORD = "Passw0rd!"
@@ -31,11 +32,6 @@ def user_row(app, **where):
         if user is not None:
             db.session.expunge(user)
         return user
-
-
-def count(app, model, *criteria):
-    with app.app_context():
-        return db.session.scalar(select(func.count()).select_from(model).where(*criteria))
 
 
 def login(client, email, password=PASSWORD, **kwargs):
@@ -450,7 +446,7 @@ def test_logout_does_not_revoke_another_users_refresh_token(client, make_user):
 
 
 def test_revocation_is_in_redis_when_configured(client, app, make_user):
-    from services import redis_client
+    from utils.pipeline import redis_client
 
     with app.app_context():
         redis = redis_client.get()

@@ -17,11 +17,12 @@ import re
 import time
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from app import create_app
 from models import PasswordResetToken, PhoneVerification, User
 from models import db
+from tests.support.assertions import count
 from tests.support.standins import (
     GoogleCerts,
     SendGridStub,
@@ -91,11 +92,6 @@ def user_row(gw, email: str) -> dict | None:
         if user is None:
             return None
         return {c.key: getattr(user, c.key) for c in User.__mapper__.column_attrs}
-
-
-def count(gw, model) -> int:
-    with gw.app_context():
-        return db.session.scalar(select(func.count()).select_from(model))
 
 
 def phone_rows(gw, phone: str) -> list[dict]:

@@ -689,7 +689,7 @@ class WorldBuilder:
 
     def build(self) -> World:
         """Empty the database and build the world anew; returns ids, addresses and headers."""
-        from utils import security
+        from utils.pipeline import blocked_ips
         from utils.helpers import utcnow
 
         truncate(self.app)
@@ -811,7 +811,7 @@ class WorldBuilder:
             db.session.add_all([notification_a, notification_b, refund_a, contact, live_a,
                                 job_a, job_failed])
             db.session.commit()
-            security.block_ip(BLOCKED_IP, seconds=None, reason="matrix test")
+            blocked_ips.block_ip(BLOCKED_IP, seconds=None, reason="matrix test")
 
             w.update(
                 master=master.id, sub=sub.id, course_a=course_a.id, course_b=course_b.id,

@@ -21,6 +21,7 @@ from models import (
     Subcategory,
     db,
 )
+from tests.support.assertions import count, error, ok
 
 API = "/api/v1"
 
@@ -60,25 +61,6 @@ def other_instructor(actor):
 @pytest.fixture
 def student(actor):
     return actor("student")
-
-
-def error(response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, response.get_json()
-    body = response.get_json()
-    assert isinstance(body["error"], str) and body["error"]
-    if code is not None:
-        assert body["code"] == code, body
-    return body
-
-
-def ok(response, status: int = 200) -> dict:
-    assert response.status_code == status, response.get_json()
-    return response.get_json()
-
-
-def count(app, model, *where) -> int:
-    with app.app_context():
-        return db.session.scalar(select(func.count()).select_from(model).where(*where))
 
 
 def new_master(client, admin: Actor, name: str = "Data Science", **fields) -> dict:
@@ -1199,7 +1181,6 @@ def test_only_the_owner_changes_prerequisites(app, client, instructor, other_ins
     error(client.post(f"{API}/courses/{course}/prerequisites",
                       json={"prerequisite_course_ids": [extra]},
                       headers=other_instructor.headers), 403, "not_course_owner")
-
 
 
 def test_an_archived_course_stays_open_to_its_students(client, instructor, student, actor,

@@ -67,7 +67,7 @@ def test_etag_and_304_without_redis(client, app, make_user, auth_headers):
 
 
 def test_guest_answers_are_cached_and_writes_invalidate_them(cache_app):
-    from services import redis_client
+    from utils.pipeline import redis_client
 
     client = cache_app.test_client()
     headers = _instructor(cache_app)

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 
 from models import AuditLog, Certificate, Enrollment, User, db
+from tests.support.assertions import count, error, fetch, ok
 from tests.support.concurrency import fire_together
 
 API = "/api/v1"
@@ -43,31 +44,6 @@ class Built:
     id: int
     title: str
     lesson_ids: list[int] = field(default_factory=list)
-
-
-def ok(response, status: int = 200) -> dict:
-    assert response.status_code == status, (response.status_code, response.get_data(as_text=True))
-    return response.get_json()
-
-
-def error(response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, (response.status_code, response.get_data(as_text=True))
-    body = response.get_json()
-    assert isinstance(body["error"], str) and body["error"], body
-    if code is not None:
-        assert body["code"] == code, body
-    return body
-
-
-def count(app, model, *where) -> int:
-    with app.app_context():
-        return db.session.scalar(select(func.count()).select_from(model).where(*where))
-
-
-def fetch(app, model, *where):
-    """The one row matching `where`, detached with its columns loaded (or None)."""
-    with app.app_context():
-        return db.session.scalars(select(model).where(*where)).one_or_none()
 
 
 def build_course(client, owner: Actor, title: str, lessons: int = 2) -> Built:

@@ -9,9 +9,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from models import AuditLog, ContactForm, Notification, db
+from tests.support.assertions import count, error, fetch, ok
 
 API = "/api/v1"
 FORMS = f"{API}/contact/contact-forms"
@@ -20,30 +21,6 @@ UTC = timezone.utc
 VALID = {"name": "Jane O'Brien", "email": "Jane.OBrien@Example.com", "subject": "Course dates",
          "message": "Hello! When does the next C# & SQL cohort start?",
          "phone_number": "+91 98765 43210"}
-
-
-def ok(response, status: int = 200) -> dict:
-    assert response.status_code == status, (response.status_code, response.get_json())
-    return response.get_json()
-
-
-def error(response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, (response.status_code, response.get_json())
-    body = response.get_json()
-    assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"], body
-    if code is not None:
-        assert body["code"] == code, body
-    return body
-
-
-def count(app, model, *where) -> int:
-    with app.app_context():
-        return db.session.scalar(select(func.count()).select_from(model).where(*where))
-
-
-def fetch(app, model, *where):
-    with app.app_context():
-        return db.session.scalars(select(model).where(*where)).one_or_none()
 
 
 def fetch_all(app, model, *where) -> list:

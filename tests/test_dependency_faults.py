@@ -15,9 +15,10 @@ import time
 
 import pytest
 
-from app import create_app, limiter
+from app import create_app
 from models import User, db
 from tests.conftest import require_service
+from utils.extensions import limiter
 
 
 def _free_port() -> int:

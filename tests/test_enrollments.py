@@ -26,6 +26,7 @@ from models import (
     User,
     db,
 )
+from tests.support.assertions import count, error, fetch, ok
 from tests.support.concurrency import fire_together
 from tests.support.queries import recorded_statements
 from utils.helpers import iso
@@ -48,31 +49,6 @@ class Built:
     id: int
     module_ids: list[int] = field(default_factory=list)
     lesson_ids: list[int] = field(default_factory=list)
-
-
-def ok(response, status: int = 200) -> dict:
-    assert response.status_code == status, (response.status_code, response.get_json())
-    return response.get_json()
-
-
-def error(response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, (response.status_code, response.get_json())
-    body = response.get_json()
-    assert isinstance(body["error"], str) and body["error"], body
-    if code is not None:
-        assert body["code"] == code, body
-    return body
-
-
-def count(app, model, *where) -> int:
-    with app.app_context():
-        return db.session.scalar(select(func.count()).select_from(model).where(*where))
-
-
-def fetch(app, model, *where):
-    """The one row matching `where`, detached with its columns loaded (or None)."""
-    with app.app_context():
-        return db.session.scalars(select(model).where(*where)).one_or_none()
 
 
 def build_course(client, owner: Actor, title: str, *, modules=(("L1", "L2", "L3"),),

@@ -1,4 +1,4 @@
-"""Slow password hashing is bounded per host (services/hash_slots.py): with every slot taken, a
+"""Slow password hashing is bounded per host (utils/pipeline/hash_slots.py): with every slot taken, a
 sign-in answers 503 `busy` at once rather than holding a worker, and changes nothing."""
 from __future__ import annotations
 

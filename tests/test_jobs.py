@@ -24,6 +24,7 @@ from app import create_app
 from models import BackgroundJob, Notification, User, db
 from services import jobs
 from tests.conftest import redis_url, require_service
+from tests.support.assertions import error, ok
 from tests.support.gunicorn_server import base_env, run_flask
 from tests.support.standins import free_port, smtp_server
 from utils.helpers import utcnow
@@ -36,18 +37,6 @@ class Actor:
     id: int
     email: str
     headers: dict
-
-
-def ok(response, status: int = 200) -> dict:
-    assert response.status_code == status, (response.status_code, response.get_json())
-    return response.get_json()
-
-
-def error(response, status: int) -> dict:
-    assert response.status_code == status, (response.status_code, response.get_json())
-    body = response.get_json()
-    assert set(body) <= {"error", "code", "details"} and body["error"] and body["code"], body
-    return body
 
 
 def person(app, role: str = "student", **fields) -> Actor:

@@ -28,6 +28,7 @@ from models import (
     db,
 )
 from services import live_session_service
+from tests.support.assertions import error, ok
 from tests.support.standins import free_port, smtp_server
 from utils.helpers import iso
 
@@ -54,20 +55,6 @@ def parse(value: str) -> datetime:
     parsed = datetime.fromisoformat(value)
     assert parsed.tzinfo is not None, value
     return parsed
-
-
-def ok(response, status: int = 200) -> dict:
-    assert response.status_code == status, (response.status_code, response.get_json())
-    return response.get_json()
-
-
-def error(response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, (response.status_code, response.get_json())
-    body = response.get_json()
-    assert isinstance(body["error"], str) and body["error"], body
-    if code is not None:
-        assert body["code"] == code, body
-    return body
 
 
 class World:

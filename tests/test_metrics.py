@@ -79,7 +79,7 @@ def test_a_method_the_client_made_up_is_counted_as_other(client):
 
 def test_a_request_refused_before_the_view_is_counted_and_timed(app, client):
     """A blocked address is refused by a before_request function; the timer starts first."""
-    from utils.security import block_ip
+    from utils.pipeline.blocked_ips import block_ip
 
     with app.app_context():
         block_ip("198.51.100.77", seconds=60, reason="metrics test")

@@ -19,8 +19,9 @@ from sqlalchemy import func, insert, select
 from app import create_app
 from models import AuditLog, Notification, NotificationPreference, SecurityEvent, User, db
 from services import notification_service
-from tests.support.standins import smtp_server
+from tests.support.assertions import error, ok
 from tests.support.queries import recorded_statements
+from tests.support.standins import smtp_server
 
 API = "/api/v1"
 N = f"{API}/notifications"
@@ -33,20 +34,6 @@ class Actor:
     id: int
     headers: dict
     email: str
-
-
-def ok(response, status: int = 200) -> dict:
-    assert response.status_code == status, (response.status_code, response.get_json())
-    return response.get_json()
-
-
-def error(response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, (response.status_code, response.get_json())
-    body = response.get_json()
-    assert isinstance(body["error"], str) and body["error"], body
-    if code is not None:
-        assert body["code"] == code, body
-    return body
 
 
 class World:

@@ -41,6 +41,7 @@ from models import (
     WebhookEvent,
     db,
 )
+from tests.support.assertions import error, ok
 from tests.support.razorpay_stub import KEY_ID, KEY_SECRET, WEBHOOK_SECRET, RazorpayStub
 from utils.helpers import utcnow
 
@@ -183,22 +184,6 @@ def flask_cli(gw, *args: str):
     group = FlaskGroup(add_default_commands=False, add_version_option=False,
                        load_dotenv=False, set_debug_flag=False)
     return gw.test_cli_runner().invoke(group, args=list(args))
-
-
-def ok(response, status: int = 200) -> dict:
-    assert response.status_code == status, (response.status_code, response.get_json())
-    return response.get_json()
-
-
-def error(response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, (response.status_code, response.get_data(as_text=True))
-    body = response.get_json()
-    assert isinstance(body, dict) and set(body) <= {"error", "code", "details"}, body
-    assert isinstance(body["error"], str) and body["error"], body
-    assert isinstance(body["code"], str) and body["code"], body
-    if code is not None:
-        assert body["code"] == code, body
-    return body
 
 
 @pytest.fixture(scope="module")

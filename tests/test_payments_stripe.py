@@ -55,6 +55,7 @@ from models import (
     db,
 )
 from tests.conftest import postgres_url, require_service
+from tests.support.assertions import count, error, fetch, ok
 from tests.support.stripe_standin import signature_header, stripe_event, stripe_standin
 from utils.helpers import utcnow
 
@@ -207,31 +208,6 @@ def world(pay_app) -> World:
 
 
 # --- reading back -------------------------------------------------------------------------------
-
-def ok(response, status: int = 200) -> dict:
-    assert response.status_code == status, (response.status_code, response.get_data(as_text=True))
-    return response.get_json()
-
-
-def error(response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, (response.status_code, response.get_data(as_text=True))
-    body = response.get_json()
-    assert isinstance(body.get("error"), str) and body["error"], body
-    if code is not None:
-        assert body["code"] == code, body
-    return body
-
-
-def count(app, model, *where) -> int:
-    with app.app_context():
-        return db.session.scalar(select(func.count()).select_from(model).where(*where))
-
-
-def fetch(app, model, *where):
-    """The one row matching `where`, detached with its columns loaded (or None)."""
-    with app.app_context():
-        return db.session.scalars(select(model).where(*where)).one_or_none()
-
 
 def payment_row(app, payment_id: int) -> Payment:
     return fetch(app, Payment, Payment.id == payment_id)

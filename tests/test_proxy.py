@@ -281,7 +281,7 @@ def test_rate_limits_hold_whatever_x_forwarded_for_says(world):
 
 
 def test_ip_blocks_hold_whatever_x_forwarded_for_says(world):
-    from utils.security import block_ip
+    from utils.pipeline.blocked_ips import block_ip
 
     admin_side = create_app("testing", overrides={
         "SQLALCHEMY_DATABASE_URI": normalise_database_url(world["database"]),

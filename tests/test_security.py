@@ -69,13 +69,13 @@ def test_block_expires(client, app):
     import time
     from datetime import timedelta
 
-    from services import redis_client
-    from utils import security
+    from utils.pipeline import redis_client
+    from utils.pipeline import blocked_ips
     from utils.helpers import utcnow
 
     ip = "203.0.113.88"
     with app.app_context():
-        security.block_ip(ip, seconds=3600, reason="test")
+        blocked_ips.block_ip(ip, seconds=3600, reason="test")
         redis = redis_client.get()
         if redis is not None:  # Redis mirrors the block, with the block's lifetime as TTL
             key = f"lms:blocked-ip:{ip}"
@@ -156,7 +156,7 @@ def test_client_address_comes_from_the_socket_unless_proxies_are_trusted(app):
     untrusted = create_app("testing", overrides={"SQLALCHEMY_DATABASE_URI": "sqlite://"})
     trusted = create_app("testing", overrides={"SQLALCHEMY_DATABASE_URI": "sqlite://",
                                                "TRUSTED_PROXIES": 1})
-    from utils.security import client_ip
+    from utils.pipeline.client_address import client_ip
 
     headers = {"X-Forwarded-For": "198.51.100.50"}
     with untrusted.test_request_context(headers=headers, environ_base={"REMOTE_ADDR": "10.0.0.1"}):
@@ -169,7 +169,7 @@ def test_client_address_comes_from_the_socket_unless_proxies_are_trusted(app):
 
 
 def test_rate_limiting_can_be_turned_off(app):
-    from app import limiter
+    from utils.extensions import limiter
 
     # Flask-Limiter keeps `enabled` on its one instance (one app per process in production);
     # put it back for the rest of the suite.

@@ -1,4 +1,4 @@
-"""The state every host shares, read in one Redis round trip a request (services/shared_state.py):
+"""The state every host shares, read in one Redis round trip a request (utils/pipeline/shared_state.py):
 revocations and blocks hold when Redis loses its data or a mirror write fails, and the hot
 paths send Redis at most two commands.
 
@@ -10,10 +10,9 @@ import pytest
 from sqlalchemy import select
 
 from models import BlockedIP, RevokedToken, db
-from services import redis_client, shared_state
 from tests.conftest import redis_url, require_service
 from tests.support.standins import free_port
-from utils import security
+from utils.pipeline import blocked_ips, redis_client, shared_state
 
 API = "/api/v1"
 PASSWORD = "Passw0rd!"
@@ -85,7 +84,7 @@ def test_a_logout_holds_when_redis_loses_its_data(app, client, make_user):
 def test_a_block_holds_when_redis_loses_its_data(app, client):
     ip = "203.0.113.61"
     with app.app_context():
-        security.block_ip(ip, seconds=None, reason="test")
+        blocked_ips.block_ip(ip, seconds=None, reason="test")
     redis = redis_of(app)
     redis.flushdb()
     response = client.get(f"{API}/health", environ_base={"REMOTE_ADDR": ip})
@@ -122,12 +121,12 @@ def test_a_logout_while_redis_is_down_is_enforced_from_the_database_then_mirrore
 def test_a_lifted_block_whose_mirror_delete_failed_is_lifted_at_the_next_sync(app, client):
     ip = "203.0.113.63"
     with app.app_context():
-        security.block_ip(ip, seconds=600, reason="test")
+        blocked_ips.block_ip(ip, seconds=600, reason="test")
     real = app.config["REDIS_URL"]
     app.config["REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
     try:
         with app.app_context():
-            assert security.unblock_ip(ip) is True
+            assert blocked_ips.unblock_ip(ip) is True
             db.session.commit()
     finally:
         app.config["REDIS_URL"] = real

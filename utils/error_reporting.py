@@ -15,6 +15,7 @@ def init_app(app: Flask) -> None:
     dsn = app.config.get("SENTRY_DSN")
     if not dsn:
         return
+    # sentry_sdk only when a DSN is set: most deployments never load it.
     import sentry_sdk
     from sentry_sdk.integrations.flask import FlaskIntegration
 

@@ -1,4 +1,5 @@
-"""Small helpers shared everywhere: the clock, the money and time serializers, pagination."""
+"""Small helpers shared everywhere: the clock, the money and time serializers, the pagination
+block. Imports nothing of ours: models.py stands on it."""
 from __future__ import annotations
 
 import math
@@ -56,26 +57,3 @@ def pagination_meta(page: int, per_page: int, total: int) -> dict[str, Any]:
         "has_next": page < pages,
         "has_prev": page > 1,
     }
-
-
-def paginate(select, page: int, per_page: int):
-    """Run a select of one entity (with a deterministic order_by) one page at a time, in one
-    round trip: the total comes with the rows (`count(*) OVER ()`). Only a page past the end,
-    which has no rows to carry it, costs a second query. Returns (items, pagination dict in
-    the contract's shape)."""
-    from sqlalchemy import func
-    from sqlalchemy import select as select_
-
-    from models import db
-
-    counted = select.add_columns(func.count().over().label("_total"))
-    rows = db.session.execute(counted.limit(per_page).offset((page - 1) * per_page)).unique()
-    rows = rows.all()
-    if rows:
-        total = rows[0][-1]
-    elif page == 1:
-        total = 0
-    else:
-        total = db.session.scalar(select_(func.count()).select_from(
-            select.order_by(None).subquery()))
-    return [row[0] for row in rows], pagination_meta(page, per_page, total or 0)

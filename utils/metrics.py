@@ -33,10 +33,16 @@ from decimal import Decimal
 
 import redis
 from flask import Flask, g, request
-from prometheus_client import Counter, Histogram
+from prometheus_client import (CollectorRegistry, Counter, Histogram, multiprocess,
+                               start_http_server)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from sqlalchemy import case, event, func, select
+from prometheus_client.mmap_dict import MmapedDict
+from sqlalchemy import case, create_engine, event, func, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
+
+from config import database_engine_options
+from models import BackgroundJob, Certificate, Payment
 
 log = logging.getLogger("lms.metrics")
 
@@ -137,11 +143,6 @@ class DatabaseFigures:
     def from_config(cls, config) -> "DatabaseFigures":
         """Connections of its own (none pooled, so none is shared with a forked worker), with
         the app's connect and statement timeouts."""
-        from sqlalchemy import create_engine
-        from sqlalchemy.pool import NullPool
-
-        from config import database_engine_options
-
         url = config["SQLALCHEMY_DATABASE_URI"]
         options = database_engine_options(url)
         engine = create_engine(url, poolclass=NullPool,
@@ -178,8 +179,6 @@ class DatabaseFigures:
         yield up
 
     def _database_figures(self):
-        from models import BackgroundJob, Certificate, Payment
-
         payments, certificates, jobs = (Payment.__table__, Certificate.__table__,
                                         BackgroundJob.__table__)
         with self.engine.connect() as conn:
@@ -262,6 +261,7 @@ class DatabaseFigures:
         yield from (by_state, failed_attempts)
 
     def _queue_figures(self):
+        # rq only where the queue is read: the web process does not otherwise load it.
         from rq import Queue
         from rq.registry import ScheduledJobRegistry
 
@@ -309,9 +309,6 @@ def worker_exited(pid: int, path: str) -> None:
     """Fold an exited worker's counters and histograms into one archive file per type, then
     remove its files: its counts stay in the sums, and a server whose workers are recycled
     (max_requests) keeps a handful of files instead of two per worker ever started."""
-    from prometheus_client import multiprocess
-    from prometheus_client.mmap_dict import MmapedDict
-
     with _directory_lock:
         multiprocess.mark_process_dead(pid, path)
         for kind in ("counter", "histogram"):
@@ -334,8 +331,6 @@ _server = None
 def serve(config, address: str, port: int):
     """Serve the workers' summed counts and the scrape-time figures on address:port (a thread
     of the gunicorn master). Returns the HTTP server."""
-    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
-
     global _server
     registry = CollectorRegistry()
     registry.register(_Locked(multiprocess.MultiProcessCollector(None)))

@@ -8,12 +8,14 @@ import re
 import time
 import uuid
 
-from flask import Flask, g, has_request_context, jsonify, request
+from flask import Flask, current_app, g, has_request_context, jsonify, request
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
 
-from utils.errors import APIError, ServiceUnavailable
+from models import db
+from utils.errors import APIError, BadRequest, ServiceUnavailable
+from utils.extensions import limiter
 
 log = logging.getLogger("lms.request")
 
@@ -120,14 +122,10 @@ def _handle_http_exception(exc: HTTPException):
         limit = getattr(exc, "description", None)
         if limit:
             message = f"Too many requests: the limit is {limit}"
-        from app import limiter
-
         current = limiter.current_limit
         if current is not None:
             headers["Retry-After"] = str(max(1, int(current.reset_at - time.time())))
     if status == 413:
-        from flask import current_app
-
         limit = current_app.config.get("MAX_CONTENT_LENGTH")
         if limit:
             message = f"Request body too large: the limit is {limit} bytes"
@@ -137,8 +135,6 @@ def _handle_http_exception(exc: HTTPException):
 def _rollback_session() -> None:
     """Roll the request's session back; when the connection itself is gone and even that
     fails, invalidate it, so the pool opens a new one for the next request."""
-    from models import db
-
     try:
         db.session.rollback()
     except SQLAlchemyError:
@@ -223,8 +219,6 @@ def _reject_malformed_json():
         try:
             json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
-            from utils.errors import BadRequest
-
             raise BadRequest("Request body is not valid JSON", code="malformed_json")
 
 

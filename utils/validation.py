@@ -16,8 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 from spectree import Response, SecurityScheme, SpecTree
 from spectree.models import SecuritySchemeData, SecureType
+from spectree.utils import get_model_key, hash_module_path
 
 from utils.errors import UnsupportedMediaType, ValidationError
+from utils.pipeline import blocked_ips
+from utils.pipeline.client_address import client_ip
 
 
 class ErrorOut(BaseModel):
@@ -38,8 +41,27 @@ def validation_details(errors: list[dict]) -> dict[str, str]:
     return details
 
 
+# The document names a model by its class and a hash of its module, and clients are generated
+# from those names: a model that moved keeps the name of the module it was published from.
+PUBLISHED_FROM = {
+    ("utils.routing", "Envelope"): "routes.common",
+    ("utils.routing", "MessageOut"): "routes.common",
+    ("utils.schemas", "CourseListQuery"): "routes.course_routes",
+    ("utils.schemas", "TeachingQuery"): "routes.course_routes",
+}
+
+
+def component_name(model) -> str:
+    home = PUBLISHED_FROM.get((getattr(model, "__module__", None),
+                               getattr(model, "__name__", None)))
+    if home is None:
+        return get_model_key(model)
+    return f"{model.__name__}.{hash_module_path(module_path=home)}"
+
+
 spec = SpecTree(
     "flask",
+    naming_strategy=component_name,
     title="AI First Academy LMS API",
     version="1.0.0",
     path="api/v1/docs",
@@ -63,9 +85,7 @@ def _query_items() -> dict:
 def _raise_invalid(errors: list[dict]) -> None:
     tripped = [_field_path(e.get("loc", ())) for e in errors if e.get("type") == "unsafe_input"]
     if tripped:
-        from utils import security
-
-        security.record_unsafe_input(security.client_ip(), tripped)
+        blocked_ips.record_unsafe_input(client_ip(), tripped)
     raise ValidationError("Invalid input", details=validation_details(errors))
 
 
@@ -77,10 +97,15 @@ def validate(*, json: type[BaseModel] | None = None, query: type[BaseModel] | No
     Validation is done here, on the input only: spectree's own wrapper also re-reads,
     re-parses and re-validates every response body, which the benchmark showed to dominate
     the cost of cheap requests (the schema-fuzz test checks responses against the document
-    in CI instead). spectree keeps the declarations for the document."""
+    in CI instead). spectree keeps the declarations for the document: its own wrapper is not
+    called, but ours wraps it (`__wrapped__`), which is how spectree finds a view's declaration
+    under other decorators."""
 
     def decorator(fn):
-        @wraps(fn)
+        documented = spec.validate(json=json, query=query, resp=resp, tags=tags,
+                                   security=security, **kwargs)(fn)
+
+        @wraps(documented)
         def wrapper(*args, **kw):
             context = SimpleNamespace(query=None, json=None)
             request.context = context
@@ -102,9 +127,6 @@ def validate(*, json: type[BaseModel] | None = None, query: type[BaseModel] | No
                 _raise_invalid(errors)
             return fn(*args, **kw)
 
-        documented = spec.validate(json=json, query=query, resp=resp, tags=tags,
-                                   security=security, **kwargs)(fn)
-        spec._function_metadata[wrapper] = spec.get_function_metadata(documented)
         return wrapper
 
     return decorator
@@ -163,13 +185,17 @@ class IdList(StrictModel):
 def document(**kwargs):
     """Describe a route in the API document without wrapping it. For file downloads:
     spectree's wrapper re-reads every response body (`get_data`), which breaks streamed files
-    and would hold a whole video in memory. (Reads spectree's metadata registry; the version is
-    pinned in requirements.txt.)"""
+    and would hold a whole video in memory. The view is called as it is; spectree's wrapper is
+    only found, through `__wrapped__`, for the declaration."""
 
     def decorator(fn):
-        wrapped = spec.validate(**kwargs)(fn)
-        spec._function_metadata[fn] = spec.get_function_metadata(wrapped)
-        return fn
+        documented = spec.validate(**kwargs)(fn)
+
+        @wraps(documented)
+        def view(*args, **kw):
+            return fn(*args, **kw)
+
+        return view
 
     return decorator
 

@@ -14,8 +14,11 @@ import sys
 
 import redis
 
+from config import Config
+
 
 def check(connection: redis.Redis, queue_name: str, hostname: str) -> tuple[bool, str]:
+    # rq only when the check runs, so importing this module stays cheap.
     from rq import Worker
 
     workers = [worker for worker in Worker.all(connection=connection)
@@ -31,8 +34,6 @@ def check(connection: redis.Redis, queue_name: str, hostname: str) -> tuple[bool
 
 
 def main() -> int:
-    from config import Config
-
     if not Config.REDIS_URL:
         print("unhealthy: REDIS_URL is not set, so no worker can be running")
         return 1

@@ -5,11 +5,11 @@ from __future__ import annotations
 from flask import Blueprint, request
 from pydantic import Field
 
-from app import limiter
 from auth import current_user, login_required, roles_required
 from models import MasterCategory, db
 from utils.errors import Conflict
-from utils.helpers import paginate
+from utils.extensions import limiter
+from utils.pagination import paginate
 from utils.validation import PageQuery, StrictModel, json_body, query_args, validate
 
 bp = Blueprint("probe", __name__)

@@ -1,10 +1,10 @@
-"""IP blocking and the security events it counts.
+"""Blocked addresses and the security events that block one.
 
 An address is blocked when, within IP_BLOCK_WINDOW_SECONDS, it fails logins for
 IP_BLOCK_MAX_ACCOUNTS distinct accounts or trips the injection checks
 IP_BLOCK_MAX_UNSAFE_INPUTS times. Events are counted in the database; blocks are recorded in
 the database (the admin's list) and mirrored in Redis when configured, which is what the
-per-request check reads while the mirror is in sync (services/shared_state.py). Without Redis
+per-request check reads while the mirror is in sync (utils/pipeline/shared_state.py). Without Redis
 the check reads the database.
 """
 from __future__ import annotations
@@ -13,23 +13,20 @@ import logging
 from datetime import datetime, timedelta
 
 import redis
-from flask import current_app, request
+from flask import current_app
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from models import BlockedIP, SecurityEvent, db
-from services import redis_client, shared_state
 from utils.errors import Forbidden
 from utils.helpers import utcnow
+from utils.pipeline import redis_client, shared_state
+from utils.pipeline.client_address import client_ip
 
 log = logging.getLogger("lms.security")
 
 
 _key = shared_state.ip_key
-
-
-def client_ip() -> str:
-    return request.remote_addr or "unknown"
 
 
 def is_blocked(ip: str) -> bool:
@@ -99,42 +96,36 @@ def _window_start() -> datetime:
     return utcnow() - timedelta(seconds=current_app.config["IP_BLOCK_WINDOW_SECONDS"])
 
 
+def _record(ip: str, kind: str, subject: str, counted, limit_setting: str, reason: str) -> None:
+    """Commit a security event, then block the address once `counted` (an aggregate over its
+    events of this kind in the window) reaches config[`limit_setting`]."""
+    db.session.add(SecurityEvent(kind=kind, ip_address=ip, subject=subject[:255]))
+    db.session.commit()
+    seen = db.session.scalar(select(counted).where(
+        SecurityEvent.ip_address == ip,
+        SecurityEvent.kind == kind,
+        SecurityEvent.created_at >= _window_start(),
+    ))
+    if seen >= current_app.config[limit_setting]:
+        block_ip(ip, seconds=current_app.config["IP_BLOCK_SECONDS"],
+                 reason=reason.format(seen))
+
+
 def record_login_failure(ip: str, email: str) -> None:
     """Count a failed login; block the address once it has failed for too many accounts."""
-    db.session.add(SecurityEvent(kind="login_failure", ip_address=ip, subject=email[:255]))
-    db.session.commit()
-    accounts = db.session.scalar(
-        select(func.count(func.distinct(SecurityEvent.subject))).where(
-            SecurityEvent.ip_address == ip,
-            SecurityEvent.kind == "login_failure",
-            SecurityEvent.created_at >= _window_start(),
-        )
-    )
-    if accounts >= current_app.config["IP_BLOCK_MAX_ACCOUNTS"]:
-        block_ip(ip, seconds=current_app.config["IP_BLOCK_SECONDS"],
-                 reason=f"failed logins for {accounts} accounts")
+    _record(ip, "login_failure", email, func.count(func.distinct(SecurityEvent.subject)),
+            "IP_BLOCK_MAX_ACCOUNTS", "failed logins for {} accounts")
 
 
 def record_unsafe_input(ip: str, fields: list[str]) -> None:
-    db.session.add(SecurityEvent(kind="unsafe_input", ip_address=ip,
-                                 subject=",".join(fields)[:255]))
-    db.session.commit()
-    trips = db.session.scalar(
-        select(func.count()).select_from(SecurityEvent).where(
-            SecurityEvent.ip_address == ip,
-            SecurityEvent.kind == "unsafe_input",
-            SecurityEvent.created_at >= _window_start(),
-        )
-    )
-    if trips >= current_app.config["IP_BLOCK_MAX_UNSAFE_INPUTS"]:
-        block_ip(ip, seconds=current_app.config["IP_BLOCK_SECONDS"],
-                 reason=f"{trips} injection attempts")
+    """Count a request whose input tripped the injection checks; block a persistent address."""
+    _record(ip, "unsafe_input", ",".join(fields), func.count(SecurityEvent.id),
+            "IP_BLOCK_MAX_UNSAFE_INPUTS", "{} injection attempts")
 
 
 def refuse_blocked_ip() -> None:
-    """before_request: a blocked address gets 403 on every route. First reads, in one Redis
-    round trip, what this request's checks need (services/shared_state.py)."""
-    shared_state.prefetch()
+    """A blocked address gets 403 on every route (after the request's shared state is read:
+    utils/pipeline/hooks.py)."""
     if is_blocked(client_ip()):
         raise Forbidden("Requests from your network address are temporarily blocked",
                         code="ip_blocked")

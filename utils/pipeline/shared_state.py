@@ -4,7 +4,8 @@ The blocked addresses and revoked tokens live in PostgreSQL (blocked_ips, revoke
 are mirrored in Redis, one key each. Before the view runs, `prefetch()` sends a single MGET for
 everything this request may ask: the caller's address, the jti of the bearer token (read, not
 yet verified, only to name the key), and for a guest's public catalog page its cached copy and
-the catalog version. The checks then answer from that one reply.
+the catalog version (the keys utils/pipeline/catalog_cache.py asks for). The checks then
+answer from that one reply.
 
 Redis is trusted only while `lms:shared:synced` is present. It expires every SHARED_SYNC_SECONDS
 (and is deleted when a mirror write fails); the first request that finds it missing brings the
@@ -24,7 +25,10 @@ import redis
 from flask import current_app, g, has_request_context, request
 from sqlalchemy import or_, select
 
-from services import redis_client
+from models import BlockedIP, RevokedToken, db
+from utils.helpers import utcnow
+from utils.pipeline import redis_client
+from utils.pipeline.client_address import client_ip
 
 log = logging.getLogger("lms.shared")
 
@@ -57,21 +61,18 @@ def _bearer_jti() -> str | None:
     return jti if isinstance(jti, str) and 0 < len(jti) <= 64 else None
 
 
-def prefetch() -> None:
-    """before_request: one MGET for this request's shared state (see the module's docstring)."""
-    from services import catalog_cache
-
+def prefetch(extra_keys=()) -> None:
+    """before_request: one MGET for this request's shared state (see the module's docstring),
+    with `extra_keys` (the catalog cache's) read in the same round trip."""
     g.shared_state = None
     client = redis_client.get()
     if client is None:
         return
-    from utils.security import client_ip
-
     keys = [SYNCED, ip_key(client_ip())]
     jti = _bearer_jti()
     if jti:
         keys.append(jti_key(jti))
-    keys.extend(catalog_cache.prefetch_keys())
+    keys.extend(extra_keys)
     try:
         values = client.mget(keys)
     except redis.RedisError as exc:
@@ -112,9 +113,6 @@ def distrust() -> None:
 
 def sync(client=None) -> bool:
     """Bring the Redis mirrors up to date from the database (one host at a time)."""
-    from models import BlockedIP, RevokedToken, db
-    from utils.helpers import utcnow
-
     client = client or redis_client.get()
     if client is None:
         return False

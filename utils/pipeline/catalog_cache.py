@@ -4,7 +4,7 @@ Guest answers of the public catalog (lists, search, course detail) are kept in R
 CATALOG_CACHE_SECONDS with the catalog version number they were computed under; any commit
 that wrote a catalog table bumps the version, so a change is visible at once on every host.
 The version and the copy are read in the request's one Redis round trip
-(services/shared_state.py).
+(utils/pipeline/shared_state.py).
 Every cacheable answer gets an ETag and Cache-Control; a matching If-None-Match is 304.
 Without Redis, answers are computed every time but still carry ETags.
 """
@@ -19,7 +19,7 @@ from flask import current_app, g, make_response, request
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from services import redis_client
+from utils.pipeline import redis_client, shared_state
 
 log = logging.getLogger("lms.cache")
 
@@ -100,7 +100,7 @@ def _entry_key() -> str:
 
 def prefetch_keys() -> tuple[str, ...]:
     """The keys a guest's request for a cached catalog view reads (in the request's one Redis
-    round trip, services/shared_state.py): the catalog version and this page's copy."""
+    round trip, utils/pipeline/shared_state.py): the catalog version and this page's copy."""
     if "Authorization" in request.headers or current_app.config["CATALOG_CACHE_SECONDS"] <= 0:
         return ()
     view = current_app.view_functions.get(request.endpoint or "")
@@ -117,8 +117,6 @@ def cached_public(view):
 
     @wraps(view)
     def wrapper(*args, **kwargs):
-        from services import shared_state
-
         guest = "Authorization" not in request.headers
         key = _entry_key() if guest else None
         # Not prefetched: a signed-in caller, the cache off, no Redis or Redis down.

@@ -2,7 +2,7 @@
 
 Every revocation is written to the revoked_tokens table (durable, shared by all hosts) and,
 when Redis is configured, to one Redis key per jti that expires with the token. The
-per-request check answers from the request's one Redis read (services/shared_state.py) while
+per-request check answers from the request's one Redis read (utils/pipeline/shared_state.py) while
 the mirror is in sync, so it costs no database query; when Redis errors, or lost its data, or
 a mirror write failed, the check reads the table, so a Redis hiccup neither logs everyone out
 nor lets a revoked token back in.
@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from models import RevokedToken, db
-from services import redis_client, shared_state
+from utils.pipeline import redis_client, shared_state
 
 log = logging.getLogger("lms.auth")
 

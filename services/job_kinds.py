@@ -1,0 +1,36 @@
+"""Every kind of background job and what it runs, and the tasks of the worker's periodic tick,
+in one table: services/jobs.py keeps the queue and knows no domain; the app factory calls
+`register()`."""
+from __future__ import annotations
+
+from services import certificate_service, email_service, jobs, notification_service, \
+    reconcile_service
+
+
+def _email_send(args: dict) -> dict:
+    email_service.send_email(args["to"], args["subject"], args["text"], args.get("html"),
+                             email_service.decode_attachments(args.get("attachments", [])))
+    return {"sent": 1}
+
+
+def _bulk_issue(args: dict) -> dict:
+    result = certificate_service.bulk_issue(int(args["course_id"]))
+    return {"issued": result.issued, "skipped": result.skipped, "failed": result.failed}
+
+
+def _reconcile(args: dict) -> dict:
+    return {"outcomes": reconcile_service.reconcile_pending(args.get("older_than_minutes"))}
+
+
+KINDS = {
+    "email.send": _email_send,
+    # E-mail a notification to its recipients, in batches; a retry skips those already sent.
+    "notifications.email": notification_service.email_fanout,
+    "certificates.bulk_issue": _bulk_issue,
+    "payments.reconcile": _reconcile,
+}
+TICK_TASKS = {"reconciled": reconcile_service.reconcile_pending}
+
+
+def register() -> None:
+    jobs.register_kinds(KINDS, TICK_TASKS)

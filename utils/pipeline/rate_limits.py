@@ -1,0 +1,33 @@
+"""Rate-limit wiring: per-route limits read from config, and X-RateLimit-* headers on writes.
+The limiter itself is created in utils/extensions.py; the 429 answer (with Retry-After) is
+shaped by utils/middleware.py's error handler."""
+from __future__ import annotations
+
+import logging
+
+from flask import current_app, request
+
+from utils.extensions import limiter
+
+log = logging.getLogger("lms.limits")
+
+
+def config_limit(name: str):
+    """A per-route limit read from config when the request arrives."""
+    return limiter.limit(lambda: current_app.config[name])
+
+
+def headers_on_writes(response):
+    """X-RateLimit-* on limited writes only: reading the window costs a Redis round trip that
+    the read hot path does without."""
+    if request.method in ("GET", "HEAD", "OPTIONS") or not limiter.enabled:
+        return response
+    current = limiter.current_limit
+    if current is not None:
+        try:
+            response.headers["X-RateLimit-Limit"] = str(current.limit.amount)
+            response.headers["X-RateLimit-Remaining"] = str(current.remaining)
+            response.headers["X-RateLimit-Reset"] = str(current.reset_at)
+        except Exception as exc:  # the storage is down: the answer stands without them
+            log.warning("rate limit headers skipped: %s", exc)
+    return response
