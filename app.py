@@ -21,6 +21,7 @@ from auth import jwt
 from config import CONFIGS, ConfigError, config_name_from_env
 from models import db
 from services import catalog_cache, certificate_service, jobs
+from services.credentials import keys as credential_keys
 from services.email_service import register_outbox
 from utils.middleware import init_middleware
 from utils.security import refuse_blocked_ip
@@ -118,6 +119,9 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
     catalog_cache.register()
     jobs.register()
     certificate_service.register()
+    with app.app_context():
+        # A signing key setting that cannot be used stops the start here, saying which.
+        credential_keys.check_configured()
 
     from routes import (
         admin_routes,
@@ -125,6 +129,8 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
         course_routes,
         certificate_routes,
         contact_routes,
+        credential_routes,
+        did_routes,
         docs,
         enrollments_routes,
         file_routes,
@@ -160,6 +166,7 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
         (prerequisites, "/prerequisites"),
         (enrollments_routes, "/enrollments"),
         (certificate_routes, "/certificates"),
+        (credential_routes, "/credentials"),
         (payment_routes, "/payments"),
         (live_session_routes, "/live-sessions"),
         (notification_routes, "/notifications"),
@@ -172,6 +179,7 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
         app.register_blueprint(module.bp, url_prefix=api + prefix)
     app.register_blueprint(media.bp, url_prefix="/static/uploads")
     app.register_blueprint(verify_page.bp, url_prefix="/verify")
+    app.register_blueprint(did_routes.bp)
 
     spec.register(app)
     _per_view_security(app)

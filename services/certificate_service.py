@@ -1,9 +1,11 @@
 """Certificates: issuance on completion, the PDF, verification, bulk issuance, revocation.
 
 One certificate per (user, course), also when requests race (a unique constraint and a
-savepoint). The PDF is drawn with ReportLab in invariant mode, so rendering the same
-certificate again gives the same bytes: the SHA-256 on the row stays true when a missing file
-is regenerated. Every text is drawn as a plain string, never parsed as markup.
+savepoint). Each is issued with its Open Badges 3.0 credential (services/credentials/), and
+its PDF carries that credential and the academy's signature. The PDF is drawn with ReportLab in
+invariant mode and signed deterministically, so rendering the same certificate again gives the
+same bytes: the SHA-256 on the row stays true when a missing file is regenerated. Every text is
+drawn as a plain string, never parsed as markup.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from models import Certificate, Course, Enrollment, User, db
 from services import file_service
+from services.credentials import keys, openbadge, pdf_signing, status_list, verification
 from utils.errors import Conflict, Forbidden, NotFound
 from utils.helpers import utcnow
 
@@ -82,7 +85,12 @@ def issue(enrollment: Enrollment) -> tuple[Certificate, bool]:
             raise
         return found, False
     try:
-        store_pdf(certificate)
+        openbadge.issue(certificate)
+    except Exception:  # the row stands; the credential is signed on first request
+        log.exception("certificate %s issued without its credential",
+                      certificate.certificate_number)
+    try:
+        store_pdf(certificate, signed=certificate.credential_json is not None)
     except Exception:  # the row stands; the file is rendered again on first download
         log.exception("certificate %s issued without its PDF", certificate.certificate_number)
     return certificate, True
@@ -149,6 +157,8 @@ def revoke(certificate: Certificate, reason: str) -> Certificate:
     certificate.status = "revoked"
     certificate.revoked_at = utcnow()
     certificate.revoked_reason = reason[:500]
+    # Its bit in the status list is set from this commit on (the list is derived from here).
+    status_list.record_revocation(certificate)
     return certificate
 
 
@@ -178,11 +188,41 @@ def public_facts(certificate: Certificate) -> dict:
         "issued_at": certificate.to_dict()["issued_at"],
         "revoked_at": certificate.to_dict()["revoked_at"],
         "sha256": certificate.sha256,
+        "credential_url": openbadge.credential_url(certificate.certificate_number),
+        "issuer_did": keys.issuer_did(),
+        "pdf_signed": certificate.pdf_signed_at is not None,
     }
 
 
 def file_matches(certificate: Certificate, data: bytes) -> bool:
     return bool(certificate.sha256) and hashlib.sha256(data).hexdigest() == certificate.sha256
+
+
+@dataclass
+class FileCheck:
+    """Is an uploaded PDF this certificate as issued? `how`: "signature" (a signed PDF: the
+    academy's intact signature and, inside, the credential of this number) or "hash" (an
+    unsigned PDF from before signing: byte for byte the issued file)."""
+
+    matches: bool
+    how: str
+    verdict: verification.Verdict | None = None
+
+
+def check_file(certificate: Certificate, data: bytes) -> FileCheck:
+    outcome = verification.verify_pdf(data)
+    if not outcome.signed:
+        return FileCheck(file_matches(certificate, data), "hash")
+    verdict = outcome.verdict
+    number = (verdict.credential or {}).get("certificate_number")
+    genuine = verdict.result in (verification.VALID, verification.REVOKED)
+    return FileCheck(genuine and number == certificate.certificate_number, "signature", verdict)
+
+
+def credential_of(certificate: Certificate) -> dict:
+    """The certificate's signed credential; one issued before credentials gets it now
+    (commit after)."""
+    return openbadge.of(certificate)
 
 
 # --- the PDF ----------------------------------------------------------------------------------
@@ -325,8 +365,19 @@ def render_pdf(certificate: Certificate) -> bytes:
         rl_config.invariant = previous
 
 
-def store_pdf(certificate: Certificate) -> None:
+def store_pdf(certificate: Certificate, *, signed: bool) -> None:
+    """Render (and with `signed`, attach the credential and sign) the PDF, and keep it."""
     data = render_pdf(certificate)
+    if signed:
+        certificate.pdf_signed_at = certificate.pdf_signed_at or utcnow()
+        openbadge.of(certificate)  # an older certificate gets its credential first
+        key = keys.pdf_key()
+        keys.record_pdf_key(key)
+        data = pdf_signing.sign(
+            data, attachment_name=f"{certificate.certificate_number}{pdf_signing.ATTACHMENT_SUFFIX}",
+            attachment=certificate.credential_json.encode("utf-8"),
+            signed_at=certificate.pdf_signed_at, signer_name=current_app.config["APP_NAME"],
+            key=key)
     key = f"{FOLDER}/{certificate.certificate_number}.pdf"
     store = file_service.storage()
     scratch = store.scratch(FOLDER)
@@ -384,6 +435,8 @@ def pdf_path(certificate: Certificate):
         path = store.path(certificate.file_path)
         if path.is_file():
             return path
-    store_pdf(certificate)
+    # The same bytes again: a signed PDF is signed again with its recorded time, an unsigned
+    # one (issued before signing) stays unsigned, so the hash on the row still holds.
+    store_pdf(certificate, signed=certificate.pdf_signed_at is not None)
     db.session.commit()
     return store.path(certificate.file_path)
