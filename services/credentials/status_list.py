@@ -5,8 +5,8 @@ at random (so an index says nothing about when a credential was issued), and a u
 constraint on (list, index) makes a collision impossible; a drawn index already taken is drawn
 again. Lists have CREDENTIAL_STATUS_LIST_SIZE entries (131,072, the specification's minimum,
 so a verifier fetching the list learns nothing about which credential it checks), and one is
-filled to half at most, so that a free index is found in two draws on average; then the next
-list is opened.
+taken until half its entries are (noticed at the first draw that then hits a taken index), so
+a free index is found in about two draws; then the next list is opened.
 
 What the list says is derived from PostgreSQL: the bit of an index is set when the certificate
 holding it is revoked. Every revocation moves the list's `revision` in the same transaction. The
