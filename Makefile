@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 export FLASK_APP = app.py
 
-.PHONY: run test bench install migrate seed clean help
+.PHONY: run test bench install js-deps migrate seed clean help
 
 help:
 	@echo "make run    serve the API on http://127.0.0.1:5000/api/v1 (SQLite, no setup needed)"
@@ -22,6 +22,16 @@ $(STAMP): requirements.txt requirements-dev.txt | $(BIN)/python
 
 install: $(STAMP)
 
+# The JavaScript verifier the credential tests run (tests/js/credentials, exact versions from
+# its package-lock.json); skipped where npm is not installed.
+JS_VERIFIER = tests/js/credentials
+$(JS_VERIFIER)/node_modules/.package-lock.json: $(JS_VERIFIER)/package-lock.json
+	npm ci --prefix $(JS_VERIFIER) --no-audit --no-fund
+
+js-deps:
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory $(JS_VERIFIER)/node_modules/.package-lock.json; \
+	else echo "npm not found: the JavaScript credential verifier is not installed"; fi
+
 migrate: install
 	$(BIN)/flask db upgrade
 
@@ -36,7 +46,7 @@ run: seed
 	@echo ""
 	$(BIN)/flask run --host 127.0.0.1 --port 5000
 
-test: install
+test: install js-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The benchmark: a large dataset on a scratch PostgreSQL database, gunicorn as in production,
@@ -46,4 +56,4 @@ bench: install
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) instance/dev.db .pytest_cache
+	rm -rf $(VENV) instance/dev.db .pytest_cache $(JS_VERIFIER)/node_modules

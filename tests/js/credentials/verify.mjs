@@ -65,6 +65,8 @@ function messages(error) {
   }
   const list = Array.isArray(error) ? error : [error];
   return list.flatMap(e => [String(e.message || e),
+    ...(e.details && e.details.event ?
+      [`${e.details.event.code}: ${JSON.stringify(e.details.event.details)}`] : []),
     ...(e.errors ? messages(e.errors) : [])]);
 }
 
