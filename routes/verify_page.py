@@ -157,7 +157,6 @@ def verify_upload(number: str):
     return _render(number, check)
 
 
-@bp.get("")
 @bp.get("/")
 @config_limit("RATE_LIMIT_VERIFY")
 @document(resp=Response("HTTP_200"), tags=["certificates", "public"])
@@ -167,7 +166,6 @@ def check_page():
                                         app_name=current_app.config["APP_NAME"]), 200)
 
 
-@bp.post("")
 @bp.post("/")
 @config_limit("RATE_LIMIT_VERIFY")
 @document(resp=Response("HTTP_200"), tags=["certificates", "public"])

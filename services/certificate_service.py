@@ -365,7 +365,7 @@ def render_pdf(certificate: Certificate) -> bytes:
         rl_config.invariant = previous
 
 
-def store_pdf(certificate: Certificate, *, signed: bool) -> None:
+def store_pdf(certificate: Certificate, *, signed: bool = False) -> None:
     """Render (and with `signed`, attach the credential and sign) the PDF, and keep it."""
     data = render_pdf(certificate)
     if signed:

@@ -17,9 +17,12 @@ from config import (
     env_int,
     normalise_database_url,
 )
+from tests.support.signing import signing_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-PRODUCTION_SECRETS = ("SESSION_SECRET", "JWT_SECRET_KEY", "DATABASE_URL")
+PRODUCTION_SECRETS = ("SESSION_SECRET", "JWT_SECRET_KEY", "DATABASE_URL",
+                      "CREDENTIAL_SIGNING_KEY", "PDF_SIGNING_KEY", "PDF_SIGNING_CERT")
+SIGNING_SETTINGS = ("CREDENTIAL_SIGNING_KEY", "PDF_SIGNING_KEY", "PDF_SIGNING_CERT")
 
 
 def _run_python(code: str, *, remove: tuple[str, ...] = (), **extra_env: str):
@@ -83,14 +86,16 @@ def test_dotenv_lines_lose_their_inline_comments(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def _set_production(monkeypatch, secret, jwt_secret, database_uri):
+def _set_production(monkeypatch, secret, jwt_secret, database_uri, signing: bool = True):
     monkeypatch.setattr(ProductionConfig, "SECRET_KEY", secret)
     monkeypatch.setattr(ProductionConfig, "JWT_SECRET_KEY", jwt_secret)
     monkeypatch.setattr(ProductionConfig, "SQLALCHEMY_DATABASE_URI", database_uri)
+    for name in SIGNING_SETTINGS:
+        monkeypatch.setattr(ProductionConfig, name, signing_settings()[name] if signing else None)
 
 
 def test_production_check_names_every_missing_secret(monkeypatch):
-    _set_production(monkeypatch, None, "", "")
+    _set_production(monkeypatch, None, "", "", signing=False)
 
     with pytest.raises(ConfigError) as excinfo:
         ProductionConfig.check()

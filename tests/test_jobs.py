@@ -25,6 +25,7 @@ from models import BackgroundJob, Notification, User, db
 from services import jobs
 from tests.conftest import redis_url, require_service
 from tests.support.gunicorn_server import base_env, run_flask
+from tests.support.signing import signing_settings
 from tests.support.standins import free_port, smtp_server
 from utils.helpers import utcnow
 
@@ -180,7 +181,7 @@ class RQWorld:
             MAIL_BACKEND="smtp", MAIL_SERVER="127.0.0.1", MAIL_PORT=str(mail_port),
             MAIL_USE_TLS="False", SESSION_SECRET=secrets.token_hex(16),
             JWT_SECRET_KEY=secrets.token_hex(32), UPLOAD_FOLDER=self.upload_folder,
-            LOG_FORMAT="json", LOG_LEVEL="INFO")
+            LOG_FORMAT="json", LOG_LEVEL="INFO", **signing_settings())
         return run_flask(env, "worker", "--burst", *extra, timeout=60)
 
     def queued(self) -> int:
