@@ -53,14 +53,15 @@ def existing(user_id: int, course_id: int) -> Certificate | None:
         Certificate.user_id == user_id, Certificate.course_id == course_id))
 
 
-def issue_for_enrollment(enrollment: Enrollment) -> Certificate:
+def issue_for_enrollment(enrollment: Enrollment, *, render: bool = True) -> Certificate:
     """The certificate of a completed enrollment: the existing one, or a new one."""
-    return issue(enrollment)[0]
+    return issue(enrollment, render=render)[0]
 
 
-def issue(enrollment: Enrollment) -> tuple[Certificate, bool]:
+def issue(enrollment: Enrollment, *, render: bool = True) -> tuple[Certificate, bool]:
     """(certificate, created): created is False when it existed, also when a parallel
-    request issued it a moment earlier."""
+    request issued it a moment earlier. Without `render`, the signed PDF is left to
+    `render_missing_pdfs` (or the first download): bulk issuance."""
     if enrollment.completed_at is None:
         raise Forbidden("The course is not completed yet: a certificate is issued on completion",
                         code="course_not_completed")
@@ -75,22 +76,33 @@ def issue(enrollment: Enrollment) -> tuple[Certificate, bool]:
         enrollment_id=enrollment.id, holder_name=holder_name(user)[:255],
         course_title=course.title, instructor_name=holder_name(instructor)[:255] if instructor else None,
         completion_date=enrollment.completed_at.date(), status="valid", issued_at=utcnow())
-    try:
-        with db.session.begin_nested():
-            db.session.add(certificate)
-    except IntegrityError:
-        # A parallel request issued it first: one certificate, theirs.
-        found = existing(enrollment.user_id, enrollment.course_id)
-        if found is None:
-            raise
-        return found, False
+    for _ in range(status_list.DRAWS):
+        status_list.draw(certificate)  # its revocation bit, written with the row
+        try:
+            with db.session.begin_nested():
+                db.session.add(certificate)
+            break
+        except IntegrityError:
+            # A parallel request issued it first: one certificate, theirs.
+            found = existing(enrollment.user_id, enrollment.course_id)
+            if found is not None:
+                return found, False
+            if not status_list.taken(certificate.status_list_id, certificate.status_list_index):
+                raise
+            status_list.collided(certificate.status_list_id)  # draw again
+    else:
+        raise RuntimeError("no free status list index found")
     try:
         openbadge.issue(certificate)
     except Exception:  # the row stands; the credential is signed on first request
         log.exception("certificate %s issued without its credential",
                       certificate.certificate_number)
+    if certificate.credential_json is not None:
+        certificate.pdf_signed_at = certificate.issued_at  # its PDF is signed, now or later
+    if not render:
+        return certificate, True
     try:
-        store_pdf(certificate, signed=certificate.credential_json is not None)
+        store_pdf(certificate, signed=certificate.pdf_signed_at is not None)
     except Exception:  # the row stands; the file is rendered again on first download
         log.exception("certificate %s issued without its PDF", certificate.certificate_number)
     return certificate, True
@@ -123,7 +135,12 @@ def start_bulk_issue(course_id: int, user_id: int):
 
 def bulk_issue(course_id: int) -> BulkResult:
     """Issue for every completed enrollment of the course that has none, in batches that
-    commit on their own: one failure costs its certificate, not the whole run."""
+    commit on their own: one failure costs its certificate, not the whole run.
+
+    Each certificate gets its row and signed credential here; the PDFs (rendered and signed,
+    ~12 ms each, most of it pyHanko building the signature) follow in a job of their own,
+    "certificates.render_pdfs", so the run stays within its time (README, Certificates). A
+    download before that job reaches a certificate renders its PDF then, the same bytes."""
     if db.session.get(Course, course_id) is None:
         raise NotFound("Course not found")
     batch_size = current_app.config["CERTIFICATE_BULK_BATCH"]
@@ -135,20 +152,62 @@ def bulk_issue(course_id: int) -> BulkResult:
         select(Enrollment.id, Enrollment.user_id).where(Enrollment.id.in_(completed))
         .order_by(Enrollment.id)) if uid not in have]
     issued = failed = 0
-    for start in range(0, len(pending), batch_size):
-        for enrollment in db.session.scalars(select(Enrollment).where(
-                Enrollment.id.in_(pending[start:start + batch_size])).order_by(Enrollment.id)):
+    try:
+        for start in range(0, len(pending), batch_size):
+            for enrollment in db.session.scalars(select(Enrollment).where(
+                    Enrollment.id.in_(pending[start:start + batch_size]))
+                    .order_by(Enrollment.id)):
+                try:
+                    with db.session.begin_nested():
+                        issue_for_enrollment(enrollment, render=False)
+                    issued += 1
+                except Exception:
+                    failed += 1
+                    log.exception("bulk issue failed for enrollment %s", enrollment.id)
+            db.session.commit()
+    finally:
+        # The PDFs of what was committed, also when a later batch failed.
+        _render_later(course_id)
+    return BulkResult(issued=issued, skipped=len(have), failed=failed)
+
+
+def _render_later(course_id: int) -> None:
+    """Start "certificates.render_pdfs" for the course if a certificate lacks its PDF."""
+    from services import jobs  # jobs runs this module's functions: imported when needed
+
+    db.session.rollback()  # after a failed batch, the transaction is unusable until then
+    if db.session.scalar(select(Certificate.id).where(
+            Certificate.course_id == course_id, Certificate.file_path.is_(None)).limit(1)) is None:
+        return
+    job = jobs.start("certificates.render_pdfs", {"course_id": course_id})
+    db.session.commit()
+    jobs.launch(job)
+
+
+def render_missing_pdfs(course_id: int) -> dict:
+    """Render (and sign) the PDF of every certificate of the course that has none, in
+    batches; one that fails is left for its first download."""
+    batch_size = current_app.config["CERTIFICATE_BULK_BATCH"]
+    rendered = failed = 0
+    last_id = 0
+    while True:
+        batch = db.session.scalars(select(Certificate).where(
+            Certificate.course_id == course_id, Certificate.file_path.is_(None),
+            Certificate.id > last_id).order_by(Certificate.id).limit(batch_size)).all()
+        if not batch:
+            return {"rendered": rendered, "failed": failed}
+        for certificate in batch:
+            last_id = certificate.id
             stored = len(db.session.info.get(NEW_FILES, []))
             try:
                 with db.session.begin_nested():
-                    issue_for_enrollment(enrollment)
-                issued += 1
+                    store_pdf(certificate, signed=certificate.pdf_signed_at is not None)
+                rendered += 1
             except Exception:
                 discard_new_files(stored)
                 failed += 1
-                log.exception("bulk issue failed for enrollment %s", enrollment.id)
+                log.exception("PDF of certificate %s not rendered", certificate.certificate_number)
         db.session.commit()
-    return BulkResult(issued=issued, skipped=len(have), failed=failed)
 
 
 def revoke(certificate: Certificate, reason: str) -> Certificate:
@@ -217,6 +276,21 @@ def check_file(certificate: Certificate, data: bytes) -> FileCheck:
     number = (verdict.credential or {}).get("certificate_number")
     genuine = verdict.result in (verification.VALID, verification.REVOKED)
     return FileCheck(genuine and number == certificate.certificate_number, "signature", verdict)
+
+
+def backfill_credentials() -> int:
+    """Sign the credential of every certificate that has none, committing in batches."""
+    batch_size = current_app.config["CERTIFICATE_BULK_BATCH"]
+    done = 0
+    while True:
+        batch = db.session.scalars(select(Certificate).where(
+            Certificate.credential_json.is_(None)).order_by(Certificate.id).limit(batch_size)).all()
+        if not batch:
+            return done
+        for certificate in batch:
+            openbadge.issue(certificate)
+        db.session.commit()
+        done += len(batch)
 
 
 def credential_of(certificate: Certificate) -> dict:

@@ -312,6 +312,13 @@ def _bulk_issue(args: dict) -> dict:
     return {"issued": result.issued, "skipped": result.skipped, "failed": result.failed}
 
 
+@handler("certificates.render_pdfs")
+def _render_pdfs(args: dict) -> dict:
+    from services import certificate_service
+
+    return certificate_service.render_missing_pdfs(int(args["course_id"]))
+
+
 @handler("payments.reconcile")
 def _reconcile(args: dict) -> dict:
     from services import reconcile_service

@@ -612,3 +612,25 @@ def test_a_bad_key_setting_stops_the_start_with_one_clear_error(app):
     with pytest.raises(keys.KeyConfigError) as excinfo:
         create_app("testing", overrides={"CREDENTIAL_SIGNING_KEY": app.config["PDF_SIGNING_KEY"]})
     assert "Ed25519" in str(excinfo.value)
+
+
+def test_the_cli_backfills_lists_and_withdraws_keys(app, client, runner, student, course):
+    row = issue_for(app, client, student, course)
+    with app.app_context():
+        db.session.execute(update(Certificate).values(credential_json=None, status_list_id=None,
+                                                      status_list_index=None))
+        db.session.commit()
+        multibase = keys.credential_key().multibase
+    result = runner.invoke(args=["credentials", "backfill"])
+    assert result.exit_code == 0 and "Credentials signed: 1" in result.output, result.output
+    again = certificate_of(app, student.id, course.id)
+    assert again.credential_json and verify(app, credential_of(again)).result == "valid"
+
+    listed = runner.invoke(args=["credentials", "keys"])
+    assert f"credential {multibase}" in listed.output and "published" in listed.output
+    result = runner.invoke(args=["credentials", "withdraw-key", multibase])
+    assert result.exit_code == 0, result.output
+    assert verify(app, credential_of(again)).result == "unknown_issuer"
+    assert "withdrawn" in runner.invoke(args=["credentials", "keys"]).output
+    assert runner.invoke(args=["credentials", "withdraw-key", "zNope"]).exit_code != 0
+    assert row.id == again.id

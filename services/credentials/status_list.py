@@ -80,6 +80,28 @@ def _allocated(status_list: CredentialStatusList) -> int:
         Certificate.status_list_id == status_list.id)) or 0
 
 
+def draw(certificate: Certificate) -> None:
+    """Give a new (not yet inserted) certificate a random index in the open list; the
+    unique constraint refuses it at the insert if it is taken (`taken`, then draw again)."""
+    status_list = _open_list()
+    certificate.status_list_id = status_list.id
+    certificate.status_list_index = secrets.randbelow(status_list.size)
+
+
+def taken(list_id: int, index: int) -> bool:
+    return db.session.scalar(select(Certificate.id).where(
+        Certificate.status_list_id == list_id, Certificate.status_list_index == index)) is not None
+
+
+def collided(list_id: int) -> None:
+    """A drawn index was taken: close the list if it has had its share."""
+    status_list = db.session.get(CredentialStatusList, list_id)
+    if _allocated(status_list) >= status_list.size * FILL:
+        status_list.full = True
+        db.session.flush()
+        log.info("status list %s is full; opening the next", status_list.id)
+
+
 def assign(certificate: Certificate) -> None:
     """Give a flushed certificate a random free index (no-op when it has one)."""
     if certificate.status_list_id is not None:
