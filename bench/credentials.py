@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from app import create_app  # noqa: E402
 from models import BackgroundJob, Certificate, Course, Enrollment, User, db  # noqa: E402
 from services import certificate_service  # noqa: E402
-from services.credentials import data_integrity, keys, openbadge, pdf_signing  # noqa: E402
+from services.credentials import data_integrity, keys, pdf_signing  # noqa: E402
 from utils.helpers import utcnow  # noqa: E402
 
 STUDENTS = 1000

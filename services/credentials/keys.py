@@ -14,7 +14,6 @@ a key's id never changes and never clashes with another's.
 from __future__ import annotations
 
 import base64
-import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -287,7 +286,3 @@ def did_document() -> dict:
         "verificationMethod": methods,
         "assertionMethod": [method["id"] for method in methods],
     }
-
-
-def digest(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
