@@ -5,11 +5,16 @@ SQLite at instance/dev.db, in-memory rate limits, mail and OTP codes written to 
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import NameOID
 from dotenv import load_dotenv
 
 BASE_DIR = Path(__file__).resolve().parent
@@ -94,26 +99,30 @@ def _dev_secret(name: str) -> str:
 def _dev_signing_material(folder: Path) -> dict[str, str]:
     """Signing keys for a development or test server, generated into `folder` on first use
     (never used in production, which must be given its own): an Ed25519 key for the Open
-    Badges credentials and an ECDSA P-256 key with a self-signed certificate for the PDFs. Returns the
-    settings naming the files."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-    from cryptography.x509.oid import NameOID
-
+    Badges credentials and an ECDSA P-256 key with a self-signed certificate for the PDFs.
+    Returns the settings naming the files."""
     folder.mkdir(parents=True, exist_ok=True)
-    pem = serialization.Encoding.PEM
-    pkcs8, plain = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     paths = {"CREDENTIAL_SIGNING_KEY": folder / "credential-signing-key.pem",
              "PDF_SIGNING_KEY": folder / "pdf-signing-key.pem",
              "PDF_SIGNING_CERT": folder / "pdf-signing-cert.pem"}
 
     def write(path: Path, data: bytes) -> None:
-        scratch = path.with_suffix(".tmp")
+        scratch = path.with_suffix(f".{os.getpid()}.tmp")
         scratch.write_bytes(data)
         scratch.chmod(0o600)
-        scratch.replace(path)  # two processes starting at once each write a whole file
+        scratch.replace(path)
 
+    # Processes starting at once (test runs side by side) make one set of keys, not a key
+    # from one and a certificate from another.
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _generate_missing(paths, write)
+    return {name: str(path) for name, path in paths.items()}
+
+
+def _generate_missing(paths: dict[str, Path], write) -> None:
+    pem = serialization.Encoding.PEM
+    pkcs8, plain = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     if not paths["CREDENTIAL_SIGNING_KEY"].exists():
         key = ed25519.Ed25519PrivateKey.generate()
         write(paths["CREDENTIAL_SIGNING_KEY"], key.private_bytes(pem, pkcs8, plain))
@@ -135,7 +144,6 @@ def _dev_signing_material(folder: Path) -> dict[str, str]:
                 .sign(key, hashes.SHA256()))
         write(paths["PDF_SIGNING_KEY"], key.private_bytes(pem, pkcs8, plain))
         write(paths["PDF_SIGNING_CERT"], cert.public_bytes(pem))
-    return {name: str(path) for name, path in paths.items()}
 
 
 class Config:

@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import io
 import json
+import time
 from pathlib import Path
 
 import jsonschema
@@ -31,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from app import create_app
 from models import Certificate, CredentialStatusList, SigningKey, User, db
 from services import certificate_service
-from services.credentials import data_integrity, keys, verification
+from services.credentials import data_integrity, keys, pdf_signing, verification
 from tests.test_certificates import (  # noqa: F401 (fixtures)
     actor,
     admin,
@@ -626,3 +627,17 @@ def test_the_cli_backfills_lists_and_withdraws_keys(app, client, runner, student
     assert "withdrawn" in runner.invoke(args=["credentials", "keys"]).output
     assert runner.invoke(args=["credentials", "withdraw-key", "zNope"]).exit_code != 0
     assert row.id == again.id
+
+
+def test_signing_the_same_pdf_later_gives_the_same_bytes(app, client, student, course):
+    """Determinism does not depend on the clock: the document's dates are the signing time."""
+    row = issue_for(app, client, student, course)
+    with app.app_context():
+        certificate = db.session.get(Certificate, row.id)
+        rendered = certificate_service.render_pdf(certificate)
+        options = dict(attachment_name="n.credential.json", attachment=b"{}",
+                       signed_at=certificate.pdf_signed_at, signer_name="Academy",
+                       key=keys.pdf_key())
+        first = pdf_signing.sign(rendered, **options)
+        time.sleep(1.1)
+        assert pdf_signing.sign(rendered, **options) == first

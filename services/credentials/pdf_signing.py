@@ -3,13 +3,14 @@ signature (pyHanko) that a PDF reader shows as the academy's and that breaks if 
 changes. `check()` is the other side: is this PDF signed by a key of ours, untouched, and what
 credential does it carry?
 
-Signing is deterministic: the signing time is the one recorded on the certificate, the
-document ID is derived from the content and the signature has no randomness (ECDSA with RFC
-6979 nonces, or RSA PKCS #1 v1.5), so a lost file is rendered and signed again byte for byte
-(with the same key).
+Signing is deterministic: the signing time (and the document's modification date) is the one
+recorded on the certificate, the document ID is derived from the content, and the signature
+has no randomness (ECDSA with RFC 6979 nonces, or RSA PKCS #1 v1.5), so a lost file is
+rendered and signed again byte for byte (with the same key).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -22,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from pyhanko.pdf_utils import embed, generic
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
-from pyhanko.pdf_utils.misc import PdfError
+from pyhanko.pdf_utils.metadata.model import DocumentMetadata
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign import fields, signers
 from pyhanko.sign.general import SigningError
@@ -66,7 +67,25 @@ class _Signer(signers.SimpleSigner):
         return self._key.sign(data, ec.ECDSA(algorithm, deterministic_signing=True))
 
 
+class _PinnedMetadata(DocumentMetadata):
+    """Document metadata whose modification date stays the signing time: pyHanko sets it to
+    the clock just before writing (the info dictionary and the XMP packet)."""
+
+    def __setattr__(self, name, value):
+        if name == "last_modified" and self.__dict__.get("pinned") is not None:
+            value = self.__dict__["pinned"]
+        super().__setattr__(name, value)
+
+
 class _Writer(IncrementalPdfFileWriter):
+    def pin_modification_time(self, when: datetime) -> None:
+        current = self._meta
+        pinned = _PinnedMetadata(**{f.name: getattr(current, f.name)
+                                    for f in dataclasses.fields(current)})
+        pinned.__dict__["pinned"] = when
+        pinned.last_modified = when
+        self._meta = pinned
+
     @classmethod
     def _handle_id(cls, prev):
         # pyHanko gives the signed revision a random second ID; derive it from the content
@@ -110,6 +129,7 @@ def sign(pdf: bytes, *, attachment_name: str, attachment: bytes, signed_at: date
          signer_name: str, key: keys.PdfKey, reserve: bool = True) -> bytes:
     """`pdf` with `attachment` embedded and signed (PAdES baseline B) by `key`."""
     writer = _Writer(io.BytesIO(pdf))
+    writer.pin_modification_time(signed_at)
     data = embed.EmbeddedFileObject.from_file_data(
         writer, attachment, mime_type="application/json",
         params=embed.EmbeddedFileParams(creation_date=signed_at, modification_date=signed_at))
@@ -165,7 +185,7 @@ def check(pdf: bytes) -> PdfCheck:
     try:
         reader = PdfFileReader(io.BytesIO(pdf), strict=False)
         signatures = reader.embedded_regular_signatures
-    except (PdfError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+    except Exception as exc:  # any file a visitor uploads: unreadable is unsigned, not a 500
         log.info("unreadable PDF offered for verification: %s", exc)
         return PdfCheck(signed=False)
     if len(signatures) != 1:

@@ -179,8 +179,13 @@ def verify(credential: Any, now: datetime | None = None) -> Verdict:
     return verdict
 
 
+JSON_LIMIT = 256 * 1024  # a credential is a few KB; canonicalizing megabytes is a DoS
+
+
 def verify_text(text: str | bytes) -> Verdict:
     """Check a credential given as JSON text."""
+    if len(text) > JSON_LIMIT:
+        return Verdict(MALFORMED, {"format": "larger than any credential"})
     try:
         parsed = json.loads(text)
     except (ValueError, UnicodeDecodeError, RecursionError):
