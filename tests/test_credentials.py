@@ -35,7 +35,9 @@ from services import certificate_service
 from services.credentials import data_integrity, keys, pdf_signing, verification
 from tests.test_certificates import (  # noqa: F401 (fixtures)
     actor,
+    actor_in,
     admin,
+    build_course,
     certificate_of,
     complete_course,
     course,
@@ -369,24 +371,31 @@ def test_a_refund_revocation_sets_the_bit_too(app, client, student, course):
     assert verify(app, credential_of(row)).result == "revoked"
 
 
-def test_a_revocation_is_served_by_every_host(app, client, admin, student, course):
-    """Two app instances on one database (and one Redis when configured): the list one host
-    cached is replaced on the other as soon as the revocation commits."""
-    row = issue_for(app, client, student, course)
-    other_host = create_app("testing", overrides={
-        "SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"],
-        "UPLOAD_FOLDER": app.config["UPLOAD_FOLDER"]})
-    if app.config["SQLALCHEMY_DATABASE_URI"] == "sqlite://":
-        pytest.skip("an in-memory SQLite database is not shared by a second app")
-    second = other_host.test_client()
+def test_a_revocation_is_served_by_every_host(postgres_app):
+    """Two app instances on one PostgreSQL database (and one Redis when configured): the list
+    one host has cached is replaced on the other as soon as the revocation commits there."""
+    host_a = postgres_app
+    client = host_a.test_client()
+    owner = actor_in(host_a, "instructor", 1)
+    admin_ = actor_in(host_a, "admin", 2)
+    learner = actor_in(host_a, "student", 3)
+    built = build_course(client, owner, "Two Hosts Course", lessons=1)
+    row = issue_for(host_a, client, learner, built)
+    host_b = create_app("testing", overrides={
+        "SQLALCHEMY_DATABASE_URI": host_a.config["SQLALCHEMY_DATABASE_URI"],
+        "UPLOAD_FOLDER": host_a.config["UPLOAD_FOLDER"]})
+    second = host_b.test_client()
     credential = credential_of(row)
-    assert bit(status_list_of(second, credential), row.status_list_index) is False  # cached now
-    revoke(client, admin, row.id)
-    assert bit(status_list_of(second, credential), row.status_list_index) is True
-    with other_host.app_context():
-        assert verification.verify(credential).result == "revoked"
-        db.session.remove()
-        db.engine.dispose()
+    try:
+        assert bit(status_list_of(second, credential), row.status_list_index) is False  # cached
+        revoke(client, admin_, row.id)
+        assert bit(status_list_of(second, credential), row.status_list_index) is True
+        with host_b.app_context():
+            assert verification.verify(credential).result == "revoked"
+    finally:
+        with host_b.app_context():
+            db.session.remove()
+            db.engine.dispose()
 
 
 def test_status_list_is_at_least_the_minimum_size_and_public(app, client, student, course):
