@@ -20,7 +20,9 @@ $(STAMP): requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.txt
 	@touch $(STAMP)
 
-install: $(STAMP)
+# The JavaScript verifier comes with the Python packages, so .ci/run's one `make install`
+# before its passes run side by side installs it once (never three npm ci at once).
+install: $(STAMP) js-deps
 
 # The JavaScript verifier the credential tests run (tests/js/credentials, exact versions from
 # its package-lock.json); skipped where npm is not installed.
@@ -46,7 +48,7 @@ run: seed
 	@echo ""
 	$(BIN)/flask run --host 127.0.0.1 --port 5000
 
-test: install js-deps
+test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The benchmark: a large dataset on a scratch PostgreSQL database, gunicorn as in production,
