@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 export FLASK_APP = app.py
 
-.PHONY: run test bench install migrate seed clean help nginx certs
+.PHONY: run test bench install js-deps migrate seed clean help nginx certs
 
 help:
 	@echo "make run    serve the API on http://127.0.0.1:5000/api/v1 (SQLite, no setup needed)"
@@ -22,7 +22,19 @@ $(STAMP): requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.txt
 	@touch $(STAMP)
 
-install: $(STAMP)
+# The JavaScript verifier comes with the Python packages, so .ci/run's one `make install`
+# before its passes run side by side installs it once (never three npm ci at once).
+install: $(STAMP) js-deps
+
+# The JavaScript verifier the credential tests run (tests/js/credentials, exact versions from
+# its package-lock.json); skipped where npm is not installed.
+JS_VERIFIER = tests/js/credentials
+$(JS_VERIFIER)/node_modules/.package-lock.json: $(JS_VERIFIER)/package-lock.json
+	npm ci --prefix $(JS_VERIFIER) --no-audit --no-fund
+
+js-deps:
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory $(JS_VERIFIER)/node_modules/.package-lock.json; \
+	else echo "npm not found: the JavaScript credential verifier is not installed"; fi
 
 migrate: install
 	$(BIN)/flask db upgrade
@@ -63,4 +75,4 @@ certs:
 	@test -f deploy/certs/fullchain.pem || deploy/nginx/self-signed-cert.sh deploy/certs localhost
 
 clean:
-	rm -rf $(VENV) instance/dev.db .pytest_cache
+	rm -rf $(VENV) instance/dev.db .pytest_cache $(JS_VERIFIER)/node_modules

@@ -22,6 +22,8 @@ from routes import (  # isort: skip
     course_routes,
     certificate_routes,
     contact_routes,
+    credential_routes,
+    did_routes,
     docs,
     enrollments_routes,
     lessons_resources_routes,
@@ -43,6 +45,7 @@ from routes import (  # isort: skip
 )
 from routes.cli import register_commands
 from services import certificate_service, job_kinds, jobs
+from services.credentials import keys as credential_keys
 from services.email_service import register_outbox
 from utils import error_reporting, metrics
 from utils.extensions import cors, limiter, mail, migrate
@@ -116,6 +119,9 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
     jobs.register()
     job_kinds.register()
     certificate_service.register()
+    with app.app_context():
+        # A signing key setting that cannot be used stops the start here, saying which.
+        credential_keys.check_configured()
 
 
     api = app.config["API_PREFIX"]
@@ -133,6 +139,7 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
         (prerequisites, "/prerequisites"),
         (enrollments_routes, "/enrollments"),
         (certificate_routes, "/certificates"),
+        (credential_routes, "/credentials"),
         (payment_routes, "/payments"),
         (live_session_routes, "/live-sessions"),
         (notification_routes, "/notifications"),
@@ -145,6 +152,7 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
         app.register_blueprint(module.bp, url_prefix=api + prefix)
     app.register_blueprint(media.bp, url_prefix="/static/uploads")
     app.register_blueprint(verify_page.bp, url_prefix="/verify")
+    app.register_blueprint(did_routes.bp)
 
     spec.register(app)
     _per_view_security(app)

@@ -5,10 +5,16 @@ SQLite at instance/dev.db, in-memory rate limits, mail and OTP codes written to 
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import NameOID
 from dotenv import load_dotenv
 
 BASE_DIR = Path(__file__).resolve().parent
@@ -88,6 +94,56 @@ def _dev_secret(name: str) -> str:
         path.write_text(secrets.token_hex(32))
         path.chmod(0o600)
     return path.read_text().strip()
+
+
+def _dev_signing_material(folder: Path) -> dict[str, str]:
+    """Signing keys for a development or test server, generated into `folder` on first use
+    (never used in production, which must be given its own): an Ed25519 key for the Open
+    Badges credentials and an ECDSA P-256 key with a self-signed certificate for the PDFs.
+    Returns the settings naming the files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"CREDENTIAL_SIGNING_KEY": folder / "credential-signing-key.pem",
+             "PDF_SIGNING_KEY": folder / "pdf-signing-key.pem",
+             "PDF_SIGNING_CERT": folder / "pdf-signing-cert.pem"}
+
+    def write(path: Path, data: bytes) -> None:
+        scratch = path.with_suffix(f".{os.getpid()}.tmp")
+        scratch.write_bytes(data)
+        scratch.chmod(0o600)
+        scratch.replace(path)
+
+    # Processes starting at once (test runs side by side) make one set of keys, not a key
+    # from one and a certificate from another.
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _generate_missing(paths, write)
+    return {name: str(path) for name, path in paths.items()}
+
+
+def _generate_missing(paths: dict[str, Path], write) -> None:
+    pem = serialization.Encoding.PEM
+    pkcs8, plain = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    if not paths["CREDENTIAL_SIGNING_KEY"].exists():
+        key = ed25519.Ed25519PrivateKey.generate()
+        write(paths["CREDENTIAL_SIGNING_KEY"], key.private_bytes(pem, pkcs8, plain))
+    if not (paths["PDF_SIGNING_KEY"].exists() and paths["PDF_SIGNING_CERT"].exists()):
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{env('APP_NAME', 'AI First Academy')} (development)"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, env("APP_NAME", "AI First Academy"))])
+        now = datetime.now(timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - timedelta(days=1))
+                .not_valid_after(now + timedelta(days=3650))
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.KeyUsage(
+                    digital_signature=True, content_commitment=True, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                    crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+                .sign(key, hashes.SHA256()))
+        write(paths["PDF_SIGNING_KEY"], key.private_bytes(pem, pkcs8, plain))
+        write(paths["PDF_SIGNING_CERT"], cert.public_bytes(pem))
 
 
 class Config:
@@ -221,6 +277,23 @@ class Config:
     RATE_LIMIT_VERIFY = env("RATE_LIMIT_VERIFY", "30 per minute")
     CERTIFICATE_BULK_BATCH = env_int("CERTIFICATE_BULK_BATCH", 200)
 
+    # Verifiable credentials (Open Badges 3.0, services/credentials/). Each key setting is a
+    # PEM, given inline or as the path of a file; production requires them, development and
+    # tests generate their own into instance/.
+    # The Ed25519 key that signs the credentials and status lists (the did:web issuer's key).
+    CREDENTIAL_SIGNING_KEY = env("CREDENTIAL_SIGNING_KEY")
+    # The key and certificate (chain) that sign the certificate PDFs (PAdES).
+    PDF_SIGNING_KEY = env("PDF_SIGNING_KEY")
+    PDF_SIGNING_CERT = env("PDF_SIGNING_CERT")
+    # Entries per Bitstring Status List; the spec's minimum (131,072) is the herd the
+    # revocation check of one credential hides in.
+    CREDENTIAL_STATUS_LIST_SIZE = env_int("CREDENTIAL_STATUS_LIST_SIZE", 131072)
+    # The issuer Profile's image in every credential (default: a small generated SVG).
+    CREDENTIAL_ISSUER_IMAGE_URL = env("CREDENTIAL_ISSUER_IMAGE_URL")
+    # Seconds browsers and proxies may keep the public status list (revocations show after
+    # at most this long to a verifier that caches it).
+    CREDENTIAL_STATUS_CACHE_SECONDS = env_int("CREDENTIAL_STATUS_CACHE_SECONDS", 60)
+
     # Redis's mirror of blocked addresses and revoked tokens is re-checked against the database
     # this often (utils/pipeline/shared_state.py).
     SHARED_SYNC_SECONDS = env_int("SHARED_SYNC_SECONDS", 60)
@@ -282,6 +355,7 @@ class DevelopmentConfig(Config):
             cls.SECRET_KEY = _dev_secret("SESSION_SECRET")
         if not cls.JWT_SECRET_KEY:
             cls.JWT_SECRET_KEY = _dev_secret("JWT_SECRET_KEY")
+        _default_signing_material(cls, INSTANCE_DIR / "signing")
 
 
 class TestingConfig(Config):
@@ -305,6 +379,10 @@ class TestingConfig(Config):
     LOG_FORMAT = "text"
     LOG_LEVEL = "WARNING"
 
+    @classmethod
+    def check(cls) -> None:
+        _default_signing_material(cls, INSTANCE_DIR / "test-signing")
+
 
 class ProductionConfig(Config):
     DEBUG = False
@@ -326,6 +404,9 @@ class ProductionConfig(Config):
                 ("JWT_SECRET_KEY", cls.JWT_SECRET_KEY),
                 ("DATABASE_URL", cls.SQLALCHEMY_DATABASE_URI),
                 ("PUBLIC_BASE_URL", cls.PUBLIC_BASE_URL),
+                ("CREDENTIAL_SIGNING_KEY", cls.CREDENTIAL_SIGNING_KEY),
+                ("PDF_SIGNING_KEY", cls.PDF_SIGNING_KEY),
+                ("PDF_SIGNING_CERT", cls.PDF_SIGNING_CERT),
             )
             if not value
         ]
@@ -335,6 +416,19 @@ class ProductionConfig(Config):
                 + ", ".join(missing)
                 + " in the environment."
             )
+
+
+def _default_signing_material(cls, folder: Path) -> None:
+    """Fill the signing settings left unset with keys generated into `folder`."""
+    names = ("CREDENTIAL_SIGNING_KEY", "PDF_SIGNING_KEY", "PDF_SIGNING_CERT")
+    if all(getattr(cls, name) for name in names):
+        return
+    generated = _dev_signing_material(folder)
+    if not (cls.PDF_SIGNING_KEY or cls.PDF_SIGNING_CERT):
+        cls.PDF_SIGNING_KEY, cls.PDF_SIGNING_CERT = (generated["PDF_SIGNING_KEY"],
+                                                     generated["PDF_SIGNING_CERT"])
+    if not cls.CREDENTIAL_SIGNING_KEY:
+        cls.CREDENTIAL_SIGNING_KEY = generated["CREDENTIAL_SIGNING_KEY"]
 
 
 CONFIGS = {

@@ -772,12 +772,57 @@ class WebhookEvent(db.Model):
 # ---------------------------------------------------------------------------------------------
 
 CERTIFICATE_STATUSES = ("valid", "revoked")
+SIGNING_KEY_PURPOSES = ("credential", "pdf")
+STATUS_PURPOSES = ("revocation",)
+
+
+class SigningKey(db.Model):
+    """Every key the academy has signed with (services/credentials/keys.py). A key is recorded
+    the first time it signs, and stays published (the DID document, the PDF check) after the
+    signing key is rotated, so what it signed keeps verifying; `withdrawn_at` takes a
+    compromised key out of both."""
+
+    __tablename__ = "signing_keys"
+    __table_args__ = (
+        UniqueConstraint("purpose", "fingerprint"),
+        one_of("purpose", SIGNING_KEY_PURPOSES),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(20))
+    # credential: the Multikey publicKeyMultibase; pdf: the certificate's SHA-256 (hex)
+    fingerprint: Mapped[str] = mapped_column(String(100))
+    # credential: the same multibase key; pdf: the X.509 certificate (PEM)
+    public_key: Mapped[str] = mapped_column(Text)
+    first_used_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    withdrawn_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class CredentialStatusList(db.Model):
+    """A Bitstring Status List (W3C v1.0). Which bits are set is not stored here: a bit is set
+    when the certificate holding that index is revoked. `revision` moves with every status
+    change, so a cached, signed copy of the list is known to be current or not."""
+
+    __tablename__ = "credential_status_lists"
+    __table_args__ = (
+        one_of("purpose", STATUS_PURPOSES),
+        CheckConstraint("size > 0", name="size_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(20), default="revocation")
+    size: Mapped[int] = mapped_column(Integer)
+    full: Mapped[bool] = mapped_column(Boolean, default=False)
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Certificate(db.Model):
     __tablename__ = "certificates"
     __table_args__ = (
         UniqueConstraint("user_id", "course_id"),
+        # No two credentials share a status bit (services/credentials/status_list.py).
+        UniqueConstraint("status_list_id", "status_list_index"),
         one_of("status", CERTIFICATE_STATUSES),
     )
 
@@ -797,6 +842,14 @@ class Certificate(db.Model):
     issued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_reason: Mapped[str | None] = mapped_column(String(500))
+    # The signed Open Badges 3.0 credential, as issued (None: issued before credentials were;
+    # made on first request). Its revocation bit: the index in a status list.
+    credential_json: Mapped[str | None] = mapped_column(Text)
+    status_list_id: Mapped[int | None] = mapped_column(
+        fk("credential_status_lists.id", "RESTRICT"))
+    status_list_index: Mapped[int | None] = mapped_column(Integer)
+    # When the stored PDF was signed (None: an unsigned PDF from before, checked by its hash).
+    pdf_signed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -813,6 +866,9 @@ class Certificate(db.Model):
             "issued_at": iso(self.issued_at),
             "revoked_at": iso(self.revoked_at),
             "download_url": f"/api/v1/certificates/{self.id}/download",
+            "credential_download_url": f"/api/v1/certificates/{self.id}/credential",
+            "credential_url": f"/api/v1/credentials/{self.certificate_number}",
+            "pdf_signed": self.pdf_signed_at is not None,
         }
 
 

@@ -40,6 +40,8 @@ from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from werkzeug.security import generate_password_hash  # noqa: E402
 
+from config import _dev_signing_material  # noqa: E402
+
 SERVER = os.environ.get("BENCH_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
@@ -216,6 +218,9 @@ def stop(process: subprocess.Popen) -> None:
 
 
 UPLOADS = tempfile.mkdtemp(prefix="lms-bench-uploads-")
+# Production refuses to start without signing keys: the benchmark's own, made like a
+# development server's.
+SIGNING = _dev_signing_material(ROOT / "instance" / "bench-signing")
 
 
 def api_env(url: str, cache_seconds: int, limits: bool = True) -> dict:
@@ -229,7 +234,7 @@ def api_env(url: str, cache_seconds: int, limits: bool = True) -> dict:
             "FORCE_HTTPS": "False", "LOG_LEVEL": "WARNING", "OTP_REQUIRED": "False",
             "CATALOG_CACHE_SECONDS": str(cache_seconds), "UPLOAD_FOLDER": UPLOADS,
             "RATELIMIT_ENABLED": str(limits), "RATELIMIT_DEFAULT": HIGH,
-            "IP_BLOCK_MAX_ACCOUNTS": "1000000000",
+            "IP_BLOCK_MAX_ACCOUNTS": "1000000000", **SIGNING,
             **{name: HIGH for name in ("RATE_LIMIT_LOGIN", "RATE_LIMIT_PUBLIC", "RATE_LIMIT_SEARCH",
                                        "RATE_LIMIT_REGISTER", "RATE_LIMIT_REFRESH")}}
 

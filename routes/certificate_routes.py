@@ -70,9 +70,26 @@ def list_certificates():
 @validate(resp=Response(HTTP_200=Envelope, **errors(401, 404)), **AUTH)
 def get_certificate(certificate_id: int):
     certificate = readable_certificate(certificate_id)
+    credential = certificate_service.credential_of(certificate)
+    db.session.commit()
     data = certificate.to_dict()
     data["verify_url"] = certificate_service.verify_url(certificate.certificate_number)
+    data["credential"] = credential
     return {"certificate": data}
+
+
+@bp.get("/<int:certificate_id>/credential")
+@login_required
+@document(resp=Response("HTTP_200", **errors(401, 404)), **AUTH)
+def download_credential(certificate_id: int):
+    """The certificate's Open Badges 3.0 credential (signed JSON), to keep or import into a
+    wallet (the holder or an admin)."""
+    certificate = readable_certificate(certificate_id)
+    certificate_service.credential_of(certificate)
+    db.session.commit()
+    return certificate.credential_json, 200, {
+        "Content-Type": "application/ld+json",
+        "Content-Disposition": f'attachment; filename="{certificate.certificate_number}.json"'}
 
 
 @bp.get("/<int:certificate_id>/download")

@@ -11,8 +11,9 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 from sqlalchemy import select
 
-from models import User, db
-from services import jobs, reconcile_service
+from models import SigningKey, User, db
+from services import certificate_service, jobs, reconcile_service
+from services.credentials import keys
 from services.demo_catalog import DEMO_STUDENT, catalog_is_empty, seed_demo
 from utils.validators import normalise_email, password_problems
 
@@ -70,6 +71,33 @@ def register_commands(app: Flask) -> None:
         """Ask the gateways about payments still pending and settle or expire them."""
         counts = reconcile_service.reconcile_pending(older_than)
         click.echo(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "nothing pending")
+
+    credentials_cli = AppGroup("credentials", help="Verifiable credentials and their keys.")
+    app.cli.add_command(credentials_cli)
+
+    @credentials_cli.command("keys")
+    def list_keys():
+        """Every key the academy has signed with, and whether it is still published."""
+        for key in db.session.scalars(select(SigningKey).order_by(SigningKey.id)):
+            state = f"withdrawn {key.withdrawn_at:%Y-%m-%d}" if key.withdrawn_at else "published"
+            click.echo(f"{key.purpose:10} {key.fingerprint}  first used "
+                       f"{key.first_used_at:%Y-%m-%d}  {state}")
+
+    @credentials_cli.command("withdraw-key")
+    @click.argument("fingerprint")
+    def withdraw_key(fingerprint):
+        """Withdraw a compromised key: it leaves the DID document and the PDF check, and what
+        it signed no longer verifies. (Rotate to a new key first.)"""
+        if keys.withdraw(fingerprint) is None:
+            raise click.ClickException("No recorded key has this fingerprint.")
+        db.session.commit()
+        click.echo(f"Withdrawn: {fingerprint}")
+
+    @credentials_cli.command("backfill")
+    def backfill():
+        """Sign a credential for every certificate issued before credentials were (their
+        PDFs stay as issued, checked by their hash)."""
+        click.echo(f"Credentials signed: {certificate_service.backfill_credentials()}")
 
     @app.cli.command("worker")
     @click.option("--burst", is_flag=True, help="Stop once the queue is empty.")

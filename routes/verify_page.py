@@ -1,20 +1,25 @@
-"""The page a verification link or QR code opens: /verify/<number> (outside /api/v1).
+"""The page a verification link or QR code opens: /verify/<number> (outside /api/v1), and
+/verify/ where anyone can paste or upload a credential or a certificate PDF.
 
 Plain, accessible HTML showing the same public facts as the API, every value escaped by Jinja's
-autoescaping, and a form that checks an uploaded PDF against the hash of the issued file."""
+autoescaping. An uploaded PDF is checked by its signature (the academy's, intact, carrying the
+credential of this number), or, for a certificate issued before PDFs were signed, against the
+hash of the issued file."""
 from __future__ import annotations
 
 from flask import Blueprint, current_app, render_template_string, request
-
 from spectree import Response
 
+from models import db
 from services import certificate_service
+from services.credentials import verification
 from utils.pipeline.rate_limits import config_limit
 from utils.validation import document
 
 bp = Blueprint("verify_page", __name__)
+UPLOAD_LIMIT = 5 * 1024 * 1024
 
-PAGE = """<!doctype html>
+HEAD = """<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -30,11 +35,14 @@ padding:0 1rem;color:#1b2a4a;line-height:1.5}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.25rem 1rem}dt{font-weight:600}
 dd{margin:0;overflow-wrap:anywhere}code{font-size:.85em;overflow-wrap:anywhere}
 form{margin-top:2rem;padding:1rem;border:1px solid #ccd;border-radius:.5rem}
+textarea{width:100%;min-height:8rem;font-family:monospace}
 </style>
 </head>
 <body>
 <main>
-<h1>Certificate verification</h1>
+"""
+
+PAGE = HEAD + """<h1>Certificate verification</h1>
 {% if certificate %}
   <p role="status"><span class="badge {{ 'valid' if facts.valid else 'revoked' }}">
   {{ 'Valid certificate' if facts.valid else 'Revoked certificate' }}</span></p>
@@ -46,14 +54,20 @@ form{margin-top:2rem;padding:1rem;border:1px solid #ccd;border-radius:.5rem}
     <dt>Course</dt><dd>{{ facts.course_title }}</dd>
     {% if facts.instructor_name %}<dt>Instructor</dt><dd>{{ facts.instructor_name }}</dd>{% endif %}
     <dt>Completed on</dt><dd>{{ facts.completion_date }}</dd>
-    <dt>Issued by</dt><dd>{{ app_name }}</dd>
+    <dt>Issued by</dt><dd>{{ app_name }} (<code>{{ facts.issuer_did }}</code>)</dd>
+    <dt>Verifiable credential</dt><dd><a href="{{ facts.credential_url }}">Open Badges 3.0
+    credential (JSON)</a>, checkable by any verifier without this site</dd>
     {% if facts.sha256 %}<dt>PDF SHA-256</dt><dd><code>{{ facts.sha256 }}</code></dd>{% endif %}
   </dl>
   {% if check is not none %}
-  <p role="alert"><span class="badge {{ 'valid' if check else 'revoked' }}">
-  {{ 'The uploaded file is the issued certificate.' if check
+  <p role="alert"><span class="badge {{ 'valid' if check.matches else 'revoked' }}">
+  {{ 'The uploaded file is the issued certificate.' if check.matches
      else 'The uploaded file is NOT the issued certificate: it differs from the original.' }}
   </span></p>
+  {% if check.how == 'signature' %}<p>{% if check.matches %}It carries the signature of
+  {{ app_name }}, intact, and the credential of this certificate.{% else %}{{ check.verdict.message }}
+  {% endif %}</p>{% else %}<p>The file was compared with the PDF issued for this
+  certificate (an unsigned PDF from before certificates were signed).</p>{% endif %}
   {% endif %}
   <form method="post" enctype="multipart/form-data">
     <label for="file">Check a certificate PDF against the issued file</label><br>
@@ -70,14 +84,53 @@ form{margin-top:2rem;padding:1rem;border:1px solid #ccd;border-radius:.5rem}
 </html>
 """
 
+CHECK_PAGE = HEAD + """<h1>Check a credential or certificate</h1>
+<p>Paste an Open Badges credential (JSON), or upload it or a certificate PDF issued by
+{{ app_name }}. Its signature, issuer, dates and revocation status are checked.</p>
+{% if verdict %}
+  <p role="alert"><span class="badge {{ 'valid' if verdict.valid else 'revoked' }}">
+  {{ labels[verdict.result] }}</span></p>
+  <p>{{ verdict.message }}</p>
+  {% if verdict.credential %}<dl>
+    {% if verdict.credential.name %}<dt>Credential</dt><dd>{{ verdict.credential.name }}</dd>{% endif %}
+    {% if verdict.credential.description %}<dt>Says</dt><dd>{{ verdict.credential.description }}</dd>{% endif %}
+    {% if verdict.credential.issuer %}<dt>Issuer</dt><dd>{{ verdict.credential.issuer }}</dd>{% endif %}
+    {% if verdict.credential.certificate_number %}<dt>Certificate number</dt>
+    <dd>{{ verdict.credential.certificate_number }}</dd>{% endif %}
+    {% if verdict.credential.valid_from %}<dt>Valid from</dt><dd>{{ verdict.credential.valid_from }}</dd>{% endif %}
+  </dl>{% endif %}
+{% endif %}
+<form method="post" enctype="multipart/form-data">
+  <label for="credential">Credential JSON</label><br>
+  <textarea id="credential" name="credential"></textarea><br>
+  <label for="file">or a file (JSON or PDF)</label><br>
+  <input id="file" name="file" type="file" accept="application/pdf,application/json,.json">
+  <button type="submit">Check</button>
+</form>
+</main>
+</body>
+</html>
+"""
 
-def _render(number: str, check: bool | None = None):
+LABELS = {
+    verification.VALID: "Valid", verification.REVOKED: "Revoked",
+    verification.TAMPERED: "Tampered", verification.UNKNOWN_ISSUER: "Unknown issuer",
+    verification.EXPIRED: "Expired", verification.NOT_YET_VALID: "Not yet valid",
+    verification.MALFORMED: "Not a credential", verification.UNSIGNED: "Unsigned",
+    verification.STATUS_UNAVAILABLE: "Status unknown",
+}
+
+
+def _html(body: str, status: int):
+    return body, status, {"Content-Type": "text/html; charset=utf-8"}
+
+
+def _render(number: str, check: certificate_service.FileCheck | None = None):
     certificate = certificate_service.by_number(number)
     facts = certificate_service.public_facts(certificate) if certificate else None
     html = render_template_string(PAGE, certificate=certificate, facts=facts, number=number[:80],
                                   check=check, app_name=current_app.config["APP_NAME"])
-    status = 200 if certificate else 404
-    return html, status, {"Content-Type": "text/html; charset=utf-8"}
+    return _html(html, 200 if certificate else 404)
 
 
 @bp.get("/<string:number>")
@@ -92,9 +145,38 @@ def verify_page(number: str):
 @config_limit("RATE_LIMIT_VERIFY")
 @document(resp=Response("HTTP_200", "HTTP_404"), tags=["certificates", "public"])
 def verify_upload(number: str):
-    """Compare an uploaded file's SHA-256 with the issued PDF's."""
+    """Check an uploaded PDF: the academy's signature and the credential of this number, or
+    (a PDF from before signing) its SHA-256 against the issued file's."""
     certificate = certificate_service.by_number(number)
     upload = request.files.get("file")
     if certificate is None or upload is None:
         return _render(number, None)
-    return _render(number, certificate_service.file_matches(certificate, upload.stream))
+    data = upload.stream.read(UPLOAD_LIMIT + 1)
+    check = certificate_service.check_file(certificate, data[:UPLOAD_LIMIT])
+    db.session.commit()
+    return _render(number, check)
+
+
+@bp.get("/")
+@config_limit("RATE_LIMIT_VERIFY")
+@document(resp=Response("HTTP_200"), tags=["certificates", "public"])
+def check_page():
+    """A page where anyone can paste or upload a credential or certificate PDF to check."""
+    return _html(render_template_string(CHECK_PAGE, verdict=None, labels=LABELS,
+                                        app_name=current_app.config["APP_NAME"]), 200)
+
+
+@bp.post("/")
+@config_limit("RATE_LIMIT_VERIFY")
+@document(resp=Response("HTTP_200"), tags=["certificates", "public"])
+def check_submitted():
+    """The verdict on a pasted credential or an uploaded file, in a plain sentence."""
+    upload = request.files.get("file")
+    data = upload.stream.read(UPLOAD_LIMIT + 1) if upload is not None else b""
+    if not data.strip():
+        data = (request.form.get("credential") or "").encode("utf-8")
+    verdict = (verification.verify_upload(data[:UPLOAD_LIMIT]) if data.strip()
+               else verification.Verdict(verification.MALFORMED))
+    db.session.commit()
+    return _html(render_template_string(CHECK_PAGE, verdict=verdict, labels=LABELS,
+                                        app_name=current_app.config["APP_NAME"]), 200)

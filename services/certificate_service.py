@@ -1,9 +1,11 @@
 """Certificates: issuance on completion, the PDF, verification, bulk issuance, revocation.
 
 One certificate per (user, course), also when requests race (a unique constraint and a
-savepoint). The PDF is drawn with ReportLab in invariant mode, so rendering the same
-certificate again gives the same bytes: the SHA-256 on the row stays true when a missing file
-is regenerated. Every text is drawn as a plain string, never parsed as markup.
+savepoint). Each is issued with its Open Badges 3.0 credential (services/credentials/), and
+its PDF carries that credential and the academy's signature. The PDF is drawn with ReportLab in
+invariant mode and signed deterministically, so rendering the same certificate again gives the
+same bytes: the SHA-256 on the row stays true when a missing file is regenerated. Every text is
+drawn as a plain string, never parsed as markup.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from models import Certificate, Course, Enrollment, User, db
 from services import file_service, jobs
+from services.credentials import keys, openbadge, pdf_signing, status_list, verification
 from utils.errors import Conflict, Forbidden, NotFound
 from utils.helpers import utcnow
 
@@ -51,14 +54,15 @@ def existing(user_id: int, course_id: int) -> Certificate | None:
         Certificate.user_id == user_id, Certificate.course_id == course_id))
 
 
-def issue_for_enrollment(enrollment: Enrollment) -> Certificate:
+def issue_for_enrollment(enrollment: Enrollment, *, render: bool = True) -> Certificate:
     """The certificate of a completed enrollment: the existing one, or a new one."""
-    return issue(enrollment)[0]
+    return issue(enrollment, render=render)[0]
 
 
-def issue(enrollment: Enrollment) -> tuple[Certificate, bool]:
+def issue(enrollment: Enrollment, *, render: bool = True) -> tuple[Certificate, bool]:
     """(certificate, created): created is False when it existed, also when a parallel
-    request issued it a moment earlier."""
+    request issued it a moment earlier. Without `render`, the signed PDF is left to
+    `render_missing_pdfs` (or the first download): bulk issuance."""
     if enrollment.completed_at is None:
         raise Forbidden("The course is not completed yet: a certificate is issued on completion",
                         code="course_not_completed")
@@ -73,17 +77,33 @@ def issue(enrollment: Enrollment) -> tuple[Certificate, bool]:
         enrollment_id=enrollment.id, holder_name=holder_name(user)[:255],
         course_title=course.title, instructor_name=holder_name(instructor)[:255] if instructor else None,
         completion_date=enrollment.completed_at.date(), status="valid", issued_at=utcnow())
+    for _ in range(status_list.DRAWS):
+        status_list.draw(certificate)  # its revocation bit, written with the row
+        try:
+            with db.session.begin_nested():
+                db.session.add(certificate)
+            break
+        except IntegrityError:
+            # A parallel request issued it first: one certificate, theirs.
+            found = existing(enrollment.user_id, enrollment.course_id)
+            if found is not None:
+                return found, False
+            if not status_list.taken(certificate.status_list_id, certificate.status_list_index):
+                raise
+            status_list.collided(certificate.status_list_id)  # draw again
+    else:
+        raise RuntimeError("no free status list index found")
     try:
-        with db.session.begin_nested():
-            db.session.add(certificate)
-    except IntegrityError:
-        # A parallel request issued it first: one certificate, theirs.
-        found = existing(enrollment.user_id, enrollment.course_id)
-        if found is None:
-            raise
-        return found, False
+        openbadge.issue(certificate)
+    except Exception:  # the row stands; the credential is signed on first request
+        log.exception("certificate %s issued without its credential",
+                      certificate.certificate_number)
+    if certificate.credential_json is not None:
+        certificate.pdf_signed_at = certificate.issued_at  # its PDF is signed, now or later
+    if not render:
+        return certificate, True
     try:
-        store_pdf(certificate)
+        store_pdf(certificate, signed=certificate.pdf_signed_at is not None)
     except Exception:  # the row stands; the file is rendered again on first download
         log.exception("certificate %s issued without its PDF", certificate.certificate_number)
     return certificate, True
@@ -114,7 +134,12 @@ def start_bulk_issue(course_id: int, user_id: int):
 
 def bulk_issue(course_id: int) -> BulkResult:
     """Issue for every completed enrollment of the course that has none, in batches that
-    commit on their own: one failure costs its certificate, not the whole run."""
+    commit on their own: one failure costs its certificate, not the whole run.
+
+    Each certificate gets its row and signed credential here; the PDFs (rendered and signed,
+    ~12 ms each, most of it pyHanko building the signature) follow in a job of their own,
+    "certificates.render_pdfs", so the run stays within its time (README, Certificates). A
+    download before that job reaches a certificate renders its PDF then, the same bytes."""
     if db.session.get(Course, course_id) is None:
         raise NotFound("Course not found")
     batch_size = current_app.config["CERTIFICATE_BULK_BATCH"]
@@ -126,20 +151,60 @@ def bulk_issue(course_id: int) -> BulkResult:
         select(Enrollment.id, Enrollment.user_id).where(Enrollment.id.in_(completed))
         .order_by(Enrollment.id)) if uid not in have]
     issued = failed = 0
-    for start in range(0, len(pending), batch_size):
-        for enrollment in db.session.scalars(select(Enrollment).where(
-                Enrollment.id.in_(pending[start:start + batch_size])).order_by(Enrollment.id)):
+    try:
+        for start in range(0, len(pending), batch_size):
+            for enrollment in db.session.scalars(select(Enrollment).where(
+                    Enrollment.id.in_(pending[start:start + batch_size]))
+                    .order_by(Enrollment.id)):
+                try:
+                    with db.session.begin_nested():
+                        issue_for_enrollment(enrollment, render=False)
+                    issued += 1
+                except Exception:
+                    failed += 1
+                    log.exception("bulk issue failed for enrollment %s", enrollment.id)
+            db.session.commit()
+    finally:
+        # The PDFs of what was committed, also when a later batch failed.
+        _render_later(course_id)
+    return BulkResult(issued=issued, skipped=len(have), failed=failed)
+
+
+def _render_later(course_id: int) -> None:
+    """Start "certificates.render_pdfs" for the course if a certificate lacks its PDF."""
+    db.session.rollback()  # after a failed batch, the transaction is unusable until then
+    if db.session.scalar(select(Certificate.id).where(
+            Certificate.course_id == course_id, Certificate.file_path.is_(None)).limit(1)) is None:
+        return
+    job = jobs.start("certificates.render_pdfs", {"course_id": course_id})
+    db.session.commit()
+    jobs.launch(job)
+
+
+def render_missing_pdfs(course_id: int) -> dict:
+    """Render (and sign) the PDF of every certificate of the course that has none, in
+    batches; one that fails is left for its first download."""
+    batch_size = current_app.config["CERTIFICATE_BULK_BATCH"]
+    rendered = failed = 0
+    last_id = 0
+    while True:
+        batch = db.session.scalars(select(Certificate).where(
+            Certificate.course_id == course_id, Certificate.file_path.is_(None),
+            Certificate.id > last_id).order_by(Certificate.id).limit(batch_size)).all()
+        if not batch:
+            return {"rendered": rendered, "failed": failed}
+        for certificate in batch:
+            last_id = certificate.id
             stored = len(db.session.info.get(NEW_FILES, []))
             try:
                 with db.session.begin_nested():
-                    issue_for_enrollment(enrollment)
-                issued += 1
+                    store_pdf(certificate, signed=certificate.pdf_signed_at is not None)
+                rendered += 1
             except Exception:
                 discard_new_files(stored)
                 failed += 1
-                log.exception("bulk issue failed for enrollment %s", enrollment.id)
+                log.exception("PDF of certificate %s not rendered", certificate.certificate_number)
         db.session.commit()
-    return BulkResult(issued=issued, skipped=len(have), failed=failed)
 
 
 def revoke(certificate: Certificate, reason: str) -> Certificate:
@@ -148,6 +213,8 @@ def revoke(certificate: Certificate, reason: str) -> Certificate:
     certificate.status = "revoked"
     certificate.revoked_at = utcnow()
     certificate.revoked_reason = reason[:500]
+    # Its bit in the status list is set from this commit on (the list is derived from here).
+    status_list.record_revocation(certificate)
     return certificate
 
 
@@ -177,6 +244,9 @@ def public_facts(certificate: Certificate) -> dict:
         "issued_at": certificate.to_dict()["issued_at"],
         "revoked_at": certificate.to_dict()["revoked_at"],
         "sha256": certificate.sha256,
+        "credential_url": openbadge.credential_url(certificate.certificate_number),
+        "issuer_did": keys.issuer_did(),
+        "pdf_signed": certificate.pdf_signed_at is not None,
     }
 
 
@@ -186,6 +256,48 @@ def file_matches(certificate: Certificate, stream) -> bool:
     for chunk in iter(lambda: stream.read(1 << 16), b""):
         digest.update(chunk)
     return bool(certificate.sha256) and digest.hexdigest() == certificate.sha256
+
+
+@dataclass
+class FileCheck:
+    """Is an uploaded PDF this certificate as issued? `how`: "signature" (a signed PDF: the
+    academy's intact signature and, inside, the credential of this number) or "hash" (an
+    unsigned PDF from before signing: byte for byte the issued file)."""
+
+    matches: bool
+    how: str
+    verdict: verification.Verdict | None = None
+
+
+def check_file(certificate: Certificate, data: bytes) -> FileCheck:
+    outcome = verification.verify_pdf(data)
+    if not outcome.signed:
+        return FileCheck(file_matches(certificate, io.BytesIO(data)), "hash")
+    verdict = outcome.verdict
+    number = (verdict.credential or {}).get("certificate_number")
+    genuine = verdict.result in (verification.VALID, verification.REVOKED)
+    return FileCheck(genuine and number == certificate.certificate_number, "signature", verdict)
+
+
+def backfill_credentials() -> int:
+    """Sign the credential of every certificate that has none, committing in batches."""
+    batch_size = current_app.config["CERTIFICATE_BULK_BATCH"]
+    done = 0
+    while True:
+        batch = db.session.scalars(select(Certificate).where(
+            Certificate.credential_json.is_(None)).order_by(Certificate.id).limit(batch_size)).all()
+        if not batch:
+            return done
+        for certificate in batch:
+            openbadge.issue(certificate)
+        db.session.commit()
+        done += len(batch)
+
+
+def credential_of(certificate: Certificate) -> dict:
+    """The certificate's signed credential; one issued before credentials gets it now
+    (commit after)."""
+    return openbadge.of(certificate)
 
 
 # --- the PDF ----------------------------------------------------------------------------------
@@ -332,8 +444,19 @@ def render_pdf(certificate: Certificate) -> bytes:
         rl_config.invariant = previous
 
 
-def store_pdf(certificate: Certificate) -> None:
+def store_pdf(certificate: Certificate, *, signed: bool = False) -> None:
+    """Render (and with `signed`, attach the credential and sign) the PDF, and keep it."""
     data = render_pdf(certificate)
+    if signed:
+        certificate.pdf_signed_at = certificate.pdf_signed_at or utcnow()
+        openbadge.of(certificate)  # an older certificate gets its credential first
+        key = keys.pdf_key()
+        keys.record_pdf_key(key)
+        data = pdf_signing.sign(
+            data, attachment_name=f"{certificate.certificate_number}{pdf_signing.ATTACHMENT_SUFFIX}",
+            attachment=certificate.credential_json.encode("utf-8"),
+            signed_at=certificate.pdf_signed_at, signer_name=current_app.config["APP_NAME"],
+            key=key)
     key = f"{FOLDER}/{certificate.certificate_number}.pdf"
     store = file_service.storage()
     scratch = store.scratch(FOLDER)
@@ -388,6 +511,8 @@ def pdf_path(certificate: Certificate):
         path = store.path(certificate.file_path)
         if path.is_file():
             return path
-    store_pdf(certificate)
+    # The same bytes again: a signed PDF is signed again with its recorded time, an unsigned
+    # one (issued before signing) stays unsigned, so the hash on the row still holds.
+    store_pdf(certificate, signed=certificate.pdf_signed_at is not None)
     db.session.commit()
     return store.path(certificate.file_path)

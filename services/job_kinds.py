@@ -18,6 +18,10 @@ def _bulk_issue(args: dict) -> dict:
     return {"issued": result.issued, "skipped": result.skipped, "failed": result.failed}
 
 
+def _render_pdfs(args: dict) -> dict:
+    return certificate_service.render_missing_pdfs(int(args["course_id"]))
+
+
 def _reconcile(args: dict) -> dict:
     return {"outcomes": reconcile_service.reconcile_pending(args.get("older_than_minutes"))}
 
@@ -27,6 +31,8 @@ KINDS = {
     # E-mail a notification to its recipients, in batches; a retry skips those already sent.
     "notifications.email": notification_service.email_fanout,
     "certificates.bulk_issue": _bulk_issue,
+    # The PDFs of a bulk issuance, rendered and signed after its credentials are committed.
+    "certificates.render_pdfs": _render_pdfs,
     "payments.reconcile": _reconcile,
 }
 TICK_TASKS = {"reconciled": reconcile_service.reconcile_pending}

@@ -69,6 +69,7 @@ from models import (
     User,
     db,
 )
+from services.credentials import openbadge
 
 API = "/api/v1"
 
@@ -182,7 +183,8 @@ class Entry:
 
 
 def row(method: str, path: str, expected: dict[str, Any], **options) -> Entry:
-    rule = path if path.startswith(("/static", "/verify")) else API + path
+    rule = path if path.startswith(("/static", "/verify", "/.well-known", "/did.json")) \
+        else API + path
     assert set(expected) == set(IDENTITIES), (method, path)
     return Entry(method, rule, expected, **options)
 
@@ -415,6 +417,12 @@ TABLE: list[Entry] = [
         body=lambda w: {"user_id": w["user"][STUDENT]}),
     row("POST", "/certificates/generate-for-enrollment/<int:enrollment_id>", ADMINS),
     row("POST", "/certificates/bulk-generate/<int:course_id>", ADMINS),
+    row("GET", "/certificates/<int:certificate_id>/credential", HOLDER_OR_ADMIN),
+
+    # --- verifiable credentials (public) ----------------------------------------------------------
+    row("GET", "/credentials/<string:number>", PUBLIC),
+    row("GET", "/credentials/status/<int:list_id>", PUBLIC, params={"list_id": "status_list"}),
+    row("POST", "/credentials/verify", PUBLIC, body={"credential": {"type": "nothing"}}),
 
     # --- payments ---------------------------------------------------------------------------------
     row("POST", "/payments/razorpay/create-order", LOGIN,
@@ -540,6 +548,10 @@ TABLE: list[Entry] = [
     row("GET", "/static/uploads/<string:folder>/<string:name>", PUBLIC),
     row("GET", "/verify/<string:number>", PUBLIC),
     row("POST", "/verify/<string:number>", PUBLIC, form=verify_upload_form),
+    row("GET", "/verify/", PUBLIC),
+    row("POST", "/verify/", PUBLIC, form=verify_upload_form),
+    row("GET", "/.well-known/did.json", PUBLIC),
+    row("GET", "/did.json", PUBLIC),
 ]
 
 # The spectree documentation pages: no data behind them, skipped on purpose (and only these).
@@ -787,6 +799,7 @@ class WorldBuilder:
             db.session.add(certificate)
             db.session.flush()
             self.attach_pdf(certificate)
+            openbadge.issue(certificate)  # its credential and its status list entry
 
             notification_a = Notification(user_id=student_a.id, kind="system",
                                           title="Welcome", message="Hello Ada")
@@ -820,6 +833,7 @@ class WorldBuilder:
                 enrollment_a=enrollment_a.id, enrollment_b=enrollment_b.id,
                 certificate_a=certificate.id,
                 certificate_number=certificate.certificate_number,
+                status_list=certificate.status_list_id,
                 notification_a=notification_a.id, refund_a=refund_a.id, contact=contact.id,
                 live_a=live_a.id, student_a_id=student_a.id, job_a=job_a.id,
                 job_failed=job_failed.id,

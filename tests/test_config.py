@@ -17,9 +17,12 @@ from config import (
     env_int,
     normalise_database_url,
 )
+from tests.support.signing import signing_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-PRODUCTION_SECRETS = ("SESSION_SECRET", "JWT_SECRET_KEY", "DATABASE_URL", "PUBLIC_BASE_URL")
+PRODUCTION_SECRETS = ("SESSION_SECRET", "JWT_SECRET_KEY", "DATABASE_URL", "PUBLIC_BASE_URL",
+                      "CREDENTIAL_SIGNING_KEY", "PDF_SIGNING_KEY", "PDF_SIGNING_CERT")
+SIGNING_SETTINGS = ("CREDENTIAL_SIGNING_KEY", "PDF_SIGNING_KEY", "PDF_SIGNING_CERT")
 
 
 def _run_python(code: str, *, remove: tuple[str, ...] = (), **extra_env: str):
@@ -84,15 +87,17 @@ def test_dotenv_lines_lose_their_inline_comments(tmp_path):
 
 
 def _set_production(monkeypatch, secret, jwt_secret, database_uri,
-                    public_base_url="https://lms.example.com"):
+                    public_base_url="https://lms.example.com", signing: bool = True):
     monkeypatch.setattr(ProductionConfig, "SECRET_KEY", secret)
     monkeypatch.setattr(ProductionConfig, "JWT_SECRET_KEY", jwt_secret)
     monkeypatch.setattr(ProductionConfig, "SQLALCHEMY_DATABASE_URI", database_uri)
     monkeypatch.setattr(ProductionConfig, "PUBLIC_BASE_URL", public_base_url)
+    for name in SIGNING_SETTINGS:
+        monkeypatch.setattr(ProductionConfig, name, signing_settings()[name] if signing else None)
 
 
 def test_production_check_names_every_missing_secret(monkeypatch):
-    _set_production(monkeypatch, None, "", "", None)
+    _set_production(monkeypatch, None, "", "", None, signing=False)
 
     with pytest.raises(ConfigError) as excinfo:
         ProductionConfig.check()
@@ -152,7 +157,7 @@ def test_production_app_refuses_to_start_without_a_public_base_url():
     result = _run_python("import app; app.app", remove=("PUBLIC_BASE_URL", "APP_ENV"),
                          FLASK_ENV="production", SESSION_SECRET="a-real-session-secret",
                          JWT_SECRET_KEY="a-real-jwt-secret",
-                         DATABASE_URL="postgresql://db.invalid/lms")
+                         DATABASE_URL="postgresql://db.invalid/lms", **signing_settings())
 
     assert result.returncode == 1, (result.stdout, result.stderr)
     lines = [line for line in result.stderr.splitlines() if line.strip()]

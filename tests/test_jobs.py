@@ -26,6 +26,7 @@ from services import jobs
 from tests.conftest import redis_url, require_service
 from tests.support.assertions import error, ok
 from tests.support.gunicorn_server import base_env, run_flask
+from tests.support.signing import signing_settings
 from tests.support.standins import free_port, smtp_server
 from utils.helpers import utcnow
 
@@ -170,7 +171,7 @@ class RQWorld:
             MAIL_USE_TLS="False", SESSION_SECRET=secrets.token_hex(16),
             JWT_SECRET_KEY=secrets.token_hex(32), UPLOAD_FOLDER=self.upload_folder,
             PUBLIC_BASE_URL="https://lms.example.test",
-            LOG_FORMAT="json", LOG_LEVEL="INFO")
+            LOG_FORMAT="json", LOG_LEVEL="INFO", **signing_settings())
         return run_flask(env, "worker", "--burst", *extra, timeout=60)
 
     def queued(self) -> int:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from tests.support.gunicorn_server import REPO_ROOT, base_env
+from tests.support.signing import signing_settings
 
 STUDENTS, ADMINS = "https://learn.example.com", "https://admin.example.com"
 
@@ -38,7 +39,7 @@ def test_production_sends_hsts_csp_and_cors_for_the_two_spas_only(tmp_path):
                    SESSION_SECRET="s" * 32, JWT_SECRET_KEY="j" * 48,
                    PUBLIC_BASE_URL="https://api.example.com",
                    FRONTEND_URL_STUDENTS=STUDENTS, FRONTEND_URL_ADMIN=ADMINS,
-                   LOG_LEVEL="ERROR")
+                   LOG_LEVEL="ERROR", **signing_settings())
     result = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO_ROOT, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

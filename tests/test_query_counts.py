@@ -565,6 +565,11 @@ NOT_LISTS: dict[str, str] = {
     "payments.invoice": "one PDF",
     "subcategories.get_subcategory": "one subcategory",
     "verify_page.verify_page": "one certificate's HTML page",
+    "verify_page.check_page": "a form, no query",
+    "certificates.download_credential": "one credential",
+    "credentials.credential_by_number": "one credential",
+    "credentials.status_list_credential": "one status list (one query for its revoked indexes)",
+    "did.did_document": "the academy's keys, a handful, in one query",
 }
 
 # The documentation pages (spectree's, whose endpoints start with openapi_) and the test-only

@@ -10,6 +10,7 @@ import pytest
 
 from app import create_app
 from config import ProductionConfig
+from tests.support.signing import signing_settings
 from models import db
 from tests.support.standins import smtp_server
 from utils.middleware import JsonFormatter, RequestIdFilter
@@ -24,6 +25,8 @@ def production_app(app, monkeypatch):
     monkeypatch.setattr(ProductionConfig, "JWT_SECRET_KEY", "production-jwt-secret-for-test-1234567")
     monkeypatch.setattr(ProductionConfig, "SQLALCHEMY_DATABASE_URI", uri)
     monkeypatch.setattr(ProductionConfig, "PUBLIC_BASE_URL", "https://lms.example.test")
+    for name, value in signing_settings().items():
+        monkeypatch.setattr(ProductionConfig, name, value)
     sink = smtp_server()
     prod = create_app("production", overrides={
         "SQLALCHEMY_DATABASE_URI": uri, "SQLALCHEMY_ENGINE_OPTIONS": {}, "FORCE_HTTPS": False,

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import requests
 
+from tests.support.signing import signing_settings
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REQUEST_TIMEOUT = 10  # seconds, for every request the tests send
 _LISTENING_RE = re.compile(r"Listening at: http://[^\s:]+:(\d+)")
@@ -57,7 +59,7 @@ def production_env(database_url: str, redis_url: str | None, **settings: str) ->
         "SESSION_SECRET": secrets.token_hex(32), "JWT_SECRET_KEY": secrets.token_hex(32),
         "PUBLIC_BASE_URL": PUBLIC_BASE_URL, "FORCE_HTTPS": "False", "LOG_FORMAT": "json", "LOG_LEVEL": "INFO",
         "SMS_BACKEND": "console", "MAIL_BACKEND": "console", "OTP_REQUIRED": "False",
-        **settings})
+        **signing_settings(), **settings})
 
 
 def run_flask(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
