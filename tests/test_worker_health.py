@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from tests.support.gunicorn_server import PUBLIC_BASE_URL, REPO_ROOT, base_env
+from tests.support.signing import signing_settings
 from tests.support.scratch_services import flushed_redis, own_redis_url
 from tests.support.standins import closed_url
 from utils.worker_health import check
@@ -34,7 +35,7 @@ def _env(redis_url: str, tmp_path) -> dict:
                     REDIS_URL=redis_url, RATE_LIMIT_STORAGE_URL=redis_url, JOBS_BACKEND="rq",
                     JOBS_QUEUE=QUEUE, JOBS_TICK_SECONDS="0", PUBLIC_BASE_URL=PUBLIC_BASE_URL,
                     SESSION_SECRET=secrets.token_hex(16), JWT_SECRET_KEY=secrets.token_hex(32),
-                    LOG_FORMAT="json", LOG_LEVEL="INFO")
+                    LOG_FORMAT="json", LOG_LEVEL="INFO", **signing_settings())
 
 
 def _health(env: dict) -> subprocess.CompletedProcess:
