@@ -192,7 +192,14 @@ class Config:
     # A pending order older than this (minutes) is not reused, and the reconciler asks the
     # gateway about it.
     PAYMENT_PENDING_TIMEOUT = env_int("PAYMENT_PENDING_TIMEOUT", 30)
+    # The refund policy: a payer may ask within this many days of paying, and only while no
+    # certificate has been issued for the course (an admin may override both).
     REFUND_WINDOW_DAYS = env_int("REFUND_WINDOW_DAYS", 14)
+    # `Idempotency-Key` on the POSTs that create money or access: the first answer is kept
+    # this many hours; a request holding a key is presumed dead after IDEMPOTENCY_LOCK_SECONDS
+    # (longer than any request may run: gunicorn's timeout is 120 s).
+    IDEMPOTENCY_KEY_HOURS = env_int("IDEMPOTENCY_KEY_HOURS", 24)
+    IDEMPOTENCY_LOCK_SECONDS = env_int("IDEMPOTENCY_LOCK_SECONDS", 150)
     RATE_LIMIT_PAYMENT_CREATE = env("RATE_LIMIT_PAYMENT_CREATE", "10 per minute")
     RATE_LIMIT_PAYMENT_VERIFY = env("RATE_LIMIT_PAYMENT_VERIFY", "20 per minute")
     # Who the invoices say sold the course.

@@ -258,13 +258,16 @@ def schedule_tick(connection, delay: int | None = None) -> bool:
 
 
 def tick() -> dict:
-    from services import reconcile_service
+    from services import idempotency_keys
+    from services.payments import reconcile
 
     connection = queue().connection
     connection.delete(TICK_KEY)
     try:
-        reconciled = reconcile_service.reconcile_pending()
+        reconciled = reconcile.reconcile_pending()
         requeued = requeue_stale()
+        idempotency_keys.purge_expired()
+        db.session.commit()
     finally:
         schedule_tick(connection)
     log.info("tick: reconciled %s, requeued %d", reconciled, requeued)
@@ -314,6 +317,6 @@ def _bulk_issue(args: dict) -> dict:
 
 @handler("payments.reconcile")
 def _reconcile(args: dict) -> dict:
-    from services import reconcile_service
+    from services.payments import reconcile
 
-    return {"outcomes": reconcile_service.reconcile_pending(args.get("older_than_minutes"))}
+    return {"outcomes": reconcile.reconcile_pending(args.get("older_than_minutes"))}

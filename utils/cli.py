@@ -63,9 +63,9 @@ def register_commands(app: Flask) -> None:
                   help="Minutes a payment must have been pending (default PAYMENT_PENDING_TIMEOUT).")
     def reconcile(older_than):
         """Ask the gateways about payments still pending and settle or expire them."""
-        from services import reconcile_service
+        from services.payments import reconcile
 
-        counts = reconcile_service.reconcile_pending(older_than)
+        counts = reconcile.reconcile_pending(older_than)
         click.echo(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "nothing pending")
 
     @app.cli.command("worker")

@@ -25,7 +25,9 @@ What a test does in place of the customer and of Razorpay's servers:
   webhook secret over the exact body that must be sent.
 - `fail_with(status)` makes every API call answer that status in Razorpay's error shape (500 =
   SERVER_ERROR); `go_down()` closes every connection without an answer (the SDK raises
-  requests.ConnectionError); `recover()` undoes both.
+  requests.ConnectionError); `recover()` undoes both. `fail_next(method, suffix, status)`
+  fails one call only; `lose_next_answer(method, suffix)` carries one call out (a refund is
+  made) and then closes its connection unanswered, as a gateway that acted and timed out.
 
 Every API request is kept in `requests` (`requests_to(suffix)`, `api_calls(method, path)`).
 """
@@ -79,6 +81,11 @@ class RazorpayStub:
         self.refunds: dict[str, dict] = {}
         self.requests: list[ReceivedRequest] = []
         self._failure: int | None = None
+        # (method, path suffix, status, description): the next matching call fails so
+        self._faults: list[tuple[str, str, int, str]] = []
+        # (method, path suffix): the next matching call is carried out, then its connection
+        # closed without an answer (a gateway that acted, then timed out)
+        self._lost_answers: list[tuple[str, str]] = []
         self._failure_description = ""
         self._delay = 0.0
         self._down = False
@@ -166,6 +173,19 @@ class RazorpayStub:
         with self._lock:
             self._failure, self._failure_description = status, description
 
+    def fail_next(self, method: str, path_suffix: str, status: int = 400,
+                  description: str = "Something went wrong") -> None:
+        """The next `method` call whose path ends with `path_suffix` answers `status` in
+        Razorpay's error shape (and does nothing)."""
+        with self._lock:
+            self._faults.append((method.upper(), path_suffix, status, description))
+
+    def lose_next_answer(self, method: str, path_suffix: str) -> None:
+        """The next matching call is carried out (a refund is made, say), then its connection
+        is closed without an answer: the caller cannot know it succeeded."""
+        with self._lock:
+            self._lost_answers.append((method.upper(), path_suffix))
+
     def hang(self, seconds: float) -> None:
         """Every API call waits `seconds` before answering (a gateway timing out)."""
         with self._lock:
@@ -179,6 +199,8 @@ class RazorpayStub:
     def recover(self) -> None:
         with self._lock:
             self._failure, self._down, self._delay = None, False, 0.0
+            self._faults.clear()
+            self._lost_answers.clear()
 
     # --- what tests inspect -----------------------------------------------------------------
 
@@ -203,6 +225,8 @@ class RazorpayStub:
             self.refunds.clear()
             self.requests.clear()
             self._failure, self._down, self._delay = None, False, 0.0
+            self._faults.clear()
+            self._lost_answers.clear()
 
     # --- what the customer and Razorpay's servers do ----------------------------------------
 
@@ -304,6 +328,18 @@ class RazorpayStub:
             time.sleep(self._delay)
         if self._failure is not None:
             return rz_error(self._failure, self._failure_description)
+        for i, (method, suffix, status, description) in enumerate(self._faults):
+            if method == request.method and request.path.endswith(suffix):
+                del self._faults[i]
+                return rz_error(status, description)
+        for i, (method, suffix) in enumerate(self._lost_answers):
+            if method == request.method and request.path.endswith(suffix):
+                del self._lost_answers[i]
+                self._answer_api(request)
+                return None  # done, and the answer lost on the way
+        return self._answer_api(request)
+
+    def _answer_api(self, request: ReceivedRequest) -> tuple[int, Any]:
         parts = request.path.strip("/").split("/")[1:]  # without "v1"
         body = request.json if isinstance(request.json, dict) else {}
         method = request.method
