@@ -557,8 +557,9 @@ class ReconcileIn(StrictModel):
 @admin_required
 @validate(json=ReconcileIn, resp=Response(HTTP_202=Envelope, **errors(401, 403)), **ADMIN)
 def reconcile_payments():
-    """Ask the gateways about payments still pending and settle or expire them (a job; the
-    worker also runs it every JOBS_TICK_SECONDS)."""
+    """Ask the gateways about payments still pending and settle or expire them, and complete
+    approved refunds still in flight (a job; the worker also runs it every
+    JOBS_TICK_SECONDS)."""
     body = json_body()
     job = jobs.start("payments.reconcile", {"older_than_minutes": body.older_than_minutes},
                      user_id=current_user().id)

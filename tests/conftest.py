@@ -52,7 +52,7 @@ def require_service(name: str, url: str | None) -> str:
 # Tests that bring their own servers or need PostgreSQL whatever the suite's database: the
 # same whether the suite runs on SQLite or PostgreSQL, so CI runs them in one pass only.
 SERVICE_MODULES = {"test_multiworker", "test_two_hosts", "test_webhook_concurrency",
-                   "test_postgres_restart"}
+                   "test_postgres_restart", "test_money_races"}
 SERVICE_FIXTURES = {"postgres_app", "rq_world", "replica"}
 
 
