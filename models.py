@@ -822,6 +822,7 @@ class WebhookEvent(db.Model):
         UniqueConstraint("gateway", "event_id"),
         one_of("gateway", GATEWAYS),
         one_of("status", WEBHOOK_STATUSES),
+        Index("ix_webhook_events_waiting", "gateway", "waiting_for"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -832,6 +833,9 @@ class WebhookEvent(db.Model):
     status: Mapped[str] = mapped_column(String(20), default="received")
     error: Mapped[str | None] = mapped_column(Text)
     payment_id: Mapped[int | None] = mapped_column(fk("payments.id", "SET NULL"), index=True)
+    # A refund event about a payment not settled here yet: the gateway's id of that payment.
+    # The event is kept "ignored" until the payment settles, then applied.
+    waiting_for: Mapped[str | None] = mapped_column(String(255))
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

@@ -231,7 +231,7 @@ class World:
                 "payment": (payment.status, payment.refunded_amount),
                 "refunds": sorted((r.gateway_refund_id, r.amount, r.credit_note_number,
                                    r.refund_request_id) for r in refunds),
-                "enrollment": enrollment.status,
+                "enrollment": enrollment.status if enrollment else None,
                 "certificate": certificate.status if certificate else None,
                 "requests": sorted((r.id, r.status, r.gateway_refund_id) for r in requests),
                 "notices": db.session.scalar(select(func.count()).select_from(Notification)
@@ -432,3 +432,105 @@ def test_the_credit_note_names_the_refund_and_the_invoice(world):
     other = world.buy()
     assert world.client.get(f"{PAY}/{other.payment_id}/refunds/{refund['id']}/credit-note",
                             headers=world.headers(other.student)).status_code == 404
+
+
+def _refund_at_the_dashboard(world, gateway_payment: str, minor: int) -> list:
+    """A refund made at the gateway's own dashboard, and its webhook (not yet delivered):
+    returns the callables that deliver it."""
+    if world.gateway == "razorpay":
+        import razorpay
+
+        refund = razorpay.Client(auth=(KEY_ID, KEY_SECRET), base_url=world.razorpay.url) \
+            .payment.refund(gateway_payment, {"amount": minor})
+        body, signature = world.razorpay.webhook("refund.processed", {"refund": {"entity": refund}})
+        return [lambda n=n: world.client.post(f"{PAY}/razorpay/webhook", data=body.encode(), headers={
+            "Content-Type": "application/json", "X-Razorpay-Signature": signature,
+            "X-Razorpay-Event-Id": f"evt_early_{n}"}) for n in range(2)]
+    world.stripe.client().v1.refunds.create(params={"payment_intent": gateway_payment,
+                                                    "amount": minor})
+    event = stripe_event("charge.refunded", world.stripe.charge_of(gateway_payment))
+    return [lambda: world.stripe_webhook(event)] * 2
+
+
+def _paid_not_settled(world) -> tuple[Bought, object]:
+    """A student pays at the gateway; nothing has told us yet. Returns the purchase and a
+    callable that settles it (the browser's verify, or Stripe's checkout webhook)."""
+    student, n = world.user(), next(_SERIAL)
+    price, currency = ((Decimal("499.00"), "INR") if world.gateway == "razorpay"
+                       else (Decimal("49.99"), "USD"))
+    with world.app.app_context():
+        course = Course(title=f"Early {n}", slug=f"early-{n}-{uuid.uuid4().hex[:6]}",
+                        instructor_id=world.user("instructor"), price=price, currency=currency,
+                        status="published", published_at=utcnow())
+        db.session.add(course)
+        db.session.commit()
+        course_id = course.id
+    headers = world.headers(student)
+    if world.gateway == "razorpay":
+        order = world.client.post(f"{PAY}/razorpay/create-order", json={"course_id": course_id},
+                                  headers=headers).get_json()["order"]
+        paid, signature = world.razorpay.pay(order["order_id"])
+        settle = lambda: world.client.post(f"{PAY}/razorpay/verify", headers=headers, json={  # noqa: E731
+            "razorpay_order_id": order["order_id"], "razorpay_payment_id": paid["id"],
+            "razorpay_signature": signature})
+        return Bought(student, course_id, order["payment_id"], paid["id"], price,
+                      int(price * 100)), settle
+    opened = world.client.post(f"{PAY}/stripe/create-checkout", json={"course_id": course_id},
+                               headers=headers).get_json()
+    session = world.stripe.pay(opened["session_id"])
+    settle = lambda: world.stripe_webhook(stripe_event("checkout.session.completed", session))  # noqa: E731
+    return Bought(student, course_id, opened["payment_id"], session["payment_intent"], price,
+                  int(price * 100)), settle
+
+
+@pytest.mark.parametrize("refund", ["partial", "full"])
+def test_a_refund_event_before_its_payment_settled_waits_for_it(world, refund):
+    """Webhooks come in any order: the refund's event, then the settlement. The event is
+    acknowledged and kept; the settlement applies it."""
+    bought, settle = _paid_not_settled(world)
+    minor = bought.minor if refund == "full" else 1000
+    early = _refund_at_the_dashboard(world, bought.gateway_payment, minor)
+    answers = [deliver() for deliver in early]
+    assert [a.status_code for a in answers] == [200, 200], [a.get_json() for a in answers]
+    assert answers[1].get_json().get("duplicate") is True
+    with world.app.app_context():
+        waiting = db.session.scalars(select(WebhookEvent).where(
+            WebhookEvent.waiting_for == bought.gateway_payment)).one()
+        assert waiting.status == "ignored" and waiting.payment_id is None
+    assert world.state(bought)["refunds"] == []
+
+    settled = settle()
+    assert settled.status_code == 200, settled.get_json()
+    state = world.state(bought)
+    refunded = bought.price if refund == "full" else Decimal("10.00")
+    assert state["payment"] == ("refunded" if refund == "full" else "completed", refunded)
+    assert [r[0] for r in state["refunds"]] == [r[0] for r in world.gateway_refunds(bought)]
+    assert state["enrollment"] == ("refunded" if refund == "full" else "active")
+    with world.app.app_context():
+        event = db.session.get(WebhookEvent, waiting.id)
+        assert (event.status, event.payment_id, event.waiting_for) == \
+            ("processed", bought.payment_id, None)
+
+
+def test_a_refund_event_that_missed_its_settlement_is_applied_by_the_reconciler(world):
+    """The refund's event arrived while its payment was settling in another worker (it did
+    not see the payment yet, and the settlement did not see the event): the reconciler's
+    sweep applies it."""
+    bought, settle = _paid_not_settled(world)
+    assert settle().status_code == 200
+    with world.app.app_context():  # the payment as the other worker's event saw it
+        payment = db.session.get(Payment, bought.payment_id)
+        payment.gateway_payment_id = None
+        db.session.commit()
+    [deliver, _] = _refund_at_the_dashboard(world, bought.gateway_payment, 1000)
+    assert deliver().status_code == 200
+    with world.app.app_context():
+        payment = db.session.get(Payment, bought.payment_id)
+        payment.gateway_payment_id = bought.gateway_payment
+        db.session.commit()
+    assert world.state(bought)["refunds"] == []
+
+    assert "refund_events_applied: 1" in world.reconcile()
+    state = world.state(bought)
+    assert state["payment"] == ("completed", Decimal("10.00")) and len(state["refunds"]) == 1
+    assert "refund_events_applied" not in world.reconcile()

@@ -8,13 +8,17 @@ knows which request it settles.
 """
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from models import Payment
-from utils.errors import BadGateway
+from models import Payment, db
+from services.payments import settlement
+from utils.errors import APIError, BadGateway
 from utils.helpers import from_minor_units, to_minor_units
+
+log = logging.getLogger("lms.payments")
 
 REFUND_KEY_PREFIX = "lms-refund-"
 
@@ -70,7 +74,13 @@ class PaymentGateway(ABC):
     @abstractmethod
     def handle_webhook(self, raw: bytes, signature: str | None) -> dict:
         """Verify the signature over the raw body, record the event once (by an id taken
-        from the signed body) and act on it; returns the acknowledgement body."""
+        from the signed body) and act on it (`apply_event`); returns the acknowledgement
+        body."""
+
+    @abstractmethod
+    def apply_event(self, event: dict) -> int | None:
+        """Act on a verified event as the gateway sent it; returns the payment it concerned.
+        Raises settlement.NotSettledYet for a refund of a payment not settled here yet."""
 
     @abstractmethod
     def reconcile(self, payment: Payment) -> str:
@@ -87,3 +97,34 @@ class PaymentGateway(ABC):
         """Refund `amount_minor` of the payment, tagged with our `key`. Raises GatewayRefused
         when the gateway declines; ServiceUnavailable or BadGateway when the outcome is
         unknown (the refund may have been made)."""
+
+    # --- shared by both ---------------------------------------------------------------------
+
+    def settle(self, payment_id: int, **kwargs) -> settlement.Settlement:
+        """settlement.settle, then the refund events that arrived before the payment settled
+        (webhooks come in any order)."""
+        result = settlement.settle(payment_id, **kwargs)
+        self.apply_waiting(result.payment)
+        return result
+
+    def apply_waiting(self, payment: Payment) -> int:
+        """Apply the refund events kept for `payment` (now settled); returns how many. One
+        that cannot be applied yet (its gateway unreachable) keeps waiting for the
+        reconciler; one that cannot be applied at all is kept as failed."""
+        if not payment.gateway_payment_id or payment.status not in ("completed", "refunded"):
+            return 0
+        applied = 0
+        for event in settlement.waiting_events(self.name, payment.gateway_payment_id):
+            try:
+                with db.session.begin_nested():
+                    self.apply_event(event.payload)
+            except settlement.EventMismatch as exc:
+                settlement.finish_event(event, "failed", error=exc.message)
+                continue
+            except (APIError, settlement.NotSettledYet) as exc:
+                log.warning("%s event %s still waits: %r", self.name, event.event_id, exc)
+                continue
+            settlement.finish_event(event, "processed", payment_id=payment.id)
+            event.waiting_for = None
+            applied += 1
+        return applied

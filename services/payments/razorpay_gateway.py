@@ -36,6 +36,9 @@ GATEWAY_ERRORS = (razorpay.errors.BadRequestError, razorpay.errors.ServerError,
                   razorpay.errors.GatewayError)
 PAYMENT_EVENTS = ("payment.captured", "order.paid", "payment.failed")
 REFUND_EVENTS = ("refund.processed", "refund.failed")
+# A payment Razorpay captured: "refunded" ones were captured first (their refunds are recorded
+# from their own events).
+CAPTURED = ("captured", "refunded")
 _REFUND_STATES = {"processed": REFUND_SUCCEEDED, "failed": REFUND_FAILED}
 # Razorpay's receipt holds our refund key; it takes at most 40 characters.
 RECEIPT_LENGTH = 40
@@ -159,10 +162,10 @@ class RazorpayGateway(PaymentGateway):
         if remote.get("status") == "authorized":
             remote = _call("capture the payment", rz.payment.capture, payment_id,
                            int(remote["amount"]), {"currency": remote["currency"]})
-        if remote.get("status") != "captured":
+        if remote.get("status") not in CAPTURED:
             settlement.mark_pending(payment.id, remote, "verify")
             return settlement.Settlement(payment, False), remote.get("status")
-        result = settlement.settle(
+        result = self.settle(
             payment.id, gateway_payment_id=payment_id, amount_minor=int(remote["amount"]),
             currency=remote["currency"], source="verify", raw=remote)
         return result, "captured"
@@ -181,12 +184,13 @@ class RazorpayGateway(PaymentGateway):
         if not isinstance(event, dict):
             raise BadRequest("A webhook event must be a JSON object", code="malformed_event")
         kind = str(event.get("event"))
-        payload = event.get("payload") or {}
         return settlement.process_event(
-            "razorpay", event_key(kind, payload, raw), kind, event,
-            lambda: self._apply(kind, payload))
+            "razorpay", event_key(kind, event.get("payload") or {}, raw), kind, event,
+            lambda: self.apply_event(event))
 
-    def _apply(self, kind: str, payload: dict) -> int | None:
+    def apply_event(self, event: dict) -> int | None:
+        kind = str(event.get("event"))
+        payload = event.get("payload") or {}
         if kind in PAYMENT_EVENTS:
             entity = _entity(payload, "payment")
             order_id = entity.get("order_id") or _entity(payload, "order").get("id")
@@ -198,18 +202,20 @@ class RazorpayGateway(PaymentGateway):
                 settlement.mark_failed(payment.id, entity.get("error_description")
                                        or "payment failed", entity, kind)
             else:
-                settlement.settle(
+                self.settle(
                     payment.id, gateway_payment_id=entity.get("id"),
                     amount_minor=int(entity.get("amount") or 0),
                     currency=str(entity.get("currency") or ""), source=kind, raw=entity)
             return payment.id
         if kind in REFUND_EVENTS:
             entity = _entity(payload, "refund")
+            if not isinstance(entity.get("payment_id"), str) or not entity["payment_id"]:
+                return None
             payment = db.session.scalar(db.select(Payment).where(
                 Payment.gateway == "razorpay",
-                Payment.gateway_payment_id == entity.get("payment_id")))
-            if payment is None:
-                return None
+                Payment.gateway_payment_id == entity["payment_id"]))
+            if payment is None:  # not settled here yet (or not ours): kept until it is
+                raise settlement.NotSettledYet(entity["payment_id"])
             payment = settlement.locked(payment.id)
             refund = refund_of(entity, status=_REFUND_STATES[kind.split(".", 1)[1]])
             ledger.record_refund(payment, refund, source=kind)
@@ -244,10 +250,10 @@ class RazorpayGateway(PaymentGateway):
         except (requests.RequestException, *GATEWAY_ERRORS) as exc:
             log.warning("reconcile: Razorpay order %s: %s", payment.gateway_order_id, exc)
             return "unknown"
-        captured = [p for p in result.get("items", []) if p.get("status") == "captured"]
+        captured = [p for p in result.get("items", []) if p.get("status") in CAPTURED]
         if captured:
             remote = captured[0]
-            outcome = settlement.settle(
+            outcome = self.settle(
                 payment.id, gateway_payment_id=remote["id"], amount_minor=int(remote["amount"]),
                 currency=remote["currency"], source="reconcile", raw=remote)
             return "settled" if outcome.changed else "unchanged"

@@ -5,6 +5,8 @@
 - Approved refunds still in flight (the gateway did not answer, our commit failed after it
   refunded, or its refund is pending there) are executed again: the refund carrying the
   request's key is found and recorded, or made if there is none.
+- Refund events that arrived before their payment settled, and were still waiting when it
+  did (in another worker), are applied.
 
 Run by the worker's tick, `POST /admin/payments/reconcile` (a job) and `flask payments
 reconcile`. Each payment and each request commits on its own: one's trouble does not stop the
@@ -20,7 +22,7 @@ from flask import current_app
 from sqlalchemy import select
 
 from models import Payment, db
-from services.payments import refunds
+from services.payments import refunds, settlement
 from services.payments.registry import gateway_for
 from utils.errors import APIError
 from utils.helpers import utcnow
@@ -50,7 +52,26 @@ def reconcile_pending(older_than_minutes: int | None = None) -> dict[str, int]:
             outcome = "error"
         counts[outcome] += 1
     counts.update(reconcile_refunds())
+    counts.update(apply_waiting_events())
     return dict(counts)
+
+
+def apply_waiting_events() -> Counter:
+    """Refund events still waiting for a payment that has settled since (one that arrived
+    while its payment was settling in another worker)."""
+    counts: Counter = Counter()
+    for payment_id in settlement.payments_with_waiting_events():
+        payment = settlement.locked(payment_id)
+        try:
+            applied = gateway_for(payment.gateway).apply_waiting(payment)
+            db.session.commit()
+        except APIError as exc:
+            db.session.rollback()
+            log.warning("reconcile waiting events of payment %s: %s", payment_id, exc.message)
+            continue
+        if applied:
+            counts["refund_events_applied"] += applied
+    return counts
 
 
 def reconcile_refunds() -> Counter:

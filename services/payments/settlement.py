@@ -97,6 +97,16 @@ class EventMismatch(ValidationError):
     """A signed event that cannot be applied as it stands (kept as failed, acknowledged)."""
 
 
+class NotSettledYet(Exception):
+    """A refund event about a payment that has not settled here yet (webhooks arrive in any
+    order): kept, and applied once the payment settles (the gateways' `settle`, and the
+    reconciler's sweep)."""
+
+    def __init__(self, gateway_payment_id: str):
+        super().__init__(gateway_payment_id)
+        self.gateway_payment_id = gateway_payment_id
+
+
 class AmountMismatch(EventMismatch):
     code = "amount_mismatch"
     message = "The amount paid does not match the order"
@@ -250,6 +260,10 @@ def process_event(gateway: str, event_id: str, event_type: str, payload: dict,
     try:
         with db.session.begin_nested():
             payment_id = apply()
+    except NotSettledYet as wait:
+        finish_event(record, "ignored", error="waiting for its payment to settle")
+        record.waiting_for = wait.gateway_payment_id[:255]
+        return {"received": True}
     except EventMismatch as exc:
         finish_event(record, "failed", error=exc.message)
         return {"received": True, "error": exc.message}
@@ -259,3 +273,20 @@ def process_event(gateway: str, event_id: str, event_type: str, payload: dict,
         return {"received": True, "error": "unexpected payload"}
     finish_event(record, "processed" if payment_id else "ignored", payment_id=payment_id)
     return {"received": True}
+
+
+def waiting_events(gateway: str, gateway_payment_id: str) -> list[WebhookEvent]:
+    """Refund events kept until the payment `gateway_payment_id` settled here, oldest first."""
+    return list(db.session.scalars(select(WebhookEvent).where(
+        WebhookEvent.gateway == gateway, WebhookEvent.waiting_for == gateway_payment_id,
+        WebhookEvent.status == "ignored").order_by(WebhookEvent.id)))
+
+
+def payments_with_waiting_events() -> list[int]:
+    """Settled payments that refund events are still waiting for (the reconciler's sweep: an
+    event that arrived while its payment was settling, in another worker)."""
+    return list(db.session.scalars(select(Payment.id).join(WebhookEvent, (
+        WebhookEvent.gateway == Payment.gateway)
+        & (WebhookEvent.waiting_for == Payment.gateway_payment_id)).where(
+        WebhookEvent.status == "ignored",
+        Payment.status.in_(("completed", "refunded"))).distinct().order_by(Payment.id)))

@@ -167,12 +167,12 @@ class StripeGateway(PaymentGateway):
         if not isinstance(event, dict) or not event.get("id"):
             raise BadRequest("A webhook event must be a JSON object with an id",
                              code="malformed_event")
-        kind = event.get("type")
-        return settlement.process_event(
-            "stripe", str(event.get("id")), str(kind), event,
-            lambda: self._apply(kind, (event.get("data") or {}).get("object") or {}))
+        return settlement.process_event("stripe", str(event.get("id")), str(event.get("type")),
+                                        event, lambda: self.apply_event(event))
 
-    def _apply(self, kind: str, obj: dict) -> int | None:
+    def apply_event(self, event: dict) -> int | None:
+        kind = event.get("type")
+        obj = (event.get("data") or {}).get("object") or {}
         if kind in SESSION_EVENTS:
             payment = self._payment_for_session(obj)
             if payment is None:
@@ -180,7 +180,7 @@ class StripeGateway(PaymentGateway):
                 return None
             if kind in SETTLING_EVENTS:
                 if obj.get("payment_status") == "paid":
-                    settlement.settle(
+                    self.settle(
                         payment.id, gateway_payment_id=obj.get("payment_intent"),
                         amount_minor=int(obj.get("amount_total") or 0),
                         currency=str(obj.get("currency") or ""), source=kind, raw=obj)
@@ -209,8 +209,8 @@ class StripeGateway(PaymentGateway):
             return None
         payment = db.session.scalar(db.select(Payment).where(
             Payment.gateway == "stripe", Payment.gateway_payment_id == str(intent)))
-        if payment is None:
-            return None
+        if payment is None:  # not settled here yet (or not ours): kept until it is
+            raise settlement.NotSettledYet(str(intent))
         payment = settlement.locked(payment.id)
         if refunds is None:
             refunds = self.refunds_of(payment)
@@ -255,7 +255,7 @@ class StripeGateway(PaymentGateway):
             log.warning("reconcile: Stripe session %s: %s", payment.gateway_session_id, exc)
             return "unknown"
         if session.get("payment_status") == "paid":
-            result = settlement.settle(
+            result = self.settle(
                 payment.id, gateway_payment_id=session.get("payment_intent"),
                 amount_minor=int(session.get("amount_total") or 0),
                 currency=str(session.get("currency") or ""), source="reconcile", raw=session)
