@@ -183,6 +183,8 @@ class Config:
     # payment stays pending; the reconciler settles it later). The SDKs' defaults are 80 s and
     # none at all.
     GATEWAY_TIMEOUT_SECONDS = float(env("GATEWAY_TIMEOUT_SECONDS") or 10)
+    # Times the Stripe SDK retries a call that failed on the network (with its backoff).
+    STRIPE_MAX_NETWORK_RETRIES = env_int("STRIPE_MAX_NETWORK_RETRIES", 2)
     STRIPE_SUCCESS_URL = env("STRIPE_SUCCESS_URL")
     STRIPE_CANCEL_URL = env("STRIPE_CANCEL_URL")
     RAZORPAY_KEY_ID = env("RAZORPAY_KEY_ID")
@@ -192,6 +194,9 @@ class Config:
     # A pending order older than this (minutes) is not reused, and the reconciler asks the
     # gateway about it.
     PAYMENT_PENDING_TIMEOUT = env_int("PAYMENT_PENDING_TIMEOUT", 30)
+    # A Razorpay order we expired can still be paid (Razorpay orders do not expire): the
+    # reconciler asks about such orders again for this many hours (0: never).
+    PAYMENT_EXPIRED_RECHECK_HOURS = env_int("PAYMENT_EXPIRED_RECHECK_HOURS", 24)
     # The refund policy: a payer may ask within this many days of paying, and only while no
     # certificate has been issued for the course (an admin may override both).
     REFUND_WINDOW_DAYS = env_int("REFUND_WINDOW_DAYS", 14)

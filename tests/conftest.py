@@ -27,6 +27,17 @@ from tests.support import probe_routes
 CI = os.environ.get("CI", "").lower() == "true"
 
 
+def pytest_addoption(parser):
+    group = parser.getgroup("lms")
+    # The payment lifecycle state machine (tests/test_payment_lifecycle.py): its CI cost is
+    # bounded by these defaults; raise them for a deeper search, e.g.
+    # make test PYTEST_ARGS='tests/test_payment_lifecycle.py --lifecycle-examples=400'
+    group.addoption("--lifecycle-examples", type=int, default=25,
+                    help="Hypothesis examples (runs of the machine) in the payment lifecycle test")
+    group.addoption("--lifecycle-steps", type=int, default=30,
+                    help="steps per run of the payment lifecycle state machine")
+
+
 def postgres_url() -> str | None:
     url = os.environ.get("TEST_POSTGRES_URL")
     if url:

@@ -910,13 +910,38 @@ def test_reconcile_settles_captured_and_expires_abandoned_orders(w):
     assert looked_up == {f"/v1/orders/{paid['order_id']}/payments",
                          f"/v1/orders/{abandoned['order_id']}/payments"}
 
-    # Run again: nothing is pending and old any more.
+    # Run again: nothing is pending and old any more; the expired order is asked about
+    # again (a Razorpay order stays payable), and is still unpaid.
     state = w.money_state()
     again = w.app.test_cli_runner().invoke(args=["payments", "reconcile"])
-    assert again.exit_code == 0 and "nothing pending" in again.output
+    assert again.exit_code == 0 and again.output.strip() == "unchanged: 1"
     assert w.money_state() == state
     # The abandoned course can be bought again with a new order.
     assert w.order_for(student, abandoned_course)["order_id"] != abandoned["order_id"]
+
+
+def test_an_order_paid_after_the_reconciler_expired_it_is_settled(w):
+    """A Razorpay order stays payable after we expired it: the reconciler keeps asking for
+    PAYMENT_EXPIRED_RECHECK_HOURS, and settles it once paid (its webhook may never come)."""
+    student, course, order = w.paid_course()
+    w.update(Payment, order["payment_id"],
+             created_at=utcnow() - timedelta(minutes=w.app.config["PAYMENT_PENDING_TIMEOUT"] + 5))
+    assert "expired: 1" in w.app.test_cli_runner().invoke(args=["payments", "reconcile"]).output
+    late, _ = w.stub.pay(order["order_id"])
+    result = w.app.test_cli_runner().invoke(args=["payments", "reconcile"])
+    assert result.exit_code == 0 and result.output.strip() == "settled: 1"
+    revived = w.row(Payment, Payment.id == order["payment_id"])
+    assert (revived["status"], revived["gateway_payment_id"]) == ("completed", late["id"])
+    assert w.row(Enrollment, Enrollment.user_id == student)["status"] == "active"
+    # Past PAYMENT_EXPIRED_RECHECK_HOURS an expired order is no longer asked about.
+    _, _, stale = w.paid_course()
+    w.update(Payment, stale["payment_id"], status="expired",
+             created_at=utcnow() - timedelta(hours=w.app.config["PAYMENT_EXPIRED_RECHECK_HOURS"],
+                                             minutes=1))
+    w.stub.clear_requests()
+    assert "nothing pending" in w.app.test_cli_runner().invoke(
+        args=["payments", "reconcile"]).output
+    assert w.stub.api_calls("GET") == []
 
 
 def test_reconcile_with_the_gateway_down_leaves_payments_pending(w):

@@ -70,6 +70,9 @@ class PaymentGateway(ABC):
 
     name: str  # as stored in Payment.gateway
     label: str  # for messages
+    # Whether an order we expired can still be paid at the gateway (then the reconciler asks
+    # about expired payments again for PAYMENT_EXPIRED_RECHECK_HOURS).
+    payable_after_expiry: bool = False
 
     @abstractmethod
     def handle_webhook(self, raw: bytes, signature: str | None) -> dict:
@@ -84,8 +87,9 @@ class PaymentGateway(ABC):
 
     @abstractmethod
     def reconcile(self, payment: Payment) -> str:
-        """Ask about a payment still pending and settle or expire it; returns what happened
-        ("settled", "unchanged", "expired", "pending", "unknown")."""
+        """Ask about a payment still pending (or expired, see payable_after_expiry) and settle
+        or expire it; returns what happened ("settled", "unchanged", "expired", "pending",
+        "unknown")."""
 
     @abstractmethod
     def refunds_of(self, payment: Payment) -> list[GatewayRefund]:

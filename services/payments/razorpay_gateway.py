@@ -119,6 +119,7 @@ def event_key(kind: str, payload: dict, raw: bytes) -> str:
 
 class RazorpayGateway(PaymentGateway):
     name, label = "razorpay", "Razorpay"
+    payable_after_expiry = True  # Razorpay orders do not expire
 
     def create_order(self, user: User, course_id: int) -> dict:
         """A Razorpay order for the course (an open one is reused), with what checkout
@@ -257,5 +258,7 @@ class RazorpayGateway(PaymentGateway):
                 payment.id, gateway_payment_id=remote["id"], amount_minor=int(remote["amount"]),
                 currency=remote["currency"], source="reconcile", raw=remote)
             return "settled" if outcome.changed else "unchanged"
+        if payment.status not in settlement.PENDING:  # expired before: still not paid
+            return "unchanged"
         settlement.mark_expired(payment.id, result, "reconcile")
         return "expired"

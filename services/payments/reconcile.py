@@ -1,7 +1,8 @@
 """The reconciler: what a webhook should have told us, asked of the gateway instead.
 
 - Payments still pending after PAYMENT_PENDING_TIMEOUT are looked up and settled or expired
-  through the same path as webhooks.
+  through the same path as webhooks; at a gateway whose orders stay payable after we expired
+  them (Razorpay), expired ones are looked up again for PAYMENT_EXPIRED_RECHECK_HOURS.
 - Approved refunds still in flight (the gateway did not answer, our commit failed after it
   refunded, or its refund is pending there) are executed again: the refund carrying the
   request's key is found and recorded, or made if there is none.
@@ -19,11 +20,11 @@ from collections import Counter
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from models import Payment, db
 from services.payments import refunds, settlement
-from services.payments.registry import gateway_for
+from services.payments.registry import GATEWAYS, gateway_for
 from utils.errors import APIError
 from utils.helpers import utcnow
 
@@ -36,9 +37,14 @@ def reconcile_pending(older_than_minutes: int | None = None) -> dict[str, int]:
     "refund_pending" (declined, back to an admin), "refund_error" for refunds."""
     minutes = older_than_minutes if older_than_minutes is not None else \
         current_app.config["PAYMENT_PENDING_TIMEOUT"]
-    cutoff = utcnow() - timedelta(minutes=minutes)
+    now = utcnow()
+    cutoff = now - timedelta(minutes=minutes)
+    recheck_since = now - timedelta(hours=current_app.config["PAYMENT_EXPIRED_RECHECK_HOURS"])
+    payable_after_expiry = [g.name for g in GATEWAYS.values() if g.payable_after_expiry]
     ids = list(db.session.scalars(select(Payment.id).where(
-        Payment.status.in_(("created", "pending")), Payment.created_at < cutoff)
+        or_(and_(Payment.status.in_(settlement.PENDING), Payment.created_at < cutoff),
+            and_(Payment.status == "expired", Payment.gateway.in_(payable_after_expiry),
+                 Payment.created_at > recheck_since)))
         .order_by(Payment.id)))
     counts: Counter = Counter()
     for payment_id in ids:

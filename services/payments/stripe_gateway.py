@@ -50,7 +50,7 @@ def client() -> stripe.StripeClient:
     base = current_app.config.get("STRIPE_API_BASE")
     return stripe.StripeClient(
         current_app.config["STRIPE_SECRET_KEY"], base_addresses={"api": base} if base else None,
-        max_network_retries=2,
+        max_network_retries=current_app.config["STRIPE_MAX_NETWORK_RETRIES"],
         http_client=stripe.RequestsClient(timeout=current_app.config["GATEWAY_TIMEOUT_SECONDS"]))
 
 
