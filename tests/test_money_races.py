@@ -1,8 +1,8 @@
 """Every money transition raced on a real server (issue 17).
 
 A real gunicorn (tests/support/gunicorn_server.py) runs the production configuration with three
-sync workers on a scratch PostgreSQL database (schema from `flask db upgrade`) and the suite's
-Redis, with both gateways' SDKs pointing at the stand-ins running in this test process on
+sync workers on a scratch PostgreSQL database (schema from `flask db upgrade`) and a Redis
+database of its own, with both gateways' SDKs pointing at the stand-ins running in this test process on
 127.0.0.1 (tests/support/razorpay_stub.py, tests/support/stripe_standin.py). Requests are
 released together by a barrier (tests/support/concurrency.py), each on a connection of its
 own, and the request log names the worker that answered: every race must have been served by
@@ -31,8 +31,7 @@ from decimal import Decimal
 import pytest
 import razorpay
 from flask_jwt_extended import create_access_token
-from sqlalchemy import create_engine, func, select, text, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select, update
 
 from app import create_app
 from config import normalise_database_url
@@ -49,11 +48,11 @@ from models import (
     WebhookEvent,
     db,
 )
-from tests.conftest import postgres_url, redis_url, require_service
 from tests.support.concurrency import all_at_once
 from tests.support.faults import Faults
 from tests.support.gunicorn_server import GunicornServer, production_env, run_flask
 from tests.support.razorpay_stub import KEY_ID, KEY_SECRET, WEBHOOK_SECRET, RazorpayStub
+from tests.support.scratch_services import flushed_redis, own_redis_url, scratch_postgres
 from tests.support.stripe_standin import signature_header, stripe_event, stripe_standin
 from utils.helpers import utcnow
 
@@ -66,18 +65,16 @@ PRICES = {"razorpay": (Decimal("499.00"), "INR"), "stripe": (Decimal("49.99"), "
 
 @pytest.fixture(scope="module")
 def scratch_database():
-    url = make_url(normalise_database_url(
-        require_service("PostgreSQL (TEST_POSTGRES_URL)", postgres_url())))
-    name = f"lms_money_race_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_postgres("lms_money_race") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def scratch_redis():
+    # Databases 8 (or 7) of the suite's Redis: no other module uses them (.ci/run's passes
+    # take 15, 10 and 9; the other server tests 14/13 and 12/11).
+    with flushed_redis(own_redis_url(8, 7)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +91,9 @@ def standin():
 
 
 @pytest.fixture(scope="module")
-def env(scratch_database, rzp, standin):
-    redis = require_service("Redis (TEST_REDIS_URL)", redis_url())
+def env(scratch_database, scratch_redis, rzp, standin):
     return production_env(
-        scratch_database, redis,
+        scratch_database, scratch_redis,
         RAZORPAY_KEY_ID=KEY_ID, RAZORPAY_KEY_SECRET=KEY_SECRET,
         RAZORPAY_WEBHOOK_SECRET=WEBHOOK_SECRET, RAZORPAY_API_BASE=rzp.url,
         STRIPE_SECRET_KEY="sk_test_races", STRIPE_WEBHOOK_SECRET=STRIPE_SECRET,

@@ -29,6 +29,7 @@ from datetime import date
 from decimal import Decimal
 
 import pytest
+import razorpay
 from flask_jwt_extended import create_access_token
 from pypdf import PdfReader
 from sqlalchemy import func, select
@@ -65,7 +66,7 @@ FAULTS = {
 
 
 @pytest.fixture(scope="module")
-def razorpay():
+def rzp():
     with RazorpayStub(KEY_ID, KEY_SECRET, WEBHOOK_SECRET) as stub:
         yield stub
 
@@ -241,22 +242,22 @@ class World:
 
 
 @pytest.fixture(params=["razorpay", "stripe"])
-def world(request, postgres_app, razorpay, stripe_side, tmp_path):
-    razorpay.reset()
+def world(request, postgres_app, rzp, stripe_side, tmp_path):
+    rzp.reset()
     stripe_side.forget_idempotency_keys()
     app = create_app("testing", overrides={
         "SQLALCHEMY_DATABASE_URI": postgres_app.config["SQLALCHEMY_DATABASE_URI"],
         "UPLOAD_FOLDER": str(tmp_path / "uploads"),
         "RAZORPAY_KEY_ID": KEY_ID, "RAZORPAY_KEY_SECRET": KEY_SECRET,
-        "RAZORPAY_WEBHOOK_SECRET": WEBHOOK_SECRET, "RAZORPAY_API_BASE": razorpay.url,
+        "RAZORPAY_WEBHOOK_SECRET": WEBHOOK_SECRET, "RAZORPAY_API_BASE": rzp.url,
         "STRIPE_SECRET_KEY": "sk_test_convergence", "STRIPE_WEBHOOK_SECRET": STRIPE_WEBHOOK_SECRET,
         "STRIPE_API_BASE": stripe_side.url, "GATEWAY_TIMEOUT_SECONDS": 3,
         "RATE_LIMIT_PAYMENT_CREATE": "1000 per minute",
         "RATE_LIMIT_PAYMENT_VERIFY": "1000 per minute"})
-    built = World(app, app.test_client(), request.param, razorpay, stripe_side)
+    built = World(app, app.test_client(), request.param, rzp, stripe_side)
     built.admin = built.user("admin")
     yield built
-    razorpay.recover()
+    rzp.recover()
     with app.app_context():
         db.session.remove()
         db.engine.dispose()
@@ -438,8 +439,6 @@ def _refund_at_the_dashboard(world, gateway_payment: str, minor: int) -> list:
     """A refund made at the gateway's own dashboard, and its webhook (not yet delivered):
     returns the callables that deliver it."""
     if world.gateway == "razorpay":
-        import razorpay
-
         refund = razorpay.Client(auth=(KEY_ID, KEY_SECRET), base_url=world.razorpay.url) \
             .payment.refund(gateway_payment, {"amount": minor})
         body, signature = world.razorpay.webhook("refund.processed", {"refund": {"entity": refund}})
