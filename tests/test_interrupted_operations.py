@@ -8,7 +8,7 @@ sequence counts the rows, so the count survives the rollback it causes), either 
 everything and the commit itself fails). The operation runs through the HTTP API; the answer
 must be a clean error or the operation's own account of what it did, never a half success.
 Then the trigger is dropped and the database is compared with what "consistent" means for
-each operation (services/settlement_service.py, services/certificate_service.py):
+each operation (services/payments/, services/certificate_service.py):
 
 - Settling a payment (a signed Razorpay webhook, or the browser's verify call) marks the
   payment completed, numbers its invoice from the year's counter, enrolls the payer and
