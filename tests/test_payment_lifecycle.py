@@ -10,7 +10,7 @@ lesson), an admin; both gateways through their real SDKs against the stand-ins. 
 - the gateway delivers settlement events (Razorpay's payment.captured and order.paid, Stripe's
   checkout.session.completed), redelivers any event it sent before with other unsigned
   headers, refunds at its own dashboard (part or all, its event delivered at once or later,
-  out of order);
+  out of order), makes refunds pending and later processes or fails them (Razorpay);
 - a student finishes the course (a certificate) and asks for a refund;
 - an admin approves (with or without overriding the policy; with the gateway down, declining,
   losing its answer after refunding, or our commit failing behind its refund), rejects, or
@@ -66,6 +66,7 @@ from models import (
     User,
     db,
 )
+from services.payments.gateway import request_id_of
 from tests.support.faults import Faults
 from tests.support.razorpay_stub import KEY_ID, KEY_SECRET, WEBHOOK_SECRET, RazorpayStub
 from tests.support.stripe_standin import signature_header, stripe_event, stripe_standin
@@ -391,8 +392,12 @@ class PaymentLifecycle(RuleBasedStateMachine):
             return
         amount = left if everything else min(left, 1000)
         if order.gateway == "razorpay":
-            refund = razorpay.Client(auth=(KEY_ID, KEY_SECRET), base_url=self.rzp.url) \
-                .payment.refund(order.gateway_payment, {"amount": amount})
+            speed, self.rzp.refund_status = self.rzp.refund_status, "processed"
+            try:  # the dashboard's refund, processed, announced by refund.processed
+                refund = razorpay.Client(auth=(KEY_ID, KEY_SECRET), base_url=self.rzp.url) \
+                    .payment.refund(order.gateway_payment, {"amount": amount})
+            finally:
+                self.rzp.refund_status = speed
             body, signature = self.rzp.webhook("refund.processed", {"refund": {"entity": refund}})
             deliver = self._hook("razorpay", body, signature)
         else:
@@ -405,6 +410,30 @@ class PaymentLifecycle(RuleBasedStateMachine):
         else:
             self.deliveries.remove(deliver)
             self.unannounced[refund["id"]] = deliver
+
+    @rule(pending=st.booleans())
+    def razorpay_switches_refund_speed(self, pending):
+        """Normal-speed Razorpay refunds are "pending" for a while: our approvals then wait
+        (202) for refund.processed, or refund.failed."""
+        self.rzp.refund_status = "pending" if pending else "processed"
+
+    @precondition(lambda self: any(r["status"] == "pending" for r in self.rzp.refunds.values()))
+    @rule(data=st.data(), outcome=st.sampled_from(["processed", "processed", "failed"]),
+          announce=st.booleans())
+    def razorpay_finishes_a_refund(self, data, outcome, announce):
+        refund_id = data.draw(st.sampled_from(sorted(
+            r["id"] for r in self.rzp.refunds.values() if r["status"] == "pending")))
+        self._finish_refund(refund_id, outcome, announce)
+
+    def _finish_refund(self, refund_id: str, outcome: str, announce: bool) -> None:
+        refund = self.rzp.settle_refund(refund_id, outcome)
+        body, signature = self.rzp.webhook(f"refund.{outcome}", {"refund": {"entity": refund}})
+        deliver = self._hook("razorpay", body, signature)
+        if announce or outcome == "failed":
+            deliver()
+        else:
+            self.deliveries.remove(deliver)
+            self.unannounced[refund_id] = deliver
 
     @precondition(lambda self: self.unannounced)
     @rule(data=st.data())
@@ -436,10 +465,12 @@ class PaymentLifecycle(RuleBasedStateMachine):
                 RefundRequest.id == request_id))
         if fault == "answer lost" and gateway == "stripe":
             fault = "gateway down"  # localstripe always answers
+        # 202: the refund is pending at the gateway (nothing recorded yet, so a failing
+        # commit cannot show); 200: a refund made earlier, found by its key
         allowed = {"none": {200, 202, 409, 422}, "gateway down": {409, 422, 503},
-                   "gateway declines": {200, 409, 422, 502},
-                   "answer lost": {200, 409, 422, 503},
-                   "commit fails": {409, 422, 500}}[fault]
+                   "gateway declines": {200, 202, 409, 422, 502},
+                   "answer lost": {200, 202, 409, 422, 503},
+                   "commit fails": {202, 409, 422, 500}}[fault]
         send = lambda: self._send(  # noqa: E731
             "PUT", f"{API}/admin/refund-requests/{request_id}", self.admin, allowed=allowed,
             json_body={"action": "approve", "override_policy": override}, key=key)
@@ -496,6 +527,10 @@ class PaymentLifecycle(RuleBasedStateMachine):
     def gateways_heal_and_everything_converges(self):
         """Everything the gateways hold is delivered and reconciled: then the stand-ins'
         refunds and ours are exactly the same, and no refund is left in flight."""
+        self.rzp.refund_status = "processed"
+        for refund in list(self.rzp.refunds.values()):
+            if refund["status"] == "pending":
+                self._finish_refund(refund["id"], "processed", True)
         for refund_id in sorted(self.unannounced):
             deliver = self.unannounced.pop(refund_id)
             self.deliveries.append(deliver)
@@ -520,11 +555,13 @@ class PaymentLifecycle(RuleBasedStateMachine):
         """{refund id: {"payment", "amount" (minor units), "key"}}: every refund the stand-ins
         hold (the runs start from empty stand-ins, so all of them are of our payments)."""
         found = {r["id"]: {"payment": r["payment_id"], "amount": r["amount"],
-                           "key": r.get("receipt")} for r in self.rzp.refunds.values()}
+                           "key": r.get("receipt")} for r in self.rzp.refunds.values()
+                 if r["status"] == "processed"}  # pending: not money back yet; failed: none
         for intent, refunds in self.standin.refunds_by_intent().items():
             for r in refunds:
-                found[r["id"]] = {"payment": intent, "amount": r["amount"],
-                                  "key": r["metadata"].get("lms_key")}
+                if r["status"] == "succeeded":
+                    found[r["id"]] = {"payment": intent, "amount": r["amount"],
+                                      "key": r["metadata"].get("lms_key")}
         return found
 
     def _gateway_refunds(self) -> dict[str, tuple[str, int]]:
@@ -551,7 +588,7 @@ class PaymentLifecycle(RuleBasedStateMachine):
             certificates = {(c.user_id, c.course_id): c.status
                             for c in db.session.scalars(select(Certificate))}
             requests = db.session.scalars(select(RefundRequest)).all()
-            approved_keys = {f"lms-refund-{r.id}" for r in requests if r.status == "approved"}
+            approved = {r.id for r in requests if r.status == "approved"}
 
             # refunded <= paid, and it is the sum of the recorded gateway refunds
             for payment in payments:
@@ -598,7 +635,7 @@ class PaymentLifecycle(RuleBasedStateMachine):
         for refund_id, refund in held.items():
             if refund_id in ours:
                 continue
-            assert (refund["key"] in approved_keys or refund_id in self.unannounced
+            assert (request_id_of(refund["key"]) in approved or refund_id in self.unannounced
                     or refund["payment"] not in settled), ("a gateway refund is lost",
                                                            refund_id, refund)
 

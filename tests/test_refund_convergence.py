@@ -533,3 +533,59 @@ def test_a_refund_event_that_missed_its_settlement_is_applied_by_the_reconciler(
     state = world.state(bought)
     assert state["payment"] == ("completed", Decimal("10.00")) and len(state["refunds"]) == 1
     assert "refund_events_applied" not in world.reconcile()
+
+
+@pytest.mark.parametrize("world", ["razorpay"], indirect=True)  # the stub's pending refunds
+def test_a_pending_refund_that_fails_goes_back_to_the_admin_and_is_made_again(world):
+    """Razorpay makes normal-speed refunds "pending": the approval answers 202 and the
+    request stays approved; the gateway then reports the refund failed (refund.failed), the
+    request is pending again, and approving it again makes a new refund under a key of its
+    own (the failed one's would be answered with the failure)."""
+    bought = world.buy()
+    request_id = world.ask_refund(bought)
+    world.razorpay.refund_status = "pending"
+    accepted = world.approve(request_id)
+    assert accepted.status_code == 202, accepted.get_json()
+    assert accepted.get_json()["refund_request"]["status"] == "approved"
+    assert accepted.get_json()["refund"] is None
+    [pending] = world.razorpay.refunds.values()
+    assert pending["receipt"] == f"lms-refund-{request_id}"
+    assert world.state(bought)["refunds"] == []
+
+    failed = world.razorpay.settle_refund(pending["id"], "failed")
+    body, signature = world.razorpay.webhook("refund.failed", {"refund": {"entity": failed}})
+    hook = world.client.post(f"{PAY}/razorpay/webhook", data=body.encode(), headers={
+        "Content-Type": "application/json", "X-Razorpay-Signature": signature})
+    assert hook.status_code == 200, hook.get_json()
+    with world.app.app_context():
+        request = db.session.get(RefundRequest, request_id)
+        assert request.status == "pending" and "failed" in request.admin_note
+
+    world.razorpay.refund_status = "processed"
+    again = world.approve(request_id)
+    assert again.status_code == 200, again.get_json()
+    receipts = sorted((r["receipt"], r["status"]) for r in world.razorpay.refunds.values())
+    assert receipts == [(f"lms-refund-{request_id}", "failed"),
+                        (f"lms-refund-{request_id}-1", "processed")]
+    state = world.state(bought)
+    assert state["payment"] == ("refunded", bought.price) and len(state["refunds"]) == 1
+    assert state["requests"][0][1] == "processed"
+
+
+@pytest.mark.parametrize("world", ["razorpay"], indirect=True)
+def test_a_pending_refund_processed_later_is_recorded_from_its_event(world):
+    bought = world.buy()
+    request_id = world.ask_refund(bought)
+    world.razorpay.refund_status = "pending"
+    assert world.approve(request_id).status_code == 202
+    # Still pending at the gateway: the reconciler leaves it in flight.
+    assert "refund_approved: 1" in world.reconcile()
+    [pending] = world.razorpay.refunds.values()
+    processed = world.razorpay.settle_refund(pending["id"], "processed")
+    body, signature = world.razorpay.webhook("refund.processed",
+                                             {"refund": {"entity": processed}})
+    assert world.client.post(f"{PAY}/razorpay/webhook", data=body.encode(), headers={
+        "Content-Type": "application/json", "X-Razorpay-Signature": signature}).status_code == 200
+    state = world.state(bought)
+    assert state["payment"] == ("refunded", bought.price)
+    assert state["requests"] == [(request_id, "processed", pending["id"])]

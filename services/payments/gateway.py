@@ -26,16 +26,18 @@ REFUND_KEY_PREFIX = "lms-refund-"
 REFUND_SUCCEEDED, REFUND_PENDING, REFUND_FAILED = "succeeded", "pending", "failed"
 
 
-def refund_key(request_id: int) -> str:
-    """Our key for the refund that settles refund request `request_id`."""
-    return f"{REFUND_KEY_PREFIX}{request_id}"
+def refund_key(request_id: int, attempt: int = 0) -> str:
+    """Our key for the refund that settles refund request `request_id` (`attempt`: how many
+    refunds for it the gateway reported failed; each retry needs a key of its own, or Stripe
+    would answer with the failed one again)."""
+    return f"{REFUND_KEY_PREFIX}{request_id}" + (f"-{attempt}" if attempt else "")
 
 
 def request_id_of(key: str | None) -> int | None:
     """The refund request a key names, or None for a key that is not ours."""
     if not key or not key.startswith(REFUND_KEY_PREFIX):
         return None
-    number = key[len(REFUND_KEY_PREFIX):]
+    number = key[len(REFUND_KEY_PREFIX):].split("-", 1)[0]
     return int(number) if number.isdigit() and len(number) < 12 else None
 
 

@@ -44,6 +44,7 @@ from services.payments.gateway import (
     GatewayRefused,
     captured_minor,
     refund_key,
+    request_id_of,
 )
 from services.payments.registry import gateway_for
 from utils.errors import APIError, BadGateway, Conflict, Forbidden, NotFound, ValidationError
@@ -229,19 +230,20 @@ def execute(request_id: int, *, source: str) -> Execution:
     if request.status != "approved":
         return Execution(request, _recorded_for(request))
     gateway = gateway_for(payment.gateway)
-    key = refund_key(request.id)
     try:
         at_gateway = gateway.refunds_of(payment)
     except APIError as exc:  # cannot look: try again later
         return Execution(request, None, exc)
-    ours = next((r for r in at_gateway if r.key == key), None)
+    mine = [r for r in at_gateway if request_id_of(r.key) == request.id]
+    ours = next((r for r in mine if r.status != REFUND_FAILED), None)
     for other in at_gateway:
-        if other is not ours:  # made at the dashboard, its webhook not seen yet: record it
+        if other not in mine:  # made at the dashboard, its webhook not seen yet: record it
             _record_quietly(payment, other)
     if request.status != "approved":  # a refund just recorded settled it
         return Execution(request, _recorded_for(request))
     if ours is None:
-        ours = _make(gateway, payment, request, at_gateway, key)
+        failed = sum(1 for r in mine if r.status == REFUND_FAILED)
+        ours = _make(gateway, payment, request, at_gateway, refund_key(request.id, failed))
         if isinstance(ours, APIError):
             return Execution(request, None, ours)
     if ours.status == REFUND_FAILED:

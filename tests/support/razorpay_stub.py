@@ -83,6 +83,9 @@ class RazorpayStub:
         self._failure: int | None = None
         # (method, path suffix, status, description): the next matching call fails so
         self._faults: list[tuple[str, str, int, str]] = []
+        # the state of the refunds the API makes ("processed"; "pending": settled later with
+        # settle_refund, as Razorpay does for normal-speed refunds)
+        self.refund_status = "processed"
         # (method, path suffix): the next matching call is carried out, then its connection
         # closed without an answer (a gateway that acted, then timed out)
         self._lost_answers: list[tuple[str, str]] = []
@@ -227,6 +230,7 @@ class RazorpayStub:
             self._failure, self._down, self._delay = None, False, 0.0
             self._faults.clear()
             self._lost_answers.clear()
+            self.refund_status = "processed"
 
     # --- what the customer and Razorpay's servers do ----------------------------------------
 
@@ -280,6 +284,21 @@ class RazorpayStub:
         order["status"] = "paid"
         order["amount_paid"] = payment["amount"]
         order["amount_due"] = max(0, order["amount"] - payment["amount"])
+
+    def settle_refund(self, refund_id: str, status: str) -> dict:
+        """A pending refund ends: "processed", or "failed" (the amount is the payment's
+        again). Returns the refund."""
+        with self._lock:
+            refund = self.refunds[refund_id]
+            assert refund["status"] == "pending", refund
+            refund["status"] = status
+            if status == "failed":
+                payment = self.payments[refund["payment_id"]]
+                payment["amount_refunded"] -= refund["amount"]
+                payment["refund_status"] = "partial" if payment["amount_refunded"] else None
+                if payment["status"] == "refunded":
+                    payment["status"] = "captured"
+            return dict(refund)
 
     def sign_webhook(self, body: str) -> str:
         return hmac_hex(self.webhook_secret, body)
@@ -404,7 +423,7 @@ class RazorpayStub:
                   "currency": payment["currency"], "payment_id": payment["id"],
                   "notes": body.get("notes") or {}, "receipt": body.get("receipt"),
                   "acquirer_data": {"arn": None}, "created_at": int(time.time()),
-                  "batch_id": None, "status": "processed", "speed_processed": "normal",
+                  "batch_id": None, "status": self.refund_status, "speed_processed": "normal",
                   "speed_requested": body.get("speed") or "normal"}
         self.refunds[refund["id"]] = refund
         payment["amount_refunded"] += amount
