@@ -338,6 +338,13 @@ def test_a_refund_whose_commit_failed_converges_once(world, faults, fault, path)
     assert repeat.status_code == 409 and repeat.get_json()["code"] == "refund_already_decided"
     assert world.state(bought) == converged
     assert len(world.gateway_refunds(bought)) == 1
+    # Anyone checking the certificate learns it was revoked: the API and the page.
+    number = world.one(Certificate, Certificate.user_id == bought.student).certificate_number
+    facts = world.client.get(f"{API}/certificates/verify/{number}").get_json()
+    assert (facts["valid"], facts["status"]) == (False, "revoked") and facts["revoked_at"]
+    page = world.client.get(f"/verify/{number}")
+    assert page.status_code == 200 and "This certificate was revoked" in page.get_data(
+        as_text=True)
 
 
 @pytest.mark.parametrize("world", ["razorpay"], indirect=True)  # localstripe answers always
