@@ -239,6 +239,8 @@ class Config:
     # payment stays pending; the reconciler settles it later). The SDKs' defaults are 80 s and
     # none at all.
     GATEWAY_TIMEOUT_SECONDS = float(env("GATEWAY_TIMEOUT_SECONDS") or 10)
+    # Times the Stripe SDK retries a call that failed on the network (with its backoff).
+    STRIPE_MAX_NETWORK_RETRIES = env_int("STRIPE_MAX_NETWORK_RETRIES", 2)
     STRIPE_SUCCESS_URL = env("STRIPE_SUCCESS_URL")
     STRIPE_CANCEL_URL = env("STRIPE_CANCEL_URL")
     RAZORPAY_KEY_ID = env("RAZORPAY_KEY_ID")
@@ -248,7 +250,17 @@ class Config:
     # A pending order older than this (minutes) is not reused, and the reconciler asks the
     # gateway about it.
     PAYMENT_PENDING_TIMEOUT = env_int("PAYMENT_PENDING_TIMEOUT", 30)
+    # A Razorpay order we expired can still be paid (Razorpay orders do not expire): the
+    # reconciler asks about such orders again for this many hours (0: never).
+    PAYMENT_EXPIRED_RECHECK_HOURS = env_int("PAYMENT_EXPIRED_RECHECK_HOURS", 24)
+    # The refund policy: a payer may ask within this many days of paying, and only while no
+    # certificate has been issued for the course (an admin may override both).
     REFUND_WINDOW_DAYS = env_int("REFUND_WINDOW_DAYS", 14)
+    # `Idempotency-Key` on the POSTs that create money or access: the first answer is kept
+    # this many hours; a request holding a key is presumed dead after IDEMPOTENCY_LOCK_SECONDS
+    # (longer than any request may run: gunicorn's timeout is 120 s).
+    IDEMPOTENCY_KEY_HOURS = env_int("IDEMPOTENCY_KEY_HOURS", 24)
+    IDEMPOTENCY_LOCK_SECONDS = env_int("IDEMPOTENCY_LOCK_SECONDS", 150)
     RATE_LIMIT_PAYMENT_CREATE = env("RATE_LIMIT_PAYMENT_CREATE", "10 per minute")
     RATE_LIMIT_PAYMENT_VERIFY = env("RATE_LIMIT_PAYMENT_VERIFY", "20 per minute")
     # Who the invoices say sold the course.

@@ -646,6 +646,10 @@ class Payment(TimestampMixin, db.Model):
         one_of("gateway", GATEWAYS),
         one_of("status", PAYMENT_STATUSES),
         CheckConstraint("amount >= 0", name="amount_not_negative"),
+        # The refunded total (the sum of the payment's gateway refunds) never exceeds what was
+        # paid.
+        CheckConstraint("refunded_amount >= 0 AND refunded_amount <= amount",
+                        name="refunded_within_amount"),
         Index("ix_payments_status_created", "status", "created_at"),
         Index("ix_payments_user_created", "user_id", "created_at"),
         # The admin's latest payments and payment list read in this order.
@@ -672,6 +676,14 @@ class Payment(TimestampMixin, db.Model):
     user: Mapped[User] = relationship()
     course: Mapped[Course] = relationship()
 
+    @property
+    def refund_status(self) -> str:
+        """"none", "partial" or "full": how much of the payment has been refunded."""
+        refunded = Decimal(self.refunded_amount or 0)
+        if refunded <= 0:
+            return "none"
+        return "full" if refunded >= Decimal(self.amount) else "partial"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -684,6 +696,7 @@ class Payment(TimestampMixin, db.Model):
             "currency": self.currency,
             "status": self.status,
             "refunded_amount": money(self.refunded_amount),
+            "refund_status": self.refund_status,
             "failure_reason": self.failure_reason,
             "invoice_number": self.invoice_number,
             "paid_at": iso(self.paid_at),
@@ -703,7 +716,22 @@ class InvoiceCounter(db.Model):
     last_number: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class CreditNoteCounter(db.Model):
+    """The last credit note number used in a year (CN-<year>-<000001>), allocated like the
+    invoice numbers, one per recorded refund."""
+
+    __tablename__ = "credit_note_counters"
+
+    year: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_number: Mapped[int] = mapped_column(Integer, default=0)
+
+
+# "pending": asked, waiting for an admin; "approved": an admin approved it and the refund is
+# being made at the gateway (in flight: the reconciler completes it); "processed": the refund
+# is recorded; "rejected": declined. ("failed" is kept for rows written before 0008.)
 REFUND_STATUSES = ("pending", "approved", "rejected", "processed", "failed")
+OPEN_REFUND_STATUSES = ("pending", "approved")
+_OPEN_REFUND = "status IN ('pending', 'approved')"
 
 
 class RefundRequest(TimestampMixin, db.Model):
@@ -711,6 +739,9 @@ class RefundRequest(TimestampMixin, db.Model):
     __table_args__ = (
         one_of("status", REFUND_STATUSES),
         Index("ix_refund_requests_status_created", "status", "created_at"),
+        # One open request per payment, whoever races to file it.
+        Index("uq_refund_requests_open_payment", "payment_id", unique=True,
+              postgresql_where=text(_OPEN_REFUND), sqlite_where=text(_OPEN_REFUND)),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -736,8 +767,49 @@ class RefundRequest(TimestampMixin, db.Model):
             "status": self.status,
             "amount": money(self.amount),
             "admin_note": self.admin_note,
+            "gateway_refund_id": self.gateway_refund_id,
             "decided_at": iso(self.decided_at),
             "processed_at": iso(self.processed_at),
+            "created_at": iso(self.created_at),
+        }
+
+
+class PaymentRefund(db.Model):
+    """One refund as the gateway made it, recorded once by its gateway refund id however it
+    reached us (the approval, the gateway's webhook, the reconciler): a payment's refunded
+    total is the sum of its rows, never more than was paid. Each has its credit note."""
+
+    __tablename__ = "payment_refunds"
+    __table_args__ = (
+        UniqueConstraint("gateway", "gateway_refund_id"),
+        one_of("gateway", GATEWAYS),
+        CheckConstraint("amount > 0", name="amount_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    payment_id: Mapped[int] = mapped_column(fk("payments.id", "RESTRICT"), index=True)
+    refund_request_id: Mapped[int | None] = mapped_column(fk("refund_requests.id", "SET NULL"),
+                                                          index=True)
+    gateway: Mapped[str] = mapped_column(String(20))
+    gateway_refund_id: Mapped[str] = mapped_column(String(255))
+    amount: Mapped[Decimal] = mapped_column(Money)
+    currency: Mapped[str] = mapped_column(String(3))
+    # What recorded it first: "approval", "webhook", "reconcile", ...
+    source: Mapped[str] = mapped_column(String(40))
+    credit_note_number: Mapped[str] = mapped_column(String(50), unique=True)
+    raw: Mapped[dict | None] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "payment_id": self.payment_id,
+            "refund_request_id": self.refund_request_id,
+            "gateway_refund_id": self.gateway_refund_id,
+            "amount": money(self.amount),
+            "currency": self.currency,
+            "credit_note_number": self.credit_note_number,
+            "credit_note_url": f"/api/v1/payments/{self.payment_id}/refunds/{self.id}/credit-note",
             "created_at": iso(self.created_at),
         }
 
@@ -746,13 +818,17 @@ WEBHOOK_STATUSES = ("received", "processed", "ignored", "failed")
 
 
 class WebhookEvent(db.Model):
-    """Every gateway event by its id: the unique key is what makes processing exactly-once."""
+    """Every gateway event by its id: the unique key is what makes processing exactly-once.
+    The id comes from inside the signed body (Stripe's event id; for Razorpay, whose body has
+    none, the event type and the id of the object it is about), never from an unsigned
+    header a replayer could change."""
 
     __tablename__ = "webhook_events"
     __table_args__ = (
         UniqueConstraint("gateway", "event_id"),
         one_of("gateway", GATEWAYS),
         one_of("status", WEBHOOK_STATUSES),
+        Index("ix_webhook_events_waiting", "gateway", "waiting_for"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -763,8 +839,42 @@ class WebhookEvent(db.Model):
     status: Mapped[str] = mapped_column(String(20), default="received")
     error: Mapped[str | None] = mapped_column(Text)
     payment_id: Mapped[int | None] = mapped_column(fk("payments.id", "SET NULL"), index=True)
+    # A refund event about a payment not settled here yet: the gateway's id of that payment.
+    # The event is kept "ignored" until the payment settles, then applied.
+    waiting_for: Mapped[str | None] = mapped_column(String(255))
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+IDEMPOTENCY_STATUSES = ("in_progress", "completed")
+
+
+class IdempotencyKey(db.Model):
+    """A client's `Idempotency-Key` on a POST that creates money or access: the first answer,
+    kept for IDEMPOTENCY_KEY_HOURS so the same key from the same user gets it again rather
+    than a second object. `fingerprint` (route + body) tells a reuse with another request."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        UniqueConstraint("user_id", "key"),
+        one_of("status", IDEMPOTENCY_STATUSES),
+        Index("ix_idempotency_keys_created_at", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(fk("users.id"))
+    key: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    endpoint: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(20), default="in_progress")
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[dict | None] = mapped_column(JSONType)
+    response_headers: Mapped[dict | None] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # While in progress: until when the request that holds the key is presumed alive (a
+    # worker killed mid-request leaves the key to the next retry after this).
+    locked_until: Mapped[datetime] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 # ---------------------------------------------------------------------------------------------

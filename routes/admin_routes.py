@@ -4,6 +4,7 @@ write is audited with who, what, when, and the values before and after."""
 from __future__ import annotations
 
 from datetime import date
+from decimal import Decimal
 from typing import Literal
 
 from flask import Blueprint, Response as Streamed, stream_with_context
@@ -22,17 +23,18 @@ from models import (
     db,
 )
 from utils.routing import Envelope, accepted, sent_changes
+from services.payments import refunds
 from services import (
     admin_service,
     certificate_service,
     course_service,
     jobs,
     notification_service,
-    settlement_service,
 )
 from utils.errors import NotFound
 from utils.pagination import page_of, paginate
 from utils.pipeline import blocked_ips
+from utils.pipeline.idempotency import IdempotencyHeaders, idempotent
 from utils.validation import (
     PageQuery,
     StrictModel,
@@ -146,6 +148,17 @@ class RefundQuery(PageQuery):
 class RefundDecisionIn(StrictModel):
     action: Literal["approve", "reject"]
     note: str | None = Field(None, max_length=2000)
+    # Approve although a certificate has been issued for the course since the request
+    # (the refund revokes it).
+    override_policy: bool = False
+
+
+class AdminRefundIn(StrictModel):
+    reason: str = Field(min_length=3, max_length=2000)
+    # What is left to refund when absent; a part of it otherwise (access stays).
+    amount: Decimal | None = Field(None, gt=0, max_digits=10, decimal_places=2)
+    # Refund outside REFUND_WINDOW_DAYS or after a certificate was issued.
+    override_policy: bool = False
 
 
 @bp.get("/refund-requests")
@@ -161,26 +174,70 @@ def list_refund_requests():
     return page_of("refund_requests", query, args)
 
 
+def _refund_answer(refund: RefundRequest, status: int):
+    """Make an approved request's refund at the gateway (its approval is committed by now),
+    then answer: 200/201 when recorded, 202 while the gateway is still processing it; an
+    error (declined: back to pending; unknown outcome: still approved, completed by a retry,
+    the gateway's webhook or the reconciler) after committing what is known."""
+    outcome = refunds.execute(refund.id, source="approval")
+    db.session.commit()
+    if outcome.error is not None:
+        raise outcome.error
+    body = {"refund_request": outcome.request.to_dict(),
+            "refund": outcome.refund.to_dict() if outcome.refund else None}
+    if outcome.request.status == "approved":
+        return {"message": "Refund approved; the gateway is still processing it", **body}, 202
+    return {"message": f"Refund request {outcome.request.status}", **body}, status
+
+
 @bp.put("/refund-requests/<int:request_id>")
 @admin_required
-@validate(json=RefundDecisionIn, resp=Response(HTTP_200=Envelope,
-                                               **errors(401, 403, 404, 409, 502, 503)),
+@validate(json=RefundDecisionIn, headers=IdempotencyHeaders,
+          resp=Response(HTTP_200=Envelope, HTTP_202=Envelope,
+                        **errors(400, 401, 403, 404, 409, 422, 502, 503)),
           tags=["admin", "payments"], security={"bearer": []})
+@idempotent
 def decide_refund_request(request_id: int):
-    """Approve (refunds through the gateway, revokes the enrollment and certificate) or reject."""
-    refund = db.session.get(RefundRequest, request_id)
-    if refund is None:
-        raise NotFound("Refund request not found")
+    """Approve (refunds through the gateway; a refund that leaves nothing paid ends the
+    enrollment and revokes the certificate) or reject. Approving a request whose refund is in
+    flight completes it; a certificate issued since the request needs `override_policy`."""
     body = json_body()
     admin = current_user()
-    if body.action == "approve":
-        settlement_service.approve_refund(refund, admin, body.note)
-    else:
-        settlement_service.reject_refund(refund, admin, body.note)
-    audit(f"refund_request.{body.action}", "refund_request", refund.id,
-          payment_id=refund.payment_id, note=body.note)
+    if body.action == "reject":
+        refund = refunds.reject(request_id, admin, body.note)
+        audit("refund_request.reject", "refund_request", refund.id,
+              payment_id=refund.payment_id, note=body.note)
+        db.session.commit()
+        return {"message": "Refund request rejected", "refund_request": refund.to_dict()}
+    refund, changed = refunds.approve(request_id, admin, body.note,
+                                      override_policy=body.override_policy)
+    if changed:
+        audit("refund_request.approve", "refund_request", refund.id,
+              payment_id=refund.payment_id, note=body.note,
+              override_policy=body.override_policy)
     db.session.commit()
-    return {"message": f"Refund request {refund.status}", "refund_request": refund.to_dict()}
+    return _refund_answer(refund, 200)
+
+
+@bp.post("/payments/<int:payment_id>/refund")
+@admin_required
+@validate(json=AdminRefundIn, headers=IdempotencyHeaders,
+          resp=Response(HTTP_201=Envelope, HTTP_202=Envelope,
+                        **errors(400, 401, 403, 404, 409, 422, 502, 503)),
+          tags=["admin", "payments"], security={"bearer": []})
+@idempotent
+def refund_payment(payment_id: int):
+    """Refund a payment directly, in full or in part (`amount`), on the payer's behalf:
+    outside REFUND_WINDOW_DAYS or after a certificate was issued only with
+    `override_policy`. Refused while a refund request of the payment is open (decide it)."""
+    body = json_body()
+    refund = refunds.refund_directly(payment_id, current_user(), reason=body.reason,
+                                     amount=body.amount, override_policy=body.override_policy)
+    db.session.flush()
+    audit("payment.refund", "payment", payment_id, refund_request_id=refund.id,
+          amount=str(refund.amount), override_policy=body.override_policy, reason=body.reason)
+    db.session.commit()
+    return _refund_answer(refund, 201)
 
 
 # --- dashboard and analytics ------------------------------------------------------------------
@@ -483,8 +540,9 @@ class ReconcileIn(StrictModel):
 @admin_required
 @validate(json=ReconcileIn, resp=Response(HTTP_202=Envelope, **errors(401, 403)), **ADMIN)
 def reconcile_payments():
-    """Ask the gateways about payments still pending and settle or expire them (a job; the
-    worker also runs it every JOBS_TICK_SECONDS)."""
+    """Ask the gateways about payments still pending and settle or expire them, and complete
+    approved refunds still in flight (a job; the worker also runs it every
+    JOBS_TICK_SECONDS)."""
     body = json_body()
     job = jobs.start("payments.reconcile", {"older_than_minutes": body.older_than_minutes},
                      user_id=current_user().id)

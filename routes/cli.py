@@ -12,8 +12,9 @@ from flask.cli import AppGroup
 from sqlalchemy import select
 
 from models import SigningKey, User, db
-from services import certificate_service, jobs, reconcile_service
+from services import certificate_service, jobs
 from services.credentials import keys
+from services.payments import reconcile as payments_reconcile
 from services.demo_catalog import DEMO_STUDENT, catalog_is_empty, seed_demo
 from utils.validators import normalise_email, password_problems
 
@@ -69,7 +70,7 @@ def register_commands(app: Flask) -> None:
                   help="Minutes a payment must have been pending (default PAYMENT_PENDING_TIMEOUT).")
     def reconcile(older_than):
         """Ask the gateways about payments still pending and settle or expire them."""
-        counts = reconcile_service.reconcile_pending(older_than)
+        counts = payments_reconcile.reconcile_pending(older_than)
         click.echo(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "nothing pending")
 
     credentials_cli = AppGroup("credentials", help="Verifiable credentials and their keys.")

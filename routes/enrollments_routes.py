@@ -8,6 +8,7 @@ from spectree import Response
 
 from auth import current_user, login_required
 from models import ENROLLMENT_STATUSES, db
+from utils.pipeline.idempotency import IdempotencyHeaders, idempotent
 from services import enrollment_service
 from utils.errors import Conflict, NotFound
 from utils.routing import Envelope
@@ -42,8 +43,10 @@ def _enroll(course_id: int):
 
 @bp.post("")
 @login_required
-@validate(json=EnrollIn, resp=Response(HTTP_201=Envelope, HTTP_200=Envelope,
-                                       **errors(401, 402, 403, 404, 409)), **AUTH)
+@validate(json=EnrollIn, headers=IdempotencyHeaders,
+          resp=Response(HTTP_201=Envelope, HTTP_200=Envelope,
+                        **errors(400, 401, 402, 403, 404, 409, 422)), **AUTH)
+@idempotent
 def enroll():
     """Enroll in a course: free courses at once; paid ones answer 402 until paid (payments
     enroll by themselves); missing prerequisites are 403, listed."""
@@ -52,8 +55,10 @@ def enroll():
 
 @bp.post("/create-enrollments/<int:course_id>")
 @login_required
-@validate(resp=Response(HTTP_201=Envelope, HTTP_200=Envelope, **errors(401, 402, 403, 404, 409)),
-          **AUTH)
+@validate(headers=IdempotencyHeaders,
+          resp=Response(HTTP_201=Envelope, HTTP_200=Envelope,
+                        **errors(400, 401, 402, 403, 404, 409, 422)), **AUTH)
+@idempotent
 def enroll_by_path(course_id: int):
     """The API documentation's form of enrolling: the course in the path."""
     return _enroll(course_id)

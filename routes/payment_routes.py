@@ -7,8 +7,11 @@ from pydantic import Field
 from spectree import Response
 
 from auth import current_user, login_required
-from models import Payment, db
-from services import invoice_service, payment_service, razor_payment_service, settlement_service
+from models import Payment, PaymentRefund, db
+from services import invoice_service
+from services.payments import ledger, refunds
+from services.payments.registry import RAZORPAY, STRIPE
+from utils.pipeline.idempotency import IdempotencyHeaders, idempotent
 from utils.errors import NotFound
 from utils.extensions import limiter
 from utils.pagination import paginate
@@ -47,12 +50,14 @@ def readable_payment(payment_id: int) -> Payment:
     return payment
 
 
-def payment_dict(payment: Payment) -> dict:
+def payment_dict(payment: Payment, *, with_refunds: bool = False) -> dict:
     data = payment.to_dict()
     course = payment.course
     data["course"] = {"id": course.id, "title": course.title, "slug": course.slug}
     data["invoice_url"] = (f"/api/v1/payments/{payment.id}/invoice"
                            if payment.invoice_number else None)
+    if with_refunds:
+        data["refunds"] = [r.to_dict() for r in ledger.refunds_of(payment.id)]
     return data
 
 
@@ -62,12 +67,14 @@ def payment_dict(payment: Payment) -> dict:
 @bp.post("/create-order")
 @config_limit("RATE_LIMIT_PAYMENT_CREATE")
 @login_required
-@validate(json=CourseIn, resp=Response(HTTP_201=Envelope, HTTP_200=Envelope,
-                                       **errors(401, 402, 403, 404, 409, 502, 503)), **AUTH)
+@validate(json=CourseIn, headers=IdempotencyHeaders,
+          resp=Response(HTTP_201=Envelope, HTTP_200=Envelope,
+                        **errors(400, 401, 402, 403, 404, 409, 422, 502, 503)), **AUTH)
+@idempotent
 def razorpay_create_order():
     """A Razorpay order for a paid course: amount in minor units and the public key id for
     checkout. An open order of the same course is returned again."""
-    order = razor_payment_service.create_order(current_user(), json_body().course_id)
+    order = RAZORPAY.create_order(current_user(), json_body().course_id)
     db.session.commit()
     return {"message": "Order created", "order": order}, 200 if order["reused"] else 201
 
@@ -82,7 +89,7 @@ def razorpay_verify():
     """The checkout's answer: signature, then the payment as Razorpay reports it; settles the
     payment and enrolls (the webhook converges on the same result)."""
     body = json_body()
-    result, status = razor_payment_service.verify_checkout(
+    result, status = RAZORPAY.verify_checkout(
         current_user(), body.razorpay_order_id, body.razorpay_payment_id, body.razorpay_signature)
     db.session.commit()
     if status != "captured":
@@ -95,10 +102,10 @@ def razorpay_verify():
 @limiter.exempt
 @document(resp=Response("HTTP_200", **errors(400, 503)), **HOOK)
 def razorpay_webhook():
-    """Razorpay events, checked with X-Razorpay-Signature over the raw body."""
-    ack = razor_payment_service.handle_webhook(
-        request.get_data(cache=False), request.headers.get("X-Razorpay-Signature"),
-        request.headers.get("X-Razorpay-Event-Id"))
+    """Razorpay events, checked with X-Razorpay-Signature over the raw body; recorded once by
+    what the signature covers (X-Razorpay-Event-Id is not signed and is not used)."""
+    ack = RAZORPAY.handle_webhook(request.get_data(cache=False),
+                                  request.headers.get("X-Razorpay-Signature"))
     db.session.commit()
     return ack
 
@@ -109,11 +116,13 @@ def razorpay_webhook():
 @bp.post("/create-checkout-session")
 @config_limit("RATE_LIMIT_PAYMENT_CREATE")
 @login_required
-@validate(json=CourseIn, resp=Response(HTTP_201=Envelope, HTTP_200=Envelope,
-                                       **errors(401, 403, 404, 409, 502, 503)), **AUTH)
+@validate(json=CourseIn, headers=IdempotencyHeaders,
+          resp=Response(HTTP_201=Envelope, HTTP_200=Envelope,
+                        **errors(400, 401, 403, 404, 409, 422, 502, 503)), **AUTH)
+@idempotent
 def stripe_create_checkout():
     """A Stripe Checkout Session for a paid course: `{checkout_url, session_id}`."""
-    checkout = payment_service.create_checkout(current_user(), json_body().course_id)
+    checkout = STRIPE.create_checkout(current_user(), json_body().course_id)
     db.session.commit()
     return {"message": "Checkout created", **checkout}, 200 if checkout["reused"] else 201
 
@@ -123,8 +132,8 @@ def stripe_create_checkout():
 @document(resp=Response("HTTP_200", **errors(400, 503)), **HOOK)
 def stripe_webhook():
     """Stripe events, checked with Stripe-Signature over the raw body."""
-    ack = payment_service.handle_webhook(request.get_data(cache=False),
-                                         request.headers.get("Stripe-Signature"))
+    ack = STRIPE.handle_webhook(request.get_data(cache=False),
+                                request.headers.get("Stripe-Signature"))
     db.session.commit()
     return ack
 
@@ -150,8 +159,8 @@ def history():
 @login_required
 @validate(resp=Response(HTTP_200=Envelope, **errors(401, 404)), **AUTH)
 def get_payment(payment_id: int):
-    """A payment (the payer or an admin)."""
-    return {"payment": payment_dict(readable_payment(payment_id))}
+    """A payment (the payer or an admin), with its refunds and their credit notes."""
+    return {"payment": payment_dict(readable_payment(payment_id), with_refunds=True)}
 
 
 @bp.get("/<int:payment_id>/invoice")
@@ -166,13 +175,32 @@ def invoice(payment_id: int):
         "Cache-Control": "private, no-store"})
 
 
+@bp.get("/<int:payment_id>/refunds/<int:refund_id>/credit-note")
+@login_required
+@document(resp=Response("HTTP_200", **errors(401, 404)), **AUTH)
+def credit_note(payment_id: int, refund_id: int):
+    """The credit note of one refund of the payment, as a PDF (the payer or an admin)."""
+    payment = readable_payment(payment_id)
+    refund = db.session.get(PaymentRefund, refund_id)
+    if refund is None or refund.payment_id != payment.id:
+        raise NotFound("Refund not found")
+    pdf = invoice_service.render_credit_note(refund)
+    return FlaskResponse(pdf, mimetype="application/pdf", headers={
+        "Content-Disposition": f'attachment; filename="{refund.credit_note_number}.pdf"',
+        "Cache-Control": "private, no-store"})
+
+
 @bp.post("/<int:payment_id>/refund-request")
 @bp.post("/<int:payment_id>/refund")
 @login_required
-@validate(json=RefundIn, resp=Response(HTTP_201=Envelope, **errors(401, 403, 404, 409)), **AUTH)
+@validate(json=RefundIn, headers=IdempotencyHeaders,
+          resp=Response(HTTP_201=Envelope, **errors(400, 401, 403, 404, 409, 422)), **AUTH)
+@idempotent
 def request_refund(payment_id: int):
-    """Ask for a refund (the payer, for a completed payment, within REFUND_WINDOW_DAYS);
-    an admin approves or rejects it."""
-    refund = settlement_service.request_refund(payment_id, current_user(), json_body().reason)
+    """Ask for a refund: the payer, for a completed payment, within REFUND_WINDOW_DAYS and
+    before a certificate is issued for the course (403 `refund_window_closed`,
+    `refund_certificate_issued`); one open request per payment (409). An admin approves or
+    rejects it."""
+    refund = refunds.request_refund(payment_id, current_user(), json_body().reason)
     db.session.commit()
     return {"message": "Refund requested", "refund_request": refund.to_dict()}, 201

@@ -1,4 +1,6 @@
-"""Invoices: a one-page PDF for a settled payment (ReportLab), numbered when it settled."""
+"""Invoices and credit notes: one-page PDFs (ReportLab). An invoice is numbered when its payment
+settles (INV-<year>-<000001>); each recorded refund has a credit note of its own
+(CN-<year>-<000001>), which names the invoice it corrects."""
 from __future__ import annotations
 
 import io
@@ -6,75 +8,122 @@ from decimal import Decimal
 
 from flask import current_app
 
-from models import Course, Payment, User, db
+from models import Course, Payment, PaymentRefund, User, db
 from services.certificate_service import pdf_fonts
 from utils.errors import Conflict
 from utils.helpers import money
 
 
-def render_invoice(payment: Payment) -> bytes:
-    # ReportLab (~30 ms to import) loads only when a PDF is drawn, not in every worker.
-    from reportlab.lib import colors
-    from reportlab.lib.pagesizes import A4
-    from reportlab.pdfgen import canvas as pdf_canvas
+class _Page:
+    """A document's page: the seller, the buyer, one line item and totals, in our fonts."""
 
+    def __init__(self, title: str, number_label: str, number: str, date_text: str):
+        # ReportLab (~30 ms to import) loads only when a PDF is drawn, not in every worker.
+        from reportlab.lib.pagesizes import A4
+        from reportlab.pdfgen import canvas as pdf_canvas
+
+        cfg = current_app.config
+        self.regular, self.bold = pdf_fonts(tuple(cfg["CERTIFICATE_FONT_PATHS"]),
+                                            tuple(cfg["CERTIFICATE_BOLD_FONT_PATHS"]))
+        self.buffer = io.BytesIO()
+        self.width, height = A4
+        self.c = pdf_canvas.Canvas(self.buffer, pagesize=A4, invariant=1)
+        self.c.setTitle(f"{title.capitalize()} {number}")
+        self.c.setAuthor(cfg["INVOICE_SELLER_NAME"])
+        self.left, self.right, self.y = 60, self.width - 60, height - 70
+        self.c.setFont(self.bold, 22)
+        self.c.drawString(self.left, self.y, title.upper())
+        self.c.setFont(self.regular, 10)
+        self.c.drawRightString(self.right, self.y, f"{number_label}: {number}")
+        self.c.drawRightString(self.right, self.y - 14, f"Date: {date_text}")
+
+    def mark(self, text: str) -> None:
+        from reportlab.lib import colors  # loaded with the first PDF, as above
+
+        self.c.setFillColor(colors.red)
+        self.c.drawRightString(self.right, self.y - 28, text)
+        self.c.setFillColor(colors.black)
+
+    def parties(self, buyer: User) -> None:
+        cfg = current_app.config
+        seller = [cfg["INVOICE_SELLER_NAME"], cfg["INVOICE_SELLER_ADDRESS"],
+                  f"Tax id: {cfg['INVOICE_SELLER_TAX_ID']}" if cfg["INVOICE_SELLER_TAX_ID"]
+                  else ""]
+        for title, lines, x in (("Seller", seller, self.left),
+                                ("Billed to", [buyer.full_name, buyer.email,
+                                               buyer.phone_number or ""], self.width / 2)):
+            self.c.setFont(self.bold, 11)
+            self.c.drawString(x, self.y - 60, title)
+            self.c.setFont(self.regular, 10)
+            for i, line in enumerate(line for line in lines if line):
+                self.c.drawString(x, self.y - 60 - 15 * (i + 1), line[:70])
+        self.y -= 160
+
+    def item(self, description: str, amount: str, currency: str) -> None:
+        from reportlab.lib import colors  # loaded with the first PDF, as above
+
+        self.c.setStrokeColor(colors.grey)
+        self.c.line(self.left, self.y + 14, self.right, self.y + 14)
+        self.c.setFont(self.bold, 10)
+        self.c.drawString(self.left, self.y, "Description")
+        self.c.drawRightString(self.right, self.y, f"Amount ({currency})")
+        self.c.line(self.left, self.y - 6, self.right, self.y - 6)
+        self.c.setFont(self.regular, 10)
+        self.c.drawString(self.left, self.y - 22, description[:80])
+        self.c.drawRightString(self.right, self.y - 22, amount)
+        self.y -= 50
+
+    def line(self, label: str, amount: str, *, bold: bool = False) -> None:
+        self.c.setFont(self.bold if bold else self.regular, 11 if bold else 10)
+        self.c.drawString(self.left, self.y, label)
+        self.c.drawRightString(self.right, self.y, amount)
+        self.y -= 18
+
+    def notes(self, *lines: str) -> bytes:
+        self.c.setFont(self.regular, 9)
+        for i, line in enumerate(lines):
+            self.c.drawString(self.left, self.y - 22 - 14 * i, line)
+        self.c.showPage()
+        self.c.save()
+        return self.buffer.getvalue()
+
+
+def render_invoice(payment: Payment) -> bytes:
     if payment.status not in ("completed", "refunded") or not payment.invoice_number:
         raise Conflict("An invoice exists only for a completed payment", code="no_invoice")
-    cfg = current_app.config
-    regular, bold = pdf_fonts(tuple(cfg["CERTIFICATE_FONT_PATHS"]),
-                           tuple(cfg["CERTIFICATE_BOLD_FONT_PATHS"]))
     buyer = db.session.get(User, payment.user_id)
     course = db.session.get(Course, payment.course_id)
-    buffer = io.BytesIO()
-    width, height = A4
-    c = pdf_canvas.Canvas(buffer, pagesize=A4, invariant=1)
-    c.setTitle(f"Invoice {payment.invoice_number}")
-    c.setAuthor(cfg["INVOICE_SELLER_NAME"])
-    left, y = 60, height - 70
-    c.setFont(bold, 22)
-    c.drawString(left, y, "INVOICE")
-    c.setFont(regular, 10)
-    c.drawRightString(width - 60, y, f"Invoice number: {payment.invoice_number}")
-    c.drawRightString(width - 60, y - 14, f"Date: {payment.paid_at:%d %B %Y}")
+    page = _Page("invoice", "Invoice number", payment.invoice_number,
+                 f"{payment.paid_at:%d %B %Y}")
     if payment.status == "refunded":
-        c.setFillColor(colors.red)
-        c.drawRightString(width - 60, y - 28, "REFUNDED")
-        c.setFillColor(colors.black)
-
-    def block(title: str, lines: list[str], x: float, top: float) -> None:
-        c.setFont(bold, 11)
-        c.drawString(x, top, title)
-        c.setFont(regular, 10)
-        for i, line in enumerate(line for line in lines if line):
-            c.drawString(x, top - 15 * (i + 1), line[:70])
-
-    block("Seller", [cfg["INVOICE_SELLER_NAME"], cfg["INVOICE_SELLER_ADDRESS"],
-                     f"Tax id: {cfg['INVOICE_SELLER_TAX_ID']}" if cfg["INVOICE_SELLER_TAX_ID"]
-                     else ""], left, y - 60)
-    block("Billed to", [buyer.full_name, buyer.email, buyer.phone_number or ""], width / 2, y - 60)
-
-    y -= 160
-    c.setStrokeColor(colors.grey)
-    c.line(left, y + 14, width - 60, y + 14)
-    c.setFont(bold, 10)
-    c.drawString(left, y, "Description")
-    c.drawRightString(width - 60, y, f"Amount ({payment.currency})")
-    c.line(left, y - 6, width - 60, y - 6)
-    c.setFont(regular, 10)
-    c.drawString(left, y - 22, f"Course: {course.title}"[:80])
-    c.drawRightString(width - 60, y - 22, f"{money(payment.amount):,.2f}")
-    y -= 50
+        page.mark("REFUNDED")
+    page.parties(buyer)
+    page.item(f"Course: {course.title}", f"{money(payment.amount):,.2f}", payment.currency)
     if payment.refunded_amount and Decimal(payment.refunded_amount) > 0:
-        c.drawString(left, y, "Refunded")
-        c.drawRightString(width - 60, y, f"-{money(payment.refunded_amount):,.2f}")
-        y -= 18
-    c.setFont(bold, 11)
-    c.drawString(left, y, "Total paid")
-    c.drawRightString(width - 60, y, f"{money(payment.amount):,.2f} {payment.currency}")
-    c.setFont(regular, 9)
-    c.drawString(left, y - 40, f"Paid with {payment.gateway.capitalize()}; reference "
-                               f"{payment.gateway_payment_id or payment.gateway_order_id or '-'}")
-    c.drawString(left, y - 54, f"Payment id {payment.id}")
-    c.showPage()
-    c.save()
-    return buffer.getvalue()
+        page.line("Refunded (see the credit notes)", f"-{money(payment.refunded_amount):,.2f}")
+    page.line("Total paid", f"{money(payment.amount):,.2f} {payment.currency}", bold=True)
+    return page.notes(
+        f"Paid with {payment.gateway.capitalize()}; reference "
+        f"{payment.gateway_payment_id or payment.gateway_order_id or '-'}",
+        f"Payment id {payment.id}")
+
+
+def render_credit_note(refund: PaymentRefund) -> bytes:
+    """The credit note of one refund: the amount credited against the payment's invoice."""
+    payment = db.session.get(Payment, refund.payment_id)
+    buyer = db.session.get(User, payment.user_id)
+    course = db.session.get(Course, payment.course_id)
+    page = _Page("credit note", "Credit note number", refund.credit_note_number,
+                 f"{refund.created_at:%d %B %Y}")
+    page.parties(buyer)
+    page.item(f"Refund for the course: {course.title}", f"-{money(refund.amount):,.2f}",
+              refund.currency)
+    page.line("Total credited", f"{money(refund.amount):,.2f} {refund.currency}", bold=True)
+    return page.notes(
+        f"Credits invoice {payment.invoice_number or '-'} "
+        f"({money(payment.amount):,.2f} {payment.currency}, paid "
+        f"{payment.paid_at:%d %B %Y})" if payment.paid_at else
+        f"Credits invoice {payment.invoice_number or '-'}",
+        f"Refunded through {payment.gateway.capitalize()}; refund reference "
+        f"{refund.gateway_refund_id}",
+        f"Payment id {payment.id}")

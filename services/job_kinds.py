@@ -3,8 +3,10 @@ in one table: services/jobs.py keeps the queue and knows no domain; the app fact
 `register()`."""
 from __future__ import annotations
 
-from services import certificate_service, email_service, jobs, notification_service, \
-    reconcile_service
+from models import db
+from services import certificate_service, email_service, jobs, notification_service
+from services.payments import reconcile
+from utils.pipeline import idempotency
 
 
 def _email_send(args: dict) -> dict:
@@ -23,7 +25,7 @@ def _render_pdfs(args: dict) -> dict:
 
 
 def _reconcile(args: dict) -> dict:
-    return {"outcomes": reconcile_service.reconcile_pending(args.get("older_than_minutes"))}
+    return {"outcomes": reconcile.reconcile_pending(args.get("older_than_minutes"))}
 
 
 KINDS = {
@@ -35,7 +37,14 @@ KINDS = {
     "certificates.render_pdfs": _render_pdfs,
     "payments.reconcile": _reconcile,
 }
-TICK_TASKS = {"reconciled": reconcile_service.reconcile_pending}
+def _purge_idempotency_keys() -> int:
+    purged = idempotency.purge_expired()
+    db.session.commit()
+    return purged
+
+
+TICK_TASKS = {"reconciled": reconcile.reconcile_pending,
+              "idempotency keys purged": _purge_idempotency_keys}
 
 
 def register() -> None:

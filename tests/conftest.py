@@ -28,6 +28,17 @@ from utils.extensions import limiter
 CI = os.environ.get("CI", "").lower() == "true"
 
 
+def pytest_addoption(parser):
+    group = parser.getgroup("lms")
+    # The payment lifecycle state machine (tests/test_payment_lifecycle.py): its CI cost is
+    # bounded by these defaults; raise them for a deeper search, e.g.
+    # make test PYTEST_ARGS='tests/test_payment_lifecycle.py --lifecycle-examples=400'
+    group.addoption("--lifecycle-examples", type=int, default=25,
+                    help="Hypothesis examples (runs of the machine) in the payment lifecycle test")
+    group.addoption("--lifecycle-steps", type=int, default=30,
+                    help="steps per run of the payment lifecycle state machine")
+
+
 def postgres_url() -> str | None:
     url = os.environ.get("TEST_POSTGRES_URL")
     if url:
@@ -54,7 +65,7 @@ def require_service(name: str, url: str | None) -> str:
 # same whether the suite runs on SQLite or PostgreSQL, so CI runs them in one pass only.
 SERVICE_MODULES = {"test_multiworker", "test_two_hosts", "test_webhook_concurrency",
                    "test_postgres_restart", "test_metrics_gunicorn", "test_proxy",
-                   "test_worker_health"}
+                   "test_worker_health", "test_money_races"}
 SERVICE_FIXTURES = {"postgres_app", "rq_world", "replica"}
 
 

@@ -10,13 +10,6 @@ import pytest
 
 from tests.support.import_contracts import build_graph, check, project_modules
 
-# The gateway ternaries of the payment code, which the payment gateway registry (issue 17)
-# replaces: the one ring left, and the function-local imports it needs.
-PAYMENT_RING = {("services.settlement_service", "services.payment_service"),
-                ("services.settlement_service", "services.razor_payment_service")}
-PAYMENT_FILES = {"services.payment_service", "services.razor_payment_service",
-                 "services.settlement_service", "services.reconcile_service",
-                 "routes.payment_routes"}
 # Loaded inside the function that needs them, each for its import cost (a comment says why).
 HEAVY_OPTIONAL = ("reportlab", "qrcode", "google", "rq", "sendgrid", "sentry_sdk")
 
@@ -80,7 +73,7 @@ def _rings(graph, ignored=frozenset()):
 
 def test_no_import_ring_anywhere():
     """Across the whole project, top-level modules included, imports inside functions too."""
-    assert _rings(build_graph(), ignored=PAYMENT_RING) == []
+    assert _rings(build_graph()) == []
     # ... and the check finds one where there is one.
     assert _rings(build_graph(extra_imports=(("models", "utils.pagination"),))) != []
 
@@ -88,8 +81,6 @@ def test_no_import_ring_anywhere():
 def test_function_local_imports_only_load_optional_heavy_libraries():
     found = []
     for name, path in project_modules().items():
-        if name in PAYMENT_FILES:
-            continue
         source = path.read_text()
         lines = source.splitlines()
         for function in ast.walk(ast.parse(source)):

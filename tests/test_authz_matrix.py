@@ -10,7 +10,8 @@ five seconds ago).
 
 Object-level checks: path parameters name the objects of a small world — instructor A's
 published course with its module, lesson, PDF resource, live session (starting in 5 minutes)
-and student A's completed enrollment, payment, certificate, notification and refund request —
+and student A's completed enrollment, payment (partly refunded: one refund with its credit note),
+certificate, notification and refund request —
 so "another student" and "another instructor" always reach for something that is not theirs.
 
 Completeness: a rule of the URL map without an entry here fails `test_every_rule_has_an_entry`,
@@ -64,6 +65,7 @@ from models import (
     Module,
     Notification,
     Payment,
+    PaymentRefund,
     RefundRequest,
     Subcategory,
     User,
@@ -440,6 +442,8 @@ TABLE: list[Entry] = [
     row("GET", "/payments/history", LOGIN),
     row("GET", "/payments/<int:payment_id>", HOLDER_OR_ADMIN),
     row("GET", "/payments/<int:payment_id>/invoice", HOLDER_OR_ADMIN),
+    row("GET", "/payments/<int:payment_id>/refunds/<int:refund_id>/credit-note",
+        HOLDER_OR_ADMIN),
     # Only the payer asks for a refund (the admin decides through /admin/refund-requests).
     row("POST", "/payments/<int:payment_id>/refund-request", HOLDER_ONLY,
         body={"reason": "Not what I expected"}),
@@ -525,6 +529,10 @@ TABLE: list[Entry] = [
     row("PUT", "/admin/courses/<int:course_id>/status", ADMINS, body={"status": "published"}),
     row("PUT", "/admin/courses/<int:course_id>/publish", ADMINS),
     row("GET", "/admin/payments", ADMINS),
+    # Student A's refund request is open: the admin's own refund is refused (409) before any
+    # gateway is asked.
+    row("POST", "/admin/payments/<int:payment_id>/refund", ADMINS,
+        body={"reason": "Goodwill refund"}),
     row("GET", "/admin/refund-requests", ADMINS),
     row("PUT", "/admin/refund-requests/<int:request_id>", ADMINS,
         body={"action": "reject", "note": "Outside the policy"}),
@@ -580,6 +588,7 @@ DEFAULT_PARAMS = {
     "form_id": "contact", "request_id": "refund_a", "user_id": "student_a_id",
     "prerequisite_id": "course_f", "ip": "blocked_ip", "number": "certificate_number",
     "folder": "thumbnail_folder", "name": "thumbnail_name", "job_id": "job_a",
+    "refund_id": "payment_refund_a",
 }
 
 TABLE_BY_KEY = {entry.key: entry for entry in TABLE}
@@ -775,9 +784,14 @@ class WorldBuilder:
                 user_id=student_a.id, course_id=course_a.id, gateway="razorpay",
                 gateway_order_id=f"order_{tag}", gateway_payment_id=f"pay_{tag}",
                 amount=Decimal("49.99"), currency="USD", status="completed",
-                invoice_number=f"INV-{tag}", paid_at=now)
+                invoice_number=f"INV-{tag}", paid_at=now, refunded_amount=Decimal("1.00"))
             db.session.add(payment_a)
             db.session.flush()
+            payment_refund_a = PaymentRefund(
+                payment_id=payment_a.id, gateway="razorpay", gateway_refund_id=f"rfnd_{tag}",
+                amount=Decimal("1.00"), currency="USD", source="webhook",
+                credit_note_number=f"CN-{tag}")
+            db.session.add(payment_refund_a)
             enrollment_a = Enrollment(
                 user_id=student_a.id, course_id=course_a.id, status="completed",
                 payment_id=payment_a.id, enrolled_at=now - timedelta(days=1), started_at=now,
@@ -830,6 +844,7 @@ class WorldBuilder:
                 master=master.id, sub=sub.id, course_a=course_a.id, course_b=course_b.id,
                 course_f=course_f.id, module_a=module_a.id, lesson_a=lesson_a.id,
                 resource_a=resource_a.id, payment_a=payment_a.id,
+                payment_refund_a=payment_refund_a.id,
                 enrollment_a=enrollment_a.id, enrollment_b=enrollment_b.id,
                 certificate_a=certificate.id,
                 certificate_number=certificate.certificate_number,

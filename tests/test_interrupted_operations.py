@@ -8,17 +8,21 @@ sequence counts the rows, so the count survives the rollback it causes), either 
 everything and the commit itself fails). The operation runs through the HTTP API; the answer
 must be a clean error or the operation's own account of what it did, never a half success.
 Then the trigger is dropped and the database is compared with what "consistent" means for
-each operation (services/settlement_service.py, services/certificate_service.py):
+each operation (services/payments/, services/certificate_service.py):
 
 - Settling a payment (a signed Razorpay webhook, or the browser's verify call) marks the
   payment completed, numbers its invoice from the year's counter, enrolls the payer and
   notifies them, in one transaction: interrupted anywhere, the payment is still open, no
   invoice number was used up, no enrollment or notice exists, and the webhook event is not
   recorded, so the gateway's redelivery settles it (with the next invoice number: no gap).
-- Approving a refund asks the gateway first, then records the refund request as processed,
-  the payment refunded, the enrollment refunded, the certificate revoked, a notice and the
-  audit entry: interrupted, none of ours is written. The gateway has refunded by then: the
-  retried approval finds that refund by its key and records it, rather than refunding twice.
+- Approving a refund records the decision (the request approved, the audit entry) and commits
+  it before the gateway is asked: interrupted there, nothing is written and no money moves.
+  Then the gateway refunds and the ledger records it (the refund row and its credit note, the
+  payment refunded, the enrollment refunded, the certificate revoked, a notice, the request
+  processed): interrupted there, the request stays approved (in flight) and none of the rest
+  is written; the retried approval finds the gateway's refund by its key and records it,
+  rather than refunding twice (tests/test_refund_convergence.py: the webhook and the
+  reconciler converge the same way).
 - Bulk certificate issuance commits in batches of CERTIFICATE_BULK_BATCH, each certificate in
   a savepoint: a certificate that fails is absent as a whole (no row without its PDF's hash);
   a batch whose COMMIT fails is absent as a whole while earlier batches stand; a retry issues
@@ -52,11 +56,13 @@ from models import (
     MasterCategory,
     Notification,
     Payment,
+    PaymentRefund,
     RefundRequest,
     User,
     WebhookEvent,
     db,
 )
+from tests.support.faults import Faults
 from tests.support.razorpay_stub import KEY_ID, KEY_SECRET, WEBHOOK_SECRET, RazorpayStub
 from utils.helpers import utcnow
 
@@ -64,51 +70,6 @@ API = "/api/v1"
 PAY = f"{API}/payments"
 PRICE = Decimal("499.00")
 _SERIAL = itertools.count(1)
-
-
-# --- the fault injector ---------------------------------------------------------------------------
-
-class Faults:
-    """Temporary triggers that raise on the Nth row an operation writes to a table."""
-
-    def __init__(self, app):
-        self.app = app
-        self.installed: list[tuple[str, str]] = []  # (name, table)
-
-    def _ddl(self, *statements: str) -> None:
-        with self.app.app_context(), db.engine.begin() as conn:
-            conn.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
-            for statement in statements:
-                conn.exec_driver_sql(statement)
-
-    def inject(self, table: str, operation: str, nth: int = 1, *, at_commit: bool = False) -> str:
-        """Raise on the `nth` `operation` (INSERT / UPDATE) row of `table`: at once, or, with
-        at_commit, when the transaction commits (a deferred constraint trigger)."""
-        name = f"lms_fault_{uuid.uuid4().hex[:10]}"
-        when = (f"CREATE CONSTRAINT TRIGGER {name} AFTER {operation} ON {table} "
-                "DEFERRABLE INITIALLY DEFERRED" if at_commit
-                else f"CREATE TRIGGER {name} BEFORE {operation} ON {table}")
-        self._ddl(
-            f"CREATE SEQUENCE {name}_seq",
-            f"""CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $fault$
-                BEGIN
-                  IF nextval('{name}_seq') = {int(nth)} THEN
-                    RAISE EXCEPTION USING MESSAGE =
-                      'injected fault: ' || TG_OP || ' on ' || TG_TABLE_NAME;
-                  END IF;
-                  RETURN NEW;
-                END
-                $fault$""",
-            f"{when} FOR EACH ROW EXECUTE FUNCTION {name}()")
-        self.installed.append((name, table))
-        return name
-
-    def clear(self) -> None:
-        while self.installed:
-            name, table = self.installed.pop()
-            self._ddl(f"DROP TRIGGER IF EXISTS {name} ON {table}",
-                      f"DROP FUNCTION IF EXISTS {name}()",
-                      f"DROP SEQUENCE IF EXISTS {name}_seq")
 
 
 # --- the world a test runs in ---------------------------------------------------------------------
@@ -259,6 +220,7 @@ def test_interrupted_settlement_writes_nothing_and_settles_on_retry(world, fault
     first_course = world.course()
     first = world.open_order(student, first_course)
     paid, _ = world.stub.pay(first["order_id"])
+    first_paid = paid["id"]
     body, signature = world.stub.payment_event("payment.captured", paid)
     settled = world.webhook(body, signature, "evt_first")
     assert settled.status_code == 200, settled.get_data(as_text=True)
@@ -310,30 +272,32 @@ def test_interrupted_settlement_writes_nothing_and_settles_on_retry(world, fault
         (student, course, "active", order["payment_id"])])
     assert world.count(Notification, Notification.user_id == student,
                        Notification.title == "Payment received") == 2
-    if entry == "webhook":
-        assert world.rows(WebhookEvent, "event_id", "status") == [
-            ("evt_first", "processed"), ("evt_second", "processed")]
+    if entry == "webhook":  # recorded by the event and its payment, from the signed body
+        assert world.rows(WebhookEvent, "event_id", "status") == sorted([
+            (f"payment.captured:{first_paid}", "processed"),
+            (f"payment.captured:{paid['id']}", "processed")])
 
 
 # --- refund approval ------------------------------------------------------------------------------
 
 def _settled_with_refund_request(world) -> dict:
-    """A student with a settled payment, a certificate for the course, an admin, and the
-    student's pending refund request."""
+    """A student with a settled payment, their pending refund request, a certificate for the
+    course issued after they asked (so the approval takes the admin's override), and an
+    admin."""
     student, course = world.user(), world.course()
     order = world.open_order(student, course)
     paid, signature = world.stub.pay(order["order_id"])
     verified = world.verify(student, order["order_id"], paid["id"], signature)
     assert verified.status_code == 200, verified.get_data(as_text=True)
+    response = world.client.post(f"{PAY}/{order['payment_id']}/refund-request",
+                                 headers=world.headers(student),
+                                 json={"reason": "The course is not what I expected"})
+    assert response.status_code == 201, response.get_json()
     enrollment = world.scalar(select(Enrollment.id).where(Enrollment.user_id == student,
                                                           Enrollment.course_id == course))
     world.add(Certificate(certificate_number=f"CERT-{uuid.uuid4().hex[:12]}", user_id=student,
                           course_id=course, enrollment_id=enrollment, holder_name="Student",
                           course_title="Course", completion_date=date.today(), status="valid"))
-    response = world.client.post(f"{PAY}/{order['payment_id']}/refund-request",
-                                 headers=world.headers(student),
-                                 json={"reason": "The course is not what I expected"})
-    assert response.status_code == 201, response.get_json()
     return {"student": student, "course": course, "payment": order["payment_id"],
             "gateway_payment": paid["id"], "admin": world.user("admin"),
             "request": response.get_json()["refund_request"]["id"]}
@@ -342,35 +306,65 @@ def _settled_with_refund_request(world) -> dict:
 def _approve(world, case):
     return world.client.put(f"{API}/admin/refund-requests/{case['request']}",
                             headers=world.headers(case["admin"]),
-                            json={"action": "approve", "note": "ok"})
+                            json={"action": "approve", "note": "ok", "override_policy": True})
 
 
-REFUND_FAULT_POINTS = {
+# The decision itself (the request approved, the audit entry), committed before the gateway is
+# asked: interrupted there, nothing is written and no money moves.
+DECISION_FAULT_POINTS = {
+    "audit entry": ("audit_logs", "INSERT", False),
+    "approval at commit": ("refund_requests", "UPDATE", True),
+}
+
+# Recording the refund the gateway made (the ledger row and its credit note number, the
+# payment, the certificate, the notice, the request): interrupted there, the approval stands
+# and the money has left; the refund is in flight.
+RECORDING_FAULT_POINTS = {
+    "refund record": ("payment_refunds", "INSERT", False),
+    "credit note number": ("credit_note_counters", "INSERT", False),
     "certificate revocation": ("certificates", "UPDATE", False),
     "refund notice": ("notifications", "INSERT", False),
-    "audit entry": ("audit_logs", "INSERT", False),
-    "refund request update at commit": ("refund_requests", "UPDATE", True),
+    "payment update at commit": ("payments", "UPDATE", True),
 }
 
 
-@pytest.mark.parametrize("point", list(REFUND_FAULT_POINTS))
-def test_interrupted_refund_approval_writes_nothing_of_ours(world, faults, point):
+@pytest.mark.parametrize("point", list(DECISION_FAULT_POINTS))
+def test_an_approval_that_cannot_be_recorded_moves_no_money(world, faults, point):
     case = _settled_with_refund_request(world)
     before = world.money_state()
-    table, operation, at_commit = REFUND_FAULT_POINTS[point]
+    table, operation, at_commit = DECISION_FAULT_POINTS[point]
     faults.inject(table, operation, at_commit=at_commit)
 
     assert_internal_error(_approve(world, case))
     faults.clear()
 
-    # None of ours: the request still pending, the payment completed, access and the
-    # certificate kept, no notice, no audit entry.
     assert world.money_state() == before
     assert (case["request"], "pending") in world.rows(RefundRequest, "id", "status")
-    assert (case["payment"], "completed") in world.rows(Payment, "id", "status")
-    assert world.rows(Enrollment, "user_id", "status") == [(case["student"], "active")]
-    assert world.rows(Certificate, "status") == [("valid",)]
-    # The gateway was asked first, and refunded: the money has left.
+    assert world.stub.refunds == {}
+    assert world.stub.requests_to("/refund") == []
+
+
+@pytest.mark.parametrize("point", list(RECORDING_FAULT_POINTS))
+def test_an_interrupted_refund_record_leaves_the_refund_in_flight(world, faults, point):
+    case = _settled_with_refund_request(world)
+    before = world.money_state()
+    table, operation, at_commit = RECORDING_FAULT_POINTS[point]
+    faults.inject(table, operation, at_commit=at_commit)
+
+    assert_internal_error(_approve(world, case))
+    faults.clear()
+
+    # The approval is on record; nothing of the refund is: the payment completed, access and
+    # the certificate kept, no notice, no ledger row.
+    after = world.money_state()
+    assert (case["request"], "approved", case["admin"]) in [
+        row[:3] for row in after["refund_requests"]]
+    assert [action for _, action in after["audit"]] == ["refund_request.approve"]
+    for key in ("payments", "enrollments", "notifications", "certificates",
+                "invoice_counters", "events"):
+        assert after[key] == before[key], key
+    assert world.count(PaymentRefund) == 0
+    # The gateway was asked, and refunded: the money has left.
     assert [r["payment_id"] for r in world.stub.refunds.values()] == [case["gateway_payment"]]
 
 
@@ -387,6 +381,7 @@ def test_refund_approval_retried_after_an_interruption_completes(world, faults):
     assert (case["payment"], "refunded") in world.rows(Payment, "id", "status")
     assert world.rows(Enrollment, "user_id", "status") == [(case["student"], "refunded")]
     assert world.rows(Certificate, "status") == [("revoked",)]
+    assert world.count(PaymentRefund) == 1
 
 
 # --- bulk certificate issuance ----------------------------------------------------------------------

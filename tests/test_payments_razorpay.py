@@ -36,6 +36,7 @@ from models import (
     InvoiceCounter,
     Notification,
     Payment,
+    PaymentRefund,
     RefundRequest,
     User,
     WebhookEvent,
@@ -520,7 +521,10 @@ def test_webhook_settles_and_enrolls(w, event):
     assert enrollment["status"] == "active" and enrollment["payment_id"] == row["id"]
     assert enrollment["course_id"] == course
     stored = w.row(WebhookEvent)
-    assert stored["gateway"] == "razorpay" and stored["event_id"] == "evt_1"
+    # Recorded by what the signature covers (the event and its object), not the unsigned
+    # X-Razorpay-Event-Id header.
+    subject = payment["id"] if event == "payment.captured" else order["order_id"]
+    assert stored["gateway"] == "razorpay" and stored["event_id"] == f"{event}:{subject}"
     assert stored["event_type"] == event and stored["status"] == "processed"
     assert stored["payment_id"] == row["id"] and stored["processed_at"] is not None
     assert stored["payload"] == json.loads(body)
@@ -692,9 +696,15 @@ def _decide(w, admin: int, request_id: int, action: str, note: str | None = None
 
 def test_refund_round_trip_through_the_gateway(w):
     student, course, order, paid = w.settled()
-    certificate = _certificate(w, student, course)
     admin = w.user("admin")
     request = _refund_request(w, student, order["payment_id"])
+    # The student finished the course while the request waited: the approval now needs the
+    # admin's override (the refund policy), and revokes the certificate.
+    certificate = _certificate(w, student, course)
+    refused = error(_decide(w, admin, request["id"], "approve"), 409,
+                    "refund_certificate_issued")
+    assert "override_policy" in refused["details"]
+    assert w.stub.refunds == {} and w.count(AuditLog) == 0
     assert request["status"] == "pending" and Decimal(str(request["amount"])) == PRICE
     listed = ok(w.client.get(f"{API}/admin/refund-requests", headers=w.headers(admin)))
     assert [r["id"] for r in listed["refund_requests"]] == [request["id"]]
@@ -702,8 +712,11 @@ def test_refund_round_trip_through_the_gateway(w):
     error(w.client.post(f"{PAY}/{order['payment_id']}/refund", headers=w.headers(student),
                         json={"reason": "again please"}), 409)
 
-    body = ok(_decide(w, admin, request["id"], "approve", "ok"))
+    body = ok(w.client.put(f"{API}/admin/refund-requests/{request['id']}",
+                           headers=w.headers(admin),
+                           json={"action": "approve", "note": "ok", "override_policy": True}))
     assert body["refund_request"]["status"] == "processed"
+    assert body["refund"]["credit_note_number"].startswith("CN-")
     [refund_call] = w.stub.requests_to(f"/v1/payments/{paid['id']}/refund")
     assert refund_call.method == "POST" and refund_call.basic_auth == (KEY_ID, KEY_SECRET)
     assert refund_call.json["amount"] == MINOR
@@ -722,6 +735,7 @@ def test_refund_round_trip_through_the_gateway(w):
                    Notification.title == "Refund processed") == 1
     audit = w.row(AuditLog, AuditLog.action == "refund_request.approve")
     assert audit["actor_id"] == admin and audit["target_id"] == request["id"]
+    assert audit["details"]["override_policy"] is True
 
     # Deciding again: refused, no second refund at the gateway.
     error(_decide(w, admin, request["id"], "approve"), 409)
@@ -734,12 +748,14 @@ def test_refund_round_trip_through_the_gateway(w):
     after = w.money_state()
     for key in ("payments", "enrollments", "notifications", "certificates", "refund_requests"):
         assert after[key] == state[key], key
+    assert w.count(PaymentRefund) == 1
 
 
 @pytest.mark.parametrize("failure", ["500", "down"])
-def test_refund_approval_with_the_gateway_failing_changes_nothing(w, failure):
+def test_refund_approval_with_the_gateway_failing_moves_no_money(w, failure):
+    """The approval is on record before the gateway is asked; the gateway failing leaves it
+    approved (in flight) with no money moved, and the retried approval completes it."""
     student, course, order, paid = w.settled()
-    _certificate(w, student, course)
     admin = w.user("admin")
     request = _refund_request(w, student, order["payment_id"])
     state = w.money_state()
@@ -750,20 +766,45 @@ def test_refund_approval_with_the_gateway_failing_changes_nothing(w, failure):
         w.stub.fail_with(500)
         body = error(_decide(w, admin, request["id"], "approve"), 502, "gateway_error")
     assert "razorpay" in body["error"].lower() and "refund" in body["error"].lower()
-    assert w.money_state() == state
+    after = w.money_state()
+    assert after["refund_requests"] == [(request["id"], "approved")]
+    assert [action for _, action in after["audit"]] == ["refund_request.approve"]
+    for key in ("payments", "enrollments", "notifications", "certificates", "events"):
+        assert after[key] == state[key], key
     assert w.stub.refunds == {}
+    # In flight, it cannot be declined any more.
+    error(_decide(w, admin, request["id"], "reject"), 409, "refund_in_progress")
 
     w.stub.recover()
     ok(_decide(w, admin, request["id"], "approve"))
     assert w.row(Payment, Payment.id == order["payment_id"])["status"] == "refunded"
+    assert len(w.stub.refunds) == 1 and w.count(PaymentRefund) == 1
+    assert w.count(AuditLog, AuditLog.action == "refund_request.approve") == 1
+
+
+def test_refund_declined_by_the_gateway_goes_back_to_pending(w):
+    student, course, order, paid = w.settled()
+    admin = w.user("admin")
+    request = _refund_request(w, student, order["payment_id"])
+    w.stub.fail_next("POST", "/refund", 400, "The payment is under dispute")
+    body = error(_decide(w, admin, request["id"], "approve"), 502, "gateway_error")
+    assert "under dispute" in body["error"]
+    stored = w.row(RefundRequest, RefundRequest.id == request["id"])
+    assert stored["status"] == "pending" and "under dispute" in stored["admin_note"]
+    assert w.row(Payment, Payment.id == order["payment_id"])["status"] == "completed"
+    assert w.stub.refunds == {} and w.count(PaymentRefund) == 0
+    # An admin decides again: declining works now.
+    assert ok(_decide(w, admin, request["id"], "reject"))["refund_request"]["status"] == \
+        "rejected"
 
 
 def test_refund_processed_webhook_marks_the_payment_refunded(w):
     student, course, order, paid = w.settled()
-    certificate = _certificate(w, student, course)
-    # The student had asked; the refund was then made from Razorpay's dashboard.
+    # The student had asked, and finished the course meanwhile; the refund was then made from
+    # Razorpay's dashboard (no policy applies to money already returned).
     ok(w.client.post(f"{PAY}/{order['payment_id']}/refund-request", headers=w.headers(student),
                      json={"reason": "Changed my mind"}), 201)
+    certificate = _certificate(w, student, course)
     refund = {"id": "rfnd_FromDashboard1", "entity": "refund", "amount": MINOR,
               "currency": "INR", "payment_id": paid["id"], "status": "processed",
               "notes": {}, "created_at": 0}
@@ -781,7 +822,11 @@ def test_refund_processed_webhook_marks_the_payment_refunded(w):
     assert request["admin_note"] == "Refunded at the payment gateway"
     state = w.money_state()
     assert ok(w.webhook(body, signature, "evt_refund"))["duplicate"] is True
+    # The same signed body replayed with fresh unsigned headers: still the same event.
+    for n in range(3):
+        assert ok(w.webhook(body, signature, f"evt_replay_{n}"))["duplicate"] is True
     assert w.money_state() == state
+    assert w.count(PaymentRefund) == 1
 
 
 def test_refund_request_outside_the_window_is_refused(w):
@@ -850,13 +895,38 @@ def test_reconcile_settles_captured_and_expires_abandoned_orders(w):
     assert looked_up == {f"/v1/orders/{paid['order_id']}/payments",
                          f"/v1/orders/{abandoned['order_id']}/payments"}
 
-    # Run again: nothing is pending and old any more.
+    # Run again: nothing is pending and old any more; the expired order is asked about
+    # again (a Razorpay order stays payable), and is still unpaid.
     state = w.money_state()
     again = w.app.test_cli_runner().invoke(args=["payments", "reconcile"])
-    assert again.exit_code == 0 and "nothing pending" in again.output
+    assert again.exit_code == 0 and again.output.strip() == "unchanged: 1"
     assert w.money_state() == state
     # The abandoned course can be bought again with a new order.
     assert w.order_for(student, abandoned_course)["order_id"] != abandoned["order_id"]
+
+
+def test_an_order_paid_after_the_reconciler_expired_it_is_settled(w):
+    """A Razorpay order stays payable after we expired it: the reconciler keeps asking for
+    PAYMENT_EXPIRED_RECHECK_HOURS, and settles it once paid (its webhook may never come)."""
+    student, course, order = w.paid_course()
+    w.update(Payment, order["payment_id"],
+             created_at=utcnow() - timedelta(minutes=w.app.config["PAYMENT_PENDING_TIMEOUT"] + 5))
+    assert "expired: 1" in w.app.test_cli_runner().invoke(args=["payments", "reconcile"]).output
+    late, _ = w.stub.pay(order["order_id"])
+    result = w.app.test_cli_runner().invoke(args=["payments", "reconcile"])
+    assert result.exit_code == 0 and result.output.strip() == "settled: 1"
+    revived = w.row(Payment, Payment.id == order["payment_id"])
+    assert (revived["status"], revived["gateway_payment_id"]) == ("completed", late["id"])
+    assert w.row(Enrollment, Enrollment.user_id == student)["status"] == "active"
+    # Past PAYMENT_EXPIRED_RECHECK_HOURS an expired order is no longer asked about.
+    _, _, stale = w.paid_course()
+    w.update(Payment, stale["payment_id"], status="expired",
+             created_at=utcnow() - timedelta(hours=w.app.config["PAYMENT_EXPIRED_RECHECK_HOURS"],
+                                             minutes=1))
+    w.stub.clear_requests()
+    assert "nothing pending" in w.app.test_cli_runner().invoke(
+        args=["payments", "reconcile"]).output
+    assert w.stub.api_calls("GET") == []
 
 
 def test_reconcile_with_the_gateway_down_leaves_payments_pending(w):

@@ -563,6 +563,7 @@ NOT_LISTS: dict[str, str] = {
     "notifications.unread_count": "a count",
     "payments.get_payment": "one payment",
     "payments.invoice": "one PDF",
+    "payments.credit_note": "one PDF",
     "subcategories.get_subcategory": "one subcategory",
     "verify_page.verify_page": "one certificate's HTML page",
     "verify_page.check_page": "a form, no query",

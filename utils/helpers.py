@@ -40,11 +40,20 @@ _ZERO_DECIMAL = {"BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA", "PYG", 
 _THREE_DECIMAL = {"BHD", "JOD", "KWD", "OMR", "TND"}
 
 
+def _minor_exponent(currency: str) -> int:
+    currency = currency.upper()
+    return 0 if currency in _ZERO_DECIMAL else 3 if currency in _THREE_DECIMAL else 2
+
+
 def to_minor_units(amount: Decimal, currency: str) -> int:
     """Integer minor units for a gateway, computed with Decimal, never floats."""
-    currency = currency.upper()
-    exponent = 0 if currency in _ZERO_DECIMAL else 3 if currency in _THREE_DECIMAL else 2
+    exponent = _minor_exponent(currency)
     return int((Decimal(amount) * (Decimal(10) ** exponent)).to_integral_value(ROUND_HALF_UP))
+
+
+def from_minor_units(amount: int, currency: str) -> Decimal:
+    """A gateway's integer minor units as a Decimal amount (the inverse of to_minor_units)."""
+    return Decimal(int(amount)).scaleb(-_minor_exponent(currency))
 
 
 def pagination_meta(page: int, per_page: int, total: int) -> dict[str, Any]:

@@ -25,7 +25,9 @@ What a test does in place of the customer and of Razorpay's servers:
   webhook secret over the exact body that must be sent.
 - `fail_with(status)` makes every API call answer that status in Razorpay's error shape (500 =
   SERVER_ERROR); `go_down()` closes every connection without an answer (the SDK raises
-  requests.ConnectionError); `recover()` undoes both.
+  requests.ConnectionError); `recover()` undoes both. `fail_next(method, suffix, status)`
+  fails one call only; `lose_next_answer(method, suffix)` carries one call out (a refund is
+  made) and then closes its connection unanswered, as a gateway that acted and timed out.
 
 Every API request is kept in `requests` (`requests_to(suffix)`, `api_calls(method, path)`).
 """
@@ -79,6 +81,14 @@ class RazorpayStub:
         self.refunds: dict[str, dict] = {}
         self.requests: list[ReceivedRequest] = []
         self._failure: int | None = None
+        # (method, path suffix, status, description): the next matching call fails so
+        self._faults: list[tuple[str, str, int, str]] = []
+        # the state of the refunds the API makes ("processed"; "pending": settled later with
+        # settle_refund, as Razorpay does for normal-speed refunds)
+        self.refund_status = "processed"
+        # (method, path suffix): the next matching call is carried out, then its connection
+        # closed without an answer (a gateway that acted, then timed out)
+        self._lost_answers: list[tuple[str, str]] = []
         self._failure_description = ""
         self._delay = 0.0
         self._down = False
@@ -166,6 +176,19 @@ class RazorpayStub:
         with self._lock:
             self._failure, self._failure_description = status, description
 
+    def fail_next(self, method: str, path_suffix: str, status: int = 400,
+                  description: str = "Something went wrong") -> None:
+        """The next `method` call whose path ends with `path_suffix` answers `status` in
+        Razorpay's error shape (and does nothing)."""
+        with self._lock:
+            self._faults.append((method.upper(), path_suffix, status, description))
+
+    def lose_next_answer(self, method: str, path_suffix: str) -> None:
+        """The next matching call is carried out (a refund is made, say), then its connection
+        is closed without an answer: the caller cannot know it succeeded."""
+        with self._lock:
+            self._lost_answers.append((method.upper(), path_suffix))
+
     def hang(self, seconds: float) -> None:
         """Every API call waits `seconds` before answering (a gateway timing out)."""
         with self._lock:
@@ -179,6 +202,8 @@ class RazorpayStub:
     def recover(self) -> None:
         with self._lock:
             self._failure, self._down, self._delay = None, False, 0.0
+            self._faults.clear()
+            self._lost_answers.clear()
 
     # --- what tests inspect -----------------------------------------------------------------
 
@@ -203,6 +228,9 @@ class RazorpayStub:
             self.refunds.clear()
             self.requests.clear()
             self._failure, self._down, self._delay = None, False, 0.0
+            self._faults.clear()
+            self._lost_answers.clear()
+            self.refund_status = "processed"
 
     # --- what the customer and Razorpay's servers do ----------------------------------------
 
@@ -257,6 +285,21 @@ class RazorpayStub:
         order["amount_paid"] = payment["amount"]
         order["amount_due"] = max(0, order["amount"] - payment["amount"])
 
+    def settle_refund(self, refund_id: str, status: str) -> dict:
+        """A pending refund ends: "processed", or "failed" (the amount is the payment's
+        again). Returns the refund."""
+        with self._lock:
+            refund = self.refunds[refund_id]
+            assert refund["status"] == "pending", refund
+            refund["status"] = status
+            if status == "failed":
+                payment = self.payments[refund["payment_id"]]
+                payment["amount_refunded"] -= refund["amount"]
+                payment["refund_status"] = "partial" if payment["amount_refunded"] else None
+                if payment["status"] == "refunded":
+                    payment["status"] = "captured"
+            return dict(refund)
+
     def sign_webhook(self, body: str) -> str:
         return hmac_hex(self.webhook_secret, body)
 
@@ -304,6 +347,18 @@ class RazorpayStub:
             time.sleep(self._delay)
         if self._failure is not None:
             return rz_error(self._failure, self._failure_description)
+        for i, (method, suffix, status, description) in enumerate(self._faults):
+            if method == request.method and request.path.endswith(suffix):
+                del self._faults[i]
+                return rz_error(status, description)
+        for i, (method, suffix) in enumerate(self._lost_answers):
+            if method == request.method and request.path.endswith(suffix):
+                del self._lost_answers[i]
+                self._answer_api(request)
+                return None  # done, and the answer lost on the way
+        return self._answer_api(request)
+
+    def _answer_api(self, request: ReceivedRequest) -> tuple[int, Any]:
         parts = request.path.strip("/").split("/")[1:]  # without "v1"
         body = request.json if isinstance(request.json, dict) else {}
         method = request.method
@@ -368,7 +423,7 @@ class RazorpayStub:
                   "currency": payment["currency"], "payment_id": payment["id"],
                   "notes": body.get("notes") or {}, "receipt": body.get("receipt"),
                   "acquirer_data": {"arn": None}, "created_at": int(time.time()),
-                  "batch_id": None, "status": "processed", "speed_processed": "normal",
+                  "batch_id": None, "status": self.refund_status, "speed_processed": "normal",
                   "speed_requested": body.get("speed") or "normal"}
         self.refunds[refund["id"]] = refund
         payment["amount_refunded"] += amount

@@ -425,6 +425,23 @@ class StripeStandIn:
         with self._lock:
             self._faults.append((method.upper(), path, (status, message, code)))
 
+    def reset(self) -> None:
+        """Forget every object, session, idempotency key and queued fault (between the runs
+        of a Hypothesis state machine: Hypothesis seeds the global `random` each run, and
+        localstripe draws its ids from it, so a new run would make the ids of the last one
+        again)."""
+        with self._lock:
+            _fresh_store()
+            self.sessions.clear()
+            self.checkout_requests.clear()
+            self._idempotent.clear()
+            self._faults.clear()
+
+    def clear_faults(self) -> None:
+        """Drop the faults queued by fail_next that no request has taken."""
+        with self._lock:
+            self._faults.clear()
+
     def _take_fault(self, method: str, path: str):
         with self._lock:
             for i, (m, p, fault) in enumerate(self._faults):
@@ -500,6 +517,21 @@ class StripeStandIn:
     def refunds_for(self, payment_intent: str) -> list[dict]:
         refunds = self.client().v1.refunds.list(params={"payment_intent": payment_intent})
         return [r.to_dict() for r in refunds.data]
+
+    def refunds_by_intent(self) -> dict[str, list[dict]]:
+        """Every refund localstripe holds, by the payment intent it refunds, read from its
+        store in this process (cheap enough to call after every step of a state machine;
+        call it while no request is in flight)."""
+        found: dict[str, list[dict]] = {}
+        for key, obj in list(ls_resources.store.items()):
+            if not key.startswith("refund:"):
+                continue
+            charge = ls_resources.store.get(f"charge:{obj.charge}")
+            intent = obj.payment_intent or (charge.payment_intent if charge else None)
+            found.setdefault(intent, []).append({
+                "id": obj.id, "amount": obj.amount, "status": obj.status,
+                "payment_intent": intent, "metadata": dict(obj.metadata or {})})
+        return found
 
     def charge_of(self, payment_intent: str) -> dict:
         intent = self.client().v1.payment_intents.retrieve(payment_intent)

@@ -1,4 +1,4 @@
-"""What happens to money, whichever gateway carried it.
+"""Orders and settlement, whichever gateway carried the money.
 
 - `open_order` runs the checks that must hold before any gateway is asked to charge, and
   reuses a pending, unexpired order of the same user and course.
@@ -6,10 +6,10 @@
   reconciler end here. It locks the payment row, checks amount and currency against the order,
   marks it completed, numbers the invoice and enrolls, in the caller's transaction. Settling an
   already settled payment changes nothing.
-- `record_event` stores a webhook event under its (gateway, event id) before it is acted on,
-  so a redelivered event is recognised and changes nothing.
-- Refund requests: asked by the payer, decided by an admin; approval refunds through the
-  gateway first, and only then changes our records.
+- `process_event` stores a webhook event under its (gateway, event id) before it is acted on,
+  so a redelivered event is recognised and changes nothing. The id comes from inside the
+  signed body, never from an unsigned header.
+- `next_number` numbers invoices and credit notes, per year, without gaps.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
+from typing import Callable
 
 from flask import current_app
 from sqlalchemy import select, update
@@ -24,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from models import (
     Course,
-    Enrollment,
+    CreditNoteCounter,
     InvoiceCounter,
     Notification,
     Payment,
@@ -33,8 +34,8 @@ from models import (
     WebhookEvent,
     db,
 )
-from services import certificate_service, enrollment_service
-from utils.errors import Conflict, Forbidden, NotFound, ValidationError
+from services import course_service, enrollment_service
+from utils.errors import NotFound, ValidationError
 from utils.helpers import money, to_minor_units, utcnow
 
 log = logging.getLogger("lms.payments")
@@ -51,8 +52,6 @@ def pending_timeout() -> timedelta:
 def open_order(user: User, course_id: int, gateway: str) -> tuple[Payment, Course, bool]:
     """(payment, course, reused). A new payment row is flushed so it has an id for the
     gateway's receipt, metadata and idempotency key."""
-    from services import course_service
-
     course = course_service.visible_course(course_id, user)
     # One order at a time per user: two simultaneous requests must not open two orders that
     # could both be paid (FOR UPDATE on PostgreSQL; SQLite serialises writers itself).
@@ -94,7 +93,21 @@ def by_gateway_ref(gateway: str, *, order_id: str | None = None,
 
 # --- settlement -------------------------------------------------------------------------------
 
-class AmountMismatch(ValidationError):
+class EventMismatch(ValidationError):
+    """A signed event that cannot be applied as it stands (kept as failed, acknowledged)."""
+
+
+class NotSettledYet(Exception):
+    """A refund event about a payment that has not settled here yet (webhooks arrive in any
+    order): kept, and applied once the payment settles (the gateways' `settle`, and the
+    reconciler's sweep)."""
+
+    def __init__(self, gateway_payment_id: str):
+        super().__init__(gateway_payment_id)
+        self.gateway_payment_id = gateway_payment_id
+
+
+class AmountMismatch(EventMismatch):
     code = "amount_mismatch"
     message = "The amount paid does not match the order"
 
@@ -105,21 +118,24 @@ class Settlement:
     changed: bool  # False when the payment was already settled (a replay, a second caller)
 
 
-def _next_invoice_number() -> str:
+def next_number(counter: type[InvoiceCounter] | type[CreditNoteCounter], prefix: str) -> str:
+    """The next `<prefix>-<year>-<000001>` of a yearly series (invoices, credit notes): an
+    atomic UPDATE ... RETURNING, in the caller's transaction, so a rollback gives the number
+    back and the series has no gaps."""
     year = utcnow().year
     for _ in range(2):
         number = db.session.scalar(
-            update(InvoiceCounter).where(InvoiceCounter.year == year)
-            .values(last_number=InvoiceCounter.last_number + 1)
-            .returning(InvoiceCounter.last_number))
+            update(counter).where(counter.year == year)
+            .values(last_number=counter.last_number + 1)
+            .returning(counter.last_number))
         if number is not None:
-            return f"INV-{year}-{number:06d}"
+            return f"{prefix}-{year}-{number:06d}"
         try:
             with db.session.begin_nested():
-                db.session.add(InvoiceCounter(year=year, last_number=0))
+                db.session.add(counter(year=year, last_number=0))
         except IntegrityError:
-            pass  # another settlement created this year's counter first
-    raise RuntimeError("could not allocate an invoice number")
+            pass  # another transaction created this year's counter first
+    raise RuntimeError(f"could not allocate a {prefix} number")
 
 
 def _merge_response(payment: Payment, key: str, data: dict | None) -> None:
@@ -156,7 +172,7 @@ def settle(payment_id: int, *, gateway_payment_id: str | None, amount_minor: int
     payment.gateway_payment_id = gateway_payment_id or payment.gateway_payment_id
     payment.paid_at = now
     payment.failure_reason = None
-    payment.invoice_number = payment.invoice_number or _next_invoice_number()
+    payment.invoice_number = payment.invoice_number or next_number(InvoiceCounter, "INV")
     _merge_response(payment, source, raw)
     user = db.session.get(User, payment.user_id)
     course = db.session.get(Course, payment.course_id)
@@ -229,19 +245,26 @@ def finish_event(event: WebhookEvent, status: str, *, payment_id: int | None = N
     event.processed_at = utcnow()
 
 
-def process_event(gateway: str, event_id: str, event_type: str, payload: dict, apply) -> dict:
+def process_event(gateway: str, event_id: str, event_type: str, payload: dict,
+                  apply: Callable[[], int | None]) -> dict:
     """Record a verified webhook event once and act on it: `apply()` returns the payment it
     concerned (or None). Returns the acknowledgement body. A redelivery changes nothing; an
-    event that cannot be applied (wrong amount, unexpected shape) is kept as failed and
-    acknowledged, so the gateway does not redeliver it forever; its partial effects are
-    undone by the savepoint."""
+    event that cannot be applied (wrong amount, a refund above what was paid, an unexpected
+    shape) is kept as failed and acknowledged, so the gateway does not redeliver it forever;
+    its partial effects are undone by the savepoint. A gateway that cannot be asked about the
+    event (ServiceUnavailable) fails the request as a whole: nothing is recorded, and the
+    gateway's redelivery is processed."""
     record, new = record_event(gateway, event_id, event_type, payload)
     if not new:
         return {"received": True, "duplicate": True}
     try:
         with db.session.begin_nested():
             payment_id = apply()
-    except AmountMismatch as exc:
+    except NotSettledYet as wait:
+        finish_event(record, "ignored", error="waiting for its payment to settle")
+        record.waiting_for = wait.gateway_payment_id[:255]
+        return {"received": True}
+    except EventMismatch as exc:
         finish_event(record, "failed", error=exc.message)
         return {"received": True, "error": exc.message}
     except (AttributeError, TypeError, ValueError, KeyError) as exc:
@@ -252,100 +275,18 @@ def process_event(gateway: str, event_id: str, event_type: str, payload: dict, a
     return {"received": True}
 
 
-# --- refunds ----------------------------------------------------------------------------------
-
-def request_refund(payment_id: int, user: User, reason: str) -> RefundRequest:
-    payment = db.session.get(Payment, payment_id)
-    if payment is None or payment.user_id != user.id:
-        raise NotFound("Payment not found")
-    if payment.status != "completed":
-        raise Conflict("Only completed payments can be refunded", code="not_refundable")
-    window = timedelta(days=current_app.config["REFUND_WINDOW_DAYS"])
-    if payment.paid_at is None or utcnow() - payment.paid_at > window:
-        raise Forbidden(f"Refunds can be requested within {window.days} days of payment",
-                        code="refund_window_closed")
-    open_request = db.session.scalar(select(RefundRequest.id).where(
-        RefundRequest.payment_id == payment.id,
-        RefundRequest.status.in_(("pending", "approved"))))
-    if open_request is not None:
-        raise Conflict("A refund request for this payment is already open",
-                       code="refund_already_requested")
-    request = RefundRequest(payment_id=payment.id, user_id=user.id, reason=reason,
-                            status="pending",
-                            amount=Decimal(payment.amount) - Decimal(payment.refunded_amount or 0))
-    db.session.add(request)
-    db.session.flush()
-    return request
+def waiting_events(gateway: str, gateway_payment_id: str) -> list[WebhookEvent]:
+    """Refund events kept until the payment `gateway_payment_id` settled here, oldest first."""
+    return list(db.session.scalars(select(WebhookEvent).where(
+        WebhookEvent.gateway == gateway, WebhookEvent.waiting_for == gateway_payment_id,
+        WebhookEvent.status == "ignored").order_by(WebhookEvent.id)))
 
 
-def reject_refund(request: RefundRequest, admin: User, note: str | None) -> RefundRequest:
-    if request.status != "pending":
-        raise Conflict(f"This refund request is already {request.status}")
-    request.status = "rejected"
-    request.reviewed_by_id = admin.id
-    request.admin_note = note
-    request.decided_at = utcnow()
-    db.session.add(Notification(
-        user_id=request.user_id, kind="payment", title="Refund request declined",
-        message=note or "Your refund request was declined.",
-        data={"payment_id": request.payment_id, "refund_request_id": request.id}))
-    return request
-
-
-def approve_refund(request: RefundRequest, admin: User, note: str | None) -> RefundRequest:
-    """Refund through the gateway, then record it. A gateway error raises before anything of
-    ours changes."""
-    from services import payment_service, razor_payment_service
-
-    if request.status != "pending":
-        raise Conflict(f"This refund request is already {request.status}")
-    payment = locked(request.payment_id)
-    if payment.status != "completed":
-        raise Conflict("The payment is no longer refundable", code="not_refundable")
-    gateway = payment_service if payment.gateway == "stripe" else razor_payment_service
-    refund = gateway.refund(payment, Decimal(request.amount), idempotency_key=f"lms-refund-{request.id}")
-    now = utcnow()
-    request.status = "processed"
-    request.reviewed_by_id = admin.id
-    request.admin_note = note
-    request.decided_at = request.processed_at = now
-    request.gateway_refund_id = refund.get("id")
-    apply_refund(payment, Decimal(request.amount), refund, source="refund_request")
-    return request
-
-
-def apply_refund(payment: Payment, amount: Decimal, raw: dict | None, source: str) -> None:
-    """Our side of a refund (from an approval or the gateway's own event): the payment is
-    refunded, the enrollment revoked, the certificate of that course revoked, the payer told."""
-    if payment.status == "refunded":
-        return
-    payment.refunded_amount = min(Decimal(payment.amount),
-                                  Decimal(payment.refunded_amount or 0) + amount)
-    payment.refunded_at = utcnow()
-    _merge_response(payment, source, raw)
-    if payment.refunded_amount < Decimal(payment.amount):
-        # A partial refund (made at the gateway): recorded; access stays.
-        db.session.add(Notification(
-            user_id=payment.user_id, kind="payment", title="Partial refund processed",
-            message=f"{money(amount):.2f} {payment.currency} was refunded.",
-            data={"payment_id": payment.id}))
-        return
-    payment.status = "refunded"
-    # A refund made at the gateway (its dashboard, or an approval whose commit failed here)
-    # settles the payer's open request too: nobody approves or declines it afterwards.
-    for open_request in db.session.scalars(select(RefundRequest).where(
-            RefundRequest.payment_id == payment.id, RefundRequest.status == "pending")):
-        open_request.status = "processed"
-        open_request.processed_at = open_request.decided_at = utcnow()
-        open_request.gateway_refund_id = (raw or {}).get("id")
-        open_request.admin_note = open_request.admin_note or "Refunded at the payment gateway"
-    enrollment = db.session.scalar(select(Enrollment).where(
-        Enrollment.user_id == payment.user_id, Enrollment.course_id == payment.course_id))
-    if enrollment is not None and enrollment.status in enrollment_service.OPEN_STATUSES:
-        enrollment_service.cancel(enrollment, status="refunded")
-    certificate_service.revoke_for_enrollment(payment.user_id, payment.course_id,
-                                              "payment refunded")
-    db.session.add(Notification(
-        user_id=payment.user_id, kind="payment", title="Refund processed",
-        message=f"{money(amount):.2f} {payment.currency} was refunded.",
-        data={"payment_id": payment.id}))
+def payments_with_waiting_events() -> list[int]:
+    """Settled payments that refund events are still waiting for (the reconciler's sweep: an
+    event that arrived while its payment was settling, in another worker)."""
+    return list(db.session.scalars(select(Payment.id).join(WebhookEvent, (
+        WebhookEvent.gateway == Payment.gateway)
+        & (WebhookEvent.waiting_for == Payment.gateway_payment_id)).where(
+        WebhookEvent.status == "ignored",
+        Payment.status.in_(("completed", "refunded"))).distinct().order_by(Payment.id)))
