@@ -5,12 +5,12 @@ autoescaping, and a form that checks an uploaded PDF against the hash of the iss
 from __future__ import annotations
 
 from flask import Blueprint, current_app, render_template_string, request
-
+from pydantic import Field
 from spectree import Response
 
 from services import certificate_service
 from utils.pipeline.rate_limits import config_limit
-from utils.validation import document
+from utils.validation import StrictModel, UploadFile, document, errors
 
 bp = Blueprint("verify_page", __name__)
 
@@ -71,6 +71,16 @@ form{margin-top:2rem;padding:1rem;border:1px solid #ccd;border-radius:.5rem}
 """
 
 
+PAGE_MEDIA = {200: {"text/html": "The verification page"},
+              404: {"text/html": "The page saying no certificate has this number"}}
+
+
+class CheckFileForm(StrictModel):
+    """A copy of the certificate's PDF, to compare with the issued file."""
+
+    file: UploadFile = Field(description="The PDF to check")
+
+
 def _render(number: str, check: bool | None = None):
     certificate = certificate_service.by_number(number)
     facts = certificate_service.public_facts(certificate) if certificate else None
@@ -82,7 +92,8 @@ def _render(number: str, check: bool | None = None):
 
 @bp.get("/<string:number>")
 @config_limit("RATE_LIMIT_VERIFY")
-@document(resp=Response("HTTP_200", "HTTP_404"), tags=["certificates", "public"])
+@document(resp=Response("HTTP_200", "HTTP_404", **errors(429)), media=PAGE_MEDIA,
+          tags=["certificates", "public"])
 def verify_page(number: str):
     """The verification page (HTML) a certificate's link and QR code open."""
     return _render(number)
@@ -90,7 +101,8 @@ def verify_page(number: str):
 
 @bp.post("/<string:number>")
 @config_limit("RATE_LIMIT_VERIFY")
-@document(resp=Response("HTTP_200", "HTTP_404"), tags=["certificates", "public"])
+@document(form=CheckFileForm, resp=Response("HTTP_200", "HTTP_404", **errors(429)),
+          media=PAGE_MEDIA, tags=["certificates", "public"])
 def verify_upload(number: str):
     """Compare an uploaded file's SHA-256 with the issued PDF's."""
     certificate = certificate_service.by_number(number)

@@ -1,5 +1,5 @@
-"""What the blueprints share: the success envelopes they answer with, the 202 of a request that
-started a job, the fields a partial update sent, the multipart form fields of uploads, and
+"""What the blueprints share: the 202 of a request that started a job, the fields a partial
+update sent, the multipart form fields of uploads, and
 aliases (a path of one blueprint served by another blueprint's view). Blueprint modules never
 import each other; they meet here."""
 from __future__ import annotations
@@ -8,17 +8,6 @@ from flask import Blueprint, request, url_for
 from pydantic import BaseModel
 
 from utils.errors import ValidationError
-
-
-class MessageOut(BaseModel):
-    message: str
-
-
-class Envelope(BaseModel):
-    """A success body: keys name the resource ({"course": {...}}, {"courses": [...],
-    "pagination": {...}}); documented loosely, shaped by each model's to_dict."""
-
-    model_config = {"extra": "allow"}
 
 
 def accepted(job, message: str, **extra):
