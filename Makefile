@@ -5,11 +5,12 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 export FLASK_APP = app.py
 
-.PHONY: run test bench install migrate seed clean help nginx certs
+.PHONY: run test bench install js-deps migrate seed clean help nginx certs
 
 help:
 	@echo "make run    serve the API on http://127.0.0.1:5000/api/v1 (SQLite, no setup needed)"
 	@echo "make test   install and run the whole test suite"
+	@echo "make js-deps  the pinned node packages of tests/js/* (make install runs it)"
 	@echo "make bench  the API under load against a bare-Flask baseline (PostgreSQL, Redis, wrk)"
 	@echo "make nginx  nginx, envsubst and openssl from Debian's packages (the proxy tests need them)"
 	@echo "make certs  a self-signed certificate in deploy/certs, to try docker compose out"
@@ -22,7 +23,20 @@ $(STAMP): requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.txt
 	@touch $(STAMP)
 
-install: $(STAMP)
+# Node packages the tests use (tests/js/<dir>/, each pinned by its own package-lock.json):
+# installed with `npm ci` where npm exists, again only when a lock file changes. Without npm
+# the tests that need them skip (and fail under CI=true).
+JS_DIRS   := $(patsubst %/package-lock.json,%,$(wildcard tests/js/*/package-lock.json))
+JS_STAMPS := $(addsuffix /node_modules/.installed,$(JS_DIRS))
+
+tests/js/%/node_modules/.installed: tests/js/%/package-lock.json tests/js/%/package.json
+	@if command -v npm >/dev/null 2>&1; then \
+	    npm ci --prefix tests/js/$* --no-audit --no-fund && touch $@; \
+	else echo "npm not found: the tests that use tests/js/$* skip"; fi
+
+js-deps: $(JS_STAMPS)
+
+install: $(STAMP) js-deps
 
 migrate: install
 	$(BIN)/flask db upgrade
