@@ -12,6 +12,7 @@ under CI=true they fail instead.
 from __future__ import annotations
 
 import copy
+import importlib
 import inspect
 import json
 import os
@@ -22,7 +23,9 @@ from pathlib import Path
 
 import pytest
 from flask import Blueprint
+from pydantic import BaseModel
 from spectree import Response
+from typing_extensions import is_typeddict
 
 from app import create_app
 from routes.docs import api_document, operations
@@ -137,6 +140,25 @@ def test_every_operation_declares_what_a_client_needs(document):
             problems.append(f"component {component!r}: not a readable type name")
     assert not problems, "\n".join(problems)
     assert len(ids) > 200
+
+
+def test_every_model_has_a_name_of_its_own():
+    """Component names are class names; a nested model is published under its name once, so
+    two models sharing a name anywhere would silently share one schema."""
+    modules = [importlib.import_module(f"{package}.{path.stem}")
+               for package in ("routes", "utils")
+               for path in (Path(__file__).parent.parent / package).glob("*.py")
+               if path.stem != "__init__"]
+    homes: dict[str, set[str]] = {}
+    for module in modules:
+        for value in vars(module).values():
+            if (is_typeddict(value) or (isinstance(value, type) and issubclass(value, BaseModel)
+                                        and value is not BaseModel)) \
+                    and value.__module__ == module.__name__:
+                homes.setdefault(value.__name__, set()).add(module.__name__)
+    shared = {name: sorted(where) for name, where in homes.items() if len(where) > 1}
+    assert not shared, shared
+    assert len(homes) > 150
 
 
 def test_uploads_document_their_multipart_bodies(document):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from functools import wraps
 from types import SimpleNamespace
-from typing import Any
+from typing import Annotated, Any
 
 from flask import current_app, request
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema
@@ -25,7 +25,7 @@ from pydantic import ValidationError as PydanticValidationError
 from spectree import Response, SecurityScheme, SpecTree
 from spectree.model_adapter.pydantic_adapter import PydanticModelAdapter
 from spectree.models import SecuritySchemeData, SecureType
-from typing_extensions import Annotated, is_typeddict
+from typing_extensions import is_typeddict
 
 from utils.errors import UnsupportedMediaType, ValidationError
 from utils.pipeline import blocked_ips
