@@ -30,6 +30,7 @@ from typing_extensions import is_typeddict
 from app import create_app
 from routes.docs import api_document, operations
 from utils.responses import MessageResponse
+from utils.routing import Envelope
 from utils.validation import UndeclaredAnswer, validate
 
 CI = os.environ.get("CI", "").lower() == "true"
@@ -92,8 +93,35 @@ def holes(schema, schemas, seen=frozenset(), where="$") -> list[str]:
 # --- what every operation declares ------------------------------------------------------------
 
 def test_every_operation_declares_what_a_client_needs(document):
-    """Routes added later (on any branch) are held to this too: see AGENTS.md, "A new
-    route"."""
+    """Routes added later (on any branch) are held to this too: see AGENTS.md, "What a new
+    route answers"."""
+    problems = contract_problems(document)
+    assert not problems, "\n".join(problems)
+    assert len({op["operationId"] for _, _, op in each_operation(document)}) > 200
+
+
+def test_a_route_declared_the_old_way_is_caught(document):
+    """What a route written before typed answers looks like in the document: an untyped
+    Envelope body, spectree's generated summary and operationId, no tag."""
+    changed = copy.deepcopy(document)
+    changed["components"]["schemas"]["Envelope"] = {
+        "type": "object", "title": "Envelope", "additionalProperties": True}
+    changed["paths"]["/api/v1/wallet"] = {"get": {
+        "summary": "wallet <GET>", "operationId": "get__api_v1_wallet", "tags": [],
+        "responses": {"200": {"description": "OK", "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/Envelope"}}}},
+            "404": {"description": "Not found"}}}}
+    problems = [p for p in contract_problems(changed) if "/api/v1/wallet" in p]
+    assert problems == [
+        "GET /api/v1/wallet: operationId 'get__api_v1_wallet' is not a camelCase name",
+        "GET /api/v1/wallet: no written summary (a docstring's first line)",
+        "GET /api/v1/wallet: no tag",
+        "GET /api/v1/wallet: 200 says nothing of $",
+        "GET /api/v1/wallet: 404 has no body",
+    ]
+
+
+def contract_problems(document) -> list[str]:
     schemas = document["components"]["schemas"]
     tags = {tag["name"]: tag.get("description") for tag in document.get("tags", [])}
     problems, ids = [], {}
@@ -138,8 +166,7 @@ def test_every_operation_declares_what_a_client_needs(document):
     for component in schemas:
         if not re.fullmatch(r"[A-Z][A-Za-z0-9]*", component):
             problems.append(f"component {component!r}: not a readable type name")
-    assert not problems, "\n".join(problems)
-    assert len(ids) > 200
+    return problems
 
 
 def test_every_model_has_a_name_of_its_own():
@@ -228,6 +255,11 @@ def _echo_app(testing: bool):
                 "typed": ({"message": 7}, 200),
                 "fine": ({"message": "hi"}, 200)}[case]
 
+    @bp.get("/legacy")
+    @validate(resp=Response(HTTP_200=Envelope))
+    def legacy():
+        return {"anything": 1, "at": "all"}
+
     app.register_blueprint(bp, url_prefix="/shape")
     return app
 
@@ -249,6 +281,12 @@ def test_in_production_only_the_declared_keys_go_out():
     assert response.content_type == "application/json"
     assert response.get_json() == {"message": "hi"}  # "secret" is not declared: never sent
     assert client.get("/shape/fine").get_json() == {"message": "hi"}
+
+
+def test_a_route_declared_with_the_untyped_envelope_still_answers():
+    """Routes written before typed answers run as before (the contract test names them)."""
+    client = _echo_app(testing=True).test_client()
+    assert client.get("/shape/legacy").get_json() == {"anything": 1, "at": "all"}
 
 
 # --- the docs page works offline ------------------------------------------------------------
