@@ -10,6 +10,7 @@ export FLASK_APP = app.py
 help:
 	@echo "make run    serve the API on http://127.0.0.1:5000/api/v1 (SQLite, no setup needed)"
 	@echo "make test   install and run the whole test suite"
+	@echo "make js-deps  the pinned node packages of tests/js/* (make install runs it)"
 	@echo "make bench  the API under load against a bare-Flask baseline (PostgreSQL, Redis, wrk)"
 	@echo "make nginx  nginx, envsubst and openssl from Debian's packages (the proxy tests need them)"
 	@echo "make certs  a self-signed certificate in deploy/certs, to try docker compose out"
@@ -22,19 +23,22 @@ $(STAMP): requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.txt
 	@touch $(STAMP)
 
-# The JavaScript verifier comes with the Python packages, so .ci/run's one `make install`
-# before its passes run side by side installs it once (never three npm ci at once).
+# Node packages the tests use (tests/js/<dir>/, each pinned by its own package-lock.json: the
+# credential verifier, the OpenAPI contract tools): installed with `npm ci` where npm exists,
+# again only when a lock file changes. Without npm the tests that need them skip (and fail
+# under CI=true). They come with the Python packages, so .ci/run's one `make install` before
+# its passes run side by side installs them once (never several npm ci at once).
+JS_DIRS   := $(patsubst %/package-lock.json,%,$(wildcard tests/js/*/package-lock.json))
+JS_STAMPS := $(addsuffix /node_modules/.installed,$(JS_DIRS))
+
+tests/js/%/node_modules/.installed: tests/js/%/package-lock.json tests/js/%/package.json
+	@if command -v npm >/dev/null 2>&1; then \
+	    npm ci --prefix tests/js/$* --no-audit --no-fund && touch $@; \
+	else echo "npm not found: the tests that use tests/js/$* skip"; fi
+
+js-deps: $(JS_STAMPS)
+
 install: $(STAMP) js-deps
-
-# The JavaScript verifier the credential tests run (tests/js/credentials, exact versions from
-# its package-lock.json); skipped where npm is not installed.
-JS_VERIFIER = tests/js/credentials
-$(JS_VERIFIER)/node_modules/.package-lock.json: $(JS_VERIFIER)/package-lock.json
-	npm ci --prefix $(JS_VERIFIER) --no-audit --no-fund
-
-js-deps:
-	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory $(JS_VERIFIER)/node_modules/.package-lock.json; \
-	else echo "npm not found: the JavaScript credential verifier is not installed"; fi
 
 migrate: install
 	$(BIN)/flask db upgrade
@@ -75,4 +79,4 @@ certs:
 	@test -f deploy/certs/fullchain.pem || deploy/nginx/self-signed-cert.sh deploy/certs localhost
 
 clean:
-	rm -rf $(VENV) instance/dev.db .pytest_cache $(JS_VERIFIER)/node_modules
+	rm -rf $(VENV) instance/dev.db .pytest_cache $(addsuffix /node_modules,$(JS_DIRS))

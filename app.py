@@ -6,6 +6,7 @@ rather than at import, so importing `create_app` (tests, tools) builds no develo
 from __future__ import annotations
 
 import sys
+from functools import wraps
 
 from flask import Flask
 from flask_talisman import Talisman
@@ -56,15 +57,18 @@ from utils.validation import spec
 API_CSP = {"default-src": "'none'", "frame-ancestors": "'none'"}
 VERIFY_CSP = {"default-src": "'none'", "style-src": "'unsafe-inline'", "form-action": "'self'",
               "frame-ancestors": "'none'", "base-uri": "'none'"}
+# The docs page loads Swagger UI from the app itself (routes/docs.py): no other host, and no
+# inline script (Swagger UI sets styles inline).
 DOCS_CSP = {
-    "default-src": "'self'",
-    "script-src": ["'self'", "'unsafe-inline'", "https://unpkg.com", "https://cdn.jsdelivr.net"],
-    "style-src": ["'self'", "'unsafe-inline'", "https://unpkg.com", "https://cdn.jsdelivr.net",
-                  "https://fonts.googleapis.com"],
-    "font-src": ["'self'", "data:", "https://fonts.gstatic.com"],
-    "img-src": ["'self'", "data:", "https:"],
+    "default-src": "'none'",
+    "script-src": "'self'",
+    "style-src": ["'self'", "'unsafe-inline'"],
+    "img-src": ["'self'", "data:"],
+    "font-src": "'self'",
     "connect-src": "'self'",
-    "worker-src": ["'self'", "blob:"],
+    "frame-ancestors": "'none'",
+    "base-uri": "'none'",
+    "form-action": "'none'",
 }
 
 
@@ -155,6 +159,7 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
     app.register_blueprint(did_routes.bp)
 
     spec.register(app)
+    docs.serve_spectree_pages(app)
     _per_view_security(app)
 
     register_commands(app)
@@ -162,16 +167,32 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
 
 
 def _per_view_security(app: Flask) -> None:
-    """Exceptions to the app-wide headers: the docs pages load Swagger UI / ReDoc / Scalar
-    scripts (the JSON API allows nothing); health probes come from load balancers over plain
+    """Exceptions to the app-wide headers: the docs pages load Swagger UI's scripts and styles
+    from the app (the JSON API allows nothing); health probes come from load balancers over plain
     HTTP inside the network, so they are not redirected to HTTPS."""
-    for endpoint, view in app.view_functions.items():
-        if endpoint.startswith("openapi_") or endpoint == "docs.docs_page":
-            view.talisman_view_options = {"content_security_policy": DOCS_CSP}
+    for endpoint, view in list(app.view_functions.items()):
+        if endpoint.startswith("openapi_") or endpoint in ("docs.docs_page", "docs.docs_asset"):
+            options = {"content_security_policy": DOCS_CSP}
         elif endpoint.startswith("verify_page."):
-            view.talisman_view_options = {"content_security_policy": VERIFY_CSP}
+            options = {"content_security_policy": VERIFY_CSP}
         elif endpoint.startswith("health."):
-            view.talisman_view_options = {"force_https": False}
+            options = {"force_https": False}
+        else:
+            continue
+        app.view_functions[endpoint] = _with_options(view, options)
+
+
+def _with_options(view, options: dict):
+    """This app's own copy of a view with its Talisman options: Talisman fills a view's options
+    in place on first use (FORCE_HTTPS among them), so a view function that several apps share
+    (tests build many) must not carry them itself."""
+
+    @wraps(view)
+    def per_app(*args, **kwargs):
+        return view(*args, **kwargs)
+
+    per_app.talisman_view_options = dict(options)
+    return per_app
 
 
 _app: Flask | None = None

@@ -448,6 +448,8 @@ class Course(TimestampMixin, db.Model):
             "language": self.language,
             "mode_of_conduct": self.mode_of_conduct,
             "status": self.status,
+            "awaiting_review": self.status == "draft" and self.review_requested_at is not None,
+            "review_requested_at": iso(self.review_requested_at),
             "subcategory_id": self.subcategory_id,
             "instructor_id": self.instructor_id,
             "thumbnail_url": self.thumbnail_url,
@@ -927,6 +929,11 @@ class CredentialStatusList(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+def certificate_verify_url(number: str) -> str:
+    """The public page that verifies a certificate (its link and QR code)."""
+    return f"{current_app.config['PUBLIC_BASE_URL']}/verify/{number}"
+
+
 class Certificate(db.Model):
     __tablename__ = "certificates"
     __table_args__ = (
@@ -976,6 +983,7 @@ class Certificate(db.Model):
             "issued_at": iso(self.issued_at),
             "revoked_at": iso(self.revoked_at),
             "download_url": f"/api/v1/certificates/{self.id}/download",
+            "verify_url": certificate_verify_url(self.certificate_number),
             "credential_download_url": f"/api/v1/certificates/{self.id}/credential",
             "credential_url": f"/api/v1/credentials/{self.certificate_number}",
             "pdf_signed": self.pdf_signed_at is not None,

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from datetime import date
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 
 from flask import Blueprint, Response as Streamed, stream_with_context
-from pydantic import BaseModel, Field, IPvAnyAddress
+from pydantic import Field, IPvAnyAddress
 from spectree import Response
+from typing_extensions import NotRequired, TypedDict
 
 from auth import admin_required, audit, current_user
 from models import (
@@ -22,7 +23,28 @@ from models import (
     RefundRequest,
     db,
 )
-from utils.routing import Envelope, accepted, sent_changes
+from utils.responses import (
+    AmountOut,
+    CertificateSavedResponse,
+    CourseListResponse,
+    CourseSavedResponse,
+    Currency,
+    JobAcceptedResponse,
+    JobOut,
+    JsonValue,
+    MessageResponse,
+    Money,
+    PaginationOut,
+    PaymentOut,
+    RefundOut,
+    RefundRequestOut,
+    RefundRequestSavedResponse,
+    Role,
+    Timestamp,
+    UserOut,
+    UserResponse,
+)
+from utils.routing import accepted, sent_changes
 from services.payments import refunds
 from services import (
     admin_service,
@@ -56,31 +78,33 @@ class BlockIn(StrictModel):
     duration_seconds: int | None = Field(None, ge=60, le=60 * 60 * 24 * 365)
 
 
-class BlockedIPOut(BaseModel):
+class BlockedIPOut(TypedDict):
+    """A blocked client address."""
+
     id: int
     ip_address: str
     reason: str | None
-    blocked_until: str | None
-    created_at: str | None
+    blocked_until: Annotated[Timestamp | None, Field(description="Null: until lifted")]
+    created_at: Timestamp
 
 
-class BlockedIPList(BaseModel):
+class BlockedIPListResponse(TypedDict):
+    """A page of the addresses blocked now, newest first."""
+
     blocked_ips: list[BlockedIPOut]
-    pagination: dict
+    pagination: PaginationOut
 
 
-class BlockedIPEnvelope(BaseModel):
+class BlockedIPSavedResponse(TypedDict):
+    """The block."""
+
     message: str
     blocked_ip: BlockedIPOut
 
 
-class MessageOut(BaseModel):
-    message: str
-
-
 @bp.get("/blocked-ips")
 @admin_required
-@validate(query=PageQuery, resp=Response(HTTP_200=BlockedIPList, **errors(401, 403)),
+@validate(query=PageQuery, resp=Response(HTTP_200=BlockedIPListResponse, **errors(401, 403)),
           tags=["admin"], security={"bearer": []})
 def list_blocked_ips():
     """Addresses blocked now (automatically or by an admin), newest first."""
@@ -90,7 +114,7 @@ def list_blocked_ips():
 
 @bp.post("/blocked-ips")
 @admin_required
-@validate(json=BlockIn, resp=Response(HTTP_201=BlockedIPEnvelope, **errors(401, 403)),
+@validate(json=BlockIn, resp=Response(HTTP_201=BlockedIPSavedResponse, **errors(401, 403)),
           tags=["admin"], security={"bearer": []})
 def block_ip():
     """Block an address (for `duration_seconds`, or until lifted)."""
@@ -105,7 +129,7 @@ def block_ip():
 
 @bp.delete("/blocked-ips/<string:ip>")
 @admin_required
-@validate(resp=Response(HTTP_200=MessageOut, **errors(401, 403, 404)), tags=["admin"],
+@validate(resp=Response(HTTP_200=MessageResponse, **errors(401, 403, 404)), tags=["admin"],
           security={"bearer": []})
 def unblock_ip(ip: str):
     """Lift the block of an address."""
@@ -124,7 +148,8 @@ class RevokeIn(StrictModel):
 
 @bp.put("/certificates/<int:certificate_id>/revoke")
 @admin_required
-@validate(json=RevokeIn, resp=Response(HTTP_200=Envelope, **errors(401, 403, 404, 409)),
+@validate(json=RevokeIn, resp=Response(HTTP_200=CertificateSavedResponse,
+                                       **errors(401, 403, 404, 409)),
           tags=["admin", "certificates"], security={"bearer": []})
 def revoke_certificate(certificate_id: int):
     """Revoke a certificate; verification then says so (it never vanishes)."""
@@ -161,9 +186,27 @@ class AdminRefundIn(StrictModel):
     override_policy: bool = False
 
 
+class RefundRequestListResponse(TypedDict):
+    """A page of refund requests, oldest first."""
+
+    refund_requests: list[RefundRequestOut]
+    pagination: PaginationOut
+
+
+class RefundDecisionResponse(TypedDict):
+    """A refund request after the admin's decision, with the refund the gateway made: 200
+    (201 for a direct refund) once it is recorded or the request was rejected, 202 while the
+    gateway is still processing it (`refund` is null until it is recorded)."""
+
+    message: str
+    refund_request: RefundRequestOut
+    refund: NotRequired[Annotated[RefundOut | None, Field(
+        description="The recorded refund and its credit note (absent for a rejection)")]]
+
+
 @bp.get("/refund-requests")
 @admin_required
-@validate(query=RefundQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)),
+@validate(query=RefundQuery, resp=Response(HTTP_200=RefundRequestListResponse, **errors(401, 403)),
           tags=["admin", "payments"], security={"bearer": []})
 def list_refund_requests():
     """Refund requests, oldest pending first."""
@@ -193,7 +236,7 @@ def _refund_answer(refund: RefundRequest, status: int):
 @bp.put("/refund-requests/<int:request_id>")
 @admin_required
 @validate(json=RefundDecisionIn, headers=IdempotencyHeaders,
-          resp=Response(HTTP_200=Envelope, HTTP_202=Envelope,
+          resp=Response(HTTP_200=RefundDecisionResponse, HTTP_202=RefundDecisionResponse,
                         **errors(400, 401, 403, 404, 409, 422, 502, 503)),
           tags=["admin", "payments"], security={"bearer": []})
 @idempotent
@@ -222,7 +265,7 @@ def decide_refund_request(request_id: int):
 @bp.post("/payments/<int:payment_id>/refund")
 @admin_required
 @validate(json=AdminRefundIn, headers=IdempotencyHeaders,
-          resp=Response(HTTP_201=Envelope, HTTP_202=Envelope,
+          resp=Response(HTTP_201=RefundDecisionResponse, HTTP_202=RefundDecisionResponse,
                         **errors(400, 401, 403, 404, 409, 422, 502, 503)),
           tags=["admin", "payments"], security={"bearer": []})
 @idempotent
@@ -253,9 +296,177 @@ class PopularQuery(StrictModel):
     limit: int = Field(10, ge=1, le=100)
 
 
+class CountOut(TypedDict):
+    """How many, and how many of them are active."""
+
+    total: int
+    active: int
+
+
+class UsersByRoleOut(TypedDict):
+    """Users of each role."""
+
+    student: CountOut
+    instructor: CountOut
+    admin: CountOut
+
+
+class UserFiguresOut(TypedDict):
+    """Users."""
+
+    total: int
+    active: int
+    by_role: UsersByRoleOut
+
+
+class CoursesByStatusOut(TypedDict):
+    """Courses in each status."""
+
+    draft: int
+    published: int
+    archived: int
+
+
+class CourseFiguresOut(TypedDict):
+    """Courses."""
+
+    total: int
+    by_status: CoursesByStatusOut
+
+
+class EnrollmentFiguresOut(TypedDict):
+    """Enrollments."""
+
+    total: int
+    completed: int
+    active: int
+
+
+class RevenueOut(AmountOut):
+    """Revenue in one currency (completed payments)."""
+
+    payments: int
+
+
+class RevenueFiguresOut(TypedDict):
+    """Revenue per currency, never added across currencies."""
+
+    all_time: list[RevenueOut]
+    this_month: list[RevenueOut]
+
+
+class RegistrationOut(TypedDict):
+    """A new account."""
+
+    id: int
+    full_name: str
+    email: str
+    role: Role
+    created_at: Timestamp
+
+
+class RecentEnrollmentOut(TypedDict):
+    """A new enrollment."""
+
+    id: int
+    user_id: int
+    user_email: str
+    course_id: int
+    course_title: str
+    status: str
+    enrolled_at: Timestamp
+
+
+class RecentPaymentOut(TypedDict):
+    """A new payment."""
+
+    id: int
+    user_email: str
+    course_title: str
+    amount: Money
+    currency: Currency
+    status: str
+    gateway: str
+    created_at: Timestamp
+
+
+class RecentOut(TypedDict):
+    """The latest of each, newest first."""
+
+    registrations: list[RegistrationOut]
+    enrollments: list[RecentEnrollmentOut]
+    payments: list[RecentPaymentOut]
+
+
+class AdminDashboardResponse(TypedDict):
+    """The admin dashboard's figures."""
+
+    users: UserFiguresOut
+    courses: CourseFiguresOut
+    enrollments: EnrollmentFiguresOut
+    revenue: RevenueFiguresOut
+    recent: RecentOut
+
+
+class MonthRevenueOut(TypedDict):
+    """A month's revenue, per currency."""
+
+    month: Annotated[str, Field(examples=["2026-01"])]
+    revenue: list[RevenueOut]
+
+
+class RevenueAnalyticsResponse(TypedDict):
+    """Revenue by month (UTC), empty months as zero."""
+
+    months: list[str]
+    currencies: list[str]
+    series: list[MonthRevenueOut]
+
+
+class MonthEnrollmentsOut(TypedDict):
+    """A month's new enrollments and completions."""
+
+    month: str
+    enrollments: int
+    completions: int
+
+
+class EnrollmentAnalyticsResponse(TypedDict):
+    """Enrollments and completions by month (UTC), empty months as zero."""
+
+    months: list[str]
+    series: list[MonthEnrollmentsOut]
+
+
+class PopularCourseOut(TypedDict):
+    """A course by its enrollments."""
+
+    course_id: int
+    title: str
+    status: str
+    enrollments: int
+    completed: int
+    completion_rate: Annotated[float, Field(description="Percent of enrollments completed")]
+    revenue: list[AmountOut]
+
+
+class AnalyticsResponse(TypedDict):
+    """Revenue and enrollments by month, and the most popular courses."""
+
+    revenue: RevenueAnalyticsResponse
+    enrollments: EnrollmentAnalyticsResponse
+    popular_courses: list[PopularCourseOut]
+
+
+class PopularCoursesResponse(TypedDict):
+    """The most popular courses."""
+
+    courses: list[PopularCourseOut]
+
+
 @bp.get("/dashboard")
 @admin_required
-@validate(resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
+@validate(resp=Response(HTTP_200=AdminDashboardResponse, **errors(401, 403)), **ADMIN)
 def dashboard():
     """Users by role, courses by status, enrollments, revenue (all time and this month, per
     currency), and the latest registrations, enrollments and payments."""
@@ -264,7 +475,8 @@ def dashboard():
 
 @bp.get("/analytics")
 @admin_required
-@validate(query=MonthsQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
+@validate(query=MonthsQuery, resp=Response(HTTP_200=AnalyticsResponse, **errors(401, 403)),
+          **ADMIN)
 def analytics():
     """Revenue and enrollments by month (`?months=12`, empty months as zero) and the most
     popular courses."""
@@ -277,8 +489,10 @@ def analytics():
 
 @bp.get("/analytics/revenue")
 @admin_required
-@validate(query=MonthsQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
+@validate(query=MonthsQuery, resp=Response(HTTP_200=RevenueAnalyticsResponse,
+                                           **errors(401, 403)), **ADMIN)
 def analytics_revenue():
+    """Revenue by month and currency (`?months=12`, empty months as zero)."""
     months = query_args().months
     return admin_service.figures("revenue", lambda: admin_service.revenue_by_month(months),
                                  months)
@@ -286,8 +500,10 @@ def analytics_revenue():
 
 @bp.get("/analytics/enrollments")
 @admin_required
-@validate(query=MonthsQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
+@validate(query=MonthsQuery, resp=Response(HTTP_200=EnrollmentAnalyticsResponse,
+                                           **errors(401, 403)), **ADMIN)
 def analytics_enrollments():
+    """Enrollments and completions by month (`?months=12`, empty months as zero)."""
     months = query_args().months
     return admin_service.figures("enrollments",
                                  lambda: admin_service.enrollments_by_month(months), months)
@@ -295,7 +511,8 @@ def analytics_enrollments():
 
 @bp.get("/analytics/popular-courses")
 @admin_required
-@validate(query=PopularQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
+@validate(query=PopularQuery, resp=Response(HTTP_200=PopularCoursesResponse, **errors(401, 403)),
+          **ADMIN)
 def analytics_popular_courses():
     """Courses by enrollments, with completion rate and revenue."""
     limit = query_args().limit
@@ -329,9 +546,52 @@ class AdminUserUpdate(StrictModel):
 NULLABLE_USER_FIELDS = {"phone_number", "bio", "headline", "country", "city", "website"}
 
 
+class UserListResponse(TypedDict):
+    """A page of users, newest first."""
+
+    users: list[UserOut]
+    pagination: PaginationOut
+
+
+class UserEnrollmentsOut(TypedDict):
+    """A user's enrollments."""
+
+    total: int
+    by_status: dict[str, int]
+
+
+class PaidOut(AmountOut):
+    """Completed payments in one currency."""
+
+    count: int
+
+
+class UserPaymentsOut(TypedDict):
+    """A user's payments."""
+
+    total: int
+    completed: list[PaidOut]
+    by_status: dict[str, int]
+
+
+class AdminUserOut(UserOut):
+    """A user with their lock, enrollments, payments and courses taught."""
+
+    locked_until: Timestamp | None
+    enrollments: UserEnrollmentsOut
+    payments: UserPaymentsOut
+    courses_taught: int
+
+
+class AdminUserResponse(TypedDict):
+    """A user in detail."""
+
+    user: AdminUserOut
+
+
 @bp.get("/users")
 @admin_required
-@validate(query=UserQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
+@validate(query=UserQuery, resp=Response(HTTP_200=UserListResponse, **errors(401, 403)), **ADMIN)
 def list_users():
     """Users, newest first; search by name, e-mail or phone; filter by role and status."""
     args = query_args()
@@ -343,7 +603,7 @@ def list_users():
 
 @bp.get("/users/<int:user_id>")
 @admin_required
-@validate(resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)), **ADMIN)
+@validate(resp=Response(HTTP_200=AdminUserResponse, **errors(401, 403, 404)), **ADMIN)
 def get_user(user_id: int):
     """A user with their enrollment and payment summaries."""
     return {"user": admin_service.user_detail(admin_service.get_user(user_id))}
@@ -358,7 +618,7 @@ def _apply_user_change(target, before_after, action: str, message: str):
 
 @bp.put("/users/<int:user_id>")
 @admin_required
-@validate(json=AdminUserUpdate, resp=Response(HTTP_200=Envelope, **errors(401, 403, 404, 409)),
+@validate(json=AdminUserUpdate, resp=Response(HTTP_200=UserResponse, **errors(401, 403, 404, 409)),
           **ADMIN)
 def update_user(user_id: int):
     """Change a user's role, status or profile. An admin cannot demote or deactivate
@@ -372,7 +632,7 @@ def update_user(user_id: int):
 @bp.delete("/users/<int:user_id>")
 @bp.put("/users/<int:user_id>/deactivate")
 @admin_required
-@validate(resp=Response(HTTP_200=Envelope, **errors(401, 403, 404, 409)), **ADMIN)
+@validate(resp=Response(HTTP_200=UserResponse, **errors(401, 403, 404, 409)), **ADMIN)
 def deactivate_user(user_id: int):
     """Deactivate an account (its tokens stop working at once); nothing is deleted."""
     target = admin_service.get_user(user_id)
@@ -382,7 +642,7 @@ def deactivate_user(user_id: int):
 
 @bp.post("/users/<int:user_id>/promote")
 @admin_required
-@validate(resp=Response(HTTP_200=Envelope, **errors(401, 403, 404, 409)), **ADMIN)
+@validate(resp=Response(HTTP_200=UserResponse, **errors(401, 403, 404, 409)), **ADMIN)
 def promote_user(user_id: int):
     """Make a student an instructor."""
     target = admin_service.get_user(user_id)
@@ -408,7 +668,8 @@ def _course_page(query, args):
 
 @bp.get("/courses")
 @admin_required
-@validate(query=AdminCourseQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
+@validate(query=AdminCourseQuery, resp=Response(HTTP_200=CourseListResponse, **errors(401, 403)),
+          **ADMIN)
 def list_courses():
     """Every course, any status."""
     args = query_args()
@@ -419,7 +680,7 @@ def list_courses():
 
 @bp.get("/courses/pending")
 @admin_required
-@validate(query=PageQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
+@validate(query=PageQuery, resp=Response(HTTP_200=CourseListResponse, **errors(401, 403)), **ADMIN)
 def pending_courses():
     """Drafts their instructors submitted for review, oldest request first."""
     return _course_page(admin_service.courses_query(pending=True), query_args())
@@ -442,7 +703,8 @@ def _set_course_status(course_id: int, status: str):
 
 @bp.put("/courses/<int:course_id>/status")
 @admin_required
-@validate(json=CourseStatusIn, resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)), **ADMIN)
+@validate(json=CourseStatusIn, resp=Response(HTTP_200=CourseSavedResponse, **errors(401, 403, 404)),
+          **ADMIN)
 def set_course_status(course_id: int):
     """Publish, unpublish (draft) or archive a course; publishing needs a lesson."""
     return _set_course_status(course_id, json_body().status)
@@ -450,8 +712,9 @@ def set_course_status(course_id: int):
 
 @bp.put("/courses/<int:course_id>/publish")
 @admin_required
-@validate(resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)), **ADMIN)
+@validate(resp=Response(HTTP_200=CourseSavedResponse, **errors(401, 403, 404)), **ADMIN)
 def publish_course(course_id: int):
+    """Publish a course (a draft awaiting review, typically); it needs a lesson."""
     return _set_course_status(course_id, "published")
 
 
@@ -467,9 +730,35 @@ class AdminPaymentQuery(PageQuery):
     format: Literal["json", "csv"] = "json"
 
 
+class StatusTotalOut(TypedDict):
+    """Payments of one status."""
+
+    count: int
+    amount: Money
+
+
+class PaymentTotalOut(TypedDict):
+    """The filter's payments in one currency."""
+
+    currency: Currency
+    count: int
+    amount: Money
+    by_status: dict[str, StatusTotalOut]
+
+
+class AdminPaymentListResponse(TypedDict):
+    """A page of payments, newest first, and the totals of the whole filter."""
+
+    payments: list[PaymentOut]
+    pagination: PaginationOut
+    totals: list[PaymentTotalOut]
+
+
 @bp.get("/payments")
 @admin_required
-@document(query=AdminPaymentQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
+@document(query=AdminPaymentQuery, resp=Response(HTTP_200=AdminPaymentListResponse,
+                                                 **errors(401, 403, 422)),
+          media={200: {"text/csv": "With `?format=csv`: every payment of the filter"}}, **ADMIN)
 def list_payments():
     """Payments with filters and the totals of the filter; `?format=csv` streams them all.
     (Documented, not wrapped: spectree's wrapper would read and JSON-check the CSV stream.)"""
@@ -498,9 +787,38 @@ class AuditQuery(PageQuery):
     target_id: int | None = Field(None, ge=1)
 
 
+class AuditEntryOut(TypedDict):
+    """An admin's write: who, what, to which object, from where."""
+
+    id: int
+    actor_id: int | None
+    action: Annotated[str, Field(examples=["user.update"])]
+    target_type: str | None
+    target_id: int | None
+    details: Annotated[dict[str, JsonValue] | None, Field(
+        description="Before and after, and more")]
+    ip_address: str | None
+    request_id: str | None
+    created_at: Timestamp
+
+
+class AuditLogResponse(TypedDict):
+    """A page of the audit log, newest first."""
+
+    entries: list[AuditEntryOut]
+    pagination: PaginationOut
+
+
+class JobListResponse(TypedDict):
+    """A page of background jobs, newest first."""
+
+    jobs: list[JobOut]
+    pagination: PaginationOut
+
+
 @bp.get("/audit-log")
 @admin_required
-@validate(query=AuditQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
+@validate(query=AuditQuery, resp=Response(HTTP_200=AuditLogResponse, **errors(401, 403)), **ADMIN)
 def audit_log():
     """Every admin write: who, what, when, before and after."""
     args = query_args()
@@ -514,7 +832,7 @@ def audit_log():
 
 @bp.get("/jobs/failed")
 @admin_required
-@validate(query=PageQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **ADMIN)
+@validate(query=PageQuery, resp=Response(HTTP_200=JobListResponse, **errors(401, 403)), **ADMIN)
 def failed_jobs():
     """Jobs that failed for good (after their retries), newest first."""
     args = query_args()
@@ -523,7 +841,7 @@ def failed_jobs():
 
 @bp.post("/jobs/<string:job_id>/retry")
 @admin_required
-@validate(resp=Response(HTTP_202=Envelope, **errors(401, 403, 404, 409)), **ADMIN)
+@validate(resp=Response(HTTP_202=JobAcceptedResponse, **errors(401, 403, 404, 409)), **ADMIN)
 def retry_job(job_id: str):
     """Run a failed job again (an e-mail fan-out resumes where it stopped)."""
     job = jobs.retry(jobs.visible(job_id, current_user()))
@@ -538,7 +856,8 @@ class ReconcileIn(StrictModel):
 
 @bp.post("/payments/reconcile")
 @admin_required
-@validate(json=ReconcileIn, resp=Response(HTTP_202=Envelope, **errors(401, 403)), **ADMIN)
+@validate(json=ReconcileIn, resp=Response(HTTP_202=JobAcceptedResponse, **errors(401, 403)),
+          **ADMIN)
 def reconcile_payments():
     """Ask the gateways about payments still pending and settle or expire them, and complete
     approved refunds still in flight (a job; the worker also runs it every

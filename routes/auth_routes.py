@@ -3,12 +3,13 @@ the profile. Both route sets of the contract; aliases are stacked on the same vi
 from __future__ import annotations
 
 from datetime import date
-from typing import Literal
+from typing import Annotated, Literal
 
 from flask import Blueprint, request
 from flask_jwt_extended import get_jwt, jwt_required
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 from spectree import Response
+from typing_extensions import NotRequired, TypedDict
 
 from auth import current_user, login_required
 from models import db
@@ -16,7 +17,8 @@ from services import auth_service, file_service
 from utils.extensions import limiter
 from utils.pipeline.client_address import client_ip
 from utils.pipeline.rate_limits import config_limit
-from utils.validation import StrictModel, errors, json_body, validate
+from utils.responses import MessageResponse, UserOut, UserResponse
+from utils.validation import StrictModel, UploadFile, document, errors, json_body, validate
 from utils.validators import Email, PersonName, Phone, SafeText, Url
 
 bp = Blueprint("auth", __name__)
@@ -100,38 +102,32 @@ class ProfileIn(StrictModel):
         return self
 
 
-class UserOut(BaseModel):
-    id: int
-    email: str | None = None
-    first_name: str
-    last_name: str
-    role: str
+class PictureForm(StrictModel):
+    """A profile picture."""
 
-    model_config = {"extra": "allow"}
+    file: UploadFile = Field(description="png, jpg, jpeg, gif or webp (the field `picture` is "
+                                         "read too)")
 
 
-class UserEnvelope(BaseModel):
-    user: UserOut
-    message: str | None = None
+class TokensResponse(TypedDict):
+    """A signed-in session: send `Authorization: Bearer <access_token>` with every request;
+    exchange the refresh token at /auth/refresh when the access token expires."""
 
-
-class TokensOut(BaseModel):
     access_token: str
     refresh_token: str
-    token_type: str
-    expires_in: int
+    token_type: Annotated[Literal["Bearer"], Field(examples=["Bearer"])]
+    expires_in: Annotated[int, Field(description="Seconds the access token lives",
+                                     examples=[900])]
     user: UserOut
-    message: str | None = None
+    message: NotRequired[str]
 
 
-class AccessTokenOut(BaseModel):
+class AccessTokenResponse(TypedDict):
+    """A new access token."""
+
     access_token: str
-    token_type: str
-    expires_in: int
-
-
-class MessageOut(BaseModel):
-    message: str
+    token_type: Literal["Bearer"]
+    expires_in: Annotated[int, Field(description="Seconds the access token lives")]
 
 
 # --- registration -----------------------------------------------------------------------------
@@ -139,7 +135,7 @@ class MessageOut(BaseModel):
 @bp.post("/register/send-otp")
 @bp.post("/send-token")
 @config_limit("RATE_LIMIT_REGISTER")
-@validate(json=PhoneIn, resp=Response(HTTP_200=MessageOut, **errors(409, 429, 503)), tags=["auth"])
+@validate(json=PhoneIn, resp=Response(HTTP_200=MessageResponse, **errors(409, 429, 503)), tags=["auth"])
 def send_otp():
     """Send a one-time code to a phone number (E.164)."""
     auth_service.send_registration_code(json_body().phone_number)
@@ -149,7 +145,7 @@ def send_otp():
 
 @bp.post("/register/verify-otp")
 @config_limit("RATE_LIMIT_REGISTER")
-@validate(json=RegisterWithCodeIn, resp=Response(HTTP_201=TokensOut, **errors(409, 429, 503)),
+@validate(json=RegisterWithCodeIn, resp=Response(HTTP_201=TokensResponse, **errors(409, 429, 503)),
           tags=["auth"])
 def register_with_code():
     """Check the phone code and create the account in one step."""
@@ -165,7 +161,7 @@ def register_with_code():
 
 @bp.post("/verify-otp")
 @config_limit("RATE_LIMIT_REGISTER")
-@validate(json=VerifyPhoneIn, resp=Response(HTTP_200=MessageOut, **errors(429, 503)),
+@validate(json=VerifyPhoneIn, resp=Response(HTTP_200=MessageResponse, **errors(429, 503)),
           tags=["auth"])
 def verify_otp():
     """Check a phone code; the phone may then register within the verification window."""
@@ -177,7 +173,7 @@ def verify_otp():
 
 @bp.post("/register")
 @config_limit("RATE_LIMIT_REGISTER")
-@validate(json=RegisterIn, resp=Response(HTTP_201=UserEnvelope, **errors(409, 429)),
+@validate(json=RegisterIn, resp=Response(HTTP_201=UserResponse, **errors(409, 429)),
           tags=["auth"])
 def register():
     """Create an account (with OTP_REQUIRED, after the phone was verified)."""
@@ -193,7 +189,7 @@ def register():
 
 @bp.post("/login")
 @config_limit("RATE_LIMIT_LOGIN")
-@validate(json=LoginIn, resp=Response(HTTP_200=TokensOut, **errors(401, 403, 423, 429)),
+@validate(json=LoginIn, resp=Response(HTTP_200=TokensResponse, **errors(401, 403, 423, 429)),
           tags=["auth"])
 def login():
     """E-mail and password; 5 failures in a row lock the account for 30 minutes."""
@@ -206,7 +202,7 @@ def login():
 
 @bp.post("/google")
 @config_limit("RATE_LIMIT_LOGIN")
-@validate(json=GoogleIn, resp=Response(HTTP_200=TokensOut, **errors(401, 403, 409, 429, 503)),
+@validate(json=GoogleIn, resp=Response(HTTP_200=TokensResponse, **errors(401, 403, 409, 429, 503)),
           tags=["auth"])
 def google():
     """Sign in with a Google ID token from the student or the admin SPA."""
@@ -220,7 +216,7 @@ def google():
 @bp.post("/refresh")
 @config_limit("RATE_LIMIT_REFRESH")
 @jwt_required(refresh=True)
-@validate(resp=Response(HTTP_200=AccessTokenOut, **errors(401, 429)), tags=["auth"],
+@validate(resp=Response(HTTP_200=AccessTokenResponse, **errors(401, 429)), tags=["auth"],
           security={"bearer": []})
 def refresh():
     """A new access token for a refresh token."""
@@ -229,7 +225,7 @@ def refresh():
 
 @bp.post("/logout")
 @jwt_required(verify_type=False)
-@validate(json=LogoutIn, resp=Response(HTTP_200=MessageOut, **errors(401)), tags=["auth"],
+@validate(json=LogoutIn, resp=Response(HTTP_200=MessageResponse, **errors(401)), tags=["auth"],
           security={"bearer": []})
 def logout():
     """Revoke the presented token, and the refresh token sent in the body."""
@@ -244,7 +240,7 @@ def logout():
 @bp.post("/password-reset/request")
 @bp.post("/forgot-password")
 @config_limit("RATE_LIMIT_PASSWORD_RESET_REQUEST")
-@validate(json=ResetRequestIn, resp=Response(HTTP_200=MessageOut, **errors(429)), tags=["auth"])
+@validate(json=ResetRequestIn, resp=Response(HTTP_200=MessageResponse, **errors(429)), tags=["auth"])
 def request_password_reset():
     """E-mail a reset link; the answer is the same whether or not the account exists."""
     auth_service.request_password_reset(json_body().email)
@@ -253,7 +249,7 @@ def request_password_reset():
 
 @bp.post("/password-reset/verify")
 @config_limit("RATE_LIMIT_PASSWORD_RESET_VERIFY")
-@validate(json=ResetVerifyIn, resp=Response(HTTP_200=MessageOut, **errors(429)), tags=["auth"])
+@validate(json=ResetVerifyIn, resp=Response(HTTP_200=MessageResponse, **errors(429)), tags=["auth"])
 def reset_password():
     """Set a new password with a reset token; every earlier token of the user is revoked."""
     body = json_body()
@@ -264,7 +260,7 @@ def reset_password():
 
 @bp.post("/reset-password/<string:token>")
 @config_limit("RATE_LIMIT_PASSWORD_RESET_VERIFY")
-@validate(json=ResetByLinkIn, resp=Response(HTTP_200=MessageOut, **errors(429)), tags=["auth"])
+@validate(json=ResetByLinkIn, resp=Response(HTTP_200=MessageResponse, **errors(429)), tags=["auth"])
 def reset_password_by_link(token: str):
     """The API documentation's form of the reset: the token in the path."""
     auth_service.reset_password(token[:200], json_body().password)
@@ -274,7 +270,7 @@ def reset_password_by_link(token: str):
 
 @bp.post("/change-password")
 @login_required
-@validate(json=ChangePasswordIn, resp=Response(HTTP_200=TokensOut, **errors(401)),
+@validate(json=ChangePasswordIn, resp=Response(HTTP_200=TokensResponse, **errors(401)),
           tags=["auth"], security={"bearer": []})
 def change_password():
     """Change the password; other sessions end, and fresh tokens are returned."""
@@ -289,7 +285,7 @@ def change_password():
 
 @bp.get("/profile")
 @login_required
-@validate(resp=Response(HTTP_200=UserEnvelope, **errors(401)), tags=["auth", "users"],
+@validate(resp=Response(HTTP_200=UserResponse, **errors(401)), tags=["auth", "users"],
           security={"bearer": []})
 def get_profile():
     """The signed-in user's own profile."""
@@ -298,7 +294,7 @@ def get_profile():
 
 @bp.put("/profile")
 @login_required
-@validate(json=ProfileIn, resp=Response(HTTP_200=UserEnvelope, **errors(401)),
+@validate(json=ProfileIn, resp=Response(HTTP_200=UserResponse, **errors(401)),
           tags=["auth", "users"], security={"bearer": []})
 def update_profile():
     """Update the safe profile fields (not e-mail, phone, role or status)."""
@@ -310,7 +306,8 @@ def update_profile():
 @bp.post("/profile/picture")
 @limiter.limit("10 per hour")
 @login_required
-@validate(resp=Response(HTTP_200=UserEnvelope, **errors(401, 413, 415, 429)),
+@document(form=PictureForm, resp=Response(HTTP_200=UserResponse,
+                                          **errors(401, 413, 415, 422, 429)),
           tags=["auth", "users", "files"], security={"bearer": []})
 def upload_profile_picture():
     """Upload a profile picture (multipart field `file`: png, jpg, jpeg, gif or webp)."""

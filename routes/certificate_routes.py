@@ -1,9 +1,12 @@
 """Certificates: the holder's list and downloads, generation, and public verification."""
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from flask import Blueprint
 from pydantic import Field
 from spectree import Response
+from typing_extensions import TypedDict
 
 from auth import admin_required, current_user, login_required
 from models import Certificate, Enrollment, db
@@ -11,7 +14,17 @@ from services import certificate_service, file_service, jobs
 from utils.errors import NotFound
 from utils.pagination import page_of
 from utils.pipeline.rate_limits import config_limit
-from utils.routing import Envelope, accepted
+from utils.responses import (
+    CertificateListResponse,
+    CertificateOut,
+    CertificateSavedResponse,
+    Day,
+    Did,
+    JobAcceptedResponse,
+    SignedCredential,
+    Timestamp,
+)
+from utils.routing import accepted
 from utils.validation import (
     PageQuery,
     StrictModel,
@@ -36,6 +49,47 @@ class GenerateIn(StrictModel):
     user_id: int | None = Field(None, ge=1, description="admins: issue for this student")
 
 
+class CertificateWithCredentialOut(CertificateOut):
+    """A certificate with its signed credential."""
+
+    credential: SignedCredential
+
+
+class CertificateResponse(TypedDict):
+    """A certificate."""
+
+    certificate: CertificateWithCredentialOut
+
+
+class CertificateVerificationResponse(TypedDict):
+    """What anyone holding a certificate's number may learn: nothing private."""
+
+    valid: Annotated[bool, Field(description="Issued and not revoked")]
+    status: Literal["valid", "revoked"]
+    certificate_number: str
+    holder_name: str
+    course_title: str
+    instructor_name: str | None
+    completion_date: Day
+    issued_at: Timestamp
+    revoked_at: Timestamp | None
+    sha256: Annotated[str | None, Field(description="SHA-256 of the issued PDF: compare a copy")]
+    credential_url: Annotated[str, Field(
+        description="The signed Open Badges 3.0 credential, public",
+        examples=["https://academy.example.com/api/v1/credentials/AIFA-12-34-9F2C41D0AB"])]
+    issuer_did: Did
+    pdf_signed: Annotated[bool, Field(
+        description="The issued PDF carries the academy's signature (false: checked by sha256)")]
+
+
+class CertificateNotFoundResponse(TypedDict):
+    """No certificate has this number (the error shape, with `valid: false`)."""
+
+    valid: Literal[False]
+    error: str
+    code: Literal["certificate_not_found"]
+
+
 def readable_certificate(certificate_id: int) -> Certificate:
     """The holder's own certificate, or any for an admin; 404 otherwise."""
     user = current_user()
@@ -48,7 +102,8 @@ def readable_certificate(certificate_id: int) -> Certificate:
 @bp.get("")
 @bp.get("/get-certificate")
 @login_required
-@validate(query=CertificateQuery, resp=Response(HTTP_200=Envelope, **errors(401)), **AUTH)
+@validate(query=CertificateQuery, resp=Response(HTTP_200=CertificateListResponse, **errors(401)),
+          **AUTH)
 def list_certificates():
     """The signed-in user's certificates (an admin's: all, filterable)."""
     args = query_args()
@@ -67,15 +122,15 @@ def list_certificates():
 
 @bp.get("/<int:certificate_id>")
 @login_required
-@validate(resp=Response(HTTP_200=Envelope, **errors(401, 404)), **AUTH)
+@validate(resp=Response(HTTP_200=CertificateResponse, **errors(401, 404)), **AUTH)
 def get_certificate(certificate_id: int):
+    """A certificate (the holder or an admin), with its download and verification URLs and
+    its signed Open Badges 3.0 credential (made now for a certificate issued before
+    credentials were)."""
     certificate = readable_certificate(certificate_id)
     credential = certificate_service.credential_of(certificate)
     db.session.commit()
-    data = certificate.to_dict()
-    data["verify_url"] = certificate_service.verify_url(certificate.certificate_number)
-    data["credential"] = credential
-    return {"certificate": data}
+    return {"certificate": {**certificate.to_dict(), "credential": credential}}
 
 
 @bp.get("/<int:certificate_id>/credential")
@@ -95,7 +150,8 @@ def download_credential(certificate_id: int):
 @bp.get("/<int:certificate_id>/download")
 @bp.get("/download/<int:certificate_id>")
 @login_required
-@document(resp=Response("HTTP_200", **errors(401, 404)), **AUTH)
+@document(resp=Response("HTTP_200", **errors(401, 404)),
+          media={200: {"application/pdf": "The certificate's PDF"}}, **AUTH)
 def download(certificate_id: int):
     """The certificate PDF (the holder or an admin)."""
     certificate = readable_certificate(certificate_id)
@@ -107,7 +163,8 @@ def download(certificate_id: int):
 
 @bp.get("/verify/<string:number>")
 @config_limit("RATE_LIMIT_VERIFY")
-@validate(resp=Response(HTTP_200=Envelope, HTTP_404=Envelope, **errors(429)),
+@validate(resp=Response(HTTP_200=CertificateVerificationResponse,
+                        HTTP_404=CertificateNotFoundResponse, **errors(429)),
           tags=["certificates", "public"])
 def verify(number: str):
     """Public: is this certificate number genuine, and what does it certify? Nothing private."""
@@ -120,7 +177,8 @@ def verify(number: str):
 
 @bp.post("/generate/<int:course_id>")
 @login_required
-@validate(json=GenerateIn, resp=Response(HTTP_201=Envelope, HTTP_200=Envelope,
+@validate(json=GenerateIn, resp=Response(HTTP_201=CertificateSavedResponse,
+                                         HTTP_200=CertificateSavedResponse,
                                          **errors(401, 403, 404)), **AUTH)
 def generate_for_course(course_id: int):
     """The student's certificate for a completed course (an admin may name `user_id`)."""
@@ -132,7 +190,8 @@ def generate_for_course(course_id: int):
 
 @bp.post("/generate-for-enrollment/<int:enrollment_id>")
 @admin_required
-@validate(resp=Response(HTTP_201=Envelope, HTTP_200=Envelope, **errors(401, 403, 404)), **AUTH)
+@validate(resp=Response(HTTP_201=CertificateSavedResponse, HTTP_200=CertificateSavedResponse,
+                        **errors(401, 403, 404)), **AUTH)
 def generate_for_enrollment(enrollment_id: int):
     """Admin: the certificate of an enrollment (the README's generate/{enrollment_id})."""
     enrollment = db.session.get(Enrollment, enrollment_id)
@@ -147,7 +206,6 @@ def _issued(enrollment: Enrollment):
     certificate, created = certificate_service.issue(enrollment)
     db.session.commit()
     data = certificate.to_dict()
-    data["verify_url"] = certificate_service.verify_url(certificate.certificate_number)
     if created:
         return {"message": "Certificate issued", "certificate": data}, 201
     return {"message": "Certificate already issued", "certificate": data}, 200
@@ -155,7 +213,7 @@ def _issued(enrollment: Enrollment):
 
 @bp.post("/bulk-generate/<int:course_id>")
 @admin_required
-@validate(resp=Response(HTTP_202=Envelope, **errors(401, 403, 404)), **AUTH)
+@validate(resp=Response(HTTP_202=JobAcceptedResponse, **errors(401, 403, 404)), **AUTH)
 def bulk_generate(course_id: int):
     """Admin: issue for every completed enrollment of the course that has none, as a job (202;
     its result counts issued, skipped and failed)."""

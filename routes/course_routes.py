@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from flask import Blueprint, request
 from pydantic import AfterValidator, BeforeValidator, Field
 from spectree import Response
+from typing_extensions import NotRequired, TypedDict
 
 from auth import current_user, instructor_required, optional_user
 from models import COURSE_STATUSES, DIFFICULTIES, ENROLLMENT_STATUSES, db
@@ -14,9 +15,33 @@ from services import catalog_service, course_service, enrollment_service, file_s
 from utils.extensions import limiter
 from utils.pagination import paginate
 from utils.pipeline.catalog_cache import cached_public
-from utils.routing import Envelope, MessageOut, sent_changes
+from utils.responses import (
+    Access,
+    CourseListResponse,
+    CourseResponse,
+    CourseSavedResponse,
+    EnrollmentProgressOut,
+    MessageResponse,
+    ModuleListSavedResponse,
+    ModuleSavedResponse,
+    OutlineModuleOut,
+    PaginationOut,
+    PrerequisiteListResponse,
+    PrerequisitesSavedResponse,
+)
+from utils.routing import sent_changes
 from utils.schemas import CourseListQuery, Mode, TeachingQuery
-from utils.validation import IdList, PageQuery, StrictModel, errors, json_body, query_args, validate
+from utils.validation import (
+    IdList,
+    PageQuery,
+    StrictModel,
+    UploadFile,
+    document,
+    errors,
+    json_body,
+    query_args,
+    validate,
+)
 from utils.validators import Url
 
 bp = Blueprint("courses", __name__)
@@ -98,11 +123,54 @@ class PrerequisitesIn(StrictModel):
     prerequisite_course_ids: list[int] = Field(max_length=100)
 
 
+class ThumbnailForm(StrictModel):
+    """A course's cover image."""
+
+    file: UploadFile = Field(description="png, jpg, jpeg, gif or webp (the field `thumbnail` "
+                                         "is read too)")
+
+
+class CourseDeletedResponse(TypedDict):
+    """The course is gone, or archived when students' records refer to it."""
+
+    message: str
+    status: NotRequired[Literal["archived"]]
+
+
+class CourseOutlineResponse(TypedDict):
+    """A course's modules and lessons, as the reader may see them."""
+
+    course_id: int
+    access: Access
+    modules: list[OutlineModuleOut]
+
+
+class StudentOut(TypedDict):
+    """The student of an enrollment, for the course's instructor."""
+
+    id: int
+    full_name: str
+    email: str
+
+
+class StudentEnrollmentOut(EnrollmentProgressOut):
+    """An enrollment of the course and its student."""
+
+    student: StudentOut
+
+
+class CourseEnrollmentListResponse(TypedDict):
+    """A page of the course's enrollments, newest first."""
+
+    enrollments: list[StudentEnrollmentOut]
+    pagination: PaginationOut
+
+
 # --- the published catalog --------------------------------------------------------------------
 
 @bp.get("")
-@validate(query=CourseListQuery, resp=Response(HTTP_200=Envelope), **TAGS)
 @cached_public
+@validate(query=CourseListQuery, resp=Response(HTTP_200=CourseListResponse), **TAGS)
 def list_courses():
     """Published courses, with the same filters and sorts as /public/get-courses."""
     args = query_args()
@@ -111,8 +179,8 @@ def list_courses():
 
 
 @bp.get("/<int:course_id>")
-@validate(resp=Response(HTTP_200=Envelope, **errors(404)), **TAGS)
 @cached_public
+@validate(resp=Response(HTTP_200=CourseResponse, **errors(404)), **TAGS)
 def get_course(course_id: int):
     """A course with its outline: full content for enrolled students, the owner and admins;
     titles, durations and preview lessons for everyone else."""
@@ -126,7 +194,8 @@ def get_course(course_id: int):
 
 @bp.get("/get-courses")
 @instructor_required
-@validate(query=TeachingQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **AUTH)
+@validate(query=TeachingQuery, resp=Response(HTTP_200=CourseListResponse, **errors(401, 403)),
+          **AUTH)
 def list_teaching_courses():
     """The instructor's own courses in every status (an admin sees every course)."""
     args = query_args()
@@ -136,7 +205,7 @@ def list_teaching_courses():
 
 @bp.get("/get-courses/<int:course_id>")
 @instructor_required
-@validate(resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)), **AUTH)
+@validate(resp=Response(HTTP_200=CourseResponse, **errors(401, 403, 404)), **AUTH)
 def get_teaching_course(course_id: int):
     """One of the instructor's own courses, in any status, with its full content."""
     user = current_user()
@@ -147,7 +216,7 @@ def get_teaching_course(course_id: int):
 @bp.post("")
 @bp.post("/create-courses")
 @instructor_required
-@validate(json=CourseIn, resp=Response(HTTP_201=Envelope, **errors(401, 403)), **AUTH)
+@validate(json=CourseIn, resp=Response(HTTP_201=CourseSavedResponse, **errors(401, 403)), **AUTH)
 def create_course():
     """Create a course; it starts as a draft."""
     course = course_service.create_course(current_user(), json_body().model_dump())
@@ -158,7 +227,8 @@ def create_course():
 @bp.put("/<int:course_id>")
 @bp.put("/update-courses/<int:course_id>")
 @instructor_required
-@validate(json=CourseUpdate, resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)), **AUTH)
+@validate(json=CourseUpdate, resp=Response(HTTP_200=CourseSavedResponse, **errors(401, 403, 404)),
+          **AUTH)
 def update_course(course_id: int):
     """Change a course (its instructor or an admin); publishing needs at least one lesson."""
     user = current_user()
@@ -172,7 +242,7 @@ def update_course(course_id: int):
 @bp.delete("/<int:course_id>")
 @bp.delete("/delete-courses/<int:course_id>")
 @instructor_required
-@validate(resp=Response(HTTP_200=MessageOut, **errors(401, 403, 404)), **AUTH)
+@validate(resp=Response(HTTP_200=CourseDeletedResponse, **errors(401, 403, 404)), **AUTH)
 def delete_course(course_id: int):
     """Delete a course nobody took; a course with enrollments, payments or certificates is
     archived instead, so students keep their records."""
@@ -189,19 +259,21 @@ def delete_course(course_id: int):
 
 @bp.post("/<int:course_id>/submit-review")
 @instructor_required
-@validate(resp=Response(HTTP_200=Envelope, **errors(401, 403, 404, 409)), **AUTH)
+@validate(resp=Response(HTTP_200=CourseSavedResponse, **errors(401, 403, 404, 409)), **AUTH)
 def submit_for_review(course_id: int):
-    """Ask the admins to review and publish a draft."""
+    """Ask the admins to review and publish a draft (it stays a draft, `awaiting_review`)."""
     course = course_service.editable_course(course_id, current_user())
     course_service.request_review(course)
     db.session.commit()
-    return {"message": "Submitted for review", "course": course.to_dict()}
+    return {"message": "Submitted for review: the course awaits an administrator's review",
+            "course": course.to_dict()}
 
 
 @bp.post("/<int:course_id>/thumbnail")
 @limiter.limit("20 per hour")
 @instructor_required
-@validate(resp=Response(HTTP_200=Envelope, **errors(401, 403, 404, 413, 415)),
+@document(form=ThumbnailForm, resp=Response(HTTP_200=CourseSavedResponse,
+                                            **errors(401, 403, 404, 413, 415, 422)),
           tags=["courses", "files"], security={"bearer": []})
 def upload_thumbnail(course_id: int):
     """Upload the course's cover image (multipart field `file`: png, jpg, jpeg, gif, webp)."""
@@ -215,19 +287,21 @@ def upload_thumbnail(course_id: int):
 # --- modules and prerequisites of a course ----------------------------------------------------
 
 @bp.get("/<int:course_id>/modules")
-@validate(resp=Response(HTTP_200=Envelope, **errors(404)), **TAGS)
+@validate(resp=Response(HTTP_200=CourseOutlineResponse, **errors(404)), **TAGS)
 def list_course_modules(course_id: int):
     """The course's modules and lessons, restricted as for the course detail."""
     viewer = optional_user()
     course = course_service.visible_course(course_id, viewer)
     level = course_service.access_level(course, viewer)
-    modules = course_service.outline(course_service.load_outline(course.id), level)
+    modules = course_service.outline(course_service.load_outline(course.id), level,
+                                     course_service.completed_lessons(course, viewer, level))
     return {"course_id": course.id, "access": level, "modules": modules}
 
 
 @bp.post("/<int:course_id>/modules")
 @instructor_required
-@validate(json=ModuleIn, resp=Response(HTTP_201=Envelope, **errors(401, 403, 404)), **AUTH)
+@validate(json=ModuleIn, resp=Response(HTTP_201=ModuleSavedResponse, **errors(401, 403, 404)),
+          **AUTH)
 def create_module(course_id: int):
     """Add a module (at `position`, or at the end)."""
     course = course_service.editable_course(course_id, current_user())
@@ -238,7 +312,8 @@ def create_module(course_id: int):
 
 @bp.put("/<int:course_id>/modules/reorder")
 @instructor_required
-@validate(json=IdList, resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)), **AUTH)
+@validate(json=IdList, resp=Response(HTTP_200=ModuleListSavedResponse, **errors(401, 403, 404)),
+          **AUTH)
 def reorder_modules(course_id: int):
     """Set the order of all the course's modules: `{"ids": [module ids in order]}`."""
     course = course_service.editable_course(course_id, current_user())
@@ -254,7 +329,8 @@ def prerequisite_list(course_id: int) -> dict:
 
 
 @bp.get("/<int:course_id>/prerequisites")
-@validate(resp=Response(HTTP_200=Envelope, **errors(404)), tags=["courses", "prerequisites"])
+@validate(resp=Response(HTTP_200=PrerequisiteListResponse, **errors(404)),
+          tags=["courses", "prerequisites"])
 def get_prerequisites(course_id: int):
     """The courses a student must complete before enrolling."""
     course = course_service.visible_course(course_id, optional_user())
@@ -263,7 +339,8 @@ def get_prerequisites(course_id: int):
 
 @bp.post("/<int:course_id>/prerequisites")
 @instructor_required
-@validate(json=PrerequisitesIn, resp=Response(HTTP_201=Envelope, **errors(401, 403, 404)),
+@validate(json=PrerequisitesIn, resp=Response(HTTP_201=PrerequisitesSavedResponse,
+                                              **errors(401, 403, 404)),
           tags=["courses", "prerequisites"], security={"bearer": []})
 def add_prerequisites(course_id: int):
     """Add prerequisites (self-reference and cycles are 422, naming the cycle)."""
@@ -275,7 +352,8 @@ def add_prerequisites(course_id: int):
 
 @bp.put("/<int:course_id>/prerequisites")
 @instructor_required
-@validate(json=PrerequisitesIn, resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)),
+@validate(json=PrerequisitesIn, resp=Response(HTTP_200=PrerequisitesSavedResponse,
+                                              **errors(401, 403, 404)),
           tags=["courses", "prerequisites"], security={"bearer": []})
 def replace_prerequisites(course_id: int):
     """Replace the whole set of prerequisites."""
@@ -287,9 +365,10 @@ def replace_prerequisites(course_id: int):
 
 @bp.delete("/<int:course_id>/prerequisites/<int:prerequisite_id>")
 @instructor_required
-@validate(resp=Response(HTTP_200=MessageOut, **errors(401, 403, 404)),
+@validate(resp=Response(HTTP_200=MessageResponse, **errors(401, 403, 404)),
           tags=["courses", "prerequisites"], security={"bearer": []})
 def remove_prerequisite(course_id: int, prerequisite_id: int):
+    """Remove one prerequisite of the course."""
     course = course_service.editable_course(course_id, current_user())
     course_service.remove_prerequisite(course, prerequisite_id)
     db.session.commit()
@@ -304,7 +383,8 @@ class CourseEnrollmentQuery(PageQuery):
 
 @bp.get("/<int:course_id>/enrollments")
 @instructor_required
-@validate(query=CourseEnrollmentQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)),
+@validate(query=CourseEnrollmentQuery, resp=Response(HTTP_200=CourseEnrollmentListResponse,
+                                                     **errors(401, 403, 404)),
           tags=["courses", "enrollments"], security={"bearer": []})
 def course_enrollments(course_id: int):
     """Enrollments and progress of a course the instructor teaches (any course for an admin)."""

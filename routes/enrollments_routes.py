@@ -5,13 +5,22 @@ from __future__ import annotations
 from flask import Blueprint, request
 from pydantic import Field
 from spectree import Response
+from typing_extensions import TypedDict
 
 from auth import current_user, login_required
 from models import ENROLLMENT_STATUSES, db
 from utils.pipeline.idempotency import IdempotencyHeaders, idempotent
 from services import enrollment_service
 from utils.errors import Conflict, NotFound
-from utils.routing import Envelope
+from utils.responses import (
+    CertificateOut,
+    EnrollmentListResponse,
+    EnrollmentOut,
+    EnrollmentProgressOut,
+    EnrollmentWithCourseOut,
+    LessonProgressOut,
+    Timestamp,
+)
 from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
 
 bp = Blueprint("enrollments", __name__)
@@ -31,6 +40,64 @@ class EnrollmentQuery(PageQuery):
     status: str | None = Field(None, pattern=f"^({'|'.join(ENROLLMENT_STATUSES)})$")
 
 
+class EnrollmentSavedResponse(TypedDict):
+    """The enrollment (201 when it was created or re-opened, 200 when it already was)."""
+
+    message: str
+    enrollment: EnrollmentWithCourseOut
+
+
+class EnrollmentResponse(TypedDict):
+    """An enrollment with its progress and course."""
+
+    enrollment: EnrollmentWithCourseOut
+
+
+class EnrollmentCancelledResponse(TypedDict):
+    """The enrollment, cancelled."""
+
+    message: str
+    enrollment: EnrollmentOut
+
+
+class LessonStatusOut(TypedDict):
+    """A lesson of the course and the student's progress in it, in course order."""
+
+    lesson_id: int
+    lesson_title: str
+    module_id: int
+    module_title: str
+    completed: bool
+    completed_at: Timestamp | None
+    watch_time_seconds: int
+    last_accessed_at: Timestamp | None
+
+
+class CourseProgressResponse(TypedDict):
+    """The enrollment's progress, lesson by lesson."""
+
+    enrollment: EnrollmentProgressOut
+    course_id: int
+    lessons: list[LessonStatusOut]
+
+
+class LessonProgressResponse(TypedDict):
+    """A lesson's progress."""
+
+    lesson_progress: LessonProgressOut
+
+
+class ProgressRecordedResponse(TypedDict):
+    """The lesson's progress after the change, and the enrollment's. When this completed the
+    course (`course_completed`), `certificate` is the certificate it earned; it stays there on
+    every later answer for the completed enrollment."""
+
+    lesson_progress: LessonProgressOut
+    course_completed: bool
+    enrollment: EnrollmentProgressOut
+    certificate: CertificateOut | None
+
+
 def _enroll(course_id: int):
     enrollment, created = enrollment_service.enroll(current_user(), course_id)
     db.session.commit()
@@ -44,7 +111,7 @@ def _enroll(course_id: int):
 @bp.post("")
 @login_required
 @validate(json=EnrollIn, headers=IdempotencyHeaders,
-          resp=Response(HTTP_201=Envelope, HTTP_200=Envelope,
+          resp=Response(HTTP_201=EnrollmentSavedResponse, HTTP_200=EnrollmentSavedResponse,
                         **errors(400, 401, 402, 403, 404, 409, 422)), **AUTH)
 @idempotent
 def enroll():
@@ -56,7 +123,7 @@ def enroll():
 @bp.post("/create-enrollments/<int:course_id>")
 @login_required
 @validate(headers=IdempotencyHeaders,
-          resp=Response(HTTP_201=Envelope, HTTP_200=Envelope,
+          resp=Response(HTTP_201=EnrollmentSavedResponse, HTTP_200=EnrollmentSavedResponse,
                         **errors(400, 401, 402, 403, 404, 409, 422)), **AUTH)
 @idempotent
 def enroll_by_path(course_id: int):
@@ -67,7 +134,8 @@ def enroll_by_path(course_id: int):
 @bp.get("")
 @bp.get("/get-enrollments")
 @login_required
-@validate(query=EnrollmentQuery, resp=Response(HTTP_200=Envelope, **errors(401)), **AUTH)
+@validate(query=EnrollmentQuery, resp=Response(HTTP_200=EnrollmentListResponse, **errors(401)),
+          **AUTH)
 def my_enrollments():
     """The signed-in user's enrollments with their progress, newest first."""
     args = query_args()
@@ -78,8 +146,10 @@ def my_enrollments():
 
 @bp.get("/<int:enrollment_id>")
 @login_required
-@validate(resp=Response(HTTP_200=Envelope, **errors(401, 404)), **AUTH)
+@validate(resp=Response(HTTP_200=EnrollmentResponse, **errors(401, 404)), **AUTH)
 def get_enrollment(enrollment_id: int):
+    """An enrollment with its progress (the student's own; the course's instructor and admins
+    read it too)."""
     enrollment = enrollment_service.own_enrollment(enrollment_id, current_user())
     progress = enrollment_service.progress_of(enrollment)
     return {"enrollment": enrollment_service.enrollment_dict(enrollment, progress)}
@@ -87,7 +157,7 @@ def get_enrollment(enrollment_id: int):
 
 @bp.delete("/<int:enrollment_id>")
 @login_required
-@validate(resp=Response(HTTP_200=Envelope, **errors(401, 404, 409)), **AUTH)
+@validate(resp=Response(HTTP_200=EnrollmentCancelledResponse, **errors(401, 404, 409)), **AUTH)
 def cancel_enrollment(enrollment_id: int):
     """Leave a course (progress is kept; enrolling again resumes it). Paid enrollments end
     through a refund request instead."""
@@ -105,7 +175,7 @@ def cancel_enrollment(enrollment_id: int):
 
 @bp.get("/<int:enrollment_id>/progress")
 @login_required
-@validate(resp=Response(HTTP_200=Envelope, **errors(401, 404)), **AUTH)
+@validate(resp=Response(HTTP_200=CourseProgressResponse, **errors(401, 404)), **AUTH)
 def enrollment_progress(enrollment_id: int):
     """Progress lesson by lesson."""
     enrollment = enrollment_service.own_enrollment(enrollment_id, current_user())
@@ -114,7 +184,7 @@ def enrollment_progress(enrollment_id: int):
 
 @bp.get("/get-enrollments/<int:course_id>/progress")
 @login_required
-@validate(resp=Response(HTTP_200=Envelope, **errors(401, 404)), **AUTH)
+@validate(resp=Response(HTTP_200=CourseProgressResponse, **errors(401, 404)), **AUTH)
 def course_progress(course_id: int):
     """The API documentation's progress path: the signed-in user's progress in a course."""
     enrollment = enrollment_service.my_enrollment_for_course(current_user(), course_id)
@@ -133,12 +203,14 @@ def _record(enrollment, lesson_id: int, default_completed: bool | None):
     db.session.commit()
     progress = enrollment_service.progress_of(enrollment)
     return {"lesson_progress": record, "course_completed": finished,
-            "enrollment": enrollment_service.enrollment_dict(enrollment, progress, course=False)}
+            "enrollment": enrollment_service.enrollment_dict(enrollment, progress, course=False),
+            "certificate": enrollment_service.certificate_of(enrollment)}
 
 
 @bp.post("/<int:enrollment_id>/lessons/<int:lesson_id>/complete")
 @login_required
-@validate(json=ProgressIn, resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)), **AUTH)
+@validate(json=ProgressIn, resp=Response(HTTP_200=ProgressRecordedResponse,
+                                         **errors(401, 403, 404)), **AUTH)
 def complete_lesson(enrollment_id: int, lesson_id: int):
     """Mark a lesson complete (or send `{"completed": false}` / `watch_time_seconds`)."""
     user = current_user()
@@ -150,7 +222,7 @@ def complete_lesson(enrollment_id: int, lesson_id: int):
 
 @bp.get("/get-enrollments/<int:course_id>/lessons/<int:lesson_id>/progress")
 @login_required
-@validate(resp=Response(HTTP_200=Envelope, **errors(401, 404)), **AUTH)
+@validate(resp=Response(HTTP_200=LessonProgressResponse, **errors(401, 404)), **AUTH)
 def read_lesson_progress(course_id: int, lesson_id: int):
     """One lesson's progress in a course the user is enrolled in."""
     enrollment = enrollment_service.my_enrollment_for_course(current_user(), course_id)
@@ -160,7 +232,8 @@ def read_lesson_progress(course_id: int, lesson_id: int):
 @bp.post("/get-enrollments/<int:course_id>/lessons/<int:lesson_id>/progress")
 @bp.put("/get-enrollments/<int:course_id>/lessons/<int:lesson_id>/progress")
 @login_required
-@validate(json=ProgressIn, resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)), **AUTH)
+@validate(json=ProgressIn, resp=Response(HTTP_200=ProgressRecordedResponse,
+                                         **errors(401, 403, 404)), **AUTH)
 def write_lesson_progress(course_id: int, lesson_id: int):
     """Record a lesson's progress (`{completed?, watch_time_seconds?}`) by course id."""
     enrollment = enrollment_service.my_enrollment_for_course(current_user(), course_id)

@@ -1,10 +1,12 @@
 """Liveness and readiness probes for load balancers and orchestrators."""
 from __future__ import annotations
 
+from typing import Literal
+
 from flask import Blueprint, current_app
-from pydantic import BaseModel
 from spectree import Response
 from sqlalchemy import text
+from typing_extensions import TypedDict
 
 from models import db
 from utils.pipeline import redis_client
@@ -13,24 +15,28 @@ from utils.validation import validate
 bp = Blueprint("health", __name__)
 
 
-class HealthOut(BaseModel):
-    status: str
+class HealthResponse(TypedDict):
+    """The process answers."""
+
+    status: Literal["ok"]
 
 
-class ReadyOut(BaseModel):
-    status: str
-    checks: dict[str, str]
+class ReadyResponse(TypedDict):
+    """Each dependency's state: `ok`, `unavailable` or `not_configured`."""
+
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, Literal["ok", "unavailable", "not_configured"]]
 
 
 @bp.get("")
-@validate(resp=Response(HTTP_200=HealthOut), tags=["health"])
+@validate(resp=Response(HTTP_200=HealthResponse), tags=["health"])
 def health():
     """The process is up and answering."""
     return {"status": "ok"}
 
 
 @bp.get("/ready")
-@validate(resp=Response(HTTP_200=ReadyOut, HTTP_503=ReadyOut), tags=["health"])
+@validate(resp=Response(HTTP_200=ReadyResponse, HTTP_503=ReadyResponse), tags=["health"])
 def ready():
     """The database (and Redis, when configured) are reachable; 503 when one is not."""
     checks: dict[str, str] = {}

@@ -4,12 +4,21 @@ from __future__ import annotations
 from flask import Blueprint
 from pydantic import Field
 from spectree import Response
+from typing_extensions import TypedDict
 
 from auth import current_user, instructor_required, login_required
 from models import Course, Lesson, Module, db
 from services import course_service, file_service
 from utils.pagination import page_of
-from utils.routing import Envelope, MessageOut, sent_changes
+from utils.responses import (
+    Access,
+    LessonOut,
+    LessonResourceOut,
+    LessonSavedResponse,
+    MessageResponse,
+    PaginationOut,
+)
+from utils.routing import sent_changes
 from utils.validation import PageQuery, StrictModel, errors, filters, json_body, validate
 from utils.validators import Url
 
@@ -44,9 +53,31 @@ class LessonQuery(PageQuery):
     course_id: int | None = Field(None, ge=1)
 
 
+class LessonListResponse(TypedDict):
+    """A page of lessons, in course order."""
+
+    lessons: list[LessonOut]
+    pagination: PaginationOut
+
+
+class LessonDetailOut(LessonOut):
+    """A lesson with its resources (those the reader may open) and its course."""
+
+    resources: list[LessonResourceOut]
+    course_id: int
+
+
+class LessonResponse(TypedDict):
+    """A lesson, as the reader may see it."""
+
+    lesson: LessonDetailOut
+    access: Access
+
+
 @bp.post("/create-lessons/<int:module_id>")
 @instructor_required
-@validate(json=LessonIn, resp=Response(HTTP_201=Envelope, **errors(401, 403, 404)), **AUTH)
+@validate(json=LessonIn, resp=Response(HTTP_201=LessonSavedResponse, **errors(401, 403, 404)),
+          **AUTH)
 def create_lesson(module_id: int):
     """Add a lesson to a module (at `position`, or at the end)."""
     module = course_service.get_module(module_id)
@@ -59,7 +90,8 @@ def create_lesson(module_id: int):
 @bp.get("/get-lessons")
 @bp.post("/get-lessons")
 @instructor_required
-@validate(query=LessonQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **AUTH)
+@validate(query=LessonQuery, resp=Response(HTTP_200=LessonListResponse, **errors(401, 403)),
+          **AUTH)
 def list_lessons():
     """Lessons of the instructor's courses (an admin's: all), by module or course."""
     args = filters(LessonQuery)
@@ -79,7 +111,7 @@ def list_lessons():
 @bp.get("/get-lessons/<int:lesson_id>")
 @bp.post("/get-lessons/<int:lesson_id>")
 @login_required
-@validate(resp=Response(HTTP_200=Envelope, **errors(401, 404)), **AUTH)
+@validate(resp=Response(HTTP_200=LessonResponse, **errors(401, 404)), **AUTH)
 def get_lesson(lesson_id: int):
     """A lesson: full for enrolled students, the owner and admins; otherwise its outline
     (and its content only if it is a preview)."""
@@ -98,7 +130,8 @@ def get_lesson(lesson_id: int):
 @bp.put("/<int:lesson_id>")
 @bp.put("/update-lessons/<int:lesson_id>")
 @instructor_required
-@validate(json=LessonUpdate, resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)), **AUTH)
+@validate(json=LessonUpdate, resp=Response(HTTP_200=LessonSavedResponse, **errors(401, 403, 404)),
+          **AUTH)
 def update_lesson(lesson_id: int):
     """Change a lesson, move it (`position`), or move it to another module of the course."""
     lesson = course_service.get_lesson(lesson_id)
@@ -112,7 +145,7 @@ def update_lesson(lesson_id: int):
 @bp.delete("/<int:lesson_id>")
 @bp.delete("/delete-lessons/<int:lesson_id>")
 @instructor_required
-@validate(resp=Response(HTTP_200=MessageOut, **errors(401, 403, 404)), **AUTH)
+@validate(resp=Response(HTTP_200=MessageResponse, **errors(401, 403, 404)), **AUTH)
 def delete_lesson(lesson_id: int):
     """Delete a lesson with its resources."""
     lesson = course_service.get_lesson(lesson_id)

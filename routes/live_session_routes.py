@@ -7,12 +7,14 @@ from typing import Literal
 from flask import Blueprint
 from pydantic import AwareDatetime, Field
 from spectree import Response
+from typing_extensions import TypedDict
 
 from auth import current_user, instructor_required, login_required
 from models import PLATFORMS, db
 from services import live_session_service as live_sessions
 from utils.pagination import paginate
-from utils.routing import Envelope, sent_changes
+from utils.responses import LiveSessionOut, PaginationOut
+from utils.routing import sent_changes
 from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
 from utils.validators import Url
 
@@ -57,6 +59,27 @@ class LiveSessionQuery(PageQuery):
     include_cancelled: bool = True
 
 
+class LiveSessionListResponse(TypedDict):
+    """A page of live sessions."""
+
+    live_sessions: list[LiveSessionOut]
+    pagination: PaginationOut
+
+
+class LiveSessionResponse(TypedDict):
+    """A live session."""
+
+    live_session: LiveSessionOut
+
+
+class LiveSessionSavedResponse(TypedDict):
+    """A live session after a change (with its meeting details, for its hosts), or the
+    meeting details to join it."""
+
+    message: str
+    live_session: LiveSessionOut
+
+
 def page(query, args) -> dict:
     user = current_user()
     rows, meta = paginate(query, args.page, args.per_page)
@@ -68,7 +91,8 @@ def page(query, args) -> dict:
 @bp.get("")
 @bp.get("/get-live-sessions")
 @login_required
-@validate(query=LiveSessionQuery, resp=Response(HTTP_200=Envelope, **errors(401)), **AUTH)
+@validate(query=LiveSessionQuery, resp=Response(HTTP_200=LiveSessionListResponse, **errors(401)),
+          **AUTH)
 def list_sessions():
     """Students: sessions of their courses; instructors: their own; admins: all."""
     args = query_args()
@@ -79,7 +103,8 @@ def list_sessions():
 @bp.get("/upcoming")
 @bp.get("/get-live-courses/upcoming")
 @login_required
-@validate(query=LiveSessionQuery, resp=Response(HTTP_200=Envelope, **errors(401)), **AUTH)
+@validate(query=LiveSessionQuery, resp=Response(HTTP_200=LiveSessionListResponse, **errors(401)),
+          **AUTH)
 def upcoming():
     """Scheduled sessions that have not ended, soonest first."""
     args = query_args()
@@ -90,7 +115,8 @@ def upcoming():
 @bp.post("")
 @bp.post("/create-live-sessions")
 @instructor_required
-@validate(json=LiveSessionIn, resp=Response(HTTP_201=Envelope, **errors(401, 403, 404)), **AUTH)
+@validate(json=LiveSessionIn, resp=Response(HTTP_201=LiveSessionSavedResponse,
+                                            **errors(401, 403, 404)), **AUTH)
 def create_session():
     """Schedule a session for a course you teach; enrolled students are notified."""
     live = live_sessions.create(current_user(), json_body().model_dump())
@@ -102,7 +128,7 @@ def create_session():
 @bp.get("/<int:session_id>")
 @bp.get("/get-live-sessions/<int:session_id>")
 @login_required
-@validate(resp=Response(HTTP_200=Envelope, **errors(401, 404)), **AUTH)
+@validate(resp=Response(HTTP_200=LiveSessionResponse, **errors(401, 404)), **AUTH)
 def get_session(session_id: int):
     """A session (meeting details only for its hosts; students get them from /join)."""
     user = current_user()
@@ -116,8 +142,8 @@ def get_session(session_id: int):
 @bp.put("/<int:session_id>")
 @bp.put("/update-live-sessions/<int:session_id>")
 @instructor_required
-@validate(json=LiveSessionUpdate, resp=Response(HTTP_200=Envelope, **errors(401, 403, 404, 410)),
-          **AUTH)
+@validate(json=LiveSessionUpdate, resp=Response(HTTP_200=LiveSessionSavedResponse,
+                                                **errors(401, 403, 404, 410)), **AUTH)
 def update_session(session_id: int):
     """Change a session; moving it notifies enrolled students with a new invitation."""
     live = live_sessions.hosted(session_id, current_user())
@@ -131,7 +157,8 @@ def update_session(session_id: int):
 @bp.delete("/<int:session_id>")
 @bp.delete("/delete-live-sessions/<int:session_id>")
 @instructor_required
-@validate(resp=Response(HTTP_200=Envelope, **errors(401, 403, 404, 410)), **AUTH)
+@validate(resp=Response(HTTP_200=LiveSessionSavedResponse, **errors(401, 403, 404, 410)),
+          **AUTH)
 def cancel_session(session_id: int):
     """Cancel a session (it stays on record); enrolled students are notified."""
     live = live_sessions.hosted(session_id, current_user())
@@ -144,7 +171,8 @@ def cancel_session(session_id: int):
 @bp.get("/<int:session_id>/join")
 @bp.get("/join-live-sessions/<int:session_id>/join")
 @login_required
-@validate(resp=Response(HTTP_200=Envelope, **errors(401, 403, 404, 410)), **AUTH)
+@validate(resp=Response(HTTP_200=LiveSessionSavedResponse, **errors(401, 403, 404, 410)),
+          **AUTH)
 def join_session(session_id: int):
     """The meeting URL, id and password: for enrolled students, the instructor and admins,
     from LIVE_SESSION_JOIN_EARLY_MINUTES before the start until the end."""
@@ -155,7 +183,8 @@ def join_session(session_id: int):
 
 @bp.post("/<int:session_id>/recording")
 @instructor_required
-@validate(json=RecordingIn, resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)), **AUTH)
+@validate(json=RecordingIn, resp=Response(HTTP_200=LiveSessionSavedResponse,
+                                          **errors(401, 403, 404)), **AUTH)
 def add_recording(session_id: int):
     """Attach the recording; enrolled students see it and are notified."""
     live = live_sessions.hosted(session_id, current_user())

@@ -4,12 +4,22 @@ from __future__ import annotations
 from flask import Blueprint
 from pydantic import Field
 from spectree import Response
+from typing_extensions import TypedDict
 
 from auth import current_user, instructor_required, login_required
 from models import Course, Module, db
 from services import course_service
 from utils.pagination import page_of
-from utils.routing import Envelope, MessageOut, alias, sent_changes
+from utils.responses import (
+    Access,
+    LessonListSavedResponse,
+    MessageResponse,
+    ModuleOut,
+    ModuleSavedResponse,
+    OutlineModuleOut,
+    PaginationOut,
+)
+from utils.routing import alias, sent_changes
 from utils.validation import IdList, PageQuery, StrictModel, errors, filters, json_body, validate
 
 bp = Blueprint("modules", __name__)
@@ -28,10 +38,25 @@ class ModuleQuery(PageQuery):
     course_id: int | None = Field(None, ge=1)
 
 
+class ModuleListResponse(TypedDict):
+    """A page of modules, by course and position."""
+
+    modules: list[ModuleOut]
+    pagination: PaginationOut
+
+
+class ModuleResponse(TypedDict):
+    """A module with its lessons, as the reader may see them."""
+
+    module: OutlineModuleOut
+    access: Access
+
+
 @bp.get("/get-modules")
 @bp.post("/get-modules")
 @instructor_required
-@validate(query=ModuleQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)), **AUTH)
+@validate(query=ModuleQuery, resp=Response(HTTP_200=ModuleListResponse, **errors(401, 403)),
+          **AUTH)
 def list_modules():
     """Modules of the instructor's courses (an admin's: all), optionally of one course."""
     args = filters(ModuleQuery)
@@ -49,7 +74,7 @@ def list_modules():
 @bp.get("/get-modules/<int:module_id>")
 @bp.post("/get-modules/<int:module_id>")
 @login_required
-@validate(resp=Response(HTTP_200=Envelope, **errors(401, 404)), **AUTH)
+@validate(resp=Response(HTTP_200=ModuleResponse, **errors(401, 404)), **AUTH)
 def get_module(module_id: int):
     """A module with its lessons, restricted as for the course detail."""
     user = current_user()
@@ -57,14 +82,16 @@ def get_module(module_id: int):
     course = course_service.visible_course(module.course_id, user)
     level = course_service.access_level(course, user)
     data = course_service.outline(
-        [m for m in course_service.load_outline(course.id) if m.id == module.id], level)[0]
+        [m for m in course_service.load_outline(course.id) if m.id == module.id], level,
+        course_service.completed_lessons(course, user, level))[0]
     return {"module": data, "access": level}
 
 
 @bp.put("/<int:module_id>")
 @bp.put("/update-modules/<int:module_id>")
 @instructor_required
-@validate(json=ModuleUpdate, resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)), **AUTH)
+@validate(json=ModuleUpdate, resp=Response(HTTP_200=ModuleSavedResponse, **errors(401, 403, 404)),
+          **AUTH)
 def update_module(module_id: int):
     """Rename or move a module (`position` renumbers its siblings)."""
     module = course_service.get_module(module_id)
@@ -78,7 +105,7 @@ def update_module(module_id: int):
 @bp.delete("/<int:module_id>")
 @bp.delete("/delete-modules/<int:module_id>")
 @instructor_required
-@validate(resp=Response(HTTP_200=MessageOut, **errors(401, 403, 404, 409)), **AUTH)
+@validate(resp=Response(HTTP_200=MessageResponse, **errors(401, 403, 404, 409)), **AUTH)
 def delete_module(module_id: int):
     """Delete an empty module (409 while it has lessons)."""
     module = course_service.get_module(module_id)
@@ -90,7 +117,8 @@ def delete_module(module_id: int):
 
 @bp.put("/<int:module_id>/lessons/reorder")
 @instructor_required
-@validate(json=IdList, resp=Response(HTTP_200=Envelope, **errors(401, 403, 404)), **AUTH)
+@validate(json=IdList, resp=Response(HTTP_200=LessonListSavedResponse, **errors(401, 403, 404)),
+          **AUTH)
 def reorder_lessons(module_id: int):
     """Set the order of all the module's lessons: `{"ids": [lesson ids in order]}`."""
     module = course_service.get_module(module_id)

@@ -6,13 +6,15 @@ from typing import Literal
 from flask import Blueprint
 from pydantic import Field, model_validator
 from spectree import Response
+from typing_extensions import NotRequired, TypedDict
 
 from auth import admin_required, audit, current_user, login_required
 from models import NOTIFICATION_KINDS, ROLES, db
 from services import jobs
 from services import notification_service as notifications
 from utils.pagination import paginate
-from utils.routing import Envelope, MessageOut, accepted, sent_changes
+from utils.responses import JobAcceptedResponse, MessageResponse, NotificationOut, PaginationOut
+from utils.routing import accepted, sent_changes
 from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
 from utils.validators import SafeText
 
@@ -55,10 +57,63 @@ class PreferencesIn(StrictModel):
     email_announcements: bool | None = None
 
 
+class NotificationListResponse(TypedDict):
+    """A page of the user's notifications, newest first, and how many are unread."""
+
+    notifications: list[NotificationOut]
+    pagination: PaginationOut
+    unread_count: int
+
+
+class UnreadCountResponse(TypedDict):
+    """How many of the user's notifications are unread."""
+
+    unread_count: int
+
+
+class NotificationSavedResponse(TypedDict):
+    """A notification after a change."""
+
+    message: str
+    notification: NotificationOut
+
+
+class MarkedReadResponse(TypedDict):
+    """How many notifications were marked read."""
+
+    message: str
+    updated: int
+
+
+class PreferencesOut(TypedDict):
+    """E-mail on or off per kind of notification; in-app ones are always on."""
+
+    email_course_updates: bool
+    email_live_sessions: bool
+    email_payments: bool
+    email_announcements: bool
+    in_app: Literal[True]
+
+
+class PreferencesResponse(TypedDict):
+    """The user's notification preferences (and what was done, after a change)."""
+
+    preferences: PreferencesOut
+    message: NotRequired[str]
+
+
+class NotifiedResponse(TypedDict):
+    """The notifications were created (in-app; no e-mail asked for)."""
+
+    message: str
+    recipients: int
+
+
 @bp.get("")
 @bp.get("/get-notifications")
 @login_required
-@validate(query=NotificationQuery, resp=Response(HTTP_200=Envelope, **errors(401)), **AUTH)
+@validate(query=NotificationQuery, resp=Response(HTTP_200=NotificationListResponse,
+                                                   **errors(401)), **AUTH)
 def list_notifications():
     """My notifications, newest first (`?unread=true` for unread only)."""
     args = query_args()
@@ -70,15 +125,17 @@ def list_notifications():
 
 @bp.get("/unread-count")
 @login_required
-@validate(resp=Response(HTTP_200=Envelope, **errors(401)), **AUTH)
+@validate(resp=Response(HTTP_200=UnreadCountResponse, **errors(401)), **AUTH)
 def unread_count():
+    """How many of my notifications are unread (the badge)."""
     return {"unread_count": notifications.unread_count(current_user().id)}
 
 
 @bp.put("/<int:notification_id>/read")
 @login_required
-@validate(resp=Response(HTTP_200=Envelope, **errors(401, 404)), **AUTH)
+@validate(resp=Response(HTTP_200=NotificationSavedResponse, **errors(401, 404)), **AUTH)
 def mark_read(notification_id: int):
+    """Mark one of my notifications read."""
     notification = notifications.mark_read(notifications.own(notification_id, current_user()))
     db.session.commit()
     return {"message": "Marked as read", "notification": notification.to_dict()}
@@ -87,8 +144,9 @@ def mark_read(notification_id: int):
 @bp.put("/read-all")
 @bp.put("/mark-all-read")
 @login_required
-@validate(resp=Response(HTTP_200=Envelope, **errors(401)), **AUTH)
+@validate(resp=Response(HTTP_200=MarkedReadResponse, **errors(401)), **AUTH)
 def mark_all_read():
+    """Mark all my notifications read."""
     changed = notifications.mark_all_read(current_user())
     db.session.commit()
     return {"message": "All notifications marked as read", "updated": changed}
@@ -96,8 +154,9 @@ def mark_all_read():
 
 @bp.delete("/<int:notification_id>")
 @login_required
-@validate(resp=Response(HTTP_200=MessageOut, **errors(401, 404)), **AUTH)
+@validate(resp=Response(HTTP_200=MessageResponse, **errors(401, 404)), **AUTH)
 def delete_notification(notification_id: int):
+    """Delete one of my notifications."""
     db.session.delete(notifications.own(notification_id, current_user()))
     db.session.commit()
     return {"message": "Notification deleted"}
@@ -105,7 +164,7 @@ def delete_notification(notification_id: int):
 
 @bp.get("/preferences")
 @login_required
-@validate(resp=Response(HTTP_200=Envelope, **errors(401)), **AUTH)
+@validate(resp=Response(HTTP_200=PreferencesResponse, **errors(401)), **AUTH)
 def get_preferences():
     """E-mail on or off per kind; in-app notifications are always on."""
     return {"preferences": notifications.preferences(current_user()).to_dict()}
@@ -113,8 +172,9 @@ def get_preferences():
 
 @bp.put("/preferences")
 @login_required
-@validate(json=PreferencesIn, resp=Response(HTTP_200=Envelope, **errors(401)), **AUTH)
+@validate(json=PreferencesIn, resp=Response(HTTP_200=PreferencesResponse, **errors(401)), **AUTH)
 def update_preferences():
+    """Turn e-mail on or off per kind (the fields sent)."""
     changes = sent_changes(json_body())
     prefs = notifications.update_preferences(current_user(), changes)
     db.session.commit()
@@ -123,8 +183,8 @@ def update_preferences():
 
 @bp.post("/send")
 @admin_required
-@validate(json=SendIn, resp=Response(HTTP_201=Envelope, HTTP_202=Envelope, **errors(401, 403)),
-          **AUTH)
+@validate(json=SendIn, resp=Response(HTTP_201=NotifiedResponse, HTTP_202=JobAcceptedResponse,
+                                     **errors(401, 403)), **AUTH)
 def send():
     """Admin: notify the given users, or everyone with a role (active users only). With
     `send_email` the e-mails go out as a job: 202 with the job to follow."""
@@ -140,7 +200,8 @@ def send():
 @bp.post("/broadcast")
 @admin_required
 @validate(json=BroadcastIn,
-          resp=Response(HTTP_201=Envelope, HTTP_202=Envelope, **errors(401, 403)), **AUTH)
+          resp=Response(HTTP_201=NotifiedResponse, HTTP_202=JobAcceptedResponse,
+                        **errors(401, 403)), **AUTH)
 def broadcast():
     """Admin: notify every active user (e-mail, with `send_email`, as a job: 202)."""
     body = json_body()

@@ -2,9 +2,12 @@
 history, invoices and refund requests. Both route sets of the contract."""
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from flask import Blueprint, Response as FlaskResponse, request
 from pydantic import Field
 from spectree import Response
+from typing_extensions import NotRequired, TypedDict
 
 from auth import current_user, login_required
 from models import Payment, PaymentRefund, db
@@ -16,7 +19,14 @@ from utils.errors import NotFound
 from utils.extensions import limiter
 from utils.pagination import paginate
 from utils.pipeline.rate_limits import config_limit
-from utils.routing import Envelope
+from utils.responses import (
+    CourseRefOut,
+    Currency,
+    PaginationOut,
+    PaymentOut,
+    RefundOut,
+    RefundRequestSavedResponse,
+)
 from utils.validation import PageQuery, StrictModel, document, errors, json_body, query_args, validate
 
 bp = Blueprint("payments", __name__)
@@ -24,7 +34,7 @@ AUTH = {"tags": ["payments"], "security": {"bearer": []}}
 HOOK = {"tags": ["payments", "webhooks"]}
 
 
-class CourseIn(StrictModel):
+class PurchaseIn(StrictModel):
     course_id: int = Field(ge=1)
 
 
@@ -40,6 +50,87 @@ class RefundIn(StrictModel):
 
 class HistoryQuery(PageQuery):
     status: str | None = Field(None, pattern="^(created|pending|completed|failed|expired|refunded)$")
+
+
+class PaymentDetailOut(PaymentOut):
+    """A payment with its course and, once paid, where its invoice is."""
+
+    course: CourseRefOut
+    invoice_url: Annotated[str | None, Field(examples=["/api/v1/payments/9/invoice"])]
+
+
+class PaymentWithRefundsOut(PaymentDetailOut):
+    """A payment with the refunds recorded against it, oldest first."""
+
+    refunds: list[RefundOut]
+
+
+class PaymentResponse(TypedDict):
+    """A payment, with its refunds and their credit notes."""
+
+    payment: PaymentWithRefundsOut
+
+
+class PaymentSavedResponse(TypedDict):
+    """The payment after the checkout's answer (202 while the gateway has not captured it)."""
+
+    message: str
+    payment: PaymentDetailOut
+
+
+class PaymentListResponse(TypedDict):
+    """A page of the user's payments, newest first."""
+
+    payments: list[PaymentDetailOut]
+    pagination: PaginationOut
+
+
+class PrefillOut(TypedDict):
+    """What Razorpay's checkout form is filled with."""
+
+    name: str
+    email: str
+    contact: str
+
+
+class RazorpayOrderOut(TypedDict):
+    """What Razorpay's checkout needs."""
+
+    payment_id: int
+    order_id: str
+    amount: Annotated[int, Field(description="Minor units (paise, cents)", examples=[499900])]
+    currency: Currency
+    key_id: Annotated[str, Field(description="The public key id for checkout")]
+    name: str
+    description: str
+    prefill: PrefillOut
+    reused: Annotated[bool, Field(description="An open order of the course, returned again")]
+
+
+class RazorpayOrderResponse(TypedDict):
+    """A Razorpay order (201 new, 200 an open one again)."""
+
+    message: str
+    order: RazorpayOrderOut
+
+
+class StripeCheckoutResponse(TypedDict):
+    """A Stripe Checkout Session (201 new, 200 an open one again): send the browser to
+    `checkout_url`."""
+
+    message: str
+    payment_id: int
+    session_id: str
+    checkout_url: str | None
+    reused: bool
+
+
+class WebhookAckResponse(TypedDict):
+    """The event was received (and is processed once, whatever happens to it)."""
+
+    received: Literal[True]
+    duplicate: NotRequired[Annotated[bool, Field(description="Already processed before")]]
+    error: NotRequired[Annotated[str, Field(description="Why it changed nothing")]]
 
 
 def readable_payment(payment_id: int) -> Payment:
@@ -67,8 +158,8 @@ def payment_dict(payment: Payment, *, with_refunds: bool = False) -> dict:
 @bp.post("/create-order")
 @config_limit("RATE_LIMIT_PAYMENT_CREATE")
 @login_required
-@validate(json=CourseIn, headers=IdempotencyHeaders,
-          resp=Response(HTTP_201=Envelope, HTTP_200=Envelope,
+@validate(json=PurchaseIn, headers=IdempotencyHeaders,
+          resp=Response(HTTP_201=RazorpayOrderResponse, HTTP_200=RazorpayOrderResponse,
                         **errors(400, 401, 402, 403, 404, 409, 422, 502, 503)), **AUTH)
 @idempotent
 def razorpay_create_order():
@@ -83,7 +174,8 @@ def razorpay_create_order():
 @bp.post("/verify-payment")
 @config_limit("RATE_LIMIT_PAYMENT_VERIFY")
 @login_required
-@validate(json=RazorpayVerifyIn, resp=Response(HTTP_200=Envelope, HTTP_202=Envelope,
+@validate(json=RazorpayVerifyIn, resp=Response(HTTP_200=PaymentSavedResponse,
+                                               HTTP_202=PaymentSavedResponse,
                                                **errors(400, 401, 404, 502, 503)), **AUTH)
 def razorpay_verify():
     """The checkout's answer: signature, then the payment as Razorpay reports it; settles the
@@ -100,7 +192,7 @@ def razorpay_verify():
 
 @bp.post("/razorpay/webhook")
 @limiter.exempt
-@document(resp=Response("HTTP_200", **errors(400, 503)), **HOOK)
+@document(resp=Response(HTTP_200=WebhookAckResponse, **errors(400, 503)), **HOOK)
 def razorpay_webhook():
     """Razorpay events, checked with X-Razorpay-Signature over the raw body; recorded once by
     what the signature covers (X-Razorpay-Event-Id is not signed and is not used)."""
@@ -116,8 +208,8 @@ def razorpay_webhook():
 @bp.post("/create-checkout-session")
 @config_limit("RATE_LIMIT_PAYMENT_CREATE")
 @login_required
-@validate(json=CourseIn, headers=IdempotencyHeaders,
-          resp=Response(HTTP_201=Envelope, HTTP_200=Envelope,
+@validate(json=PurchaseIn, headers=IdempotencyHeaders,
+          resp=Response(HTTP_201=StripeCheckoutResponse, HTTP_200=StripeCheckoutResponse,
                         **errors(400, 401, 403, 404, 409, 422, 502, 503)), **AUTH)
 @idempotent
 def stripe_create_checkout():
@@ -129,7 +221,7 @@ def stripe_create_checkout():
 
 @bp.post("/stripe/webhook")
 @limiter.exempt
-@document(resp=Response("HTTP_200", **errors(400, 503)), **HOOK)
+@document(resp=Response(HTTP_200=WebhookAckResponse, **errors(400, 503)), **HOOK)
 def stripe_webhook():
     """Stripe events, checked with Stripe-Signature over the raw body."""
     ack = STRIPE.handle_webhook(request.get_data(cache=False),
@@ -142,7 +234,7 @@ def stripe_webhook():
 
 @bp.get("/history")
 @login_required
-@validate(query=HistoryQuery, resp=Response(HTTP_200=Envelope, **errors(401)), **AUTH)
+@validate(query=HistoryQuery, resp=Response(HTTP_200=PaymentListResponse, **errors(401)), **AUTH)
 def history():
     """The signed-in user's payments, newest first."""
     args = query_args()
@@ -157,7 +249,7 @@ def history():
 
 @bp.get("/<int:payment_id>")
 @login_required
-@validate(resp=Response(HTTP_200=Envelope, **errors(401, 404)), **AUTH)
+@validate(resp=Response(HTTP_200=PaymentResponse, **errors(401, 404)), **AUTH)
 def get_payment(payment_id: int):
     """A payment (the payer or an admin), with its refunds and their credit notes."""
     return {"payment": payment_dict(readable_payment(payment_id), with_refunds=True)}
@@ -165,7 +257,8 @@ def get_payment(payment_id: int):
 
 @bp.get("/<int:payment_id>/invoice")
 @login_required
-@document(resp=Response("HTTP_200", **errors(401, 404, 409)), **AUTH)
+@document(resp=Response("HTTP_200", **errors(401, 404, 409)),
+          media={200: {"application/pdf": "The invoice's PDF"}}, **AUTH)
 def invoice(payment_id: int):
     """The payment's invoice as a PDF."""
     payment = readable_payment(payment_id)
@@ -194,7 +287,8 @@ def credit_note(payment_id: int, refund_id: int):
 @bp.post("/<int:payment_id>/refund")
 @login_required
 @validate(json=RefundIn, headers=IdempotencyHeaders,
-          resp=Response(HTTP_201=Envelope, **errors(400, 401, 403, 404, 409, 422)), **AUTH)
+          resp=Response(HTTP_201=RefundRequestSavedResponse,
+                        **errors(400, 401, 403, 404, 409, 422)), **AUTH)
 @idempotent
 def request_refund(payment_id: int):
     """Ask for a refund: the payer, for a completed payment, within REFUND_WINDOW_DAYS and

@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import Blueprint
 from pydantic import Field
 from spectree import Response
+from typing_extensions import TypedDict
 
 from auth import optional_user
 from services import catalog_service, category_service, course_service
@@ -11,7 +12,14 @@ from utils.errors import NotFound
 from utils.pagination import page_of, paginate
 from utils.pipeline.catalog_cache import cached_public
 from utils.pipeline.rate_limits import config_limit
-from utils.routing import Envelope
+from utils.responses import (
+    CourseListResponse,
+    CourseResponse,
+    MasterCategoryOut,
+    PaginationOut,
+    SubcategoryListResponse,
+    SubcategoryOut,
+)
 from utils.schemas import CourseListQuery
 from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
 
@@ -19,7 +27,7 @@ bp = Blueprint("public", __name__)
 TAGS = {"tags": ["public"]}
 
 
-class SubcategoryQuery(PageQuery):
+class PublicSubcategoryQuery(PageQuery):
     master_category_id: int | None = Field(None, ge=1)
     category_id: int | None = Field(None, ge=1, description="alias of master_category_id")
 
@@ -34,6 +42,31 @@ class SearchIn(StrictModel):
     per_page: int = Field(20, ge=1)
 
 
+class CategoryListResponse(TypedDict):
+    """A page of active master categories, in display order."""
+
+    categories: list[MasterCategoryOut]
+    pagination: PaginationOut
+
+
+class CategorySubcategoriesResponse(SubcategoryListResponse):
+    """A master category and a page of its active subcategories."""
+
+    category: MasterCategoryOut
+
+
+class SubcategoryCoursesResponse(CourseListResponse):
+    """A subcategory and a page of its published courses."""
+
+    subcategory: SubcategoryOut
+
+
+class CourseSearchResponse(CourseListResponse):
+    """A page of published courses matching the search."""
+
+    query: str
+
+
 def _active_master(category_id: int):
     category = category_service.get_master(category_id)
     if not category.is_active:
@@ -44,8 +77,8 @@ def _active_master(category_id: int):
 @bp.get("/categories")
 @bp.get("/get-categories")
 @config_limit("RATE_LIMIT_PUBLIC")
-@validate(query=PageQuery, resp=Response(HTTP_200=Envelope, **errors(429)), **TAGS)
 @cached_public
+@validate(query=PageQuery, resp=Response(HTTP_200=CategoryListResponse, **errors(429)), **TAGS)
 def categories():
     """Active master categories, in display order."""
     args = query_args()
@@ -54,8 +87,9 @@ def categories():
 
 @bp.get("/categories/<int:category_id>/subcategories")
 @config_limit("RATE_LIMIT_PUBLIC")
-@validate(query=PageQuery, resp=Response(HTTP_200=Envelope, **errors(404, 429)), **TAGS)
 @cached_public
+@validate(query=PageQuery, resp=Response(HTTP_200=CategorySubcategoriesResponse,
+                                         **errors(404, 429)), **TAGS)
 def category_subcategories(category_id: int):
     """Active subcategories of a master category."""
     args = query_args()
@@ -68,8 +102,9 @@ def category_subcategories(category_id: int):
 
 @bp.get("/get-subcategories")
 @config_limit("RATE_LIMIT_PUBLIC")
-@validate(query=SubcategoryQuery, resp=Response(HTTP_200=Envelope, **errors(429)), **TAGS)
 @cached_public
+@validate(query=PublicSubcategoryQuery, resp=Response(HTTP_200=SubcategoryListResponse,
+                                                      **errors(429)), **TAGS)
 def subcategories():
     """Active subcategories, optionally of one master category."""
     args = query_args()
@@ -81,8 +116,9 @@ def subcategories():
 
 @bp.get("/subcategories/<int:subcategory_id>/courses")
 @config_limit("RATE_LIMIT_PUBLIC")
-@validate(query=CourseListQuery, resp=Response(HTTP_200=Envelope, **errors(404, 429)), **TAGS)
 @cached_public
+@validate(query=CourseListQuery, resp=Response(HTTP_200=SubcategoryCoursesResponse,
+                                               **errors(404, 429)), **TAGS)
 def subcategory_courses(subcategory_id: int):
     """Published courses of a subcategory (same filters and sorts as get-courses)."""
     args = query_args()
@@ -98,8 +134,8 @@ def subcategory_courses(subcategory_id: int):
 
 @bp.get("/get-courses")
 @config_limit("RATE_LIMIT_PUBLIC")
-@validate(query=CourseListQuery, resp=Response(HTTP_200=Envelope, **errors(429)), **TAGS)
 @cached_public
+@validate(query=CourseListQuery, resp=Response(HTTP_200=CourseListResponse, **errors(429)), **TAGS)
 def courses():
     """Published courses: `category_id`, `subcategory_id`, `search`, `difficulty`,
     `min_price`, `max_price`, `is_free`, `language`, `mode_of_conduct`, `sort`."""
@@ -111,8 +147,8 @@ def courses():
 @bp.get("/courses/<int:course_id>")
 @bp.get("/get-courses/<int:course_id>")
 @config_limit("RATE_LIMIT_PUBLIC")
-@validate(resp=Response(HTTP_200=Envelope, **errors(404, 429)), **TAGS)
 @cached_public
+@validate(resp=Response(HTTP_200=CourseResponse, **errors(404, 429)), **TAGS)
 def course(course_id: int):
     """A published course with its outline (no video URLs or lesson bodies, except previews,
     unless the caller is enrolled, the owner or an admin)."""
@@ -131,8 +167,8 @@ def _search(text: str, page: int, per_page: int):
 
 @bp.get("/courses/search")
 @config_limit("RATE_LIMIT_SEARCH")
-@validate(query=SearchQuery, resp=Response(HTTP_200=Envelope, **errors(429)), **TAGS)
 @cached_public
+@validate(query=SearchQuery, resp=Response(HTTP_200=CourseSearchResponse, **errors(429)), **TAGS)
 def search():
     """Search published courses by title, short description and description (`q`)."""
     args = query_args()
@@ -141,7 +177,7 @@ def search():
 
 @bp.post("/search")
 @config_limit("RATE_LIMIT_SEARCH")
-@validate(json=SearchIn, resp=Response(HTTP_200=Envelope, **errors(429)), **TAGS)
+@validate(json=SearchIn, resp=Response(HTTP_200=CourseSearchResponse, **errors(429)), **TAGS)
 def search_by_post():
     """The API documentation's search: `{"query": "..."}`."""
     body = json_body()

@@ -2,13 +2,24 @@
 enrollment); /users/profile is the same view as /auth/profile."""
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from flask import Blueprint
+from pydantic import Field
 from spectree import Response
+from typing_extensions import TypedDict
 
 from auth import current_user, instructor_required, login_required
 from services import catalog_service, course_service, enrollment_service
 from utils.pagination import paginate
-from utils.routing import Envelope, alias
+from utils.responses import (
+    AmountOut,
+    CertificateListResponse,
+    CourseListResponse,
+    EnrollmentListResponse,
+    Timestamp,
+)
+from utils.routing import alias
 from utils.schemas import TeachingQuery
 from utils.validation import PageQuery, errors, query_args, validate
 
@@ -17,9 +28,38 @@ AUTH = {"tags": ["users"], "security": {"bearer": []}}
 bp = Blueprint("users", __name__)
 
 
+class StudentStatsOut(TypedDict):
+    """Counts over the user's open enrollments."""
+
+    enrolled_courses: int
+    in_progress_courses: Annotated[int, Field(description="Started, not completed")]
+    completed_courses: int
+    not_started_courses: int
+    certificates: Annotated[int, Field(description="Valid certificates")]
+    total_spent: Annotated[list[AmountOut], Field(description="Paid less refunded, per currency")]
+
+
+class ActivityOut(TypedDict):
+    """A lesson the user opened or completed."""
+
+    type: Literal["lesson_completed", "lesson_viewed"]
+    lesson_id: int
+    lesson_title: str
+    course_id: int
+    course_title: str
+    at: Timestamp
+
+
+class StudentDashboardResponse(TypedDict):
+    """The student's dashboard."""
+
+    stats: StudentStatsOut
+    recent_activity: Annotated[list[ActivityOut], Field(description="Newest first, at most 10")]
+
+
 @bp.get("/dashboard")
 @login_required
-@validate(resp=Response(HTTP_200=Envelope, **errors(401)), **AUTH)
+@validate(resp=Response(HTTP_200=StudentDashboardResponse, **errors(401)), **AUTH)
 def dashboard():
     """Counts (enrolled, in progress, completed, certificates, total spent) and recent activity."""
     return enrollment_service.dashboard(current_user())
@@ -28,7 +68,7 @@ def dashboard():
 @bp.get("/enrolled-courses")
 @bp.get("/my-courses")
 @login_required
-@validate(query=PageQuery, resp=Response(HTTP_200=Envelope, **errors(401)), **AUTH)
+@validate(query=PageQuery, resp=Response(HTTP_200=EnrollmentListResponse, **errors(401)), **AUTH)
 def enrolled_courses():
     """Courses the user is enrolled in (active or completed), with progress."""
     query = enrollment_service.enrollments_query(
@@ -39,8 +79,9 @@ def enrolled_courses():
 
 @bp.get("/completed-courses")
 @login_required
-@validate(query=PageQuery, resp=Response(HTTP_200=Envelope, **errors(401)), **AUTH)
+@validate(query=PageQuery, resp=Response(HTTP_200=EnrollmentListResponse, **errors(401)), **AUTH)
 def completed_courses():
+    """Courses the user completed, with progress."""
     query = enrollment_service.enrollments_query(user_id=current_user().id,
                                                  statuses=("completed",))
     args = query_args()
@@ -49,7 +90,7 @@ def completed_courses():
 
 @bp.get("/certificates")
 @login_required
-@validate(query=PageQuery, resp=Response(HTTP_200=Envelope, **errors(401)), **AUTH)
+@validate(query=PageQuery, resp=Response(HTTP_200=CertificateListResponse, **errors(401)), **AUTH)
 def certificates():
     """Certificates the user has earned."""
     args = query_args()
@@ -60,7 +101,7 @@ def certificates():
 
 @bp.get("/my-teaching-courses")
 @instructor_required
-@validate(query=TeachingQuery, resp=Response(HTTP_200=Envelope, **errors(401, 403)),
+@validate(query=TeachingQuery, resp=Response(HTTP_200=CourseListResponse, **errors(401, 403)),
           tags=["users", "courses"], security={"bearer": []})
 def my_teaching_courses():
     """The courses the signed-in instructor teaches, in every status."""

@@ -8,13 +8,14 @@ hash of the issued file."""
 from __future__ import annotations
 
 from flask import Blueprint, current_app, render_template_string, request
+from pydantic import Field
 from spectree import Response
 
 from models import db
 from services import certificate_service
 from services.credentials import verification
 from utils.pipeline.rate_limits import config_limit
-from utils.validation import document
+from utils.validation import StrictModel, UploadFile, document, errors
 
 bp = Blueprint("verify_page", __name__)
 UPLOAD_LIMIT = 5 * 1024 * 1024
@@ -120,6 +121,15 @@ LABELS = {
     verification.STATUS_UNAVAILABLE: "Status unknown",
 }
 
+PAGE_MEDIA = {200: {"text/html": "The verification page"},
+              404: {"text/html": "The page saying no certificate has this number"}}
+
+
+class CheckFileForm(StrictModel):
+    """A copy of the certificate's PDF, to check against what was issued."""
+
+    file: UploadFile = Field(description="The PDF to check")
+
 
 def _html(body: str, status: int):
     return body, status, {"Content-Type": "text/html; charset=utf-8"}
@@ -135,7 +145,8 @@ def _render(number: str, check: certificate_service.FileCheck | None = None):
 
 @bp.get("/<string:number>")
 @config_limit("RATE_LIMIT_VERIFY")
-@document(resp=Response("HTTP_200", "HTTP_404"), tags=["certificates", "public"])
+@document(resp=Response("HTTP_200", "HTTP_404", **errors(429)), media=PAGE_MEDIA,
+          tags=["certificates", "public"])
 def verify_page(number: str):
     """The verification page (HTML) a certificate's link and QR code open."""
     return _render(number)
@@ -143,7 +154,8 @@ def verify_page(number: str):
 
 @bp.post("/<string:number>")
 @config_limit("RATE_LIMIT_VERIFY")
-@document(resp=Response("HTTP_200", "HTTP_404"), tags=["certificates", "public"])
+@document(form=CheckFileForm, resp=Response("HTTP_200", "HTTP_404", **errors(429)),
+          media=PAGE_MEDIA, tags=["certificates", "public"])
 def verify_upload(number: str):
     """Check an uploaded PDF: the academy's signature and the credential of this number, or
     (a PDF from before signing) its SHA-256 against the issued file's."""

@@ -22,7 +22,7 @@ from sqlalchemy import event, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models import Certificate, Course, Enrollment, User, db
+from models import Certificate, Course, Enrollment, User, certificate_verify_url, db
 from services import file_service, jobs
 from services.credentials import keys, openbadge, pdf_signing, status_list, verification
 from utils.errors import Conflict, Forbidden, NotFound
@@ -40,7 +40,7 @@ def new_number(course_id: int, user_id: int) -> str:
 
 
 def verify_url(number: str) -> str:
-    return f"{current_app.config['PUBLIC_BASE_URL']}/verify/{number}"
+    return certificate_verify_url(number)
 
 
 def holder_name(user: User) -> str:

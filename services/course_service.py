@@ -583,7 +583,21 @@ def load_outline(course_id: int) -> list[Module]:
         .order_by(Module.position, Module.id)))
 
 
-def outline(modules: list[Module], level: str) -> list[dict]:
+def completed_lessons(course: Course, user: User | None, level: str) -> set[int] | None:
+    """The lessons of the course that `user` completed, when they read it as its student
+    (`level` "enrolled"); None for every other reader."""
+    if level != "enrolled" or user is None:
+        return None
+    return set(db.session.scalars(
+        select(LessonProgress.lesson_id)
+        .join(Enrollment, Enrollment.id == LessonProgress.enrollment_id)
+        .where(Enrollment.user_id == user.id, Enrollment.course_id == course.id,
+               LessonProgress.completed.is_(True))))
+
+
+def outline(modules: list[Module], level: str, completed: set[int] | None = None) -> list[dict]:
+    """Modules and their lessons as `level` may read them; each lesson says whether the reader
+    completed it (`completed`, from `completed_lessons`; null for readers not enrolled)."""
     full = has_full_content(level)
     result = []
     for module in modules:
@@ -592,6 +606,7 @@ def outline(modules: list[Module], level: str) -> list[dict]:
             item = lesson.to_dict(full_content=full)
             item["resources"] = ([r.to_dict() for r in lesson.resources]
                                  if full or lesson.is_preview else [])
+            item["completed"] = None if completed is None else lesson.id in completed
             lessons.append(item)
         entry = module.to_dict()
         entry["lessons"] = lessons
@@ -619,7 +634,7 @@ def course_detail(course: Course, viewer: User | None) -> dict:
     level = access_level(course, viewer)
     data = course_summary(course)
     modules = load_outline(course.id)
-    data["modules"] = outline(modules, level)
+    data["modules"] = outline(modules, level, completed_lessons(course, viewer, level))
     data["lesson_count"] = sum(len(m.lessons) for m in modules)
     data["prerequisites"] = [{"id": c.id, "title": c.title, "slug": c.slug}
                              for c in prerequisites_of(course.id)]

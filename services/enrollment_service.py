@@ -243,6 +243,14 @@ def enrollment_dict(enrollment: Enrollment, progress: Progress, *, course: bool 
     return data
 
 
+def certificate_of(enrollment: Enrollment) -> dict | None:
+    """The certificate a completed enrollment earned (None before completion)."""
+    if enrollment.completed_at is None:
+        return None
+    certificate = certificate_service.existing(enrollment.user_id, enrollment.course_id)
+    return certificate.to_dict() if certificate is not None else None
+
+
 def enrollments_query(*, user_id: int | None = None, course_id: int | None = None,
                       statuses: tuple[str, ...] | None = None, with_students: bool = False):
     query = (select(Enrollment)

@@ -66,7 +66,9 @@ def require_service(name: str, url: str | None) -> str:
 SERVICE_MODULES = {"test_multiworker", "test_two_hosts", "test_webhook_concurrency",
                    "test_postgres_restart", "test_metrics_gunicorn", "test_proxy",
                    "test_worker_health", "test_money_races"}
-SERVICE_FIXTURES = {"postgres_app", "rq_world", "replica"}
+# contract_tools (tests/test_openapi_contract.py): node tools whose result is the same in
+# every pass.
+SERVICE_FIXTURES = {"postgres_app", "rq_world", "replica", "contract_tools"}
 
 
 def pytest_collection_modifyitems(config, items):

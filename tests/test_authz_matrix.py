@@ -562,9 +562,11 @@ TABLE: list[Entry] = [
     row("GET", "/did.json", PUBLIC),
 ]
 
-# The spectree documentation pages: no data behind them, skipped on purpose (and only these).
+# The documentation pages and their assets: no data behind them, skipped on purpose (and only
+# these).
 DOCS_RULES = frozenset({
     ("GET", API + "/docs"),
+    ("GET", API + "/docs/assets/<string:name>"),
     ("GET", API + "/openapi.json"),
     ("GET", API + "/docs/openapi.json"),
     ("GET", API + "/docs/redoc/"),

@@ -1,22 +1,22 @@
-"""What the blueprints share: the success envelopes they answer with, the 202 of a request that
-started a job, the fields a partial update sent, the multipart form fields of uploads, and
-aliases (a path of one blueprint served by another blueprint's view). Blueprint modules never
-import each other; they meet here."""
+"""What the blueprints share: the 202 of a request that started a job, the fields a partial
+update sent, the multipart form fields of uploads, and aliases (a path of one blueprint served
+by another blueprint's view). Blueprint modules never import each other; they meet here."""
 from __future__ import annotations
 
 from flask import Blueprint, request, url_for
 from pydantic import BaseModel
 
 from utils.errors import ValidationError
+from utils.responses import MessageResponse
 
-
-class MessageOut(BaseModel):
-    message: str
+MessageOut = MessageResponse  # its name before issue 18, for routes written against it
 
 
 class Envelope(BaseModel):
-    """A success body: keys name the resource ({"course": {...}}, {"courses": [...],
-    "pagination": {...}}); documented loosely, shaped by each model's to_dict."""
+    """Untyped: what routes declared before their answers were typed (issue 18). Kept so that
+    routes written against it still run; tests/test_openapi_contract.py fails for every
+    operation that declares it: declare a body TypedDict instead (AGENTS.md, "What a new route
+    answers")."""
 
     model_config = {"extra": "allow"}
 

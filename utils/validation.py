@@ -1,32 +1,38 @@
-"""One declaration per route validates its input and documents it in /api/v1/openapi.json.
+"""One declaration per route validates its input, shapes its answer and documents both in
+/api/v1/openapi.json.
 
-Routes use `validate(json=Model, query=Model, resp=Response(...))`; the parsed models are on
-`request.context.json` / `request.context.query` (also `json_body()` / `query_args()`). Errors
-come back in the API's shape: 422 with `details` mapping each field to its message, and 415
-when a JSON route is sent something that is not JSON.
+Routes use `validate(json=Model, query=Model, resp=Response(HTTP_200=Body, **errors(...)))`;
+the parsed models are on `request.context.json` / `request.context.query` (also `json_body()` /
+`query_args()`). Errors come back in the API's shape: 422 with `details` mapping each field to
+its message, and 415 when a JSON route is sent something that is not JSON.
+
+Answers: a view returns a plain dict (with a status and headers, as Flask allows); the body
+model its declaration names for that status shapes it. Body models are TypedDicts
+(`utils/responses.py`), serialized by pydantic straight from the dict: only the declared keys
+go out, and no ORM graph is validated again. Under tests and the debugger the dict is also
+checked against its model (no undeclared key or status, no missing key, every type right), so
+the document cannot drift from what the code returns.
 """
 from __future__ import annotations
 
 from functools import wraps
 from types import SimpleNamespace
-from typing import Any
+from typing import Annotated, Any
 
-from flask import request
-from pydantic import BaseModel, ConfigDict, Field
+from flask import current_app, request
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema
 from pydantic import ValidationError as PydanticValidationError
 from spectree import Response, SecurityScheme, SpecTree
+from spectree.model_adapter.pydantic_adapter import PydanticModelAdapter
 from spectree.models import SecuritySchemeData, SecureType
-from spectree.utils import get_model_key, hash_module_path
+from typing_extensions import is_typeddict
 
 from utils.errors import UnsupportedMediaType, ValidationError
 from utils.pipeline import blocked_ips
 from utils.pipeline.client_address import client_ip
+from utils.responses import ErrorResponse
 
-
-class ErrorOut(BaseModel):
-    error: str
-    code: str
-    details: dict[str, Any] | None = None
+ErrorOut = ErrorResponse  # its name before issue 18, for routes written against it
 
 
 def _field_path(loc) -> str:
@@ -41,32 +47,45 @@ def validation_details(errors: list[dict]) -> dict[str, str]:
     return details
 
 
-# The document names a model by its class and a hash of its module, and clients are generated
-# from those names: a model that moved keeps the name of the module it was published from.
-PUBLISHED_FROM = {
-    ("utils.routing", "Envelope"): "routes.common",
-    ("utils.routing", "MessageOut"): "routes.common",
-    ("utils.schemas", "CourseListQuery"): "routes.course_routes",
-    ("utils.schemas", "TeachingQuery"): "routes.course_routes",
-}
+class TypedDictModels(PydanticModelAdapter):
+    """spectree's pydantic adapter, also taking TypedDicts as models: answers are declared as
+    TypedDicts so that they are serialized straight from the dicts the views return (spectree's
+    own adapter takes BaseModels and dataclasses only, which would mean building an instance of
+    every object of every answer first). Its JSON Schema is pydantic's, as for BaseModels."""
+
+    def is_model_type(self, value) -> bool:
+        return is_typeddict(value) or super().is_model_type(value)
+
+
+# Component names are the class names: generated clients turn them into type names, so they
+# are readable and stay put when a model moves. Two models may not share a name.
+_NAMED: dict[str, type] = {}
 
 
 def component_name(model) -> str:
-    home = PUBLISHED_FROM.get((getattr(model, "__module__", None),
-                               getattr(model, "__name__", None)))
-    if home is None:
-        return get_model_key(model)
-    return f"{model.__name__}.{hash_module_path(module_path=home)}"
+    name = model.__name__
+    known = _NAMED.setdefault(name, model)
+    if known is not model:
+        raise RuntimeError(f"two models are named {name}: {known.__module__}.{name} and "
+                           f"{model.__module__}.{name}; component names must be unique")
+    return name
+
+
+def nested_component_name(_parent: str, child: str) -> str:
+    """A model nested in another is published under its own name, once."""
+    return child
 
 
 spec = SpecTree(
     "flask",
+    model_adapter=TypedDictModels(),
     naming_strategy=component_name,
+    nested_naming_strategy=nested_component_name,
     title="AI First Academy LMS API",
     version="1.0.0",
     path="api/v1/docs",
     validation_error_status=422,
-    validation_error_model=ErrorOut,
+    validation_error_model=ErrorResponse,
     annotations=False,
     security_schemes=[
         SecurityScheme(
@@ -90,14 +109,16 @@ def _raise_invalid(errors: list[dict]) -> None:
 
 
 def validate(*, json: type[BaseModel] | None = None, query: type[BaseModel] | None = None,
-             resp: Response | None = None, tags=(), security=None, **kwargs):
-    """Validate a route's query string and JSON body against its models, and describe the
-    route (with `resp`) in the OpenAPI document.
+             resp: Response | None = None, tags=(), security=None, media=None, **kwargs):
+    """Validate a route's query string and JSON body against its models, shape its answer
+    with the body model `resp` declares for the status, and describe the route in the OpenAPI
+    document.
 
-    Validation is done here, on the input only: spectree's own wrapper also re-reads,
-    re-parses and re-validates every response body, which the benchmark showed to dominate
-    the cost of cheap requests (the schema-fuzz test checks responses against the document
-    in CI instead). spectree keeps the declarations for the document: its own wrapper is not
+    Validation is done here: spectree's own wrapper also re-reads, re-parses and
+    re-validates every response body, which the benchmark showed to dominate the cost of cheap
+    requests. `media` names answers in other formats than JSON, per status:
+    `{200: {"application/pdf": "The certificate"}}` (routes/docs.py documents them as files,
+    text/html and text/csv as text). spectree keeps the declarations for the document: its own wrapper is not
     called, but ours wraps it (`__wrapped__`), which is how spectree finds a view's declaration
     under other decorators."""
 
@@ -125,11 +146,69 @@ def validate(*, json: type[BaseModel] | None = None, query: type[BaseModel] | No
                     errors.extend(exc.errors())
             if errors:
                 _raise_invalid(errors)
-            return fn(*args, **kw)
+            return shaped(fn(*args, **kw), resp)
 
+        wrapper.api_media = media
         return wrapper
 
     return decorator
+
+
+# --- answers ----------------------------------------------------------------------------------
+
+class UndeclaredAnswer(RuntimeError):
+    """A view answered with a status or a body its declaration does not describe (raised
+    under tests and the debugger only)."""
+
+
+_ADAPTERS: dict[type, TypeAdapter] = {}
+
+
+def _adapter(model: type) -> TypeAdapter:
+    adapter = _ADAPTERS.get(model)
+    if adapter is None:
+        adapter = _ADAPTERS[model] = TypeAdapter(model)
+    return adapter
+
+
+def _split(result):
+    """(body, status, headers) of a view's return value, read as Flask reads it."""
+    if not isinstance(result, tuple):
+        return result, 200, None
+    if len(result) == 3:
+        return result
+    body, second = result
+    if isinstance(second, int):
+        return body, second, None
+    return body, 200, second
+
+
+def shaped(result, resp: Response | None):
+    """The view's answer as JSON shaped by the body model declared for its status. Anything
+    but a dict (a file, a stream, a cached copy) goes out as the view made it."""
+    body, status, headers = _split(result)
+    if resp is None or not isinstance(body, dict):
+        return result
+    model = resp.find_model(status)
+    checking = current_app.testing or current_app.debug
+    if model is None:
+        if checking:
+            raise UndeclaredAnswer(f"{request.endpoint} answered {status}, which its "
+                                   "declaration (resp=...) does not list with a body model")
+        return result
+    if not is_typeddict(model):
+        # A BaseModel body (utils.routing.Envelope, from before answers were typed) goes out as
+        # the view made it; tests/test_openapi_contract.py asks for a typed body instead.
+        return result
+    adapter = _adapter(model)
+    if checking:
+        try:
+            adapter.validate_python(body, strict=True, extra="forbid")
+        except PydanticValidationError as exc:
+            raise UndeclaredAnswer(f"{request.endpoint} answered {status} with a body that "
+                                   f"{model.__name__} does not describe:\n{exc}") from None
+    return current_app.response_class(adapter.dump_json(body), status=status, headers=headers,
+                                      mimetype="application/json")
 
 
 def json_body() -> Any:
@@ -157,9 +236,14 @@ class PageQuery(StrictModel):
             self.per_page = 100
 
 
-def errors(*statuses: int) -> dict[str, type[BaseModel]]:
+def errors(*statuses: int) -> dict[str, type]:
     """Response declarations for the error statuses a route can answer with."""
-    return {f"HTTP_{status}": ErrorOut for status in statuses}
+    return {f"HTTP_{status}": ErrorResponse for status in statuses}
+
+
+# A file field of a multipart form, as the document describes it (the view reads the file
+# from `request.files`).
+UploadFile = Annotated[Any, WithJsonSchema({"type": "string", "format": "binary"})]
 
 
 def filters(model: type[BaseModel]):
@@ -183,18 +267,22 @@ class IdList(StrictModel):
 
 
 def document(**kwargs):
-    """Describe a route in the API document without wrapping it. For file downloads:
-    spectree's wrapper re-reads every response body (`get_data`), which breaks streamed files
-    and would hold a whole video in memory. The view is called as it is; spectree's wrapper is
-    only found, through `__wrapped__`, for the declaration."""
+    """Describe a route in the API document and shape its dict answers, without validating
+    its input: for file downloads, streams and forms, whose views read the request themselves
+    (`parse_query`, `request.files`). spectree's wrapper is only found, through `__wrapped__`,
+    for the declaration."""
+
+    media = kwargs.pop("media", None)
 
     def decorator(fn):
         documented = spec.validate(**kwargs)(fn)
+        resp = kwargs.get("resp")
 
         @wraps(documented)
         def view(*args, **kw):
-            return fn(*args, **kw)
+            return shaped(fn(*args, **kw), resp)
 
+        view.api_media = media
         return view
 
     return decorator
