@@ -20,7 +20,9 @@ from utils.responses import (
     CertificateSavedResponse,
     Day,
     Did,
+    JSON_LD,
     JobAcceptedResponse,
+    OpenBadgeCredentialOut,
     SignedCredential,
     Timestamp,
 )
@@ -135,7 +137,8 @@ def get_certificate(certificate_id: int):
 
 @bp.get("/<int:certificate_id>/credential")
 @login_required
-@document(resp=Response("HTTP_200", **errors(401, 404)), **AUTH)
+@document(resp=Response("HTTP_200", **errors(401, 404)),
+          media={200: {JSON_LD: OpenBadgeCredentialOut}}, **AUTH)
 def download_credential(certificate_id: int):
     """The certificate's Open Badges 3.0 credential (signed JSON), to keep or import into a
     wallet (the holder or an admin)."""
@@ -143,7 +146,7 @@ def download_credential(certificate_id: int):
     certificate_service.credential_of(certificate)
     db.session.commit()
     return certificate.credential_json, 200, {
-        "Content-Type": "application/ld+json",
+        "Content-Type": JSON_LD,
         "Content-Disposition": f'attachment; filename="{certificate.certificate_number}.json"'}
 
 

@@ -4,22 +4,100 @@ or uploads. (The holder's own download is /certificates/<id>/credential.)"""
 from __future__ import annotations
 
 import json
+from typing import Annotated, Any, Literal
 
 from flask import Blueprint, current_app, request
+from pydantic import BaseModel, ConfigDict, Field
 from spectree import Response
+from typing_extensions import TypedDict
 
 from models import db
 from utils.pipeline.rate_limits import config_limit
-from utils.routing import Envelope
 from services import certificate_service
 from services.credentials import status_list, verification
 from utils.errors import NotFound, ValidationError
+from utils.responses import (
+    JSON_LD,
+    Context,
+    DataIntegrityProofOut,
+    Did,
+    OpenBadgeCredentialOut,
+    Timestamp,
+)
+from utils.schemas import CredentialCheckForm
 from utils.validation import document, errors
 
 bp = Blueprint("credentials", __name__)
 PUBLIC = {"tags": ["credentials", "public"]}
-JSON_LD = "application/ld+json"
 UPLOAD_LIMIT = 5 * 1024 * 1024  # a certificate PDF is ~10 KB, a credential ~3 KB
+
+
+class CredentialCheckIn(BaseModel):
+    """A credential to check, as the JSON body itself (any verifiable credential: its fields
+    are the specification's), or wrapped as `{"credential": {...}}`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    credential: dict[str, Any] | None = Field(
+        None, description="The credential, when it is sent wrapped")
+
+
+class CredentialSummaryOut(TypedDict):
+    """What the checked credential states, for a person to read (texts of at most 500
+    characters; null where it says nothing readable)."""
+
+    id: str | None
+    name: str | None
+    description: str | None
+    issuer: Annotated[str | None, Field(description="The issuer's name")]
+    issuer_id: str | None
+    achievement: str | None
+    certificate_number: str | None
+    valid_from: str | None
+    valid_until: str | None
+
+
+class CredentialVerdictResponse(TypedDict):
+    """A verifier's verdict on a credential or a certificate PDF."""
+
+    valid: Annotated[bool, Field(description="Genuine, intact, in its validity, not revoked")]
+    result: Literal[verification.VALID, verification.REVOKED, verification.TAMPERED,
+                    verification.UNKNOWN_ISSUER, verification.EXPIRED,
+                    verification.NOT_YET_VALID, verification.STATUS_UNAVAILABLE,
+                    verification.UNSIGNED, verification.MALFORMED]
+    message: Annotated[str, Field(description="What the result means, in a sentence")]
+    checks: Annotated[dict[str, str], Field(
+        description="Each check made and what it found (signature, issuer, dates, status; "
+                    "for a PDF its signature, signer and attached credential)",
+        examples=[{"signature": "valid", "issuer": "did:web:academy.example.com",
+                   "dates": "within validity", "status": "not revoked"}])]
+    credential: CredentialSummaryOut | None
+
+
+class BitstringStatusListOut(TypedDict):
+    """The status bits: bit `statusListIndex` of a credential is set when it is revoked."""
+
+    id: str
+    type: Literal["BitstringStatusList"]
+    statusPurpose: Literal["revocation"]
+    encodedList: Annotated[str, Field(
+        description="The bits, GZIP-compressed, base64url (multibase 'u' prefix)")]
+    ttl: Annotated[int, Field(description="How long a copy may be used, in milliseconds")]
+
+
+StatusListCredentialOut = TypedDict("StatusListCredentialOut", {
+    "@context": Context,
+    "id": str,
+    "type": Annotated[list[str], Field(examples=[["VerifiableCredential",
+                                                  "BitstringStatusListCredential"]])],
+    "issuer": Did,
+    "validFrom": Timestamp,
+    "credentialSubject": BitstringStatusListOut,
+    "proof": DataIntegrityProofOut,
+})
+StatusListCredentialOut.__doc__ = (
+    "A signed Bitstring Status List credential (W3C Bitstring Status List 1.0): which "
+    "credentials of this list are revoked.")
 
 
 def _json_ld(body: str, max_age: int = 0):
@@ -29,7 +107,8 @@ def _json_ld(body: str, max_age: int = 0):
 
 
 @bp.get("/status/<int:list_id>")
-@document(resp=Response("HTTP_200", **errors(404)), **PUBLIC)
+@document(resp=Response("HTTP_200", **errors(404)),
+          media={200: {JSON_LD: StatusListCredentialOut}}, **PUBLIC)
 def status_list_credential(list_id: int):
     """A Bitstring Status List credential (revocation), signed by the academy; verifiers fetch
     it to check a credential's `credentialStatus`."""
@@ -42,7 +121,9 @@ def status_list_credential(list_id: int):
 
 @bp.post("/verify")
 @config_limit("RATE_LIMIT_VERIFY")
-@document(resp=Response(HTTP_200=Envelope, **errors(413, 415, 422, 429)), **PUBLIC)
+@document(json=CredentialCheckIn, form=CredentialCheckForm,
+          resp=Response(HTTP_200=CredentialVerdictResponse, **errors(413, 415, 422, 429)),
+          **PUBLIC)
 def verify_credential():
     """Verify a credential (the JSON body, or a `file` upload: its JSON or the certificate
     PDF). 200 with `result`: valid, revoked, tampered, unknown_issuer, expired, not_yet_valid,
@@ -75,7 +156,8 @@ def verify_credential():
 
 @bp.get("/<string:number>")
 @config_limit("RATE_LIMIT_VERIFY")
-@document(resp=Response("HTTP_200", **errors(404, 429)), **PUBLIC)
+@document(resp=Response("HTTP_200", **errors(404, 429)),
+          media={200: {JSON_LD: OpenBadgeCredentialOut}}, **PUBLIC)
 def credential_by_number(number: str):
     """The signed Open Badges 3.0 credential of a certificate, by its number (what the
     credential's `id` points to)."""

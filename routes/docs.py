@@ -14,9 +14,10 @@ import re
 from pathlib import Path
 
 from flask import Blueprint, Flask, abort, current_app, send_from_directory
+from pydantic import TypeAdapter
 from spectree import Response
 
-from utils.validation import document, spec
+from utils.validation import component_name, document, spec
 
 bp = Blueprint("docs", __name__)
 
@@ -37,6 +38,9 @@ TAGS = {
     "lesson resources": "Files attached to lessons.",
     "certificates": "Certificates of completion: the holder's, their PDFs, public "
                     "verification.",
+    "credentials": "Certificates as Open Badges 3.0 verifiable credentials: the signed "
+                   "credentials, the revocation status lists, the issuer's DID document, and "
+                   "verification of a credential or certificate PDF.",
     "public": "No authentication: the catalog and certificate verification.",
     "payments": "Razorpay and Stripe checkouts, payment history, invoices, refund requests.",
     "webhooks": "Signed events from the payment gateways.",
@@ -133,17 +137,32 @@ def operations(app: Flask) -> dict[tuple[str, str], dict]:
     return result
 
 
-def _media_content(entries: dict) -> dict:
+def _media_content(entries: dict, schemas: dict) -> dict:
     content = {}
     for media_type, value in entries.items():
         if isinstance(value, dict):
             content[media_type] = value
+        elif isinstance(value, type):  # a body model: a JSON document in another media type
+            content[media_type] = {"schema": {"$ref": _REF + _add_component(value, schemas)}}
         elif media_type.startswith("text/"):
             content[media_type] = {"schema": {"type": "string", "description": value}}
         else:
             content[media_type] = {"schema": {"type": "string", "format": "binary",
                                               "description": value}}
     return content
+
+
+def _add_component(model: type, schemas: dict) -> str:
+    """Publish a body model that only a `media` declaration names (spectree publishes those
+    of `resp`), and the models it nests, under their class names."""
+    name = component_name(model)
+    if name not in schemas:
+        schema = TypeAdapter(model).json_schema(ref_template=_REF + "{model}",
+                                                mode="serialization")
+        for nested, definition in schema.pop("$defs", {}).items():
+            schemas.setdefault(nested, definition)
+        schemas[name] = schema
+    return name
 
 
 def _error_response(description: str, error_ref: str, status: str) -> dict:
@@ -196,7 +215,7 @@ def build_document(app: Flask) -> dict:
             view = app.view_functions.get(_endpoint(app, path, method))
             for status, entries in (_declared(view, "api_media") or {}).items():
                 response = responses.setdefault(str(status), {"description": "OK"})
-                response.setdefault("content", {}).update(_media_content(entries))
+                response.setdefault("content", {}).update(_media_content(entries, schemas))
             operation["responses"] = dict(sorted(responses.items()))
     document_["tags"] = [{"name": name, "description": TAGS.get(name, "")}
                          for name in sorted({t for item in document_["paths"].values()

@@ -270,7 +270,8 @@ def invoice(payment_id: int):
 
 @bp.get("/<int:payment_id>/refunds/<int:refund_id>/credit-note")
 @login_required
-@document(resp=Response("HTTP_200", **errors(401, 404)), **AUTH)
+@document(resp=Response("HTTP_200", **errors(401, 404)),
+          media={200: {"application/pdf": "The refund's credit note"}}, **AUTH)
 def credit_note(payment_id: int, refund_id: int):
     """The credit note of one refund of the payment, as a PDF (the payer or an admin)."""
     payment = readable_payment(payment_id)

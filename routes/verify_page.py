@@ -15,6 +15,7 @@ from models import db
 from services import certificate_service
 from services.credentials import verification
 from utils.pipeline.rate_limits import config_limit
+from utils.schemas import CredentialCheckForm
 from utils.validation import StrictModel, UploadFile, document, errors
 
 bp = Blueprint("verify_page", __name__)
@@ -123,6 +124,7 @@ LABELS = {
 
 PAGE_MEDIA = {200: {"text/html": "The verification page"},
               404: {"text/html": "The page saying no certificate has this number"}}
+CHECK_MEDIA = {200: {"text/html": "The check page, with the verdict once something was sent"}}
 
 
 class CheckFileForm(StrictModel):
@@ -171,7 +173,8 @@ def verify_upload(number: str):
 
 @bp.get("/")
 @config_limit("RATE_LIMIT_VERIFY")
-@document(resp=Response("HTTP_200"), tags=["certificates", "public"])
+@document(resp=Response("HTTP_200", **errors(429)), media=CHECK_MEDIA,
+          tags=["certificates", "public"])
 def check_page():
     """A page where anyone can paste or upload a credential or certificate PDF to check."""
     return _html(render_template_string(CHECK_PAGE, verdict=None, labels=LABELS,
@@ -180,7 +183,8 @@ def check_page():
 
 @bp.post("/")
 @config_limit("RATE_LIMIT_VERIFY")
-@document(resp=Response("HTTP_200"), tags=["certificates", "public"])
+@document(form=CredentialCheckForm, resp=Response("HTTP_200", **errors(429)),
+          media=CHECK_MEDIA, tags=["certificates", "public"])
 def check_submitted():
     """The verdict on a pasted credential or an uploaded file, in a plain sentence."""
     upload = request.files.get("file")

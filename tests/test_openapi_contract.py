@@ -32,6 +32,7 @@ from routes.docs import api_document, operations
 from utils.responses import MessageResponse
 from utils.routing import Envelope
 from utils.validation import UndeclaredAnswer, validate
+from utils.validation import document as document_route
 
 CI = os.environ.get("CI", "").lower() == "true"
 CONTRACT = Path(__file__).parent / "js" / "contract"
@@ -209,10 +210,16 @@ def test_uploads_document_their_multipart_bodies(document):
             ref = form["schema"]["$ref"].rsplit("/", 1)[-1]
             fields = document["components"]["schemas"][ref]["properties"]
             assert fields["file"] == {**fields["file"], "type": "string", "format": "binary"}
-            assert "file" in document["components"]["schemas"][ref]["required"]
+            required = document["components"]["schemas"][ref].get("required", [])
+            if ref == "CredentialCheckForm":  # a file, or the credential pasted as text
+                assert "credential" in fields and not required
+            else:
+                assert "file" in required
             assert (path, method.lower()) in known
     # lesson resources (2 paths), thumbnails (2), profile pictures (2), the verify page's check
-    assert found == 7
+    # of a certificate's PDF; a credential or PDF checked by the credentials API and the verify
+    # page (2)
+    assert found == 9
 
 
 def test_aliases_are_marked_and_named_apart(document):
@@ -238,6 +245,28 @@ def test_the_document_describes_itself_and_the_file_answers(document):
     assert set(csv) == {"application/json", "text/csv"}
     limited = document["paths"]["/api/v1/auth/login"]["post"]["responses"]["429"]
     assert "Retry-After" in limited["headers"]
+    # The signed documents of verifiable credentials, in their own media types, typed.
+    schemas, paths = document["components"]["schemas"], document["paths"]
+    for path, media_type, model in (
+            ("/api/v1/credentials/{number}", "application/ld+json", "OpenBadgeCredentialOut"),
+            ("/api/v1/certificates/{certificate_id}/credential", "application/ld+json",
+             "OpenBadgeCredentialOut"),
+            ("/api/v1/credentials/status/{list_id}", "application/ld+json",
+             "StatusListCredentialOut"),
+            ("/.well-known/did.json", "application/did+json", "DidDocumentOut"),
+            ("/did.json", "application/did+json", "DidDocumentOut")):
+        content = paths[path]["get"]["responses"]["200"]["content"]
+        assert content == {media_type: {"schema": {"$ref": f"#/components/schemas/{model}"}}}
+        assert "@context" in schemas[model]["required"], model
+    assert {"proof", "credentialSubject", "credentialStatus"} <= \
+        set(schemas["OpenBadgeCredentialOut"]["required"])
+    # The verify pages are HTML.
+    for path, method, statuses in (("/verify/{number}", "get", ("200", "404")),
+                                   ("/verify/{number}", "post", ("200", "404")),
+                                   ("/verify/", "get", ("200",)), ("/verify/", "post", ("200",))):
+        for status in statuses:
+            content = paths[path][method]["responses"][status]["content"]
+            assert content["text/html"]["schema"]["type"] == "string", (path, method, status)
 
 
 # --- answers are shaped by their declarations -------------------------------------------------
@@ -259,6 +288,14 @@ def _echo_app(testing: bool):
     @validate(resp=Response(HTTP_200=Envelope))
     def legacy():
         return {"anything": 1, "at": "all"}
+
+    @bp.get("/signed/<string:case>")
+    @document_route(resp=Response("HTTP_200"),
+                    media={200: {"application/ld+json": MessageResponse}})
+    def signed(case: str):
+        text = {"fine": '{"message": "as signed"}', "extra": '{"message": "hi", "proof": 1}',
+                "missing": "{}", "garbled": "{"}[case]
+        return text, 200, {"Content-Type": "application/ld+json"}
 
     app.register_blueprint(bp, url_prefix="/shape")
     return app
@@ -287,6 +324,22 @@ def test_a_route_declared_with_the_untyped_envelope_still_answers():
     """Routes written before typed answers run as before (the contract test names them)."""
     client = _echo_app(testing=True).test_client()
     assert client.get("/shape/legacy").get_json() == {"anything": 1, "at": "all"}
+
+
+@pytest.mark.parametrize("case", ["extra", "missing", "garbled"])
+def test_under_tests_a_document_the_view_serialized_is_checked_too(case, capfd):
+    """A JSON document the view serialized itself (a signed credential) goes out byte for byte,
+    and under tests it must match the body model `media` names for its media type."""
+    client = _echo_app(testing=True).test_client()
+    assert client.get(f"/shape/signed/{case}").status_code == 500
+    assert "shape_probe.signed answered 200 with a application/ld+json document that " \
+        "MessageResponse does not describe" in capfd.readouterr().err
+    fine = client.get("/shape/signed/fine")
+    assert fine.status_code == 200 and fine.content_type == "application/ld+json"
+    assert fine.data == b'{"message": "as signed"}'
+    # In production it is not parsed at all.
+    production = _echo_app(testing=False).test_client()
+    assert production.get("/shape/signed/extra").data == b'{"message": "hi", "proof": 1}'
 
 
 # --- the docs page works offline ------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Request models that more than one blueprint declares: the catalog's list query (courses,
-public catalog, an instructor's own courses)."""
+public catalog, an instructor's own courses) and the form that sends a credential to check
+(the credentials API and the verify page)."""
 from __future__ import annotations
 
 from decimal import Decimal
@@ -9,7 +10,7 @@ from pydantic import BeforeValidator, Field
 
 from models import COURSE_STATUSES, DIFFICULTIES, MODES_OF_CONDUCT
 from utils.errors import ValidationError
-from utils.validation import PageQuery
+from utils.validation import PageQuery, StrictModel, UploadFile
 
 Mode = Annotated[Literal[MODES_OF_CONDUCT],
                  BeforeValidator(lambda v: v.strip().upper() if isinstance(v, str) else v)]
@@ -42,3 +43,14 @@ class CourseListQuery(PageQuery):
 
 class TeachingQuery(CourseListQuery):
     status: Literal[COURSE_STATUSES] | None = None
+
+
+class CredentialCheckForm(StrictModel):
+    """A credential to check: pasted as JSON text, or a file (the credential's JSON or a
+    certificate PDF). A file wins over the pasted text."""
+
+    credential: str | None = Field(None, description="The credential's JSON, pasted")
+    # Optional, described as the binary it is when sent (not as "binary or null").
+    file: UploadFile = Field(None, description="The credential (JSON) or a certificate PDF, at "
+                                               "most 5 MB",
+                             json_schema_extra=lambda schema: schema.pop("default", None))

@@ -16,6 +16,7 @@ the document cannot drift from what the code returns.
 from __future__ import annotations
 
 from functools import wraps
+from json import loads as json_loads
 from types import SimpleNamespace
 from typing import Annotated, Any
 
@@ -146,7 +147,7 @@ def validate(*, json: type[BaseModel] | None = None, query: type[BaseModel] | No
                     errors.extend(exc.errors())
             if errors:
                 _raise_invalid(errors)
-            return shaped(fn(*args, **kw), resp)
+            return shaped(fn(*args, **kw), resp, media)
 
         wrapper.api_media = media
         return wrapper
@@ -183,10 +184,14 @@ def _split(result):
     return body, 200, second
 
 
-def shaped(result, resp: Response | None):
+def shaped(result, resp: Response | None, media: dict | None = None):
     """The view's answer as JSON shaped by the body model declared for its status. Anything
-    but a dict (a file, a stream, a cached copy) goes out as the view made it."""
+    but a dict (a file, a stream, a cached copy) goes out as the view made it; a JSON document
+    the view serialized itself (a signed credential, in a media type `media` names with a
+    body model) is checked against that model under tests, and goes out as made."""
     body, status, headers = _split(result)
+    if isinstance(body, (str, bytes)) and media:
+        _check_document(body, status, headers, media)
     if resp is None or not isinstance(body, dict):
         return result
     model = resp.find_model(status)
@@ -209,6 +214,24 @@ def shaped(result, resp: Response | None):
                                    f"{model.__name__} does not describe:\n{exc}") from None
     return current_app.response_class(adapter.dump_json(body), status=status, headers=headers,
                                       mimetype="application/json")
+
+
+def _check_document(body: str | bytes, status: int, headers, media: dict) -> None:
+    """Under tests and the debugger: a JSON document a view serialized itself matches the body
+    model its declaration names for the status and media type (`media={200:
+    {"application/ld+json": Model}}`)."""
+    if not (current_app.testing or current_app.debug):
+        return
+    content_type = (headers or {}).get("Content-Type", "") if isinstance(headers, dict) else ""
+    model = (media.get(status) or {}).get(content_type.split(";")[0].strip())
+    if not is_typeddict(model):
+        return
+    try:
+        _adapter(model).validate_python(json_loads(body), strict=True, extra="forbid")
+    except (ValueError, PydanticValidationError) as exc:
+        raise UndeclaredAnswer(f"{request.endpoint} answered {status} with a {content_type} "
+                               f"document that {model.__name__} does not describe:\n{exc}"
+                               ) from None
 
 
 def json_body() -> Any:
@@ -280,7 +303,7 @@ def document(**kwargs):
 
         @wraps(documented)
         def view(*args, **kw):
-            return shaped(fn(*args, **kw), resp)
+            return shaped(fn(*args, **kw), resp, media)
 
         view.api_media = media
         return view
