@@ -17,6 +17,7 @@ from flask import Blueprint, Flask, abort, current_app, send_from_directory
 from pydantic import TypeAdapter
 from spectree import Response
 
+from utils.pipeline.idempotency import REPLAYED_HEADER
 from utils.validation import component_name, document, spec
 
 bp = Blueprint("docs", __name__)
@@ -76,6 +77,18 @@ DESCRIPTIONS = {"401": "Authentication required, or the token was refused",
                 "503": "A dependency is unavailable or not configured"}
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait",
                                "schema": {"type": "integer"}}}
+REPLAYED = {REPLAYED_HEADER: {
+    "description": "`true` when this is the first answer to the request's `Idempotency-Key`, "
+                   "given again rather than doing the work twice",
+    "schema": {"type": "string", "enum": ["true"]}}}
+IDEMPOTENCY_CONFLICT = ("Conflict: the data changed meanwhile, or a request with this "
+                        "`Idempotency-Key` is still being processed (retry after `Retry-After`)")
+IDEMPOTENCY_INVALID = ("Invalid input: `details` maps each field to its message; or this "
+                       "`Idempotency-Key` was used with another request "
+                       "(`idempotency_key_reused`)")
+IDEMPOTENCY_BAD_KEY = ("Bad request: a body that claims to be JSON and is not, or an "
+                       "`Idempotency-Key` that is not 1 to 255 visible ASCII characters "
+                       "(`invalid_idempotency_key`)")
 WRITES = ("post", "put", "patch", "delete")
 PARAMETER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 
@@ -173,6 +186,21 @@ def _error_response(description: str, error_ref: str, status: str) -> dict:
     return response
 
 
+def _document_idempotency(responses: dict) -> None:
+    """An operation that honours `Idempotency-Key` (utils/pipeline/idempotency.py): its
+    successes may be the first answer replayed, and its 409 asks to retry shortly."""
+    for status, response in responses.items():
+        if status.startswith("2"):
+            response.setdefault("headers", {}).update(REPLAYED)
+        elif status == "409":
+            response["description"] = IDEMPOTENCY_CONFLICT
+            response["headers"] = RETRY_AFTER
+        elif status == "422":
+            response["description"] = IDEMPOTENCY_INVALID
+        elif status == "400":
+            response["description"] = IDEMPOTENCY_BAD_KEY
+
+
 def build_document(app: Flask) -> dict:
     document_ = copy.deepcopy(spec.spec)
     schemas = document_["components"]["schemas"]
@@ -216,6 +244,8 @@ def build_document(app: Flask) -> dict:
             for status, entries in (_declared(view, "api_media") or {}).items():
                 response = responses.setdefault(str(status), {"description": "OK"})
                 response.setdefault("content", {}).update(_media_content(entries, schemas))
+            if _declared(view, "idempotent"):
+                _document_idempotency(responses)
             operation["responses"] = dict(sorted(responses.items()))
     document_["tags"] = [{"name": name, "description": TAGS.get(name, "")}
                          for name in sorted({t for item in document_["paths"].values()

@@ -311,4 +311,17 @@ def test_the_header_is_in_the_api_description(gw, client):
         headers = [p for p in operation.get("parameters", []) if p["in"] == "header"]
         assert [p["name"] for p in headers] == ["Idempotency-Key"], (path, headers)
         assert headers[0]["required"] is False
-        assert {"400", "409", "422"} <= set(operation["responses"]), path
+        responses = operation["responses"]
+        assert {"400", "409", "422"} <= set(responses), path
+        # Every success may be a replay, said by its header; a key still in use is retried.
+        successes = [status for status in responses if status.startswith("2")]
+        assert successes, path
+        for status in successes:
+            assert responses[status]["content"]["application/json"]["schema"]["$ref"] != \
+                "#/components/schemas/Envelope", (path, status)
+            assert set(responses[status]["headers"]) == {"Idempotent-Replayed"}, (path, status)
+        assert "Retry-After" in responses["409"]["headers"], path
+        assert "Idempotency-Key" in responses["422"]["description"], path
+    # Operations without the header say nothing of replays.
+    listing = document["paths"]["/api/v1/payments/history"]["get"]["responses"]["200"]
+    assert "Idempotent-Replayed" not in listing.get("headers", {})

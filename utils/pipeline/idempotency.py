@@ -197,4 +197,5 @@ def idempotent(view):
 
         return view(*args, **kwargs)
 
+    wrapper.idempotent = True  # routes/docs.py documents the replay header of its answers
     return wrapper
