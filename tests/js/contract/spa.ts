@@ -130,7 +130,15 @@ export async function postProgress(session: Session, enrollmentId: number,
   };
 }
 
-export async function readCertificate(session: Session, certificateId: number): Promise<Earned> {
+export interface Held extends Earned {
+  credentialUrl: string;
+  walletFileUrl: string;
+  signedPdf: boolean;
+  issuer: string;
+  validFrom: string;
+}
+
+export async function readCertificate(session: Session, certificateId: number): Promise<Held> {
   const { data, error, response } = await api.GET("/api/v1/certificates/{certificate_id}", {
     params: { path: { certificate_id: certificateId } },
     ...bearer(session.accessToken),
@@ -138,8 +146,36 @@ export async function readCertificate(session: Session, certificateId: number): 
   if (data === undefined) throw failure(error, response.status);
   const certificate = data.certificate;
   if (certificate.status === "revoked") console.warn(`revoked ${certificate.revoked_at ?? ""}`);
+  // The "add to wallet" button: the signed Open Badges credential, and what it says.
+  const credential = certificate.credential;
   return { number: certificate.certificate_number, verifyUrl: certificate.verify_url,
-           pdfUrl: certificate.download_url };
+           pdfUrl: certificate.download_url, credentialUrl: certificate.credential_url,
+           walletFileUrl: certificate.credential_download_url, signedPdf: certificate.pdf_signed,
+           issuer: credential.issuer.name, validFrom: credential.validFrom };
+}
+
+export async function checkCredential(pasted: Record<string, unknown>): Promise<string> {
+  const { data, error, response } = await api.POST("/api/v1/credentials/verify", {
+    body: { credential: pasted },
+  });
+  if (data === undefined) throw failure(error, response.status);
+  const what = data.credential?.achievement ?? data.credential?.name ?? "this credential";
+  return `${what}: ${data.result === "valid" ? "genuine" : data.message}`;
+}
+
+export async function myPayment(session: Session, paymentId: number) {
+  const { data, error, response } = await api.GET("/api/v1/payments/{payment_id}", {
+    params: { path: { payment_id: paymentId } },
+    ...bearer(session.accessToken),
+  });
+  if (data === undefined) throw failure(error, response.status);
+  const payment = data.payment;
+  return {
+    paid: `${payment.amount.toFixed(2)} ${payment.currency}`,
+    refunded: payment.refund_status === "none" ? null :
+      `${payment.refunded_amount.toFixed(2)} ${payment.currency} (${payment.refund_status})`,
+    creditNotes: payment.refunds.map((refund) => refund.credit_note_url),
+  };
 }
 
 export async function verifyPublicly(number: string): Promise<string> {
@@ -169,7 +205,17 @@ export async function dashboard(session: Session) {
   };
 }
 
-export async function approveOldestRefund(session: Session): Promise<string | null> {
+export interface RefundDecision {
+  summary: string;
+  inFlight: boolean;
+  gatewayRefundId: string | null;
+  creditNote: string | null;
+  replayed: boolean;
+}
+
+// `key` is kept with the click, so a retry after a lost answer gets the same refund back.
+export async function approveOldestRefund(session: Session,
+                                          key: string): Promise<RefundDecision | null> {
   const pending = await api.GET("/api/v1/admin/refund-requests", {
     params: { query: { status: "pending", page: 1, per_page: 1 } },
     ...bearer(session.accessToken),
@@ -178,10 +224,19 @@ export async function approveOldestRefund(session: Session): Promise<string | nu
   const oldest = pending.data.refund_requests[0];
   if (oldest === undefined) return null;
   const { data, error, response } = await api.PUT("/api/v1/admin/refund-requests/{request_id}", {
-    params: { path: { request_id: oldest.id } },
+    params: { path: { request_id: oldest.id }, header: { "Idempotency-Key": key } },
     body: { action: "approve", note: `refund of ${oldest.amount.toFixed(2)}` },
     ...bearer(session.accessToken),
   });
   if (data === undefined) throw failure(error, response.status);
-  return `${data.message}: ${data.refund_request.status} at ${data.refund_request.processed_at}`;
+  const refund = data.refund ?? null;
+  return {
+    summary: `${data.message}: ${data.refund_request.status} at ${data.refund_request.processed_at}`,
+    inFlight: response.status === 202,
+    gatewayRefundId: data.refund_request.gateway_refund_id,
+    creditNote: refund === null ? null :
+      `${refund.credit_note_number} (${refund.amount.toFixed(2)} ${refund.currency}): ` +
+      refund.credit_note_url,
+    replayed: response.headers.get("Idempotent-Replayed") === "true",
+  };
 }
