@@ -7,18 +7,6 @@ from flask import Blueprint, request, url_for
 from pydantic import BaseModel
 
 from utils.errors import ValidationError
-from utils.responses import MessageResponse
-
-MessageOut = MessageResponse  # its name before issue 18, for routes written against it
-
-
-class Envelope(BaseModel):
-    """Untyped: what routes declared before their answers were typed (issue 18). Kept so that
-    routes written against it still run; tests/test_openapi_contract.py fails for every
-    operation that declares it: declare a body TypedDict instead (AGENTS.md, "What a new route
-    answers")."""
-
-    model_config = {"extra": "allow"}
 
 
 def accepted(job, message: str, **extra):
