@@ -25,11 +25,11 @@ import pytest
 from flask import Blueprint
 from pydantic import BaseModel
 from spectree import Response
-from typing_extensions import is_typeddict
+from typing_extensions import TypedDict, is_typeddict
 
 from app import create_app
 from routes.docs import api_document, operations
-from utils.responses import MessageResponse
+from utils.responses import MessageResponse, SignedCredential
 from utils.validation import UndeclaredAnswer, validate
 from utils.validation import document as document_route
 
@@ -271,6 +271,13 @@ def test_the_document_describes_itself_and_the_file_answers(document):
 
 # --- answers are shaped by their declarations -------------------------------------------------
 
+class HeldCredentialProbe(TypedDict):
+    """A body carrying a signed credential (as GET /certificates/{id} does)."""
+
+    credential: SignedCredential
+    label: str
+
+
 def _echo_app(testing: bool):
     app = create_app("testing", overrides={"TESTING": testing})
     bp = Blueprint("shape_probe", __name__)
@@ -283,6 +290,12 @@ def _echo_app(testing: bool):
                 "status": ({"message": "made"}, 201),
                 "typed": ({"message": 7}, 200),
                 "fine": ({"message": "hi"}, 200)}[case]
+
+    @bp.get("/held")
+    @validate(resp=Response(HTTP_200=HeldCredentialProbe))
+    def held():
+        return {"label": "mine", "secret": 1,
+                "credential": {"id": "urn:x", "credentialSchema": [{"type": "Older"}]}}
 
     @bp.get("/signed/<string:case>")
     @document_route(resp=Response("HTTP_200"),
@@ -313,6 +326,14 @@ def test_in_production_only_the_declared_keys_go_out():
     assert response.content_type == "application/json"
     assert response.get_json() == {"message": "hi"}  # "secret" is not declared: never sent
     assert client.get("/shape/fine").get_json() == {"message": "hi"}
+
+
+def test_a_signed_credential_inside_an_answer_goes_out_whole():
+    """The body is shaped (undeclared keys dropped), the credential in it is not: its
+    signature covers every key, including ones an earlier version put in."""
+    client = _echo_app(testing=False).test_client()
+    assert client.get("/shape/held").get_json() == {
+        "label": "mine", "credential": {"id": "urn:x", "credentialSchema": [{"type": "Older"}]}}
 
 
 @pytest.mark.parametrize("case", ["extra", "missing", "garbled"])
