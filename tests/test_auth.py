@@ -159,7 +159,7 @@ def test_injection_attempt_is_recorded_as_security_event(client, app):
     with app.app_context():
         event = db.session.scalar(select(SecurityEvent))
         assert (event.kind, event.ip_address, event.subject) == (
-            "unsafe_input", "203.0.113.7", "first_name")
+            "unsafe_input", "203.0.113.7", "text:first_name")  # free text: counted, not blocking
 
 
 def test_register_requires_verified_phone_when_otp_required(client, app, otp_required):

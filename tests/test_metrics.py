@@ -83,18 +83,18 @@ def test_a_request_refused_before_the_view_is_counted_and_timed(app, client):
 
     with app.app_context():
         block_ip("198.51.100.77", seconds=60, reason="metrics test")
-    labels = {"method": "GET", "endpoint": "/api/v1/health", "status": "403"}
+    labels = {"method": "GET", "endpoint": "/api/v1/public/categories", "status": "403"}
     before = value("lms_http_requests_total", **labels)
     timed = value("lms_http_request_duration_seconds_count", method="GET",
-                  endpoint="/api/v1/health")
+                  endpoint="/api/v1/public/categories")
 
-    response = client.get(f"{API}/health", environ_base={"REMOTE_ADDR": "198.51.100.77"})
+    response = client.get(f"{API}/public/categories", environ_base={"REMOTE_ADDR": "198.51.100.77"})
 
     assert response.status_code == 403
     assert response.get_json()["code"] == "ip_blocked"
     assert value("lms_http_requests_total", **labels) == before + 1
     assert value("lms_http_request_duration_seconds_count", method="GET",
-                 endpoint="/api/v1/health") == timed + 1
+                 endpoint="/api/v1/public/categories") == timed + 1
 
 
 def test_a_view_that_fails_is_counted_as_a_500(client):

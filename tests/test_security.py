@@ -15,6 +15,8 @@ from utils.validators import (
 )
 
 ATTACKER = {"REMOTE_ADDR": "203.0.113.66"}
+# A route a blocked address is refused (health probes never are).
+PROBE = "/api/v1/public/categories"
 
 
 def fail_logins(client, accounts, environ=ATTACKER):
@@ -26,10 +28,10 @@ def fail_logins(client, accounts, environ=ATTACKER):
 def test_failing_many_accounts_blocks_the_address(client, app):
     accounts = app.config["IP_BLOCK_MAX_ACCOUNTS"]
     fail_logins(client, accounts - 1)
-    assert client.get("/api/v1/health", environ_base=ATTACKER).status_code == 200
+    assert client.get(PROBE, environ_base=ATTACKER).status_code == 200
     client.post("/api/v1/auth/login", json={"email": "last@example.com", "password": "x1234567"},
                 environ_base=ATTACKER)
-    blocked = client.get("/api/v1/health", environ_base=ATTACKER)
+    blocked = client.get(PROBE, environ_base=ATTACKER)
     assert blocked.status_code == 403 and blocked.json["code"] == "ip_blocked"
     # Every route, including ones that would otherwise 404.
     assert client.get("/api/v1/nothing-here", environ_base=ATTACKER).status_code == 403
@@ -45,24 +47,57 @@ def test_repeated_failures_on_one_account_do_not_block_the_address(client, app):
     for _ in range(8):
         client.post("/api/v1/auth/login", json={"email": "same@example.com",
                                                 "password": "Wr0ngpass1"}, environ_base=ATTACKER)
-    assert client.get("/api/v1/health", environ_base=ATTACKER).status_code == 200
+    assert client.get(PROBE, environ_base=ATTACKER).status_code == 200
 
 
-def test_repeated_injection_attempts_block_the_address(client, app, make_user, auth_headers):
-    headers = auth_headers(make_user())
+def test_injection_patterns_in_free_text_are_counted_but_never_block(client, app, make_user,
+                                                                     auth_headers):
+    """Prose about SQL or HTML trips the patterns too: refused and counted, never blocking."""
+    user = make_user()
+    headers = auth_headers(user)
+    writer = {"REMOTE_ADDR": "203.0.113.76"}
+    trips = app.config["IP_BLOCK_MAX_UNSAFE_INPUTS"]
+    for _ in range(trips + 2):
+        response = client.put("/api/v1/auth/profile", headers=headers, environ_base=writer,
+                              json={"bio": "To merge results, use SELECT a UNION SELECT b"})
+        assert response.status_code == 422 and "bio" in response.json["details"]
+    client.put("/api/v1/auth/profile", headers=headers, environ_base=writer,
+               json={"headline": "<script>alert(1)</script>"})
+    assert client.get(PROBE, environ_base=writer).status_code == 200
+    assert client.get("/api/v1/health", environ_base=writer).status_code == 200
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(BlockedIP)) == 0
+        events = list(db.session.scalars(select(SecurityEvent)))
+        assert len(events) == trips + 3
+        assert {(e.kind, e.ip_address) for e in events} == {("unsafe_input", "203.0.113.76")}
+        assert {e.subject for e in events} == {"text:bio", "text:headline"}
+
+
+def test_injection_attempts_in_structured_fields_block_the_address(client, app):
+    """An injection pattern where only a structured value belongs (an e-mail, a number, a
+    choice) is a high-confidence attack: enough of them block the address."""
     prober = {"REMOTE_ADDR": "203.0.113.77"}
     trips = app.config["IP_BLOCK_MAX_UNSAFE_INPUTS"]
-    for _ in range(trips - 1):
-        response = client.put("/api/v1/auth/profile", headers=headers, environ_base=prober,
-                              json={"bio": "<script>alert(1)</script>"})
-        assert response.status_code == 422
+    for n in range(trips - 1):
+        response = client.get(f"/api/v1/public/get-courses?category_id={n} UNION SELECT 1",
+                              environ_base=prober)
+        assert response.status_code == 422 and "category_id" in response.json["details"]
+    assert client.get(PROBE, environ_base=prober).status_code == 200
+    response = client.post("/api/v1/auth/register", environ_base=prober, json={
+        "email": "x@example.com' OR '1'='1", "password": "Whatever-1234",
+        "first_name": "A", "last_name": "B"})
+    assert response.status_code == 422 and "email" in response.json["details"]
+    refused = client.get(PROBE, environ_base=prober)
+    assert refused.status_code == 403 and refused.json["code"] == "ip_blocked"
+    # Health probes are never refused: a block cannot take an instance out of its balancer.
     assert client.get("/api/v1/health", environ_base=prober).status_code == 200
-    client.put("/api/v1/auth/profile", headers=headers, environ_base=prober,
-               json={"headline": "' OR '1'='1"})
-    assert client.get("/api/v1/health", environ_base=prober).status_code == 403
+    assert client.get("/api/v1/health/ready", environ_base=prober).status_code == 200
     with app.app_context():
-        kinds = set(db.session.scalars(select(SecurityEvent.subject)))
-        assert kinds == {"bio", "headline"}
+        subjects = [e.subject for e in db.session.scalars(
+            select(SecurityEvent).order_by(SecurityEvent.id))]
+        assert subjects == ["category_id"] * (trips - 1) + ["email"]
+        row = db.session.scalar(select(BlockedIP))
+        assert row.ip_address == "203.0.113.77"
 
 
 def test_block_expires(client, app):
@@ -80,7 +115,7 @@ def test_block_expires(client, app):
         if redis is not None:  # Redis mirrors the block, with the block's lifetime as TTL
             key = f"lms:blocked-ip:{ip}"
             assert 3590 <= redis.ttl(key) <= 3600
-    assert client.get("/api/v1/health", environ_base={"REMOTE_ADDR": ip}).status_code == 403
+    assert client.get(PROBE, environ_base={"REMOTE_ADDR": ip}).status_code == 403
     # An hour later: the database's blocked_until has passed, and the mirror's key expired.
     with app.app_context():
         row = db.session.scalar(select(BlockedIP))
@@ -89,7 +124,7 @@ def test_block_expires(client, app):
         if redis is not None:
             redis.pexpire(key, 1)
             time.sleep(0.05)
-    assert client.get("/api/v1/health", environ_base={"REMOTE_ADDR": ip}).status_code == 200
+    assert client.get(PROBE, environ_base={"REMOTE_ADDR": ip}).status_code == 200
 
 
 # --- admin routes -----------------------------------------------------------------------------
@@ -103,7 +138,7 @@ def test_admin_lists_blocks_and_lifts_one(client, app, make_user, auth_headers):
     assert listing.json["pagination"]["total"] == 1
     lifted = client.delete(f"/api/v1/admin/blocked-ips/{ATTACKER['REMOTE_ADDR']}", headers=admin)
     assert lifted.status_code == 200
-    assert client.get("/api/v1/health", environ_base=ATTACKER).status_code == 200
+    assert client.get(PROBE, environ_base=ATTACKER).status_code == 200
     assert client.get("/api/v1/admin/blocked-ips", headers=admin).json["blocked_ips"] == []
     with app.app_context():
         entry = db.session.scalar(select(AuditLog))
@@ -118,8 +153,7 @@ def test_admin_blocks_an_address_by_hand(client, app, make_user, auth_headers):
                                  "duration_seconds": 600})
     assert response.status_code == 201
     assert response.json["blocked_ip"]["reason"] == "scraping"
-    assert client.get("/api/v1/health",
-                      environ_base={"REMOTE_ADDR": "198.51.100.23"}).status_code == 403
+    assert client.get(PROBE, environ_base={"REMOTE_ADDR": "198.51.100.23"}).status_code == 403
     with app.app_context():
         assert db.session.scalar(select(BlockedIP.created_by_id)) == admin_id
         assert db.session.scalar(select(AuditLog.action)) == "blocked_ip.create"
@@ -155,17 +189,19 @@ def test_blocked_ip_routes_are_admin_only(client, make_user, auth_headers, metho
 def test_client_address_comes_from_the_socket_unless_proxies_are_trusted(app):
     untrusted = create_app("testing", overrides={"SQLALCHEMY_DATABASE_URI": "sqlite://"})
     trusted = create_app("testing", overrides={"SQLALCHEMY_DATABASE_URI": "sqlite://",
-                                               "TRUSTED_PROXIES": 1})
+                                               "TRUSTED_PROXIES": ["10.0.0.0/8"]})
+    from flask import request
+
     from utils.pipeline.client_address import client_ip
 
     headers = {"X-Forwarded-For": "198.51.100.50"}
-    with untrusted.test_request_context(headers=headers, environ_base={"REMOTE_ADDR": "10.0.0.1"}):
+    with untrusted.test_client() as c:
+        c.get("/api/v1/health", headers=headers, environ_base={"REMOTE_ADDR": "10.0.0.1"})
         assert client_ip() == "10.0.0.1"
+        assert "X-Forwarded-For" not in request.headers  # removed: nothing else can read it
     with trusted.test_client() as c:
         c.get("/api/v1/health", headers=headers, environ_base={"REMOTE_ADDR": "10.0.0.1"})
-        from flask import request
-
-        assert request.remote_addr == "198.51.100.50"
+        assert client_ip() == "198.51.100.50"
 
 
 def test_rate_limiting_can_be_turned_off(app):

@@ -1,8 +1,11 @@
 """Blocked addresses and the security events that block one.
 
 An address is blocked when, within IP_BLOCK_WINDOW_SECONDS, it fails logins for
-IP_BLOCK_MAX_ACCOUNTS distinct accounts or trips the injection checks
-IP_BLOCK_MAX_UNSAFE_INPUTS times. Events are counted in the database; blocks are recorded in
+IP_BLOCK_MAX_ACCOUNTS distinct accounts or sends IP_BLOCK_MAX_UNSAFE_INPUTS high-confidence
+attacks: an injection pattern in a structured field (an e-mail, a slug, an id, a filter), where
+prose never belongs. The same patterns in free text (a bio, a description) are refused, counted
+and logged, but never block: ordinary prose ("use SELECT a UNION SELECT b") trips them too.
+Health probes are never refused, so a block cannot take an instance out of its load balancer. Events are counted in the database; blocks are recorded in
 the database (the admin's list) and mirrored in Redis when configured, which is what the
 per-request check reads while the mirror is in sync (utils/pipeline/shared_state.py). Without Redis
 the check reads the database.
@@ -13,7 +16,7 @@ import logging
 from datetime import datetime, timedelta
 
 import redis
-from flask import current_app
+from flask import current_app, request
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -96,15 +99,17 @@ def _window_start() -> datetime:
     return utcnow() - timedelta(seconds=current_app.config["IP_BLOCK_WINDOW_SECONDS"])
 
 
-def _record(ip: str, kind: str, subject: str, counted, limit_setting: str, reason: str) -> None:
+def _record(ip: str, kind: str, subject: str, counted, limit_setting: str, reason: str,
+            *conditions) -> None:
     """Commit a security event, then block the address once `counted` (an aggregate over its
-    events of this kind in the window) reaches config[`limit_setting`]."""
+    events of this kind in the window, meeting `conditions`) reaches config[`limit_setting`]."""
     db.session.add(SecurityEvent(kind=kind, ip_address=ip, subject=subject[:255]))
     db.session.commit()
     seen = db.session.scalar(select(counted).where(
         SecurityEvent.ip_address == ip,
         SecurityEvent.kind == kind,
         SecurityEvent.created_at >= _window_start(),
+        *conditions,
     ))
     if seen >= current_app.config[limit_setting]:
         block_ip(ip, seconds=current_app.config["IP_BLOCK_SECONDS"],
@@ -117,15 +122,36 @@ def record_login_failure(ip: str, email: str) -> None:
             "IP_BLOCK_MAX_ACCOUNTS", "failed logins for {} accounts")
 
 
+# The subject of an injection pattern found in free text: counted and logged, never blocking.
+FREE_TEXT = "text:"
+
+
 def record_unsafe_input(ip: str, fields: list[str]) -> None:
-    """Count a request whose input tripped the injection checks; block a persistent address."""
+    """Count a request that sent an injection pattern where only a structured value belongs
+    (a high-confidence attack); block a persistent address."""
+    log.warning("injection attempt from %s in %s", ip, ",".join(fields))
     _record(ip, "unsafe_input", ",".join(fields), func.count(SecurityEvent.id),
-            "IP_BLOCK_MAX_UNSAFE_INPUTS", "{} injection attempts")
+            "IP_BLOCK_MAX_UNSAFE_INPUTS", "{} injection attempts",
+            SecurityEvent.subject.not_like(f"{FREE_TEXT}%"))
+
+
+def record_unsafe_text(ip: str, fields: list[str]) -> None:
+    """Count and log free text that tripped the injection patterns; never blocks (prose about
+    SQL or HTML trips them as well as an attack does)."""
+    subject = FREE_TEXT + ",".join(fields)
+    log.info("injection pattern in free text from %s: %s", ip, subject)
+    db.session.add(SecurityEvent(kind="unsafe_input", ip_address=ip, subject=subject[:255]))
+    db.session.commit()
+
+
+def _is_health_probe() -> bool:
+    endpoint = request.endpoint or ""
+    return endpoint.startswith("health.")
 
 
 def refuse_blocked_ip() -> None:
-    """A blocked address gets 403 on every route (after the request's shared state is read:
-    utils/pipeline/hooks.py)."""
-    if is_blocked(client_ip()):
+    """A blocked address gets 403 on every route but the health probes (after the request's
+    shared state is read: utils/pipeline/hooks.py)."""
+    if not _is_health_probe() and is_blocked(client_ip()):
         raise Forbidden("Requests from your network address are temporarily blocked",
                         code="ip_blocked")
