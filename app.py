@@ -10,7 +10,6 @@ from functools import wraps
 
 from flask import Flask
 from flask_talisman import Talisman
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from auth import jwt
 from config import CONFIGS, ConfigError, config_name_from_env
@@ -51,6 +50,7 @@ from services.email_service import register_outbox
 from utils import error_reporting, metrics
 from utils.extensions import cors, limiter, mail, migrate
 from utils.middleware import init_middleware
+from utils.pipeline.client_address import TrustedProxies, parse_networks
 from utils.pipeline.hooks import init_pipeline
 from utils.validation import spec
 
@@ -88,9 +88,13 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
     app.json.sort_keys = False
     error_reporting.init_app(app)
 
-    if app.config["TRUSTED_PROXIES"]:
-        count = app.config["TRUSTED_PROXIES"]
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count, x_host=count)
+    # Forwarded headers are believed from TRUSTED_PROXIES only and removed from every other
+    # request (gunicorn believes none: gunicorn.conf.py).
+    try:
+        proxies = parse_networks(app.config["TRUSTED_PROXIES"])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    app.wsgi_app = TrustedProxies(app.wsgi_app, proxies)
 
     db.init_app(app)
     migrate.init_app(app, db, compare_type=True, render_as_batch=True)

@@ -183,8 +183,12 @@ class Config:
     RATE_LIMIT_PUBLIC = env("RATE_LIMIT_PUBLIC", "30 per minute")
     RATE_LIMIT_SEARCH = env("RATE_LIMIT_SEARCH", "20 per minute")
     RATE_LIMIT_CONTACT = env("RATE_LIMIT_CONTACT", "5 per hour")
-    # Number of reverse proxies in front of the app whose X-Forwarded-For we trust.
-    TRUSTED_PROXIES = env_int("TRUSTED_PROXIES", 0)
+    # Addresses or networks of the reverse proxies whose X-Forwarded-For / -Proto / -Host the
+    # app believes (utils/pipeline/client_address.py); empty: none, the socket's peer is the
+    # client. "0", the old "no proxy" count, means none too.
+    TRUSTED_PROXIES = tuple(
+        part.strip() for part in (env("TRUSTED_PROXIES") or "").split(",")
+        if part.strip() and part.strip() != "0")
 
     # Accounts and security
     PASSWORD_HASH_METHOD = env("PASSWORD_HASH_METHOD", "pbkdf2:sha256:600000")

@@ -26,7 +26,10 @@ max_requests_jitter = 500
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG", None)  # the app logs each request itself
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
-forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# gunicorn believes no forwarded header from anyone: the app does, from TRUSTED_PROXIES only
+# (utils/pipeline/client_address.py), so one setting decides whom the app trusts.
+forwarded_allow_ips = ""
+secure_scheme_headers: dict[str, str] = {}
 # Build the app once in the master, so a configuration error stops start-up with one line
 # instead of every worker failing to boot in turn.
 preload_app = True

@@ -528,7 +528,7 @@ def test_verification_is_rate_limited_per_address(app, client):
     limit = app.config["RATE_LIMIT_VERIFY"]
     allowed = int(limit.split()[0])
     assert allowed == 30, limit
-    assert app.config["TRUSTED_PROXIES"] == 0
+    assert app.config["TRUSTED_PROXIES"] == ()
     for n in range(allowed):
         # Enumerating numbers; a forged X-Forwarded-For (no proxy is trusted) changes nothing.
         response = client.get(f"{CERTS}/verify/AIFA-1-1-{n:010X}",

@@ -71,6 +71,9 @@ def server(scratch_database, scratch_redis, tmp_path_factory):
         RATE_LIMIT_REGISTER="100 per minute",
         RATE_LIMIT_LOGIN="1000 per minute",
         RATE_LIMIT_PASSWORD_RESET_REQUEST=f"{RESET_LIMIT} per minute",
+        # A proxy is configured, but these requests come straight from 127.0.0.1: their own
+        # forwarded headers must be ignored by gunicorn and the app alike.
+        TRUSTED_PROXIES="192.0.2.0/24",
     )
     run_flask(env, "db", "upgrade")
     gunicorn = GunicornServer(env, tmp_path_factory.mktemp("gunicorn") / "gunicorn.log",
@@ -186,8 +189,29 @@ def test_rate_limit_is_shared_by_every_worker(server):
             break
         refused += server.send_many(RESET_LIMIT, "POST", path, json=body, tag="reset-more")
     assert len(refused) >= count - RESET_LIMIT
+    # A client straight at gunicorn that claims to be someone else is refused all the same.
+    for n in range(4):
+        refused += server.send_many(1, "POST", path, json=body, tag="reset-forged", headers={
+            "X-Forwarded-For": f"203.0.113.{n + 1}", "Forwarded": f"for=203.0.113.{n + 1}"})
     for answer in refused:
         _assert_error(answer, 429, "rate_limited")
         _assert_retry_after(answer)
     # Each worker refused once the shared count was spent, also one that let none through.
     _assert_both_workers(server, refused)
+
+
+def test_forwarded_headers_straight_at_gunicorn_are_not_believed(server):
+    """Neither gunicorn (forwarded_allow_ips) nor the app believes them from a peer outside
+    TRUSTED_PROXIES: the request log has the socket's address, a junk address is no 500, and
+    X-Forwarded-Proto does not make the app think the request came over HTTPS."""
+    junk = server.send("GET", f"{API}/health", tag="xff-junk",
+                       headers={"X-Forwarded-For": "A" * 60})
+    forged = server.send("GET", f"{API}/health", tag="xff-forged", headers={
+        "X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "evil.example", "X-Forwarded-Ssl": "on"})
+    assert junk.status == 200 and forged.status == 200, (junk.body, forged.body)
+    log = server.request_log()
+    for answer in (junk, forged):
+        assert log[answer.request_id]["remote_addr"] == "127.0.0.1", log[answer.request_id]
+    # Plain HTTP stays plain HTTP: no HSTS for a request gunicorn was told is HTTPS.
+    assert "Strict-Transport-Security" not in forged.headers

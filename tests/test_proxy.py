@@ -42,10 +42,8 @@ HOSTS = {"A": "127.0.0.2", "B": "127.0.0.3"}
 NOBODY = "127.0.0.4"  # a "replica" whose container is not listening (yet, or any more)
 RESET_LIMIT = 3  # RATE_LIMIT_PASSWORD_RESET_REQUEST, per minute
 UPLOAD_LIMIT = 52428800  # MAX_CONTENT_LENGTH's default and the template's client_max_body_size
-# Today's app believes X-Forwarded-For through ProxyFix with a hop count (one proxy). Once
-# TRUSTED_PROXIES lists the proxies' addresses instead (issue 23), this becomes the proxy's
-# address as the servers see it: "127.0.0.1".
-APP_TRUSTS_THE_PROXY = {"TRUSTED_PROXIES": "1"}
+# The app believes forwarded headers from the proxy's address as the servers see it.
+APP_TRUSTS_THE_PROXY = {"TRUSTED_PROXIES": "127.0.0.1"}
 
 
 @dataclass
