@@ -1,10 +1,11 @@
 """Notifications: a user's own list, read state and preferences; admins send and broadcast."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from flask import Blueprint
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
+from pydantic_core import PydanticCustomError
 from spectree import Response
 from typing_extensions import NotRequired, TypedDict
 
@@ -23,6 +24,18 @@ AUTH = {"tags": ["notifications"], "security": {"bearer": []}}
 Kind = Literal[NOTIFICATION_KINDS]
 
 
+def _check_link(value: str) -> str:
+    problem = notifications.link_problem(value)
+    if problem:
+        raise PydanticCustomError("invalid_link", f"Link {problem}")
+    return value
+
+
+# An absolute http(s) URL or a path of this site (notification_service.link_problem).
+Link = Annotated[str, Field(max_length=500, description="An http(s) URL or a path starting "
+                            "with / (no other scheme)"), AfterValidator(_check_link)]
+
+
 class NotificationQuery(PageQuery):
     unread: bool = False
 
@@ -32,7 +45,7 @@ class SendIn(StrictModel):
     role: Literal[ROLES] | None = None
     title: SafeText = Field(min_length=1, max_length=200)
     message: SafeText = Field(min_length=1, max_length=5000)
-    link: str | None = Field(None, max_length=500)
+    link: Link | None = None
     kind: Kind = "announcement"
     send_email: bool = False
 
@@ -46,7 +59,7 @@ class SendIn(StrictModel):
 class BroadcastIn(StrictModel):
     title: SafeText = Field(min_length=1, max_length=200)
     message: SafeText = Field(min_length=1, max_length=5000)
-    link: str | None = Field(None, max_length=500)
+    link: Link | None = None
     send_email: bool = False
 
 

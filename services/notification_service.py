@@ -6,6 +6,9 @@ queued and sent after the commit (services/email_service.py).
 """
 from __future__ import annotations
 
+import unicodedata
+from urllib.parse import urlsplit
+
 from flask import current_app, render_template_string
 from jinja2 import Template
 from sqlalchemy import Select, func, insert, literal, select, update
@@ -20,7 +23,7 @@ from services.email_service import (
     send_after_commit,
     send_email,
 )
-from utils.errors import NotFound
+from utils.errors import NotFound, ValidationError
 from utils.helpers import utcnow
 
 # notification kind -> the preference column that switches its e-mail on or off
@@ -70,12 +73,41 @@ def recipients_query(*, user_ids: list[int] | None = None, role: str | None = No
     return query
 
 
+def link_problem(link: str) -> str | None:
+    """Why `link` cannot be a notification's link, or None. A link is opened by the SPAs and
+    put in e-mails: only an absolute http(s) URL or a path of this site (`/courses/7`); never
+    `javascript:`, `data:` or another scheme, nor `//host` or `/\\host`, which browsers open
+    as another site."""
+    if any(ch.isspace() or unicodedata.category(ch).startswith("C") for ch in link):
+        return "must not contain spaces or control characters"
+    try:
+        parts = urlsplit(link)
+    except ValueError:
+        return "is not a URL"
+    if parts.scheme:
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            return "must be an http(s) URL or a path starting with /"
+        return None
+    if not link.startswith("/") or link.startswith("//") or "\\" in link:
+        return "must be an http(s) URL or a path starting with /"
+    return None
+
+
+def check_link(link: str | None) -> str | None:
+    """`link`, or 422 naming the field when it is not one `link_problem` accepts."""
+    problem = link_problem(link) if link is not None else None
+    if problem:
+        raise ValidationError("Invalid notification link", details={"link": f"Link {problem}"})
+    return link
+
+
 def notify(recipients: Select, *, kind: str, title: str, message: str, link: str | None = None,
            data: dict | None = None, email: bool = False,
            attachments: tuple[Attachment, ...] = ()) -> int:
     """Create the notification for every user id `recipients` selects (one statement), and
     queue e-mails to those whose preferences allow this kind. Returns how many were notified."""
     assert kind in NOTIFICATION_KINDS
+    check_link(link)
     ids = recipients.subquery()
     source = select(ids.c.id, literal(kind), literal(title), literal(message), literal(link),
                     literal(False),

@@ -345,7 +345,47 @@ def test_hostile_text_trips_the_wire(world, people, field, value):
     assert field in error(broadcast, 422)["details"]
     assert world.count(Notification) == 0 and world.count(AuditLog) == 0
     with world.app.app_context():
-        assert set(db.session.scalars(select(SecurityEvent.subject))) == {field}
+        # Free text: counted (never blocking: utils/pipeline/blocked_ips.py).
+        assert set(db.session.scalars(select(SecurityEvent.subject))) == {f"text:{field}"}
+
+
+@pytest.mark.parametrize("link", [
+    "javascript:alert(document.cookie)", "JavaScript:alert(1)", " javascript:alert(1)",
+    "data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==", "vbscript:msgbox(1)",
+    "//evil.example/phish", "/\\evil.example", "https:evil.example", "ftp://files.example/x",
+    "courses/7", "/courses/7\nSet-Cookie: x=1", "https://evil.example/a b",
+])
+def test_a_notification_link_is_an_http_url_or_a_path_of_the_site(world, people, link):
+    for path, body in ((f"{N}/send", {"title": "T", "message": "M", "role": "student"}),
+                       (f"{N}/broadcast", {"title": "T", "message": "M"})):
+        response = world.client.post(path, headers=people.admin.headers,
+                                     json={**body, "link": link})
+        assert "link" in error(response, 422, "validation_error")["details"], response.json
+    assert world.count(Notification) == 0 and world.count(AuditLog) == 0
+
+
+def test_the_service_refuses_a_link_whoever_calls_it(world, people):
+    from services import notification_service
+    from utils.errors import ValidationError
+
+    with world.app.app_context():
+        with pytest.raises(ValidationError) as caught:
+            notification_service.notify(notification_service.recipients_query(role="student"),
+                                        kind="announcement", title="T", message="M",
+                                        link="javascript:alert(1)")
+        assert caught.value.status_code == 422 and set(caught.value.details) == {"link"}
+        db.session.rollback()
+    assert world.count(Notification) == 0
+
+
+@pytest.mark.parametrize("link", ["https://learn.example.com/courses/7?tab=live#now",
+                                  "http://learn.example.com", "/courses/7", "/"])
+def test_http_links_and_site_paths_are_kept(world, people, link):
+    response = world.client.post(f"{N}/broadcast", headers=people.admin.headers,
+                                 json={"title": "T", "message": "M", "link": link})
+    assert response.status_code in (200, 201, 202), response.json
+    with world.app.app_context():
+        assert set(db.session.scalars(select(Notification.link))) == {link}
 
 
 def test_broadcast_reaches_every_active_user_once(world, people):
