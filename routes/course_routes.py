@@ -322,10 +322,10 @@ def reorder_modules(course_id: int):
     return {"message": "Modules reordered", "modules": [m.to_dict() for m in modules]}
 
 
-def prerequisite_list(course_id: int) -> dict:
+def prerequisite_list(course_id: int, viewer) -> dict:
     return {"course_id": course_id,
             "prerequisites": [{"id": c.id, "title": c.title, "slug": c.slug, "status": c.status}
-                              for c in course_service.prerequisites_of(course_id)]}
+                              for c in course_service.prerequisites_of(course_id, viewer)]}
 
 
 @bp.get("/<int:course_id>/prerequisites")
@@ -333,8 +333,9 @@ def prerequisite_list(course_id: int) -> dict:
           tags=["courses", "prerequisites"])
 def get_prerequisites(course_id: int):
     """The courses a student must complete before enrolling."""
-    course = course_service.visible_course(course_id, optional_user())
-    return prerequisite_list(course.id)
+    viewer = optional_user()
+    course = course_service.visible_course(course_id, viewer)
+    return prerequisite_list(course.id, viewer)
 
 
 @bp.post("/<int:course_id>/prerequisites")
@@ -347,7 +348,7 @@ def add_prerequisites(course_id: int):
     course = course_service.editable_course(course_id, current_user())
     course_service.add_prerequisites(course, json_body().prerequisite_course_ids)
     db.session.commit()
-    return {"message": "Prerequisites added", **prerequisite_list(course.id)}, 201
+    return {"message": "Prerequisites added", **prerequisite_list(course.id, current_user())}, 201
 
 
 @bp.put("/<int:course_id>/prerequisites")
@@ -360,7 +361,7 @@ def replace_prerequisites(course_id: int):
     course = course_service.editable_course(course_id, current_user())
     course_service.replace_prerequisites(course, json_body().prerequisite_course_ids)
     db.session.commit()
-    return {"message": "Prerequisites updated", **prerequisite_list(course.id)}
+    return {"message": "Prerequisites updated", **prerequisite_list(course.id, current_user())}
 
 
 @bp.delete("/<int:course_id>/prerequisites/<int:prerequisite_id>")

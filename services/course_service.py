@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete, exists, func, or_, select, true
+from sqlalchemy import delete, exists, func, or_, select, true, update
 from sqlalchemy.orm import selectinload
 
 from models import (
@@ -171,6 +171,11 @@ def update_course(course: Course, changes: dict, actor: User) -> Course:
         if actor.role == "admin" and instructor_id is not None:
             _check_instructor(instructor_id)
             course.instructor_id = instructor_id
+            # The course's live sessions go with it (hosting is the course's instructor's:
+            # live_session_service.is_host); the former instructor keeps none of them.
+            db.session.execute(update(LiveSession).where(LiveSession.course_id == course.id)
+                               .values(instructor_id=instructor_id),
+                               execution_options={"synchronize_session": False})
     if "subcategory_id" in changes:
         _check_subcategory(changes["subcategory_id"])
     if changes.get("slug"):
@@ -481,10 +486,19 @@ def delete_resource(resource: LessonResource) -> Removal:
 
 # --- prerequisites ----------------------------------------------------------------------------
 
-def prerequisites_of(course_id: int) -> list[Course]:
-    return list(db.session.scalars(
-        select(Course).join(CoursePrerequisite, CoursePrerequisite.prerequisite_course_id == Course.id)
-        .where(CoursePrerequisite.course_id == course_id).order_by(Course.id)))
+def prerequisites_of(course_id: int, viewer: User | None = None, *,
+                     every: bool = False) -> list[Course]:
+    """The course's prerequisites `viewer` may see: the published ones, and their own drafts
+    (an admin: all). `every=True`: all of them, for the rules (never for an answer)."""
+    query = (select(Course)
+             .join(CoursePrerequisite, CoursePrerequisite.prerequisite_course_id == Course.id)
+             .where(CoursePrerequisite.course_id == course_id).order_by(Course.id))
+    if not every and not (viewer is not None and viewer.role == "admin"):
+        shown = Course.status == "published"
+        if viewer is not None:
+            shown = or_(shown, Course.instructor_id == viewer.id)
+        query = query.where(shown)
+    return list(db.session.scalars(query))
 
 
 def _find_path(graph: dict[int, set[int]], start: int, goal: int) -> list[int] | None:
@@ -505,7 +519,11 @@ def _validate_prerequisites(course: Course, ids: list[int], graph: dict[int, set
     if course.id in ids:
         raise ValidationError("A course cannot require itself", code="prerequisite_cycle",
                               details={"prerequisite_course_ids": "contains the course itself"})
-    found = set(db.session.scalars(select(Course.id).where(Course.id.in_(ids))))
+    # Only a published course or one of the same instructor's: another instructor's draft
+    # is reported as unknown, as it is everywhere else, so its existence stays private.
+    found = set(db.session.scalars(select(Course.id).where(
+        Course.id.in_(ids),
+        or_(Course.status == "published", Course.instructor_id == course.instructor_id))))
     missing = sorted(set(ids) - found)
     if missing:
         raise ValidationError("Some prerequisite courses do not exist",
@@ -533,7 +551,7 @@ def _graph(exclude_course: int | None = None) -> dict[int, set[int]]:
 
 def add_prerequisites(course: Course, ids: list[int]) -> list[Course]:
     ids = list(dict.fromkeys(ids))
-    current = {c.id for c in prerequisites_of(course.id)}
+    current = {c.id for c in prerequisites_of(course.id, every=True)}
     new = [i for i in ids if i not in current]
     graph = _graph()
     graph.setdefault(course.id, set()).update(current)
@@ -541,7 +559,7 @@ def add_prerequisites(course: Course, ids: list[int]) -> list[Course]:
     for prerequisite_id in new:
         db.session.add(CoursePrerequisite(course_id=course.id, prerequisite_course_id=prerequisite_id))
     db.session.flush()
-    return prerequisites_of(course.id)
+    return prerequisites_of(course.id, every=True)
 
 
 def replace_prerequisites(course: Course, ids: list[int]) -> list[Course]:
@@ -552,7 +570,7 @@ def replace_prerequisites(course: Course, ids: list[int]) -> list[Course]:
     for prerequisite_id in ids:
         db.session.add(CoursePrerequisite(course_id=course.id, prerequisite_course_id=prerequisite_id))
     db.session.flush()
-    return prerequisites_of(course.id)
+    return prerequisites_of(course.id, every=True)
 
 
 def remove_prerequisite(course: Course, prerequisite_id: int) -> None:
@@ -564,12 +582,15 @@ def remove_prerequisite(course: Course, prerequisite_id: int) -> None:
 
 
 def missing_prerequisites(user_id: int, course_id: int) -> list[Course]:
-    """Prerequisites of the course that the user has not completed (for enrollment)."""
+    """Published prerequisites of the course that the user has not completed (for
+    enrollment). One that is not published cannot be taken, so it is not required, and its
+    title is not shown to a student."""
     completed = select(Enrollment.course_id).where(Enrollment.user_id == user_id,
                                                    Enrollment.status == "completed")
     return list(db.session.scalars(
         select(Course).join(CoursePrerequisite, CoursePrerequisite.prerequisite_course_id == Course.id)
-        .where(CoursePrerequisite.course_id == course_id, Course.id.not_in(completed))
+        .where(CoursePrerequisite.course_id == course_id, Course.id.not_in(completed),
+               Course.status == "published")
         .order_by(Course.id)))
 
 
@@ -637,7 +658,7 @@ def course_detail(course: Course, viewer: User | None) -> dict:
     data["modules"] = outline(modules, level, completed_lessons(course, viewer, level))
     data["lesson_count"] = sum(len(m.lessons) for m in modules)
     data["prerequisites"] = [{"id": c.id, "title": c.title, "slug": c.slug}
-                             for c in prerequisites_of(course.id)]
+                             for c in prerequisites_of(course.id, viewer)]
     data["access"] = level
     data["has_full_access"] = has_full_content(level)
     return data

@@ -1123,6 +1123,69 @@ def test_unknown_prerequisite_is_422(app, client, instructor):
     assert count(app, CoursePrerequisite) == 0
 
 
+def test_another_instructors_draft_cannot_be_a_prerequisite(app, client, instructor,
+                                                            other_instructor, admin,
+                                                            make_published):
+    """Only a published course or one of the course's own instructor's; another instructor's
+    draft answers as an unknown id does, so its existence stays private."""
+    course = make_published(instructor, "Main").course_id
+    own_draft = new_course(client, instructor, "My draft")["id"]
+    secret = new_course(client, other_instructor, "Secret plans")["id"]
+    for who in (instructor, admin):  # an admin is held to the course's instructor's rule
+        for method, path in (("POST", f"/courses/{course}/prerequisites"),
+                             ("PUT", f"/prerequisites/update-prerequisites/{course}")):
+            body = error(client.open(f"{API}{path}", method=method, headers=who.headers,
+                                     json={"prerequisite_course_ids": [own_draft, secret]}), 422)
+            assert body["details"]["prerequisite_course_ids"] == f"unknown ids [{secret}]"
+            assert "Secret" not in str(body)
+    assert count(app, CoursePrerequisite) == 0
+    ok(client.post(f"{API}/courses/{course}/prerequisites", headers=instructor.headers,
+                   json={"prerequisite_course_ids": [own_draft]}), 201)
+    with app.app_context():
+        assert db.session.scalars(select(CoursePrerequisite.prerequisite_course_id)).all() == [
+            own_draft]
+
+
+def test_public_views_never_show_an_unpublished_prerequisite(app, client, instructor,
+                                                             other_instructor, admin, student,
+                                                             make_published):
+    """A prerequisite that is not published (the instructor's own draft, or another's course
+    unpublished after it was named) is hidden from everyone but its own instructor and admins:
+    the prerequisite lists and the course detail, signed in or not."""
+    course = make_published(instructor, "Main").course_id
+    shown = make_published(other_instructor, "Shown").course_id
+    later_hidden = make_published(other_instructor, "Withdrawn").course_id
+    own_draft = new_course(client, instructor, "My draft")["id"]
+    ok(client.post(f"{API}/courses/{course}/prerequisites", headers=instructor.headers,
+                   json={"prerequisite_course_ids": [shown, later_hidden, own_draft]}), 201)
+    ok(client.put(f"{API}/courses/{later_hidden}", json={"status": "draft"},
+                  headers=other_instructor.headers))
+
+    def seen(headers) -> dict[str, list[int]]:
+        views = {}
+        for path in (f"/courses/{course}/prerequisites",
+                     f"/prerequisites/get-prerequisites/{course}"):
+            views[path] = [p["id"] for p in ok(client.get(f"{API}{path}",
+                                                          headers=headers))["prerequisites"]]
+        for path in (f"/courses/{course}", f"/public/courses/{course}",
+                     f"/public/get-courses/{course}"):
+            views[path] = [p["id"] for p in ok(client.get(
+                f"{API}{path}", headers=headers))["course"]["prerequisites"]]
+        return views
+
+    for headers in ({}, student.headers):
+        assert set(map(tuple, seen(headers).values())) == {(shown,)}, headers
+    assert set(map(tuple, seen(instructor.headers).values())) == {(shown, own_draft)}
+    assert set(map(tuple, seen(other_instructor.headers).values())) == {(shown, later_hidden)}
+    assert set(map(tuple, seen(admin.headers).values())) == {(shown, later_hidden, own_draft)}
+    # The owner's own answers after a change leave the other instructor's draft out too.
+    saved = ok(client.post(f"{API}/courses/{course}/prerequisites", headers=instructor.headers,
+                           json={"prerequisite_course_ids": []}), 201)
+    assert [p["id"] for p in saved["prerequisites"]] == [shown, own_draft]
+    assert "Withdrawn" not in str(saved)
+    assert count(app, CoursePrerequisite) == 3  # the link itself is kept
+
+
 def test_reading_replacing_and_removing_prerequisites(app, client, instructor, make_published):
     course = make_published(instructor, "Main").course_id
     one, two, three = (make_published(instructor, t).course_id for t in ("One", "Two", "Three"))

@@ -288,6 +288,27 @@ def test_prerequisites_must_be_completed_first(app, client, instructor, student)
     assert count(app, Enrollment, Enrollment.user_id == student.id) == 2
 
 
+def test_an_unpublished_prerequisite_is_neither_required_nor_named(app, client, instructor,
+                                                                    student):
+    """A prerequisite that is not published cannot be taken, so it is not required, and a
+    student's 403 never names it (its title would leak a draft)."""
+    basics = build_course(client, instructor, "Basics", modules=(("B1",),))
+    advanced = build_course(client, instructor, "Advanced", modules=(("A1",),))
+    plans = ok(client.post(f"{API}/courses", json={"title": "Unannounced plans"},
+                           headers=instructor.headers), 201)["course"]
+    ok(client.post(f"{API}/courses/{advanced.id}/prerequisites", headers=instructor.headers,
+                   json={"prerequisite_course_ids": [basics.id, plans["id"]]}), 201)
+
+    body = error(client.post(f"{API}/enrollments", json={"course_id": advanced.id},
+                             headers=student.headers), 403, "prerequisites_missing")
+    assert [m["id"] for m in body["details"]["missing_prerequisites"]] == [basics.id]
+    assert "Unannounced" not in str(body)
+
+    complete(client, student, enroll(client, student, basics.id)["id"], basics.lesson_ids[0])
+    assert enroll(client, student, advanced.id)["status"] == "active"
+    assert count(app, Enrollment, Enrollment.course_id == advanced.id) == 1
+
+
 # --- 3. re-enrollment -------------------------------------------------------------------------
 
 def test_cancel_and_reenroll_reactivates_the_same_row(app, client, student, course):
