@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from flask import current_app
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from models import OPEN_ENROLLMENT_STATUSES, Course, Enrollment, LiveSession, LiveSessionAttendance, User, db
@@ -28,10 +28,11 @@ def get(session_id: int) -> LiveSession:
 
 
 def is_host(live: LiveSession, user: User, course: Course | None = None) -> bool:
-    """Admins, the session's instructor and the course's instructor host a session. Lists ask
-    this for every row: it reads the database at most once per transaction (the courses the
-    user teaches), not once per session's course."""
-    if user.role == "admin" or user.id == live.instructor_id:
+    """Admins and the course's current instructor host a session: who scheduled it
+    (`live.instructor_id`) grants nothing, so an instructor whose course an admin gave to
+    another loses its sessions with it. Lists ask this for every row: it reads the database at
+    most once per transaction (the courses the user teaches), not once per session's course."""
+    if user.role == "admin":
         return True
     if course is not None:
         return course.instructor_id == user.id
@@ -74,8 +75,7 @@ def list_query(user: User, *, course_id: int | None = None, upcoming: bool = Fal
     query = select(LiveSession)
     if user.role == "instructor":
         taught = select(Course.id).where(Course.instructor_id == user.id)
-        query = query.where(or_(LiveSession.instructor_id == user.id,
-                                LiveSession.course_id.in_(taught)))
+        query = query.where(LiveSession.course_id.in_(taught))
     elif user.role != "admin":
         enrolled = select(Enrollment.course_id).where(Enrollment.user_id == user.id,
                                                       Enrollment.status.in_(OPEN))
@@ -98,8 +98,7 @@ def session_dict(live: LiveSession, *, host: bool) -> dict:
 
 def create(user: User, data: dict) -> LiveSession:
     course = course_service.editable_course(data["course_id"], user)
-    live = LiveSession(instructor_id=course.instructor_id if user.role == "admin" else user.id,
-                       status="scheduled", **data)
+    live = LiveSession(instructor_id=course.instructor_id, status="scheduled", **data)
     db.session.add(live)
     db.session.flush()
     _announce(live, course, "scheduled")

@@ -902,3 +902,40 @@ def test_a_mail_server_that_is_down_does_not_fail_the_request(mail_world):
     assert body["live_session"]["status"] == "cancelled"
     assert w.row(live["id"]).status == "cancelled"
     assert [n["title"] for n in w.notices(student)][-1] == "Live session cancelled: Office hours"
+
+
+# --- a course given to another instructor -------------------------------------------------------
+
+def test_the_former_instructor_loses_the_sessions_of_a_course_an_admin_moved(world, klass):
+    """Hosting is the course's current instructor's (and admins'), not whoever scheduled the
+    session: once an admin gives the course to someone else, the former instructor can no
+    longer read the meeting password, change the meeting or join."""
+    live = world.create(klass.owner, klass.course_id, start=now() + timedelta(minutes=5))
+    admin, successor = world.user("admin"), world.user("instructor")
+    moved = ok(world.client.put(f"{API}/courses/{klass.course_id}",
+                                json={"instructor_id": successor.id}, headers=admin.headers))
+    assert moved["course"]["instructor_id"] == successor.id
+    assert world.row(live["id"]).instructor_id == successor.id  # the session went with it
+
+    former = klass.owner.headers
+    error(world.client.get(f"{LS}/{live['id']}", headers=former), 404)
+    error(world.client.get(join_url(live["id"]), headers=former), 404)
+    error(world.client.put(f"{LS}/{live['id']}", headers=former,
+                           json={"meeting_url": "https://evil.example/j/1"}), 403,
+          "not_session_host")
+    error(world.client.delete(f"{LS}/{live['id']}", headers=former), 403, "not_session_host")
+    assert listed(world, klass.owner, LS) == []
+    row = world.row(live["id"])
+    assert (row.meeting_url, row.status) == ("https://zoom.us/j/123456789", "scheduled")
+    assert world.count(LiveSessionAttendance) == 0
+
+    # The new instructor hosts it.
+    data = ok(world.client.get(join_url(live["id"]), headers=successor.headers))["live_session"]
+    assert data["meeting_password"] == "s3cret-pw"
+    assert [s["id"] for s in listed(world, successor, LS)] == [live["id"]]
+
+
+def test_a_session_an_admin_schedules_belongs_to_the_course_instructor(world, klass):
+    admin = world.user("admin")
+    live = world.create(admin, klass.course_id)
+    assert world.row(live["id"]).instructor_id == klass.owner.id
