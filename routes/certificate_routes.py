@@ -147,7 +147,8 @@ def download_credential(certificate_id: int):
     db.session.commit()
     return certificate.credential_json, 200, {
         "Content-Type": JSON_LD,
-        "Content-Disposition": f'attachment; filename="{certificate.certificate_number}.json"'}
+        "Content-Disposition": f'attachment; filename="{certificate.certificate_number}.json"',
+        "Cache-Control": "private, no-store"}
 
 
 @bp.get("/<int:certificate_id>/download")

@@ -17,4 +17,5 @@ def public_media(folder: str, name: str):
     ext = name.rsplit(".", 1)[-1].lower()
     if ext not in file_service.IMAGE_EXTENSIONS:
         raise NotFound("File not found")
-    return file_service.serve(f"{folder}/{name}", mime_type=file_service.ALLOWED[ext][1])
+    return file_service.serve(f"{folder}/{name}", mime_type=file_service.ALLOWED[ext][1],
+                              public=True)

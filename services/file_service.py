@@ -211,14 +211,20 @@ def delete(relative_path: str | None) -> None:
 
 
 def serve(relative_path: str, *, mime_type: str | None = None, download_name: str | None = None,
-          as_attachment: bool = False):
-    """Stream a stored file with its type, a safe Content-Disposition and HTTP Range (206)."""
+          as_attachment: bool = False, public: bool = False):
+    """Stream a stored file with its type, a safe Content-Disposition and HTTP Range (206).
+    Private unless `public` (profile pictures, thumbnails): a file served to a signed-in reader
+    (a lesson resource, a certificate), shown inline or downloaded, is `private, no-store`,
+    so no shared cache keeps it and no browser keeps it after the session."""
     path = resolve(relative_path)
     if not path.is_file():
         raise NotFound("File not found")
     response = send_file(path, mimetype=mime_type, as_attachment=as_attachment,
                          download_name=download_name or path.name, conditional=True,
-                         max_age=0 if as_attachment else 3600)
+                         max_age=3600 if public else None)
+    if not public:
+        response.headers["Cache-Control"] = "private, no-store"
+        response.headers.pop("Expires", None)
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
 

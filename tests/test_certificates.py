@@ -277,6 +277,7 @@ def test_download_is_the_stored_pdf_with_name_course_number_and_qr(app, client, 
         assert f"{row.certificate_number}.pdf" in disposition
         assert response.data == stored
         assert sha256(response.data) == row.sha256
+        assert response.headers["Cache-Control"] == "private, no-store"  # the holder's only
 
     text_ = pdf_text(stored)
     for expected in ("Certificate of Completion", "Alan Turing", course.title,

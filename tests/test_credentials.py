@@ -205,6 +205,7 @@ def test_the_certificate_api_lists_and_serves_the_credential(app, client, actor,
         assert response.status_code == 200 and response.mimetype == "application/ld+json"
         assert f'{row.certificate_number}.json' in response.headers["Content-Disposition"]
         assert response.data.decode() == row.credential_json
+        assert response.headers["Cache-Control"] == "private, no-store"
     error(client.get(listed["credential_download_url"], headers=actor("student").headers), 404)
     error(client.get(listed["credential_download_url"]), 401)
 

@@ -397,6 +397,24 @@ def test_enrolled_student_downloads_the_exact_bytes(client, app, make_user, auth
     assert int(response.headers["Content-Length"]) == len(PDF)
 
 
+@pytest.mark.parametrize("query", ["", "?inline=1", "?inline=true"])
+def test_a_private_download_is_never_cached_inline_or_not(client, app, make_user, auth_headers,
+                                                          uploaded, query):
+    """A lesson resource is for its readers only: no shared cache may keep it, shown inline
+    (a PDF or video in the browser) or downloaded, whole or a range of it."""
+    student = make_user("student")
+    enroll(app, student, uploaded["course"])
+    path = f"{API}/files/download/{uploaded['resource']}{query}"
+    for headers in ({}, {"Range": "bytes=0-9"}):
+        response = client.get(path, headers={**auth_headers(student), **headers})
+        assert response.status_code in (200, 206)
+        assert response.headers["Cache-Control"] == "private, no-store"
+        assert "Expires" not in response.headers
+        inline = bool(query)
+        assert response.headers["Content-Disposition"].startswith(
+            "inline" if inline else "attachment")
+
+
 def test_download_supports_a_range_request(client, app, make_user, auth_headers, uploaded):
     student = make_user("student")
     enroll(app, student, uploaded["course"])
@@ -620,6 +638,7 @@ def test_thumbnail_upload_replace_and_public_serving(client, app, lesson_setup):
     assert first_file.read_bytes() == first_png
 
     served = client.get(first_url)  # public: no token
+    assert served.headers["Cache-Control"] == "public, max-age=3600"  # and cacheable
     assert served.status_code == 200
     assert served.mimetype == "image/png" and served.data == first_png
     assert served.headers["X-Content-Type-Options"] == "nosniff"
