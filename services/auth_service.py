@@ -14,7 +14,9 @@ import secrets
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import and_, case, delete, func, null, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from models import BackgroundJob, LoginThrottle, PasswordResetToken, TrustedSource, User, db
@@ -164,34 +166,27 @@ def _invalid_credentials() -> Unauthorized:
 
 
 def _count_failure(account: str, source: str, now: datetime) -> datetime | None:
-    """Count a failure of `source` for `account` (atomically: parallel failures all count);
-    the lock's end when this one reached LOGIN_MAX_FAILURES."""
+    """Count a failure of `source` for `account` in one statement (an upsert: parallel
+    failures all count, and a lock that has run out starts the count afresh); the lock's end
+    when this one reached LOGIN_MAX_FAILURES."""
     cfg = current_app.config
-    match = (LoginThrottle.account_hash == account, LoginThrottle.source == source)
-    # A lock that has run out: start counting afresh.
-    db.session.execute(update(LoginThrottle).where(*match, LoginThrottle.locked_until <= now)
-                       .values(failures=0, locked_until=None))
-    failures = None
-    for _attempt in range(2):
-        failures = db.session.scalar(
-            update(LoginThrottle).where(*match)
-            .values(failures=LoginThrottle.failures + 1, updated_at=now)
-            .returning(LoginThrottle.failures))
-        if failures is not None:
-            break
-        try:
-            with db.session.begin_nested():
-                db.session.add(LoginThrottle(account_hash=account, source=source, failures=1,
-                                             updated_at=now))
-            failures = 1
-            break
-        except IntegrityError:
-            continue  # a parallel failure created the row: count on it
-    if failures is None or failures < cfg["LOGIN_MAX_FAILURES"]:
+    table = LoginThrottle.__table__
+    insert = pg_insert if db.session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    expired = and_(table.c.locked_until.is_not(None), table.c.locked_until <= now)
+    failures = db.session.scalar(
+        insert(table).values(account_hash=account, source=source, failures=1, updated_at=now)
+        .on_conflict_do_update(
+            index_elements=[table.c.account_hash, table.c.source],
+            set_={"failures": case((expired, 1), else_=table.c.failures + 1),
+                  "locked_until": case((expired, null()), else_=table.c.locked_until),
+                  "updated_at": now})
+        .returning(table.c.failures))
+    if failures < cfg["LOGIN_MAX_FAILURES"]:
         return None
     until = now + timedelta(seconds=cfg["LOGIN_LOCKOUT_SECONDS"])
-    db.session.execute(update(LoginThrottle).where(*match)
-                       .values(locked_until=until, failures=0))
+    db.session.execute(update(LoginThrottle).where(
+        LoginThrottle.account_hash == account, LoginThrottle.source == source)
+        .values(locked_until=until, failures=0))
     return until
 
 
