@@ -350,3 +350,47 @@ def test_a_reset_request_queues_a_job_for_known_and_unknown_emails_alike(
     assert sorted(r["sent"] for r in results) == [0, 1]
     assert count(app, PasswordResetToken) == 1
     assert len([m for m in mailbox if "real@example.com" in m and "/reset-password/" in m]) == 1
+
+
+# --- housekeeping -----------------------------------------------------------------------------------
+
+def test_a_source_unseen_for_the_trust_window_is_a_stranger_again(client, app, make_user):
+    user_id = make_user(email="away@example.com")
+    ok(login(client, "away@example.com", ip=110))
+    with app.app_context():
+        for row in db.session.scalars(select(TrustedSource)):
+            row.last_seen_at = utcnow() - timedelta(days=app.config["LOGIN_TRUSTED_SOURCE_DAYS"],
+                                                    seconds=1)
+        db.session.commit()
+    for n in range(5):
+        login(client, "away@example.com", WRONG, ip=120 + n)
+    error(login(client, "away@example.com", ip=110), 423, "account_locked")
+    assert fetch(app, User, User.id == user_id).locked_until is not None
+
+
+def test_the_worker_tick_prunes_what_no_longer_decides_anything(client, app, make_user):
+    from services import auth_service
+
+    user_id = make_user(email="old@example.com")
+    ok(login(client, "old@example.com", ip=130))
+    login(client, "ghost-old@example.com", WRONG, ip=131)
+    ok(login(client, "old@example.com", ip=132))
+    long_ago = utcnow() - timedelta(days=400)
+    with app.app_context():
+        first = db.session.scalar(select(LoginSession).order_by(LoginSession.created_at))
+        first.expires_at = long_ago
+        for row in db.session.scalars(select(LoginThrottle)):
+            row.updated_at = long_ago
+        source = db.session.scalars(select(TrustedSource)).first()
+        source.last_seen_at = long_ago
+        db.session.commit()
+        before = (count(app, LoginSession), count(app, LoginToken), count(app, TrustedSource))
+        pruned = auth_service.prune_sign_in_records()
+        db.session.commit()
+    assert before == (2, 2, 4)  # two addresses, two devices
+    # The unknown e-mail's two stale counters (its address's and "*"), one unseen source, one
+    # expired login (with its token row).
+    assert pruned == 4
+    assert (count(app, LoginSession), count(app, LoginToken), count(app, TrustedSource),
+            count(app, LoginThrottle)) == (1, 1, 3, 0)
+    assert fetch(app, User, User.id == user_id).last_login_at is not None
