@@ -1,5 +1,7 @@
-"""Accounts: registration (with or without a phone code), login with lockout, tokens, logout,
-password change and reset, Google sign-in, and the profile. Routes call these; so can tests.
+"""Accounts: registration (with or without a phone code), login with a lockout per account and
+source (`authenticate` says how), logins and their tokens (services/session_service.py),
+password change and reset (the reset e-mail is a job), Google sign-in, and the profile. Routes
+call these; so can tests.
 
 Each function leaves committing to its caller unless it says otherwise: lockout counters and
 security events are committed here because they must survive the failed request that
