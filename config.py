@@ -204,6 +204,9 @@ class Config:
     PHONE_VERIFIED_WINDOW_SECONDS = env_int("PHONE_VERIFIED_WINDOW_SECONDS", 1800)
     LOGIN_MAX_FAILURES = env_int("LOGIN_MAX_FAILURES", 5)
     LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 1800)
+    # A device or address that signed in to an account within this many days is not locked
+    # out by failures from other sources.
+    LOGIN_TRUSTED_SOURCE_DAYS = env_int("LOGIN_TRUSTED_SOURCE_DAYS", 90)
     PASSWORD_RESET_TOKEN_SECONDS = env_int("PASSWORD_RESET_TOKEN_SECONDS", 3600)
     IP_BLOCK_SECONDS = env_int("IP_BLOCK_SECONDS", 3600)
     # An address is blocked when, within the window, it fails logins for this many distinct

@@ -1236,3 +1236,75 @@ class BackgroundJob(db.Model):
             "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at),
         }
+
+
+# ---------------------------------------------------------------------------------------------
+# Sign-in: logins and their tokens, trusted sources, lockouts per account and source
+# ---------------------------------------------------------------------------------------------
+
+LOGIN_END_REASONS = ("logout", "reuse", "password", "admin")
+TRUSTED_SOURCE_KINDS = ("device", "address")
+
+
+class LoginSession(db.Model):
+    """One login: the family of tokens a sign-in started. Only `refresh_jti` may be exchanged
+    at /auth/refresh; a refresh token of the family that is not it (already rotated) ends the
+    login (reuse detection)."""
+
+    __tablename__ = "login_sessions"
+    __table_args__ = (one_of("end_reason", LOGIN_END_REASONS),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[int] = mapped_column(fk("users.id"), index=True)
+    refresh_jti: Mapped[str] = mapped_column(String(64), unique=True)
+    ip_address: Mapped[str | None] = mapped_column(String(45))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    refreshed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    end_reason: Mapped[str | None] = mapped_column(String(20))
+
+
+class LoginToken(db.Model):
+    """Every access token issued to a login, so that ending the login revokes each one still
+    alive (its refresh token of the moment is login_sessions.refresh_jti)."""
+
+    __tablename__ = "login_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[str] = mapped_column(fk("login_sessions.id"), index=True)
+    jti: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class TrustedSource(db.Model):
+    """A device (the hash of its device token) or an address (its hash) that signed in to the
+    account: failures from other sources do not lock it out."""
+
+    __tablename__ = "trusted_sources"
+    __table_args__ = (one_of("kind", TRUSTED_SOURCE_KINDS),
+                      UniqueConstraint("user_id", "source_hash"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(fk("users.id"))  # indexed by the unique pair
+    kind: Mapped[str] = mapped_column(String(10))
+    source_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class LoginThrottle(db.Model):
+    """Failed sign-ins for one e-mail (its hash, known account or not) from one source (the
+    hash of a trusted device or of an address; "*" for all untrusted sources of an e-mail
+    without an account, whose counter for an account is users.failed_login_attempts), and the
+    lock they led to."""
+
+    __tablename__ = "login_throttles"
+    __table_args__ = (UniqueConstraint("account_hash", "source"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_hash: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(64))
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

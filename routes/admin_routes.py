@@ -48,6 +48,7 @@ from utils.routing import accepted, sent_changes
 from services.payments import refunds
 from services import (
     admin_service,
+    auth_service,
     certificate_service,
     course_service,
     jobs,
@@ -868,3 +869,17 @@ def reconcile_payments():
     audit("payments.reconcile", "job", None, job_id=job.id)
     db.session.commit()
     return accepted(jobs.launch(job), "Reconciliation started")
+
+
+# --- sign-in locks ----------------------------------------------------------------------------
+
+@bp.post("/users/<int:user_id>/unlock")
+@admin_required
+@validate(resp=Response(HTTP_200=UserResponse, **errors(401, 403, 404)), **ADMIN)
+def unlock_user(user_id: int):
+    """Lift every sign-in lock of an account, from every source, and its failure counts."""
+    target = admin_service.get_user(user_id)
+    lifted = auth_service.unlock(target)
+    audit("user.unlock", "user", target.id, locks_lifted=lifted)
+    db.session.commit()
+    return {"message": "Sign-in locks lifted", "user": target.to_dict(private=True)}

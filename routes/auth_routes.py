@@ -6,14 +6,14 @@ from datetime import date
 from typing import Annotated, Literal
 
 from flask import Blueprint, request
-from flask_jwt_extended import get_jwt, jwt_required
+from flask_jwt_extended import get_jwt, jwt_required, verify_jwt_in_request
 from pydantic import Field, model_validator
 from spectree import Response
 from typing_extensions import NotRequired, TypedDict
 
 from auth import current_user, login_required
 from models import db
-from services import auth_service, file_service
+from services import auth_service, file_service, jobs
 from utils.extensions import limiter
 from utils.pipeline.client_address import client_ip
 from utils.pipeline.rate_limits import config_limit
@@ -55,6 +55,16 @@ class RegisterWithCodeIn(RegisterIn):
 class LoginIn(StrictModel):
     email: str = Field(min_length=1, max_length=254)
     password: str = Password
+    device_token: str | None = Field(
+        None, max_length=200,
+        description="The `device_token` of this browser's earlier sign-ins, kept by the SPA: "
+                    "a device that signed in before is not locked out by others' failures")
+
+
+class RefreshIn(StrictModel):
+    refresh_token: str | None = Field(
+        None, min_length=1, max_length=8192,
+        description="The refresh token; or send it as `Authorization: Bearer <refresh_token>`")
 
 
 class GoogleIn(StrictModel):
@@ -120,12 +130,17 @@ class TokensResponse(TypedDict):
                                      examples=[900])]
     user: UserOut
     message: NotRequired[str]
+    device_token: NotRequired[Annotated[str, Field(
+        description="Sign-in answers only: keep it (long-lived, per browser) and send it back "
+                    "as `device_token` with the next sign-ins to this account")]]
 
 
 class AccessTokenResponse(TypedDict):
-    """A new access token."""
+    """A new access token and a new refresh token: the refresh token rotates on every refresh,
+    and the one sent is spent (sending it again ends the whole login)."""
 
     access_token: str
+    refresh_token: str
     token_type: Literal["Bearer"]
     expires_in: Annotated[int, Field(description="Seconds the access token lives")]
 
@@ -189,15 +204,25 @@ def register():
 
 @bp.post("/login")
 @config_limit("RATE_LIMIT_LOGIN")
-@validate(json=LoginIn, resp=Response(HTTP_200=TokensResponse, **errors(401, 403, 423, 429)),
+@validate(json=LoginIn, resp=Response(HTTP_200=TokensResponse, **errors(401, 423, 429)),
           tags=["auth"])
 def login():
-    """E-mail and password; 5 failures in a row lock the account for 30 minutes."""
+    """E-mail and password; 5 failures lock the source for 30 minutes, not the trusted ones.
+
+    Five failed sign-ins to an account from one source (this browser's known device token,
+    else the address) lock that source out of the account for 30 minutes (423
+    `account_locked`, Retry-After); five from sources the account does not trust lock it for
+    all of them, while a device or address that signed in to it before still signs in. An
+    e-mail without an account answers exactly alike (401 `invalid_credentials`, then 423), and
+    so does a deactivated account, right password or wrong. A completed password reset or an
+    admin lifts the locks. The answer's `device_token` is for the next sign-ins."""
     body = json_body()
-    user = auth_service.authenticate(body.email, body.password, client_ip())
-    tokens = auth_service.issue_tokens(user)
+    ip = client_ip()
+    user, device_token = auth_service.authenticate(body.email, body.password, ip,
+                                                   body.device_token)
+    tokens = auth_service.issue_tokens(user, ip)
     db.session.commit()
-    return tokens
+    return {**tokens, "device_token": device_token}
 
 
 @bp.post("/google")
@@ -208,19 +233,28 @@ def google():
     """Sign in with a Google ID token from the student or the admin SPA."""
     body = json_body()
     user = auth_service.google_login(body.id_token, body.client_type)
-    tokens = auth_service.issue_tokens(user)
+    tokens = auth_service.issue_tokens(user, client_ip())
     db.session.commit()
     return tokens
 
 
 @bp.post("/refresh")
 @config_limit("RATE_LIMIT_REFRESH")
-@jwt_required(refresh=True)
-@validate(resp=Response(HTTP_200=AccessTokenResponse, **errors(401, 429)), tags=["auth"],
-          security={"bearer": []})
+@validate(json=RefreshIn, resp=Response(HTTP_200=AccessTokenResponse, **errors(401, 429)),
+          tags=["auth"], security={"bearer": []})
 def refresh():
-    """A new access token for a refresh token."""
-    return auth_service.refresh_access_token(current_user())
+    """A new access token and a new refresh token, for a refresh token (it rotates).
+
+    Send the refresh token as `{"refresh_token": "..."}` or as `Authorization: Bearer
+    <refresh_token>` (the body wins when both are sent). The answer's `refresh_token` replaces
+    the one sent, which is spent: sending a spent refresh token again is taken for theft and
+    ends the whole login, the newest tokens included (401 `refresh_token_reused`), so a client
+    refreshes one request at a time."""
+    verify_jwt_in_request(refresh=True,
+                          locations=["json"] if json_body().refresh_token else ["headers"])
+    tokens = auth_service.refresh_tokens(get_jwt(), current_user(), client_ip())
+    db.session.commit()
+    return tokens
 
 
 @bp.post("/logout")
@@ -228,7 +262,9 @@ def refresh():
 @validate(json=LogoutIn, resp=Response(HTTP_200=MessageResponse, **errors(401)), tags=["auth"],
           security={"bearer": []})
 def logout():
-    """Revoke the presented token, and the refresh token sent in the body."""
+    """End the login of the presented token, access or refresh: both its tokens stop working.
+
+    A refresh token of the same user sent as `refresh_token` in the body ends its login too."""
     body = json_body() if request.content_length else None
     auth_service.logout(get_jwt(), body.refresh_token if body else None)
     db.session.commit()
@@ -242,8 +278,11 @@ def logout():
 @config_limit("RATE_LIMIT_PASSWORD_RESET_REQUEST")
 @validate(json=ResetRequestIn, resp=Response(HTTP_200=MessageResponse, **errors(429)), tags=["auth"])
 def request_password_reset():
-    """E-mail a reset link; the answer is the same whether or not the account exists."""
-    auth_service.request_password_reset(json_body().email)
+    """E-mail a reset link; the answer and its timing are the same whether or not the account
+    exists (the e-mail is a background job)."""
+    job = auth_service.request_password_reset(json_body().email)
+    db.session.commit()
+    jobs.launch(job)
     return {"message": "If an account exists for this e-mail, a reset link has been sent"}
 
 

@@ -1,5 +1,7 @@
-"""Accounts: registration (with or without a phone code), login with lockout, tokens, logout,
-password change and reset, Google sign-in, and the profile. Routes call these; so can tests.
+"""Accounts: registration (with or without a phone code), login with a lockout per account and
+source (`authenticate` says how), logins and their tokens (services/session_service.py),
+password change and reset (the reset e-mail is a job), Google sign-in, and the profile. Routes
+call these; so can tests.
 
 Each function leaves committing to its caller unless it says otherwise: lockout counters and
 security events are committed here because they must survive the failed request that
@@ -8,17 +10,19 @@ produced them.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import secrets
 from datetime import datetime, timedelta
 
 from flask import current_app
-from flask_jwt_extended import create_access_token, create_refresh_token, decode_token
-from sqlalchemy import select, update
-from werkzeug.security import check_password_hash, generate_password_hash
+from sqlalchemy import and_, case, delete, func, null, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 
-from models import PasswordResetToken, User, db
-from services import email_service, file_service, sms_service
+from models import BackgroundJob, LoginThrottle, PasswordResetToken, TrustedSource, User, db
+from services import email_service, file_service, jobs, session_service, sms_service
 from utils.errors import (
     Conflict,
     Forbidden,
@@ -28,14 +32,15 @@ from utils.errors import (
     ValidationError,
 )
 from utils.helpers import utcnow
-from utils.pipeline import blocked_ips, hash_slots, token_blocklist
+from utils.pipeline import blocked_ips
 from utils.validators import normalise_email, password_problems
 
 log = logging.getLogger("lms.auth")
 
 PROFILE_FIELDS = ("first_name", "last_name", "bio", "headline", "date_of_birth", "country",
                   "city", "website")
-_dummy_hashes: dict[str, str] = {}
+ANY_SOURCE = "*"  # login_throttles.source of an unknown e-mail's counter over every source
+_dummy_users: dict[object, User] = {}
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -61,16 +66,18 @@ def _now_ms() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
-def revoke_all_tokens(user: User) -> None:
+def revoke_all_tokens(user: User, reason: str = "admin") -> None:
     """Every token issued to `user` before now stops working (on every worker: the check reads
-    the user row)."""
+    the user row), and every login of the user is recorded as ended for `reason`."""
     user.tokens_valid_after = _now_ms()
+    session_service.end_all(user.id, reason)
 
 
-def issue_tokens(user: User) -> dict:
+def issue_tokens(user: User, ip: str | None = None) -> dict:
+    """Start a login: its access and refresh token, and the signed-in user (the caller
+    commits)."""
     return {
-        "access_token": create_access_token(user),
-        "refresh_token": create_refresh_token(user),
+        **session_service.start(user, ip),
         "token_type": "Bearer",
         "expires_in": current_app.config["JWT_ACCESS_TOKEN_EXPIRES"],
         "user": user.to_dict(private=True),
@@ -127,19 +134,32 @@ def register_with_code(*, phone_number: str, code: str, **fields) -> User:
 # --- login, lockout, tokens -------------------------------------------------------------------
 
 def _equalise_timing(password: str) -> None:
-    """Spend the time a real check costs, so an unknown e-mail is not told apart by speed."""
-    method = current_app.config["PASSWORD_HASH_METHOD"]
-    if method not in _dummy_hashes:
-        _dummy_hashes[method] = generate_password_hash(secrets.token_hex(8), method=method)
-    with hash_slots.slot():
-        check_password_hash(_dummy_hashes[method], password)
+    """Spend the time a real check costs, so an unknown e-mail is not told apart by speed: the
+    model's own check against a hash the model made (whatever its method), once per setting."""
+    key = current_app.config.get("PASSWORD_HASH_METHOD")
+    if key not in _dummy_users:
+        dummy = User()
+        dummy.set_password(secrets.token_hex(16))
+        _dummy_users[key] = dummy
+    _dummy_users[key].check_password(password)
+
+
+def _digest(kind: str, value: str) -> str:
+    """A keyed hash (SECRET_KEY) of an e-mail, address or device token: what the lockout and
+    trust tables store instead of the value."""
+    key = str(current_app.config.get("SECRET_KEY") or "").encode()
+    return hmac.new(key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
+
+
+def _account_hash(email: str) -> str:
+    return _digest("account", email.strip().lower())
 
 
 def _locked_error(until: datetime) -> Locked:
     seconds = max(1, int((until - utcnow()).total_seconds()))
     return Locked(
-        f"Too many failed logins: the account is locked for {max(1, seconds // 60)} more "
-        "minute(s)", headers={"Retry-After": str(seconds)},
+        f"Too many failed logins: signing in to this account from here is locked for "
+        f"{max(1, seconds // 60)} more minute(s)", headers={"Retry-After": str(seconds)},
         details={"locked_until": until.isoformat(timespec="seconds")})
 
 
@@ -147,64 +167,181 @@ def _invalid_credentials() -> Unauthorized:
     return Unauthorized("Invalid e-mail or password", code="invalid_credentials")
 
 
-def authenticate(email: str, password: str, ip: str) -> User:
-    """The user for these credentials, or Unauthorized / Locked / Forbidden. Failures are
-    counted in the database (every worker agrees) and committed."""
+def _count_failure(account: str, source: str, now: datetime) -> datetime | None:
+    """Count a failure of `source` for `account` in one statement (an upsert: parallel
+    failures all count, and a lock that has run out starts the count afresh); the lock's end
+    when this one reached LOGIN_MAX_FAILURES."""
+    cfg = current_app.config
+    table = LoginThrottle.__table__
+    insert = pg_insert if db.session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    expired = and_(table.c.locked_until.is_not(None), table.c.locked_until <= now)
+    failures = db.session.scalar(
+        insert(table).values(account_hash=account, source=source, failures=1, updated_at=now)
+        .on_conflict_do_update(
+            index_elements=[table.c.account_hash, table.c.source],
+            set_={"failures": case((expired, 1), else_=table.c.failures + 1),
+                  "locked_until": case((expired, null()), else_=table.c.locked_until),
+                  "updated_at": now})
+        .returning(table.c.failures))
+    if failures < cfg["LOGIN_MAX_FAILURES"]:
+        return None
+    until = now + timedelta(seconds=cfg["LOGIN_LOCKOUT_SECONDS"])
+    db.session.execute(update(LoginThrottle).where(
+        LoginThrottle.account_hash == account, LoginThrottle.source == source)
+        .values(locked_until=until, failures=0))
+    return until
+
+
+def _count_account_failure(user: User | None, account: str, now: datetime) -> datetime | None:
+    """Count a failure from a source the account does not trust: on the user row for an
+    account, on the "*" row for an e-mail without one (which behaves the same)."""
+    if user is None:
+        return _count_failure(account, ANY_SOURCE, now)
+    cfg = current_app.config
+    failures = db.session.scalar(
+        update(User).where(User.id == user.id)
+        .values(failed_login_attempts=User.failed_login_attempts + 1)
+        .returning(User.failed_login_attempts))
+    if failures < cfg["LOGIN_MAX_FAILURES"]:
+        return None
+    until = now + timedelta(seconds=cfg["LOGIN_LOCKOUT_SECONDS"])
+    db.session.execute(update(User).where(User.id == user.id)
+                       .values(locked_until=until, failed_login_attempts=0))
+    log.warning("account %s locked for untrusted sources after %s failed logins", user.id,
+                failures)
+    return until
+
+
+def _trust(user: User, kind: str, source_hash: str, now: datetime) -> None:
+    seen = db.session.execute(
+        update(TrustedSource)
+        .where(TrustedSource.user_id == user.id, TrustedSource.source_hash == source_hash)
+        .values(last_seen_at=now)).rowcount
+    if seen:
+        return
+    try:
+        with db.session.begin_nested():
+            db.session.add(TrustedSource(user_id=user.id, kind=kind, source_hash=source_hash,
+                                         created_at=now, last_seen_at=now))
+    except IntegrityError:
+        pass  # a parallel sign-in from the same source recorded it
+
+
+def authenticate(email: str, password: str, ip: str,
+                 device_token: str | None = None) -> tuple[User, str]:
+    """The user for these credentials and the device token to keep, or Unauthorized / Locked.
+
+    Lockout (LOGIN_MAX_FAILURES failures -> LOGIN_LOCKOUT_SECONDS), scoped per account and
+    source: the source is the device whose token is presented if it signed in to this account
+    before, else the address. A source is locked after its own failures; and the account is
+    locked for every source it does not trust (no earlier sign-in from that device or address
+    within LOGIN_TRUSTED_SOURCE_DAYS) after failures from such sources, while trusted sources
+    still sign in. An e-mail without an account goes through the same steps, counters and
+    answers (no source is trusted by it), so neither 401 nor 423 says whether an account
+    exists; a deactivated account answers a right password as a wrong one. A completed
+    password reset, or an admin, lifts every lock of the account. Failures are committed."""
     cfg = current_app.config
     email = email.strip().lower()
-    user = db.session.scalar(select(User).where(User.email == email))
-    if user is None or not user.password_hash:
-        _equalise_timing(password)
-        blocked_ips.record_login_failure(ip, email)
-        raise _invalid_credentials()
     now = utcnow()
-    if user.locked_until is not None:
-        if user.locked_until > now:
-            raise _locked_error(user.locked_until)
-        # The lock has run out: start counting afresh.
-        user.locked_until, user.failed_login_attempts = None, 0
-        db.session.commit()
-    if not user.check_password(password):
-        failures = db.session.scalar(
-            update(User).where(User.id == user.id)
-            .values(failed_login_attempts=User.failed_login_attempts + 1)
-            .returning(User.failed_login_attempts)
-        )
-        locked_until = None
-        if failures >= cfg["LOGIN_MAX_FAILURES"]:
-            locked_until = now + timedelta(seconds=cfg["LOGIN_LOCKOUT_SECONDS"])
-            db.session.execute(update(User).where(User.id == user.id)
-                               .values(locked_until=locked_until, failed_login_attempts=0))
-            log.warning("account %s locked after %s failed logins", user.id, failures)
+    account = _account_hash(email)
+    user = db.session.scalar(select(User).where(User.email == email))
+    address = _digest("address", ip)
+    device = _digest("device", device_token) if device_token else None
+    trusted_kinds = dict(db.session.execute(
+        select(TrustedSource.source_hash, TrustedSource.kind).where(
+            TrustedSource.user_id == (user.id if user is not None else 0),
+            TrustedSource.source_hash.in_([address] + ([device] if device else [])),
+            TrustedSource.last_seen_at > now - timedelta(
+                days=cfg["LOGIN_TRUSTED_SOURCE_DAYS"]))).all())
+    known_device = device is not None and device in trusted_kinds
+    trusted = bool(trusted_kinds)
+    source = device if known_device else address
+    throttles = {row.source: row for row in db.session.scalars(select(LoginThrottle).where(
+        LoginThrottle.account_hash == account,
+        LoginThrottle.source.in_((source, ANY_SOURCE))))}
+    locks = [row.locked_until for row in throttles.values()
+             if row.locked_until is not None and row.locked_until > now
+             and (row.source == source or not trusted)]
+    if user is not None and user.locked_until is not None:
+        if user.locked_until <= now:  # the account's lock has run out: count afresh
+            user.locked_until, user.failed_login_attempts = None, 0
+            db.session.commit()
+        elif not trusted:
+            locks.append(user.locked_until)
+    if locks:
+        raise _locked_error(max(locks))
+
+    if user is not None and user.password_hash:
+        right = user.check_password(password)
+    else:
+        _equalise_timing(password)
+        right = False
+    if not (right and user.is_active):
+        until = _count_failure(account, source, now)
+        if not trusted:
+            until = max(filter(None, (until, _count_account_failure(user, account, now))),
+                        default=None)
         db.session.commit()
         blocked_ips.record_login_failure(ip, email)
-        if locked_until is not None:
-            raise _locked_error(locked_until)
+        if until is not None:
+            raise _locked_error(until)
         raise _invalid_credentials()
-    if not user.is_active:
-        raise Forbidden("This account has been deactivated", code="account_inactive")
-    user.failed_login_attempts = 0
+
+    db.session.execute(delete(LoginThrottle).where(LoginThrottle.account_hash == account,
+                                                   LoginThrottle.source == source))
+    if user.locked_until is None:
+        user.failed_login_attempts = 0
     user.last_login_at = now
-    return user
+    _trust(user, "address", address, now)
+    if not known_device:
+        device_token = secrets.token_urlsafe(32)
+        device = _digest("device", device_token)
+    _trust(user, "device", device, now)
+    return user, device_token
 
 
-def refresh_access_token(user: User) -> dict:
-    if not user.is_active:
-        raise Unauthorized("This account has been deactivated", code="account_inactive")
-    return {"access_token": create_access_token(user), "token_type": "Bearer",
+def unlock(user: User) -> int:
+    """Lift every lock and failure count of the account, from every source (a completed
+    password reset, an admin). Returns how many locks were in force (the caller commits)."""
+    now = utcnow()
+    account = _account_hash(user.email)
+    locked = db.session.scalar(select(func.count(LoginThrottle.id)).where(
+        LoginThrottle.account_hash == account, LoginThrottle.locked_until > now)) or 0
+    if user.locked_until is not None and user.locked_until > now:
+        locked += 1
+    db.session.execute(delete(LoginThrottle).where(LoginThrottle.account_hash == account))
+    user.failed_login_attempts, user.locked_until = 0, None
+    return locked
+
+
+def prune_sign_in_records() -> int:
+    """Delete what no longer decides anything: failure counters idle for a lockout period with
+    no lock in force, sources unseen for LOGIN_TRUSTED_SOURCE_DAYS, and finished logins (the
+    worker's periodic tick; the caller commits)."""
+    cfg, now = current_app.config, utcnow()
+    idle = now - timedelta(seconds=cfg["LOGIN_LOCKOUT_SECONDS"])
+    pruned = db.session.execute(delete(LoginThrottle).where(
+        LoginThrottle.updated_at < idle,
+        (LoginThrottle.locked_until.is_(None)) | (LoginThrottle.locked_until < now))).rowcount
+    pruned += db.session.execute(delete(TrustedSource).where(
+        TrustedSource.last_seen_at < now - timedelta(days=cfg["LOGIN_TRUSTED_SOURCE_DAYS"]))
+    ).rowcount
+    return pruned + session_service.prune()
+
+
+def refresh_tokens(payload: dict, user: User, ip: str | None = None) -> dict:
+    """A new access and refresh token for a refresh token (rotation; see session_service)."""
+    return {**session_service.rotate(payload, user, ip), "token_type": "Bearer",
             "expires_in": current_app.config["JWT_ACCESS_TOKEN_EXPIRES"]}
 
 
 def logout(current_payload: dict, refresh_token: str | None) -> None:
-    """Revoke the presented token and, when given, the refresh token of the same user."""
-    token_blocklist.revoke(current_payload)
-    if refresh_token:
-        try:
-            payload = decode_token(refresh_token, allow_expired=True)
-        except Exception:  # a malformed refresh token cannot be used anyway
-            return
-        if payload.get("sub") == current_payload.get("sub") and payload.get("type") == "refresh":
-            token_blocklist.revoke(payload)
+    """End the login of the presented token (access or refresh: both tokens die), and the
+    login of the refresh token sent in the body when it is the same user's."""
+    session_service.end_presented(current_payload)
+    other = session_service.decode_refresh(refresh_token, current_payload.get("sub"))
+    if other is not None:
+        session_service.end_presented(other)
 
 
 # --- passwords --------------------------------------------------------------------------------
@@ -218,7 +355,7 @@ def change_password(user: User, current_password: str, new_password: str) -> dic
                               details={"new_password": "is the same as the current password"})
     _check_password_policy(new_password, user.email, "new_password")
     user.set_password(new_password)
-    revoke_all_tokens(user)
+    revoke_all_tokens(user, "password")
     return issue_tokens(user)
 
 
@@ -226,17 +363,25 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def request_password_reset(email: str) -> None:
-    """E-mail a single-use reset link if the account exists. Says nothing either way, and
-    delivery failures are logged, not shown, so the answer never reveals an account."""
+def request_password_reset(email: str) -> BackgroundJob:
+    """Queue the reset e-mail as a background job ("auth.password_reset"), for every e-mail
+    alike: the request does the same work and takes the same time whether or not an account
+    exists (the lookup, the token and the delivery happen in the job; the caller commits).
+    With JOBS_BACKEND=inline the job runs once the request commits, as every job does there."""
+    return jobs.start("auth.password_reset", {"email": email[:254]})
+
+
+def send_password_reset(args: dict) -> dict:
+    """The job: e-mail a single-use reset link if an active account has this e-mail. A
+    delivery failure raises, so the worker retries (each attempt voids the earlier link)."""
     cfg = current_app.config
     try:
-        email = normalise_email(email)
+        email = normalise_email(args["email"])
     except ValueError:
-        return
+        return {"sent": 0}
     user = db.session.scalar(select(User).where(User.email == email))
     if user is None or not user.is_active:
-        return
+        return {"sent": 0}
     now = utcnow()
     db.session.execute(
         update(PasswordResetToken)
@@ -256,10 +401,8 @@ def request_password_reset(email: str) -> None:
             f"To choose a new password, open this link within {minutes} minutes:\n\n{link}\n\n"
             "The link works once. If you did not ask for this, ignore this e-mail: "
             "your password stays as it is.\n")
-    try:
-        email_service.send_email(user.email, f"Reset your {cfg['APP_NAME']} password", text)
-    except ServiceUnavailable as exc:
-        log.error("password reset e-mail for user %s not sent: %s", user.id, exc.message)
+    email_service.send_email(user.email, f"Reset your {cfg['APP_NAME']} password", text)
+    return {"sent": 1}
 
 
 def reset_password(token: str, new_password: str) -> User:
@@ -281,8 +424,8 @@ def reset_password(token: str, new_password: str) -> User:
     if claimed != 1:
         raise invalid
     user.set_password(new_password)
-    user.failed_login_attempts, user.locked_until = 0, None
-    revoke_all_tokens(user)
+    unlock(user)
+    revoke_all_tokens(user, "password")
     return user
 
 

@@ -4,7 +4,7 @@ in one table: services/jobs.py keeps the queue and knows no domain; the app fact
 from __future__ import annotations
 
 from models import db
-from services import certificate_service, email_service, jobs, notification_service
+from services import auth_service, certificate_service, email_service, jobs, notification_service
 from services.payments import reconcile
 from utils.pipeline import idempotency
 
@@ -36,6 +36,8 @@ KINDS = {
     # The PDFs of a bulk issuance, rendered and signed after its credentials are committed.
     "certificates.render_pdfs": _render_pdfs,
     "payments.reconcile": _reconcile,
+    # A password-reset request: the account lookup, the link and its e-mail, off the request.
+    "auth.password_reset": auth_service.send_password_reset,
 }
 def _purge_idempotency_keys() -> int:
     purged = idempotency.purge_expired()
@@ -43,8 +45,15 @@ def _purge_idempotency_keys() -> int:
     return purged
 
 
+def _prune_sign_in_records() -> int:
+    pruned = auth_service.prune_sign_in_records()
+    db.session.commit()
+    return pruned
+
+
 TICK_TASKS = {"reconciled": reconcile.reconcile_pending,
-              "idempotency keys purged": _purge_idempotency_keys}
+              "idempotency keys purged": _purge_idempotency_keys,
+              "sign-in records pruned": _prune_sign_in_records}
 
 
 def register() -> None:

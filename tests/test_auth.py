@@ -363,10 +363,14 @@ def test_lock_runs_out(client, app, make_user):
 
 
 def test_deactivated_user_cannot_log_in(client, make_user):
+    # The right password answers as a wrong one: the answer is no password oracle.
     make_user(email="gone@example.com", is_active=False)
-    response = login(client, "gone@example.com")
-    assert response.status_code == 403 and response.json["code"] == "account_inactive"
-    assert "access_token" not in response.json
+    right = login(client, "gone@example.com")
+    wrong = login(client, "gone@example.com", "Wr0ngpassword")
+    unknown = login(client, "never@example.com")
+    assert right.status_code == wrong.status_code == unknown.status_code == 401
+    assert right.json == wrong.json == unknown.json == {
+        "error": "Invalid e-mail or password", "code": "invalid_credentials"}
 
 
 def test_google_only_account_cannot_log_in_with_a_password(client, app):
@@ -431,10 +435,11 @@ def test_logout_revokes_access_and_refresh_tokens(client, app, make_user):
 
 
 def test_logout_with_a_refresh_token(client, make_user):
+    # The refresh token alone ends the login: its access token dies with it.
     _, access, refresh = tokens_for(client, make_user)
     assert client.post("/api/v1/auth/logout", headers=bearer(refresh)).status_code == 200
     assert client.post("/api/v1/auth/refresh", headers=bearer(refresh)).status_code == 401
-    assert client.get("/api/v1/auth/profile", headers=bearer(access)).status_code == 200
+    assert client.get("/api/v1/auth/profile", headers=bearer(access)).json["code"] == "token_revoked"
 
 
 def test_logout_does_not_revoke_another_users_refresh_token(client, make_user):

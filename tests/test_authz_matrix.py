@@ -542,6 +542,7 @@ TABLE: list[Entry] = [
     row("DELETE", "/admin/users/<int:user_id>", ADMINS),
     row("PUT", "/admin/users/<int:user_id>/deactivate", ADMINS),
     row("POST", "/admin/users/<int:user_id>/promote", ADMINS),
+    row("POST", "/admin/users/<int:user_id>/unlock", ADMINS),
     row("GET", "/admin/jobs/failed", ADMINS),
     # A failed job is queued again once: the world is rebuilt after each allowed retry.
     row("POST", "/admin/jobs/<string:job_id>/retry", ADMINS, params={"job_id": "job_failed"},

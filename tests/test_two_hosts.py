@@ -285,18 +285,26 @@ def test_a_logout_or_password_change_on_one_host_holds_on_the_other(hosts, datab
     assert logout.status == 200, logout.body
     assert logout.body == {"message": "Logged out"}
 
-    # After it, neither host accepts either token.
+    # After it, neither host accepts any token of the login: the pair the refresh rotated
+    # to dies with it.
+    renewed_access, renewed_refresh = (renewed.body["access_token"],
+                                       renewed.body["refresh_token"])
     for host in (b, a):
-        _assert_error(host.send("GET", PROFILE, headers=_bearer(access)), 401, "token_revoked")
-        _assert_error(host.send("POST", f"{API}/auth/refresh", headers=_bearer(refresh)),
-                      401, "token_revoked")
+        for token in (access, renewed_access):
+            _assert_error(host.send("GET", PROFILE, headers=_bearer(token)), 401,
+                          "token_revoked")
+        for token in (refresh, renewed_refresh):
+            _assert_error(host.send("POST", f"{API}/auth/refresh", headers=_bearer(token)),
+                          401, "token_revoked")
 
     access_jti, refresh_jti = _claims(access)["jti"], _claims(refresh)["jti"]
     with Session(database) as session:
         rows = session.scalars(select(RevokedToken).where(
             RevokedToken.user_id == user["id"]).order_by(RevokedToken.id)).all()
         assert sorted((r.jti, r.token_type) for r in rows) == sorted(
-            [(access_jti, "access"), (refresh_jti, "refresh")])
+            [(access_jti, "access"), (refresh_jti, "refresh"),
+             (_claims(renewed_access)["jti"], "access"),
+             (_claims(renewed_refresh)["jti"], "refresh")])
     # The per-request check reads the shared Redis copy, which expires with each token.
     for jti in (access_jti, refresh_jti):
         assert shared_redis.exists(f"lms:revoked-jti:{jti}") == 1

@@ -25,11 +25,13 @@ log = logging.getLogger("lms.auth")
 _key = shared_state.jti_key
 
 
-def revoke(payload: dict) -> None:
-    """Revoke the token whose decoded payload is given (idempotent; the caller commits)."""
+def revoke(payload: dict) -> bool:
+    """Revoke the token whose decoded payload is given (idempotent; the caller commits).
+    False when it was revoked already (of two requests spending one token, one gets True)."""
     jti = payload["jti"]
     expires = datetime.fromtimestamp(payload["exp"], tz=timezone.utc)
     sub = str(payload.get("sub", ""))
+    fresh = True
     try:
         with db.session.begin_nested():
             db.session.add(RevokedToken(
@@ -37,7 +39,7 @@ def revoke(payload: dict) -> None:
                 user_id=int(sub) if sub.isdigit() else None, expires_at=expires,
             ))
     except IntegrityError:
-        pass  # already revoked
+        fresh = False  # already revoked
     client = redis_client.get()
     if client is not None:
         try:
@@ -45,6 +47,7 @@ def revoke(payload: dict) -> None:
         except redis.RedisError as exc:
             log.error("could not mirror a revocation to Redis: %s", exc)
             shared_state.distrust()
+    return fresh
 
 
 def is_revoked(jti: str) -> bool:

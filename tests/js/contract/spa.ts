@@ -26,11 +26,20 @@ export interface Session {
   user: { id: number; name: string; role: Schemas["UserOut"]["role"]; email: string };
 }
 
+// The browser's device token, kept across sign-ins: a device that signed in to an account
+// before is not locked out by strangers' failed sign-ins.
+let deviceToken: string | undefined;
+
 export async function signIn(email: string, password: string): Promise<Session> {
   const { data, error, response } = await api.POST("/api/v1/auth/login", {
-    body: { email, password },
+    body: { email, password, device_token: deviceToken ?? null },
   });
+  if (response.status === 423 && error) {
+    const until = error.details?.["locked_until"];
+    throw new Error(`Too many failed sign-ins; try again after ${String(until)}`);
+  }
   if (data === undefined) throw failure(error, response.status);
+  if (data.device_token !== undefined) deviceToken = data.device_token;
   return {
     accessToken: data.access_token,
     refreshToken: data.refresh_token,
@@ -38,6 +47,28 @@ export async function signIn(email: string, password: string): Promise<Session> 
     user: { id: data.user.id, name: data.user.full_name, role: data.user.role,
             email: data.user.email },
   };
+}
+
+// One refresh at a time: the refresh token rotates, and a spent one sent again ends the login.
+export async function refreshSession(session: Session): Promise<Session> {
+  const { data, error, response } = await api.POST("/api/v1/auth/refresh", {
+    body: { refresh_token: session.refreshToken },
+  });
+  if (data === undefined) throw failure(error, response.status);
+  return {
+    ...session,
+    accessToken: data.access_token,
+    refreshToken: data.refresh_token,
+    expiresAt: Date.now() + data.expires_in * 1000,
+  };
+}
+
+export async function signOut(session: Session): Promise<void> {
+  const { error, response } = await api.POST("/api/v1/auth/logout", {
+    body: { refresh_token: session.refreshToken },
+    ...bearer(session.accessToken),
+  });
+  if (!response.ok) throw failure(error, response.status);
 }
 
 export interface CatalogCard {
