@@ -152,6 +152,15 @@ def _retries_left() -> int:
     return (current.retries_left or 0) if current is not None else 0
 
 
+# What a finished job keeps of its arguments, where they hold more than the record needs: a
+# sent mail may hold a link with a token (keep only the facts), a reset request holds the
+# e-mail a stranger typed (keep nothing: whether it named an account is the job's result).
+_KEPT_ARGS = {
+    "email.send": lambda args: {"to": args.get("to"), "subject": args.get("subject")},
+    "auth.password_reset": lambda args: {},
+}
+
+
 def perform(job_id: str) -> dict | None:
     """Run one job (the RQ entry point). Raises on failure so that RQ retries it."""
     # A row left "started" by a worker killed at JOB_TIMEOUT may be claimed by the retry.
@@ -187,8 +196,9 @@ def perform(job_id: str) -> dict | None:
         return None
     values: dict[str, Any] = {"status": "finished", "result": result, "error": None,
                               "finished_at": utcnow()}
-    if kind == "email.send":  # what was sent may hold a link with a token: keep only the facts
-        values["args"] = {"to": args.get("to"), "subject": args.get("subject")}
+    kept = _KEPT_ARGS.get(kind)
+    if kept is not None:
+        values["args"] = kept(args or {})
     db.session.execute(update(BackgroundJob).where(BackgroundJob.id == job_id).values(**values))
     db.session.commit()
     return result
