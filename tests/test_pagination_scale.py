@@ -4,14 +4,16 @@ utils.pagination.EXACT_COUNT_LIMIT and estimated above it (PostgreSQL's planner)
 lowered here so that a long list is a dozen rows."""
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import insert
 
 from models import AuditLog, db
+from tests.conftest import redis_url, require_service
 from tests.support.assertions import ok
 from tests.support.queries import recorded_statements
+from tests.test_admin import UTC, add, by_currency, ledger, payment  # noqa: F401 (a fixture)
 from utils import pagination
 from utils.helpers import utcnow
 
@@ -75,3 +77,30 @@ def test_long_list_total_is_estimated_on_postgres_and_flagged(app, client, admin
     # The filter still applies to the rows; a short filtered list is exact again.
     body, _ = page(client, headers, "?target_id=3")
     assert body["pagination"]["total"] == 1 and "total_is_estimate" not in body["pagination"]
+
+
+def test_broad_payment_totals_are_kept_like_the_admin_figures(app, client, auth_headers,
+                                                              ledger):  # noqa: F811
+    """The totals of a filter without a user or a course sum much of a large table: kept for
+    ADMIN_STATS_CACHE_SECONDS (as the dashboard is); the rows and a user's totals stay fresh."""
+    require_service("Redis (TEST_REDIS_URL)", redis_url())
+    headers = auth_headers(ledger.admin)
+    app.config["ADMIN_STATS_CACHE_SECONDS"] = 30
+    try:
+        first = ok(client.get("/api/v1/admin/payments", headers=headers))
+        assert by_currency(first["totals"])["USD"]["count"] == 3
+        mine = f"/api/v1/admin/payments?user_id={ledger.u1}"
+        assert by_currency(ok(client.get(mine, headers=headers))["totals"])["USD"]["count"] == 1
+        add(app, payment(ledger.u1, ledger.c1, "7.00", created_at=datetime(2025, 3, 1, tzinfo=UTC),
+                         paid_at=datetime(2025, 3, 1, tzinfo=UTC)))
+        again = ok(client.get("/api/v1/admin/payments", headers=headers))
+        assert again["pagination"]["total"] == 6  # the page is read at once
+        assert by_currency(again["totals"])["USD"]["count"] == 3  # the kept totals
+        assert by_currency(ok(client.get(mine, headers=headers))["totals"])["USD"] == {
+            "currency": "USD", "count": 2, "amount": 17.0,
+            "by_status": {"completed": {"count": 2, "amount": 17.0}}}
+        # Each filter has its own copy.
+        refunded = ok(client.get("/api/v1/admin/payments?status=refunded", headers=headers))
+        assert by_currency(refunded["totals"])["USD"]["count"] == 1
+    finally:
+        app.config["ADMIN_STATS_CACHE_SECONDS"] = 0
