@@ -1154,6 +1154,8 @@ class ContactForm(TimestampMixin, db.Model):
     __table_args__ = (
         one_of("status", CONTACT_STATUSES),
         Index("ix_contact_forms_status_created", "status", "created_at"),
+        # The admin's list of every message, newest first (issue 21).
+        Index("ix_contact_forms_created_id", "created_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -18,6 +18,7 @@ depends_on = None
 
 INDEXES = (
     ("certificates", "ix_certificates_issued_id", ["issued_at", "id"]),
+    ("contact_forms", "ix_contact_forms_created_id", ["created_at", "id"]),
     ("enrollments", "ix_enrollments_course_enrolled_id", ["course_id", "enrolled_at", "id"]),
     ("refund_requests", "ix_refund_requests_created_id", ["created_at", "id"]),
     ("users", "ix_users_role_created_id", ["role", "created_at", "id"]),
