@@ -35,6 +35,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
@@ -340,6 +341,7 @@ def capacity(url: str) -> dict:
             "SELECT e.course_id, e.id, 20 * (e.course_id - 1) + 5 FROM enrollments e "
             "WHERE e.user_id = 2 ORDER BY e.id LIMIT 1")).one()
         enrollments = conn.scalar(text("SELECT max(id) FROM enrollments"))
+        progress_rows = conn.scalar(text("SELECT max(id) FROM lesson_progress"))
     engine.dispose()
     subprocess.run(["redis-cli", "-u", bench.REDIS, "flushdb"], capture_output=True)
     logfile = open(ROOT / "bench" / "results" / "gunicorn-scale.log", "w")
@@ -368,8 +370,53 @@ def capacity(url: str) -> dict:
     finally:
         bench.stop(api)
         logfile.close()
-    out["pgbench"] = pgbench(url, enrollments)
+    out["pgbench"] = pgbench(url, enrollments, progress_rows)
+    out["redis"] = redis_rate()
     return out
+
+
+def redis_rate() -> dict:
+    """Redis alone: MGET of 3 keys (a request's one read of shared state) per second,
+    redis-benchmark with 32 clients, no pipelining."""
+    if not shutil.which("redis-benchmark"):
+        return {}
+    target = urlsplit(bench.REDIS)
+    done = subprocess.run(["redis-benchmark", "-h", target.hostname or "127.0.0.1", "-p",
+                           str(target.port or 6379), "-c", "32", "-n", "200000", "-q",
+                           "MGET", "k1", "k2", "k3"], capture_output=True, text=True)
+    rate = re.search(r"([\d.]+) requests per second", done.stdout)
+    out = {"mget_per_s": round(float(rate.group(1))) if rate else None}
+    log(f"redis: {out}")
+    return out
+
+
+LEARNERS = (10_000, 100_000, 1_000_000)
+PAGE_EVERY, HEARTBEAT_EVERY, UTILISATION = 20, 30, 0.7
+
+
+def capacity_table(load: dict, datasets: dict) -> list[str]:
+    """The README's capacity table from this run's figures (the model: each active learner
+    views a page every 20 s and sends a heartbeat every 30 s; cores planned at 70 %)."""
+    cpu_page = load["page view (enrolled course page)"]["cpu_ms_per_request"]
+    cpu_beat = load["progress heartbeat"]["cpu_ms_per_request"]
+    pg = load["pgbench"]
+    small, large = datasets[1], datasets[10]
+    per_learner_kb = (large["size_mb"] - small["size_mb"]) * 1024 / (
+        large["counts"]["users"] - small["counts"]["users"])
+    lines = ["| active learners | requests/s (pages + heartbeats) | web cores | sync workers "
+             "(2/core) | worker memory | heartbeat commits/s on the primary | page reads/s | "
+             "database size |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for n in LEARNERS:
+        pages, beats = n / PAGE_EVERY, n / HEARTBEAT_EVERY
+        cores = -(-(pages * cpu_page + beats * cpu_beat) / 1000 // UTILISATION)
+        workers = int(cores * 2)
+        memory_gb = workers * load["worker_rss_mb_after"] / 1024
+        lines.append(
+            f"| {n:,} | {pages + beats:,.0f} | {cores:,.0f} | {workers:,} | {memory_gb:,.0f} GB "
+            f"| {beats:,.0f} ({beats / pg['heartbeat']['tps']:.1f}x this machine's) "
+            f"| {pages:,.0f} ({pages / pg['page_reads']['tps']:.1f}x) "
+            f"| {n * per_learner_kb / 2**20:,.1f} GB |")
+    return lines
 
 
 # The database's side of the two requests of the capacity model, as pgbench transactions on a
@@ -400,16 +447,24 @@ SELECT l.* FROM lessons l JOIN modules m ON m.id = l.module_id
 SELECT lesson_id FROM lesson_progress WHERE enrollment_id = :e AND completed;
 """
 
+# Past the primary's heartbeat rate: heartbeats gathered (in Redis) and written 100 rows to a
+# statement, one commit.
+BATCH_SQL = """\\set a random(1, {progress_rows} - 100)
+UPDATE lesson_progress SET watch_time_seconds = watch_time_seconds + 30,
+  last_accessed_at = now(), updated_at = now() WHERE id BETWEEN :a AND :a + 99;
+"""
 
-def pgbench(url: str, enrollments: int) -> dict:
+
+def pgbench(url: str, enrollments: int, progress_rows: int) -> dict:
     """Transactions per second for each script, 8 clients for 10 s, the server's default
     (synchronous) commit."""
     target = make_url(url)
     env = {**os.environ, "PGPASSWORD": target.password or ""}
     out = {"clients": 8, "seconds": 10}
-    for name, sql in (("heartbeat", HEARTBEAT_SQL), ("page_reads", PAGE_SQL)):
+    for name, sql in (("heartbeat", HEARTBEAT_SQL), ("page_reads", PAGE_SQL),
+                      ("heartbeats_batched_100", BATCH_SQL)):
         script = tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False)
-        script.write(sql.format(enrollments=enrollments))
+        script.write(sql.format(enrollments=enrollments, progress_rows=progress_rows))
         script.close()
         command = ["pgbench", "-n", "-c", "8", "-j", "2", "-T", "10", "-f", script.name,
                    "-h", target.host or "127.0.0.1", "-p", str(target.port or 5432),
@@ -426,10 +481,38 @@ def pgbench(url: str, enrollments: int) -> dict:
     return out
 
 
+def capacity_again() -> int:
+    """`bench/scale.py capacity`: step 3 alone on the databases a BENCH_SCALE_KEEP=1 run kept."""
+    server = make_url(bench.SERVER)
+    urls, datasets = {}, {}
+    for scale in (1, 10):
+        urls[scale] = server.set(database=f"{PREFIX}_{scale}x").render_as_string(
+            hide_password=False)
+        engine = create_engine(urls[scale])
+        with engine.connect() as conn:
+            datasets[scale] = {
+                "counts": {"users": conn.scalar(text("SELECT count(*) FROM users"))},
+                "size_mb": round(conn.scalar(text(
+                    "SELECT pg_database_size(current_database())")) / 2**20)}
+        engine.dispose()
+    load = capacity(urls[10])
+    print("\n".join(capacity_table(load, datasets)))
+    print(f"load average: {os.getloadavg()}")
+    previous = ROOT / "bench" / "results" / "scale.json"
+    kept = json.loads(previous.read_text()) if previous.exists() else {}
+    kept["capacity"], kept["capacity_load_average"] = load, os.getloadavg()
+    kept["capacity_when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    previous.write_text(json.dumps(kept, indent=2))
+    shutil.rmtree(bench.UPLOADS, ignore_errors=True)
+    return 0
+
+
 def main() -> int:
     if sys.argv[1:2] == ["seed"]:  # `bench/scale.py seed 10`: one database, kept, to EXPLAIN
         create_and_seed(int(sys.argv[2]))
         return 0
+    if sys.argv[1:2] == ["capacity"]:  # the capacity figures again, on kept databases
+        return capacity_again()
     if not shutil.which("wrk") or not shutil.which("pgbench"):
         print("wrk and pgbench are needed (Debian: apt-get install wrk postgresql-client)",
               file=sys.stderr)
@@ -472,10 +555,14 @@ def main() -> int:
     print(f"largest worker RSS after the load: {load['worker_rss_mb_after']} MB (target < 200 MB: "
           f"{'met' if load['worker_rss_mb_after'] < 200 else 'MISSED'})")
     pg = load["pgbench"]
-    for name in ("heartbeat", "page_reads"):
+    for name in ("heartbeat", "page_reads", "heartbeats_batched_100"):
         print(f"PostgreSQL alone, a {name.replace('_', ' ')} transaction (pgbench, "
               f"{pg['clients']} clients): {pg[name]['tps']}/s, {pg[name]['latency_ms']} ms average")
-    print(f"load average: {os.getloadavg()}")
+    if load.get("redis"):
+        print(f"Redis alone, MGET of 3 keys (32 clients): {load['redis']['mget_per_s']}/s")
+    print()
+    print("\n".join(capacity_table(load, datasets)))
+    print(f"\nload average: {os.getloadavg()}")
     out = ROOT / "bench" / "results" / "scale.json"
     out.write_text(json.dumps({
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "repeat": REPEAT,
