@@ -390,6 +390,10 @@ def redis_rate() -> dict:
     return out
 
 
+def size(kb: float) -> str:
+    return f"{kb / 1024:,.0f} MB" if kb < 2**20 else f"{kb / 2**20:,.1f} GB"
+
+
 LEARNERS = (10_000, 100_000, 1_000_000)
 PAGE_EVERY, HEARTBEAT_EVERY, UTILISATION = 20, 30, 0.7
 
@@ -415,7 +419,7 @@ def capacity_table(load: dict, datasets: dict) -> list[str]:
             f"| {n:,} | {pages + beats:,.0f} | {cores:,.0f} | {workers:,} | {memory_gb:,.0f} GB "
             f"| {beats:,.0f} ({beats / pg['heartbeat']['tps']:.1f}x this machine's) "
             f"| {pages:,.0f} ({pages / pg['page_reads']['tps']:.1f}x) "
-            f"| {n * per_learner_kb / 2**20:,.1f} GB |")
+            f"| {size(n * per_learner_kb)} |")
     return lines
 
 
