@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from models import AuditLog, db
 from tests.conftest import redis_url, require_service
@@ -104,3 +104,20 @@ def test_broad_payment_totals_are_kept_like_the_admin_figures(app, client, auth_
         assert by_currency(refunded["totals"])["USD"]["count"] == 1
     finally:
         app.config["ADMIN_STATS_CACHE_SECONDS"] = 0
+
+
+def test_estimate_of_a_query_with_in_lists_and_like_patterns(app, admin, monkeypatch):
+    """EXPLAIN gets the statement as the page ran it: `IN (...)` expanded, `%` in a pattern and
+    in the SQL kept apart."""
+    monkeypatch.setattr(pagination, "EXACT_COUNT_LIMIT", 5)
+    add_entries(app, admin[0], 12)
+    query = (select(AuditLog).where(AuditLog.target_id.in_(list(range(11))),
+                                    AuditLog.action.like("user.%"), AuditLog.id % 1 == 0)
+             .order_by(AuditLog.created_at.desc(), AuditLog.id.desc()))
+    with app.app_context():
+        rows, meta = pagination.paginate(query, 3, 4)
+        assert [row.target_id for row in rows] == [8, 9, 10]
+        if db.engine.dialect.name == "postgresql":
+            assert meta["total_is_estimate"] is True and meta["total"] >= 11
+        else:
+            assert meta["total"] == 11 and "total_is_estimate" not in meta

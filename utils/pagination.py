@@ -32,7 +32,9 @@ def _estimate(select) -> int | None:
     bind = db.session.get_bind()
     if bind.dialect.name != "postgresql":
         return None
-    compiled = select.order_by(None).compile(dialect=bind.dialect)
+    # Expanding parameters (`IN (...)`) rendered as one parameter per value.
+    compiled = select.order_by(None).compile(dialect=bind.dialect,
+                                             compile_kwargs={"render_postcompile": True})
     plan = db.session.connection().exec_driver_sql(
         "EXPLAIN (FORMAT JSON) " + str(compiled), compiled.params).scalar()
     plan = json.loads(plan) if isinstance(plan, str) else plan
