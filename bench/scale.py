@@ -514,6 +514,7 @@ def capacity_again() -> int:
 def main() -> int:
     if sys.argv[1:2] == ["seed"]:  # `bench/scale.py seed 10`: one database, kept, to EXPLAIN
         create_and_seed(int(sys.argv[2]))
+        shutil.rmtree(bench.UPLOADS, ignore_errors=True)
         return 0
     if sys.argv[1:2] == ["capacity"]:  # the capacity figures again, on kept databases
         return capacity_again()
