@@ -5,13 +5,14 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 export FLASK_APP = app.py
 
-.PHONY: run test bench install js-deps migrate seed clean help nginx certs
+.PHONY: run test bench bench-scale install js-deps migrate seed clean help nginx certs
 
 help:
 	@echo "make run    serve the API on http://127.0.0.1:5000/api/v1 (SQLite, no setup needed)"
 	@echo "make test   install and run the whole test suite"
 	@echo "make js-deps  the pinned node packages of tests/js/* (make install runs it)"
 	@echo "make bench  the API under load against a bare-Flask baseline (PostgreSQL, Redis, wrk)"
+	@echo "make bench-scale  the same reads at 1x and 10x data, and capacity figures (SCALE=1 make bench: both)"
 	@echo "make nginx  nginx, envsubst and openssl from Debian's packages (the proxy tests need them)"
 	@echo "make certs  a self-signed certificate in deploy/certs, to try docker compose out"
 
@@ -62,6 +63,15 @@ test: install
 bench: install
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/run.py
+	@if [ -n "$(SCALE)" ]; then $(MAKE) --no-print-directory bench-scale; fi
+
+# Cost flat with data: every list, the dashboards and the analytics at today's bench dataset and
+# at ten times the learners (two scratch databases, seeded in SQL in a few minutes), then CPU per
+# request, worker memory and the database's write rate for the README's capacity table. See
+# bench/scale.py. Never part of the test suite.
+bench-scale: install
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python bench/scale.py
 
 # tests/test_proxy.py runs the compose proxy's configuration (deploy/nginx) with nginx from
 # Debian's packages; installed when missing, as `make bench` does for wrk. A package install

@@ -128,6 +128,8 @@ class User(TimestampMixin, db.Model):
         one_of("role", ROLES),
         # The admin's newest registrations and user list read in this order.
         Index("ix_users_created_id", "created_at", "id"),
+        # The admin's user list filtered by role, in the same order, at any size (issue 21).
+        Index("ix_users_role_created_id", "role", "created_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -577,6 +579,8 @@ class Enrollment(TimestampMixin, db.Model):
         UniqueConstraint("user_id", "course_id"),
         one_of("status", ENROLLMENT_STATUSES),
         Index("ix_enrollments_course_status", "course_id", "status"),
+        # A course's enrollments, newest first, without reading the others (issue 21).
+        Index("ix_enrollments_course_enrolled_id", "course_id", "enrolled_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -741,6 +745,8 @@ class RefundRequest(TimestampMixin, db.Model):
     __table_args__ = (
         one_of("status", REFUND_STATUSES),
         Index("ix_refund_requests_status_created", "status", "created_at"),
+        # The admin's list of every request, oldest first (issue 21).
+        Index("ix_refund_requests_created_id", "created_at", "id"),
         # One open request per payment, whoever races to file it.
         Index("uq_refund_requests_open_payment", "payment_id", unique=True,
               postgresql_where=text(_OPEN_REFUND), sqlite_where=text(_OPEN_REFUND)),
@@ -941,6 +947,8 @@ class Certificate(db.Model):
         # No two credentials share a status bit (services/credentials/status_list.py).
         UniqueConstraint("status_list_id", "status_list_index"),
         one_of("status", CERTIFICATE_STATUSES),
+        # Certificate lists, newest first (an admin's: all of them) (issue 21).
+        Index("ix_certificates_issued_id", "issued_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -1146,6 +1154,8 @@ class ContactForm(TimestampMixin, db.Model):
     __table_args__ = (
         one_of("status", CONTACT_STATUSES),
         Index("ix_contact_forms_status_created", "status", "created_at"),
+        # The admin's list of every message, newest first (issue 21).
+        Index("ix_contact_forms_created_id", "created_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

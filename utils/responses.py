@@ -71,10 +71,17 @@ class PaginationOut(TypedDict):
 
     page: Annotated[int, Field(examples=[1])]
     per_page: Annotated[int, Field(examples=[20])]
-    total: Annotated[int, Field(description="Items in the whole list", examples=[57])]
-    pages: Annotated[int, Field(examples=[3])]
+    total: Annotated[int, Field(
+        description="Items in the whole list: exact up to 1,000; above that PostgreSQL's "
+                    "estimate (the table statistics), and `total_is_estimate` is true",
+        examples=[57])]
+    pages: Annotated[int, Field(description="Pages of `total` (estimated with it)",
+                                examples=[3])]
     has_next: bool
     has_prev: bool
+    total_is_estimate: NotRequired[Annotated[bool, Field(
+        description="Present, and true, when `total` (and so `pages`) is an estimate: a list "
+                    "of more than 1,000 items is not counted exactly on every page")]]
 
 
 # --- people -----------------------------------------------------------------------------------
