@@ -1,7 +1,7 @@
 """scale indexes: the lists that read a whole table at ten times the data (issue 21)
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 Create Date: 2026-12-06 07:30:00
 
 Found with EXPLAIN ANALYZE on bench/scale.py's 10x database: each of these lists sorted or
@@ -12,7 +12,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision = '0012'
-down_revision = '0010'
+down_revision = '0011'
 branch_labels = None
 depends_on = None
 
