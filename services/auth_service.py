@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 from flask import current_app
 from flask_jwt_extended import create_access_token, create_refresh_token, decode_token
 from sqlalchemy import select, update
-from werkzeug.security import check_password_hash, generate_password_hash
 
 from models import PasswordResetToken, User, db
 from services import email_service, file_service, sms_service
@@ -27,6 +26,7 @@ from utils.errors import (
     Unauthorized,
     ValidationError,
 )
+from utils import passwords
 from utils.helpers import utcnow
 from utils.pipeline import blocked_ips, hash_slots, token_blocklist
 from utils.validators import normalise_email, password_problems
@@ -35,7 +35,6 @@ log = logging.getLogger("lms.auth")
 
 PROFILE_FIELDS = ("first_name", "last_name", "bio", "headline", "date_of_birth", "country",
                   "city", "website")
-_dummy_hashes: dict[str, str] = {}
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -128,11 +127,8 @@ def register_with_code(*, phone_number: str, code: str, **fields) -> User:
 
 def _equalise_timing(password: str) -> None:
     """Spend the time a real check costs, so an unknown e-mail is not told apart by speed."""
-    method = current_app.config["PASSWORD_HASH_METHOD"]
-    if method not in _dummy_hashes:
-        _dummy_hashes[method] = generate_password_hash(secrets.token_hex(8), method=method)
     with hash_slots.slot():
-        check_password_hash(_dummy_hashes[method], password)
+        passwords.verify_against_nothing(password)
 
 
 def _locked_error(until: datetime) -> Locked:
