@@ -44,6 +44,8 @@ from config import _dev_signing_material  # noqa: E402
 
 SERVER = os.environ.get("BENCH_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+# The scratch database's name starts with this (several checkouts may bench on one server).
+DB_PREFIX = os.environ.get("BENCH_DB_PREFIX", "lms_bench")
 SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
 WORKERS = os.environ.get("BENCH_WORKERS", "4")
@@ -156,7 +158,7 @@ def log(message: str) -> None:
 
 def create_database() -> tuple[str, object]:
     server = make_url(SERVER)
-    name = f"lms_bench_{uuid.uuid4().hex[:8]}"
+    name = f"{DB_PREFIX}_{uuid.uuid4().hex[:8]}"
     root = create_engine(server, isolation_level="AUTOCOMMIT")
     with root.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
