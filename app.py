@@ -47,7 +47,7 @@ from routes.cli import register_commands
 from services import certificate_service, job_kinds, jobs
 from services.credentials import keys as credential_keys
 from services.email_service import register_outbox
-from utils import error_reporting, metrics
+from utils import error_reporting, json_provider, metrics
 from utils.extensions import cors, limiter, mail, migrate
 from utils.middleware import init_middleware
 from utils.pipeline.client_address import TrustedProxies, parse_networks
@@ -85,7 +85,7 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
     app.config.from_object(config_class)
     app.config.update(overrides or {})
     app.config["CONFIG_NAME"] = config_name
-    app.json.sort_keys = False
+    json_provider.install(app)  # orjson; keys in insertion order, as before
     error_reporting.init_app(app)
 
     # Forwarded headers are believed from TRUSTED_PROXIES only and removed from every other

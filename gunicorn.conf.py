@@ -1,6 +1,7 @@
 """gunicorn settings for production: `gunicorn app:app` reads this file by default.
 
 Every value can be overridden from the environment (GUNICORN_WORKERS, PORT, ...)."""
+import gc
 import multiprocessing
 import os
 import shutil
@@ -59,6 +60,15 @@ def when_ready(server):
         metrics.serve(config, config["METRICS_ADDRESS"], config["METRICS_PORT"])
         server.log.info("Metrics at http://%s:%s/metrics", config["METRICS_ADDRESS"],
                         config["METRICS_PORT"])
+
+
+def pre_fork(server, worker):
+    # The preloaded app's objects (modules, the mapper, the routes) live as long as the worker:
+    # moved out of the collector's reach, a full collection in a worker walks only what the
+    # worker made since (shorter pauses, the tail of the latency), and the pages holding them
+    # stay shared with the master instead of being copied when the collector touches them.
+    gc.collect()
+    gc.freeze()
 
 
 def post_fork(server, worker):

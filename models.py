@@ -36,8 +36,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
-from werkzeug.security import check_password_hash, generate_password_hash
 
+from utils import passwords
 from utils.helpers import iso, money, utcnow
 
 NAMING_CONVENTION = {
@@ -118,6 +118,8 @@ ROLES = ("student", "instructor", "admin")
 def _hashing_slot():
     """The host's bound on password hashes computed at once (utils/pipeline/hash_slots.py),
     which the app installs in `app.extensions`; the model imports nothing above it."""
+    if not has_app_context():
+        return nullcontext()
     slot = current_app.extensions.get("password_hash_slot")
     return slot() if slot is not None else nullcontext()
 
@@ -157,20 +159,23 @@ class User(TimestampMixin, db.Model):
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     def set_password(self, password: str) -> None:
-        if not has_app_context():
-            self.password_hash = generate_password_hash(password, method="pbkdf2:sha256:600000")
-            return
+        """Store a new hash in the configured scheme (utils/passwords.py: Argon2id by default)."""
         with _hashing_slot():  # slow by design: a bounded number at once per host
-            self.password_hash = generate_password_hash(
-                password, method=current_app.config["PASSWORD_HASH_METHOD"])
+            self.password_hash = passwords.hash_password(password)
 
     def check_password(self, password: str) -> bool:
+        """Whether `password` is this user's. A match on a hash in an older scheme or cost
+        (Werkzeug PBKDF2 from this system or the original one) stores a new hash in the
+        configured scheme, which the caller's commit saves: accounts move at their next
+        sign-in, without a reset."""
         if not self.password_hash:
             return False
-        if not has_app_context():
-            return check_password_hash(self.password_hash, password)
         with _hashing_slot():
-            return check_password_hash(self.password_hash, password)
+            if not passwords.verify(self.password_hash, password):
+                return False
+            if passwords.needs_rehash(self.password_hash):
+                self.password_hash = passwords.hash_password(password)
+        return True
 
     @property
     def full_name(self) -> str:

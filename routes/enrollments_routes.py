@@ -198,13 +198,15 @@ def _record(enrollment, lesson_id: int, default_completed: bool | None):
     sent = body.model_fields_set if body else set()
     completed = body.completed if "completed" in sent else (default_completed if not sent else None)
     watch = body.watch_time_seconds if body else None
-    record, finished = enrollment_service.record_progress(
+    record, finished, progress = enrollment_service.record_progress(
         enrollment, lesson_id, completed=completed, watch_time_seconds=watch)
+    # Written before the commit, which would expire the rows read here (and cost a reload).
+    answer = {"lesson_progress": record, "course_completed": finished,
+              "enrollment": enrollment_service.enrollment_dict(enrollment, progress,
+                                                               course=False),
+              "certificate": enrollment_service.certificate_of(enrollment)}
     db.session.commit()
-    progress = enrollment_service.progress_of(enrollment)
-    return {"lesson_progress": record, "course_completed": finished,
-            "enrollment": enrollment_service.enrollment_dict(enrollment, progress, course=False),
-            "certificate": enrollment_service.certificate_of(enrollment)}
+    return answer
 
 
 @bp.post("/<int:enrollment_id>/lessons/<int:lesson_id>/complete")

@@ -31,8 +31,9 @@ from utils.errors import (
     Unauthorized,
     ValidationError,
 )
+from utils import passwords
 from utils.helpers import utcnow
-from utils.pipeline import blocked_ips
+from utils.pipeline import blocked_ips, hash_slots
 from utils.validators import normalise_email, password_problems
 
 log = logging.getLogger("lms.auth")
@@ -40,7 +41,6 @@ log = logging.getLogger("lms.auth")
 PROFILE_FIELDS = ("first_name", "last_name", "bio", "headline", "date_of_birth", "country",
                   "city", "website")
 ANY_SOURCE = "*"  # login_throttles.source of an unknown e-mail's counter over every source
-_dummy_users: dict[object, User] = {}
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -134,14 +134,9 @@ def register_with_code(*, phone_number: str, code: str, **fields) -> User:
 # --- login, lockout, tokens -------------------------------------------------------------------
 
 def _equalise_timing(password: str) -> None:
-    """Spend the time a real check costs, so an unknown e-mail is not told apart by speed: the
-    model's own check against a hash the model made (whatever its method), once per setting."""
-    key = current_app.config.get("PASSWORD_HASH_METHOD")
-    if key not in _dummy_users:
-        dummy = User()
-        dummy.set_password(secrets.token_hex(16))
-        _dummy_users[key] = dummy
-    _dummy_users[key].check_password(password)
+    """Spend the time a real check costs, so an unknown e-mail is not told apart by speed."""
+    with hash_slots.slot():
+        passwords.verify_against_nothing(password)
 
 
 def _digest(kind: str, value: str) -> str:
@@ -272,7 +267,10 @@ def authenticate(email: str, password: str, ip: str,
         raise _locked_error(max(locks))
 
     if user is not None and user.password_hash:
+        stored = user.password_hash
         right = user.check_password(password)
+        if right and not user.is_active:  # a refused sign-in moves nothing, the hash included
+            user.password_hash = stored
     else:
         _equalise_timing(password)
         right = False

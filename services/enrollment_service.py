@@ -34,7 +34,7 @@ from models import (
 )
 from services import certificate_service, course_service
 from utils.errors import Conflict, Forbidden, NotFound, PaymentRequired
-from utils.helpers import money, utcnow
+from utils.helpers import iso, money, utcnow
 from utils.pagination import paginate
 
 log = logging.getLogger("lms.enrollment")
@@ -221,7 +221,15 @@ def progress_by_enrollment(enrollments: list[Enrollment]) -> dict[int, Progress]
 
 
 def progress_of(enrollment: Enrollment) -> Progress:
-    return progress_by_enrollment([enrollment])[enrollment.id]
+    """One enrollment's progress in one statement (the two counts as scalar subqueries)."""
+    total = (select(func.count(Lesson.id)).join(Module, Module.id == Lesson.module_id)
+             .where(Module.course_id == enrollment.course_id).scalar_subquery())
+    done = (select(func.count(LessonProgress.id))
+            .join(Lesson, Lesson.id == LessonProgress.lesson_id)
+            .where(LessonProgress.enrollment_id == enrollment.id,
+                   LessonProgress.completed.is_(True)).scalar_subquery())
+    total_lessons, completed = db.session.execute(select(total, done)).one()
+    return Progress(total_lessons, completed, _percent(completed, total_lessons))
 
 
 def enrollment_page(query, page: int, per_page: int) -> dict:
@@ -269,23 +277,28 @@ def enrollments_query(*, user_id: int | None = None, course_id: int | None = Non
 
 
 def detailed_progress(enrollment: Enrollment) -> dict:
-    """The enrollment's progress lesson by lesson, in course order."""
+    """The enrollment's progress lesson by lesson, in course order: one statement of the
+    columns the answer shows (no lesson bodies, no ORM objects)."""
     rows = db.session.execute(
-        select(Lesson, Module, LessonProgress)
+        select(Lesson.id, Lesson.title, Module.id.label("module_id"),
+               Module.title.label("module_title"), LessonProgress.id.label("record"),
+               LessonProgress.completed, LessonProgress.completed_at,
+               LessonProgress.watch_time_seconds, LessonProgress.last_accessed_at)
         .join(Module, Module.id == Lesson.module_id)
         .outerjoin(LessonProgress, and_(LessonProgress.lesson_id == Lesson.id,
                                         LessonProgress.enrollment_id == enrollment.id))
         .where(Module.course_id == enrollment.course_id)
         .order_by(Module.position, Module.id, Lesson.position, Lesson.id)).all()
     lessons = []
-    for lesson, module, record in rows:
+    for row in rows:
+        recorded = row.record is not None
         lessons.append({
-            "lesson_id": lesson.id, "lesson_title": lesson.title, "module_id": module.id,
-            "module_title": module.title,
-            "completed": bool(record and record.completed),
-            "completed_at": record.to_dict()["completed_at"] if record else None,
-            "watch_time_seconds": record.watch_time_seconds if record else 0,
-            "last_accessed_at": record.to_dict()["last_accessed_at"] if record else None,
+            "lesson_id": row.id, "lesson_title": row.title, "module_id": row.module_id,
+            "module_title": row.module_title,
+            "completed": bool(recorded and row.completed),
+            "completed_at": iso(row.completed_at) if recorded else None,
+            "watch_time_seconds": row.watch_time_seconds if recorded else 0,
+            "last_accessed_at": iso(row.last_accessed_at) if recorded else None,
         })
     done = sum(1 for item in lessons if item["completed"])
     progress = Progress(len(lessons), done, _percent(done, len(lessons)))  # see enrollment_dict
@@ -313,17 +326,31 @@ def lesson_progress(enrollment: Enrollment, lesson_id: int) -> dict:
     return record.to_dict()
 
 
+def _lesson_and_record(enrollment: Enrollment, lesson_id: int) -> LessonProgress | None:
+    """The enrollment's progress row for a lesson of its course (None: not started yet), in
+    one statement; NotFound for a lesson of another course."""
+    found = db.session.execute(
+        select(Lesson.id, LessonProgress)
+        .join(Module, Module.id == Lesson.module_id)
+        .outerjoin(LessonProgress, and_(LessonProgress.lesson_id == Lesson.id,
+                                        LessonProgress.enrollment_id == enrollment.id))
+        .where(Lesson.id == lesson_id, Module.course_id == enrollment.course_id)).first()
+    if found is None:
+        raise NotFound("This lesson is not part of the course")
+    return found[1]
+
+
 def record_progress(enrollment: Enrollment, lesson_id: int, *, completed: bool | None,
-                    watch_time_seconds: int | None) -> tuple[dict, bool]:
-    """Record a lesson's progress (idempotent). Returns (lesson progress, course_completed_now)."""
+                    watch_time_seconds: int | None) -> tuple[dict, bool, Progress]:
+    """Record a lesson's progress (idempotent). Returns (lesson progress, course_completed_now,
+    the enrollment's progress after it). The heartbeat a video player sends: the lesson and
+    its row in one statement, the counts in one more."""
     if enrollment.status not in OPEN_STATUSES:
         raise Forbidden("This enrollment is not active", code="enrollment_inactive")
-    lesson = _lesson_in_course(lesson_id, enrollment.course_id)
+    record = _lesson_and_record(enrollment, lesson_id)
     now = utcnow()
-    record = db.session.scalar(select(LessonProgress).where(
-        LessonProgress.enrollment_id == enrollment.id, LessonProgress.lesson_id == lesson.id))
     if record is None:
-        record = LessonProgress(enrollment_id=enrollment.id, lesson_id=lesson.id, started_at=now,
+        record = LessonProgress(enrollment_id=enrollment.id, lesson_id=lesson_id, started_at=now,
                                 last_accessed_at=now, completed=False, watch_time_seconds=0)
         try:
             with db.session.begin_nested():
@@ -331,7 +358,7 @@ def record_progress(enrollment: Enrollment, lesson_id: int, *, completed: bool |
         except IntegrityError:  # the same lesson recorded by a parallel request
             record = db.session.scalar(select(LessonProgress).where(
                 LessonProgress.enrollment_id == enrollment.id,
-                LessonProgress.lesson_id == lesson.id))
+                LessonProgress.lesson_id == lesson_id))
     record.last_accessed_at = now
     if watch_time_seconds is not None:
         # A position in the lesson: the furthest point reached counts.
@@ -343,16 +370,17 @@ def record_progress(enrollment: Enrollment, lesson_id: int, *, completed: bool |
     enrollment.started_at = enrollment.started_at or now
     enrollment.last_accessed_at = now
     db.session.flush()
-    finished_now = _complete_if_finished(enrollment)
-    return record.to_dict(), finished_now
+    finished_now, progress = _complete_if_finished(enrollment)
+    db.session.flush()  # the percentage: the rows now say what the answer will
+    return record.to_dict(), finished_now, progress
 
 
-def _complete_if_finished(enrollment: Enrollment) -> bool:
+def _complete_if_finished(enrollment: Enrollment) -> tuple[bool, Progress]:
     progress = progress_of(enrollment)
     if enrollment.completed_at is None:
         enrollment.progress_percent = progress.percent
     if progress.total_lessons == 0 or progress.completed_lessons < progress.total_lessons:
-        return False
+        return False, progress
     # Exactly once, whichever worker gets here first.
     won = db.session.execute(
         update(Enrollment)
@@ -361,9 +389,9 @@ def _complete_if_finished(enrollment: Enrollment) -> bool:
         .execution_options(synchronize_session=False)).rowcount
     db.session.refresh(enrollment)
     if won != 1:
-        return False
+        return False, progress
     on_course_completed(enrollment)
-    return True
+    return True, progress
 
 
 def on_course_completed(enrollment: Enrollment) -> None:

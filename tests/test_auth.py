@@ -78,7 +78,7 @@ def test_register_creates_a_student(client, app):
     assert "password_hash" not in str(body)
     user = user_row(app, email="new.user@example.com")
     assert user.role == "student" and user.is_active and not user.is_phone_verified
-    assert user.password_hash.startswith("pbkdf2:sha256:")
+    assert user.password_hash.startswith("$argon2id$")
 
 
 def test_register_as_instructor(client, app):

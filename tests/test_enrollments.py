@@ -941,3 +941,22 @@ def test_complete_route_with_only_watch_time_does_not_complete(client, instructo
     body = ok(client.post(f"{API}/enrollments/{enrollment['id']}/lessons/{lesson_id}/complete",
                           headers=student.headers))
     assert body["lesson_progress"]["completed"] is True
+
+
+def test_a_progress_heartbeat_costs_six_statements(app, client, instructor, student):
+    """The write a video player sends every few seconds: the caller, the enrollment, the
+    lesson with its progress row, the two updates and the counts (eleven before)."""
+    built = build_course(client, instructor, "Watched")
+    eid = enroll(client, student, built.id)["id"]
+    complete(client, student, eid, built.lesson_ids[0], json={"watch_time_seconds": 5})
+    path = f"{API}/enrollments/{eid}/lessons/{built.lesson_ids[0]}/complete"
+
+    with recorded_statements(app) as statements:
+        body = ok(client.post(path, headers=student.headers, json={"watch_time_seconds": 42}))
+
+    assert len(statements) == 6, "\n".join(statements)
+    assert body["lesson_progress"]["watch_time_seconds"] == 42
+    assert body["lesson_progress"]["completed"] is False
+    assert body["enrollment"]["completed_lessons"] == 0
+    assert body["enrollment"]["total_lessons"] == 3
+    assert fetch(app, LessonProgress, LessonProgress.enrollment_id == eid).watch_time_seconds == 42

@@ -212,7 +212,7 @@ def test_user_to_dict_hides_private_fields(app, make_user):
     assert private["phone_number"] == "+15550001111"
     assert private["has_password"] is True
     assert "password_hash" not in private
-    assert not any(str(value).startswith("pbkdf2:") for value in private.values())
+    assert not any(str(value).startswith(("pbkdf2:", "$argon2")) for value in private.values())
 
 
 @pytest.mark.parametrize("price, expected", [(Decimal("49.9"), 49.9), (Decimal("10"), 10.0)])
@@ -326,34 +326,38 @@ def test_pagination_meta():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_set_password_uses_the_configured_method(app):
-    assert app.config["PASSWORD_HASH_METHOD"] == "pbkdf2:sha256:1000"
+def test_set_password_uses_the_configured_scheme(app):
+    assert app.config["PASSWORD_HASH_SCHEME"] == "argon2id"
     with app.app_context():
         user = User(email="hash@example.com")
         user.set_password("Passw0rd!")
 
-    assert user.password_hash.startswith("pbkdf2:sha256:1000$")
-    assert user.check_password("Passw0rd!")
-    assert not user.check_password("Passw0rd?")
+        assert user.password_hash.startswith("$argon2id$v=19$m=64,t=1,p=1$")
+        assert user.check_password("Passw0rd!")
+        assert not user.check_password("Passw0rd?")
 
 
-def test_set_password_outside_an_app_context_uses_600000_iterations():
+def test_set_password_outside_an_app_context_uses_owasp_argon2id():
     assert not has_app_context()
     user = User(email="hash@example.com")
     user.set_password("Passw0rd!")
 
-    assert user.password_hash.startswith("pbkdf2:sha256:600000$")
+    assert user.password_hash.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
     assert user.check_password("Passw0rd!")
 
 
-def test_config_default_hash_method_is_600000_iterations():
+def test_config_defaults_are_owasp_argon2id_and_pbkdf2_600000():
     # config reads the environment at import: look at it from a clean process.
-    env = {k: v for k, v in os.environ.items() if k != "PASSWORD_HASH_METHOD"}
+    names = ("PASSWORD_HASH_SCHEME", "PASSWORD_HASH_METHOD", "ARGON2_MEMORY_KIB",
+             "ARGON2_TIME_COST", "ARGON2_PARALLELISM")
+    env = {k: v for k, v in os.environ.items() if k not in names}
     result = subprocess.run(
         [sys.executable, "-c",
-         "import config; print(config.Config.PASSWORD_HASH_METHOD); "
-         "print(config.ProductionConfig.PASSWORD_HASH_METHOD)"],
+         "import config\n"
+         "for c in (config.Config, config.ProductionConfig):\n"
+         "    print(c.PASSWORD_HASH_SCHEME, c.PASSWORD_HASH_METHOD, c.ARGON2_MEMORY_KIB, "
+         "c.ARGON2_TIME_COST, c.ARGON2_PARALLELISM)"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["pbkdf2:sha256:600000", "pbkdf2:sha256:600000"]
+    assert result.stdout.splitlines() == ["argon2id pbkdf2:sha256:600000 19456 2 1"] * 2
