@@ -45,6 +45,13 @@ def bucket(filename: str, function: str = "") -> str:
     return "other (stdlib, builtins)"
 
 
+STATEMENTS = [0]
+
+
+def count_statements(*_args) -> None:
+    STATEMENTS[0] += 1
+
+
 def profile(client, method: str, url: str, headers: dict, body: str | None) -> dict:
     call = getattr(client, method.lower())
     kwargs = {"headers": headers}
@@ -53,6 +60,7 @@ def profile(client, method: str, url: str, headers: dict, body: str | None) -> d
     for _ in range(20):  # warm: caches, pools, lazy imports
         status = call(url, **kwargs).status_code
     profiler = cProfile.Profile()
+    STATEMENTS[0] = 0
     started = time.perf_counter()
     profiler.enable()
     for _ in range(REQUESTS):
@@ -68,13 +76,18 @@ def profile(client, method: str, url: str, headers: dict, body: str | None) -> d
             others[f"{filename}:{line}:{function}"] = tottime * 1000 / REQUESTS
     if os.environ.get("PROFILE_OTHERS"):
         print(sorted(others.items(), key=lambda kv: -kv[1])[:15], file=sys.stderr)
-    return {"status": status, "wall_ms": wall, "split": split}
+    return {"status": status, "wall_ms": wall, "split": split,
+            "statements": STATEMENTS[0] / REQUESTS}
 
 
 def measure(course: int, enrollment: int, lesson: int) -> dict:
     """In the child process, whose environment is the API's production one."""
     from app import create_app
     app = create_app("production")
+    with app.app_context():
+        from sqlalchemy import event
+        from models import db
+        event.listen(db.engine, "before_cursor_execute", count_statements)
     client = app.test_client()
     student = {"Authorization": "Bearer " + client.post(
         "/api/v1/auth/login", json={"email": "bench-student@example.com",
@@ -86,6 +99,12 @@ def measure(course: int, enrollment: int, lesson: int) -> dict:
         ("course detail, enrolled", "GET", f"/api/v1/courses/{course}", student, None),
         ("unread count", "GET", "/api/v1/notifications/unread-count", student, None),
         ("student dashboard", "GET", "/api/v1/users/dashboard", student, None),
+        ("public detail (cached)", "GET", f"/api/v1/public/courses/{course}", {}, None),
+        ("enrolled courses", "GET", "/api/v1/users/enrolled-courses", student, None),
+        ("notifications list", "GET", "/api/v1/notifications", student, None),
+        ("certificates list", "GET", "/api/v1/users/certificates", student, None),
+        ("progress by lesson", "GET", f"/api/v1/enrollments/{enrollment}/progress", student,
+         None),
         ("progress write", "POST",
          f"/api/v1/enrollments/{enrollment}/lessons/{lesson}/complete", student, "{}"),
     ]
@@ -108,9 +127,9 @@ def main() -> int:
                                   "WITH (FORCE)"))
         root.dispose()
     names = sorted({b for r in results.values() for b in r["split"]})
-    print(f"{'read':26} {'status':>6} {'wall ms':>8} " + " ".join(f"{n[:12]:>12}" for n in names))
+    print(f"{'read':26} {'status':>6} {'stmts':>5} {'wall ms':>8} " + " ".join(f"{n[:12]:>12}" for n in names))
     for read, r in results.items():
-        print(f"{read:26} {r['status']:>6} {r['wall_ms']:>8.2f} "
+        print(f"{read:26} {r['status']:>6} {r['statements']:>5.1f} {r['wall_ms']:>8.2f} "
               + " ".join(f"{r['split'].get(n, 0):>12.2f}" for n in names))
     return 0
 
