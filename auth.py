@@ -1,8 +1,11 @@
 """JWT wiring, access decorators, and the audit log of what signed-in admins change.
 
 Identities are user ids as strings (Flask-JWT-Extended requires a string subject); the role
-rides along as a claim for clients, but every decision reads the user row, so a demotion or a
-deactivation takes effect on the next request, not when the token expires.
+rides along as a claim for clients, but every decision reads the user's current role, activity
+and tokens_valid_after (from the Redis mirror of utils/pipeline/user_mirror.py, else the row),
+so a demotion or a deactivation takes effect on the next request, not when the token expires.
+The signed-in user is a `Caller` (those fields); the ORM row is loaded only when a view reads
+another attribute of it.
 """
 from __future__ import annotations
 
@@ -15,8 +18,9 @@ from flask_jwt_extended import JWTManager, get_current_user, verify_jwt_in_reque
 from models import AuditLog, User, db
 from utils.errors import Forbidden, Unauthorized
 from utils.middleware import current_request_id, error_response
-from utils.pipeline import token_blocklist
+from utils.pipeline import token_blocklist, user_mirror
 from utils.pipeline.client_address import client_ip
+from utils.pipeline.user_mirror import Caller
 
 jwt = JWTManager()
 
@@ -27,7 +31,7 @@ def _unauthorized(message: str, code: str):
 
 @jwt.user_identity_loader
 def _identity(user):
-    return str(user.id if isinstance(user, User) else user)
+    return str(user.id if isinstance(user, (User, Caller)) else user)
 
 
 @jwt.additional_claims_loader
@@ -35,7 +39,7 @@ def _claims(user):
     # `iat` has whole seconds; a password reset must also refuse a token issued earlier in the
     # same second, so the issue time is carried in milliseconds too.
     claims = {"iat_ms": int(time.time() * 1000)}
-    if isinstance(user, User):
+    if isinstance(user, (User, Caller)):
         claims["role"] = user.role
     return claims
 
@@ -47,15 +51,13 @@ def _token_refused(_header, payload) -> bool:
     if token_blocklist.is_revoked(payload["jti"]):
         return True
     try:
-        user = db.session.get(User, int(payload["sub"]))
+        caller = user_mirror.caller(int(payload["sub"]))
     except (KeyError, TypeError, ValueError):
         return True
-    # Kept for the user lookup that follows: the session's identity map holds objects weakly,
-    # so without a reference it would load the same row a second time.
-    g.token_user = user
-    if user is not None and user.tokens_valid_after is not None:
+    g.token_caller = caller  # for the user lookup that follows
+    if caller is not None and caller.tokens_valid_after_ms is not None:
         issued_ms = payload.get("iat_ms", payload.get("iat", 0) * 1000)
-        if issued_ms < round(user.tokens_valid_after.timestamp() * 1000):
+        if issued_ms < caller.tokens_valid_after_ms:
             return True
     return False
 
@@ -66,10 +68,10 @@ def _load_user(_header, payload):
         user_id = int(payload["sub"])
     except (KeyError, TypeError, ValueError):
         return None
-    user = g.pop("token_user", None)
-    if user is not None and user.id == user_id:
-        return user
-    return db.session.get(User, user_id)
+    caller = g.pop("token_caller", None)
+    if caller is not None and caller.id == user_id:
+        return caller
+    return user_mirror.caller(user_id)
 
 
 @jwt.user_lookup_error_loader
@@ -107,11 +109,14 @@ def _verification_failed(_header, _payload):
     return _unauthorized("The token was refused", "token_invalid")
 
 
-def current_user() -> User:
+def current_user() -> Caller:
+    """The signed-in user: `id`, `role`, `is_active` without a query; any other attribute
+    reads the user row (loaded once a request). Pass `current_user().row()` where the ORM
+    object itself is needed (a relationship, a session operation)."""
     return get_current_user()
 
 
-def _require_active_user() -> User:
+def _require_active_user() -> Caller:
     user = get_current_user()
     if user is None:
         raise Unauthorized("The account for this token no longer exists", code="token_invalid")
@@ -154,7 +159,7 @@ admin_required = roles_required("admin")
 instructor_required = roles_required("instructor", "admin")
 
 
-def optional_user() -> User | None:
+def optional_user() -> Caller | None:
     """The caller if a valid token was sent, else None (public routes that show more to the
     enrolled)."""
     verify_jwt_in_request(optional=True)

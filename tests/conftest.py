@@ -87,6 +87,11 @@ def app(tmp_path_factory):
     with app.app_context():
         _db.drop_all()
         _db.create_all()
+        from utils.pipeline import redis_client, shared_state
+
+        if redis_client.get() is not None:  # in sync from the first test, as clean_state leaves it
+            redis_client.get().flushdb()
+            shared_state.sync()
     yield app
     with app.app_context():
         _db.session.remove()

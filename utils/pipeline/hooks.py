@@ -1,12 +1,19 @@
 """The request pipeline's hooks, wired in order by `init_pipeline(app)` (app.py calls it after
 the middleware): the request's shared state read from Redis in one round trip, then the
-blocked-address check; limit headers on writes; the catalog cache's invalidation; the host's
+blocked-address check; limit headers on writes; the catalog cache's invalidation; the user mirror's writes after each commit; the host's
 bound on password hashing, which models.User reads from `app.extensions`."""
 from __future__ import annotations
 
 from flask import Flask
 
-from utils.pipeline import blocked_ips, catalog_cache, hash_slots, rate_limits, shared_state
+from utils.pipeline import (
+    blocked_ips,
+    catalog_cache,
+    hash_slots,
+    rate_limits,
+    shared_state,
+    user_mirror,
+)
 
 
 def read_shared_state_and_refuse_blocked() -> None:
@@ -22,3 +29,4 @@ def init_pipeline(app: Flask) -> None:
         app.after_request(rate_limits.headers_on_writes)
     app.extensions["password_hash_slot"] = hash_slots.slot
     catalog_cache.register()
+    user_mirror.register()

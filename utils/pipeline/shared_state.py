@@ -2,8 +2,9 @@
 
 The blocked addresses and revoked tokens live in PostgreSQL (blocked_ips, revoked_tokens) and
 are mirrored in Redis, one key each. Before the view runs, `prefetch()` sends a single MGET for
-everything this request may ask: the caller's address, the jti of the bearer token (read, not
-yet verified, only to name the key), and for a guest's public catalog page its cached copy and
+everything this request may ask: the caller's address, the jti and the subject of the bearer
+token (read, not yet verified, only to name the keys: its revocation, its user's access fields
+mirrored by utils/pipeline/user_mirror.py), and for a guest's public catalog page its cached copy and
 the catalog version (the keys utils/pipeline/catalog_cache.py asks for). The checks then
 answer from that one reply.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import secrets
 from datetime import datetime, timezone
 
 import redis
@@ -47,18 +49,29 @@ def jti_key(jti: str) -> str:
     return f"lms:revoked-jti:{jti}"
 
 
-def _bearer_jti() -> str | None:
-    """The jti claimed by the bearer token, unverified: only used to name a key to read."""
+def user_key(user_id) -> str:
+    """The mirror of a user's access fields (utils/pipeline/user_mirror.py)."""
+    return f"lms:user:{user_id}"
+
+
+def _bearer_keys() -> list[str]:
+    """The keys named by the bearer token's jti and subject, unverified: only used to name
+    keys to read (the token is verified before anything read is used)."""
     header = request.headers.get("Authorization", "")
     if not header.startswith("Bearer "):
-        return None
+        return []
     try:
         payload = header[7:].split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        jti = claims.get("jti")
+        jti, sub = claims.get("jti"), claims.get("sub")
     except (IndexError, ValueError, TypeError, AttributeError):
-        return None
-    return jti if isinstance(jti, str) and 0 < len(jti) <= 64 else None
+        return []
+    keys = []
+    if isinstance(jti, str) and 0 < len(jti) <= 64:
+        keys.append(jti_key(jti))
+    if isinstance(sub, str) and sub.isdigit() and len(sub) <= 18:
+        keys.append(user_key(int(sub)))
+    return keys
 
 
 def prefetch(extra_keys=()) -> None:
@@ -68,11 +81,7 @@ def prefetch(extra_keys=()) -> None:
     client = redis_client.get()
     if client is None:
         return
-    keys = [SYNCED, ip_key(client_ip())]
-    jti = _bearer_jti()
-    if jti:
-        keys.append(jti_key(jti))
-    keys.extend(extra_keys)
+    keys = [SYNCED, ip_key(client_ip()), *_bearer_keys(), *extra_keys]
     try:
         values = client.mget(keys)
     except redis.RedisError as exc:
@@ -99,6 +108,13 @@ def mirrored(key: str):
     if state is None or key not in state or state[SYNCED] is None:
         return False, None
     return True, state[key]
+
+
+def generation() -> bytes | None:
+    """The mirror's generation this request saw (the value of SYNCED; a new one each sync),
+    None when it is not in sync or was not read."""
+    state = g.get("shared_state") if has_request_context() else None
+    return None if state is None else state[SYNCED]
 
 
 def distrust() -> None:
@@ -142,7 +158,8 @@ def sync(client=None) -> bool:
                      ex=seconds_until(until) if until is not None else None)
         newest = max([row[0] for row in tokens], default=int(epoch or 0))
         pipe.set(EPOCH, max(newest, int(epoch or 0)))
-        pipe.set(SYNCED, "1", ex=current_app.config["SHARED_SYNC_SECONDS"])
+        # A new generation each time: the user mirror's values of the last one stop counting.
+        pipe.set(SYNCED, secrets.token_hex(8), ex=current_app.config["SHARED_SYNC_SECONDS"])
         pipe.delete(LOCK)
         pipe.execute()
         log.info("shared state mirrored: %d revoked token(s), %d block(s)%s", len(tokens),
