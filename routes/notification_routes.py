@@ -13,7 +13,6 @@ from auth import admin_required, audit, current_user, login_required
 from models import NOTIFICATION_KINDS, ROLES, db
 from services import jobs
 from services import notification_service as notifications
-from utils.pagination import paginate
 from utils.responses import JobAcceptedResponse, MessageResponse, NotificationOut, PaginationOut
 from utils.routing import accepted, sent_changes
 from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
@@ -130,10 +129,7 @@ class NotifiedResponse(TypedDict):
 def list_notifications():
     """My notifications, newest first (`?unread=true` for unread only)."""
     args = query_args()
-    user = current_user()
-    rows, meta = paginate(notifications.list_query(user, args.unread), args.page, args.per_page)
-    return {"notifications": [n.to_dict() for n in rows], "pagination": meta,
-            "unread_count": notifications.unread_count(user.id)}
+    return notifications.page(current_user(), args.unread, args.page, args.per_page)
 
 
 @bp.get("/unread-count")

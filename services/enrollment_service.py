@@ -233,11 +233,20 @@ def progress_of(enrollment: Enrollment) -> Progress:
 
 
 def enrollment_page(query, page: int, per_page: int) -> dict:
-    """One page of enrollments, each with its progress."""
-    rows, meta = paginate(query, page, per_page)
-    progress = progress_by_enrollment(rows)
-    return {"enrollments": [enrollment_dict(e, progress[e.id]) for e in rows],
-            "pagination": meta}
+    """One page of enrollments, each with its progress, in one statement: the lesson counts
+    ride in the page's select as two correlated scalar subqueries."""
+    total = (select(func.count(Lesson.id)).join(Module, Module.id == Lesson.module_id)
+             .where(Module.course_id == Enrollment.course_id)
+             .correlate(Enrollment).scalar_subquery())
+    done = (select(func.count(LessonProgress.id))
+            .join(Lesson, Lesson.id == LessonProgress.lesson_id)
+            .where(LessonProgress.enrollment_id == Enrollment.id,
+                   LessonProgress.completed.is_(True))
+            .correlate(Enrollment).scalar_subquery())
+    rows, meta = paginate(query, page, per_page, extra=(total, done))
+    return {"enrollments": [
+        enrollment_dict(e, Progress(total_lessons, completed, _percent(completed, total_lessons)))
+        for e, total_lessons, completed in rows], "pagination": meta}
 
 
 def enrollment_dict(enrollment: Enrollment, progress: Progress, *, course: bool = True) -> dict:
@@ -408,28 +417,31 @@ def on_course_completed(enrollment: Enrollment) -> None:
 # --- dashboards -------------------------------------------------------------------------------
 
 def dashboard(user: User, recent: int = 10) -> dict:
-    """The student's dashboard in a fixed number of queries."""
+    """The student's dashboard in three statements (the counts with the certificates' count as
+    a scalar subquery, the money spent by currency, the recent activity as columns)."""
+    certificates = (select(func.count(Certificate.id)).where(
+        Certificate.user_id == user.id, Certificate.status == "valid").scalar_subquery())
     counts = db.session.execute(
         select(func.count(Enrollment.id),
                func.sum(case((Enrollment.status == "completed", 1), else_=0)),
                func.sum(case((and_(Enrollment.status == "active",
-                                   Enrollment.started_at.is_not(None)), 1), else_=0)))
+                                   Enrollment.started_at.is_not(None)), 1), else_=0)),
+               certificates)
         .where(Enrollment.user_id == user.id, Enrollment.status.in_(OPEN_STATUSES))).one()
-    certificates = db.session.scalar(select(func.count(Certificate.id)).where(
-        Certificate.user_id == user.id, Certificate.status == "valid"))
     spent = db.session.execute(
         select(Payment.currency, func.sum(Payment.amount - Payment.refunded_amount))
         .where(Payment.user_id == user.id, Payment.status.in_(("completed", "refunded")))
         .group_by(Payment.currency).order_by(Payment.currency)).all()
     recent_rows = db.session.execute(
-        select(LessonProgress, Lesson.title, Course.id, Course.title)
+        select(LessonProgress.completed, LessonProgress.lesson_id,
+               LessonProgress.last_accessed_at, Lesson.title, Course.id, Course.title)
         .join(Enrollment, Enrollment.id == LessonProgress.enrollment_id)
         .join(Lesson, Lesson.id == LessonProgress.lesson_id)
         .join(Course, Course.id == Enrollment.course_id)
         .where(Enrollment.user_id == user.id)
         .order_by(LessonProgress.last_accessed_at.desc(), LessonProgress.id.desc())
         .limit(recent)).all()
-    enrolled_total, completed, in_progress = counts
+    enrolled_total, completed, in_progress, certificates = counts
     return {
         "stats": {
             "enrolled_courses": enrolled_total or 0,
@@ -441,11 +453,10 @@ def dashboard(user: User, recent: int = 10) -> dict:
                             for currency, amount in spent if amount],
         },
         "recent_activity": [
-            {"type": "lesson_completed" if record.completed else "lesson_viewed",
-             "lesson_id": record.lesson_id, "lesson_title": lesson_title,
-             "course_id": course_id, "course_title": course_title,
-             "at": record.to_dict()["last_accessed_at"]}
-            for record, lesson_title, course_id, course_title in recent_rows],
+            {"type": "lesson_completed" if done else "lesson_viewed",
+             "lesson_id": lesson_id, "lesson_title": lesson_title,
+             "course_id": course_id, "course_title": course_title, "at": iso(at)}
+            for done, lesson_id, at, lesson_title, course_id, course_title in recent_rows],
     }
 
 

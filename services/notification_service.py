@@ -25,6 +25,7 @@ from services.email_service import (
 )
 from utils.errors import NotFound, ValidationError
 from utils.helpers import utcnow
+from utils.pagination import paginate
 
 # notification kind -> the preference column that switches its e-mail on or off
 EMAIL_PREFERENCE = {
@@ -228,9 +229,23 @@ def list_query(user: User, unread_only: bool = False) -> Select:
     return query
 
 
+def _unread(user_id: int) -> Select:
+    return select(func.count(Notification.id)).where(
+        Notification.user_id == user_id, Notification.is_read.is_(False))
+
+
 def unread_count(user_id: int) -> int:
-    return db.session.scalar(select(func.count(Notification.id)).where(
-        Notification.user_id == user_id, Notification.is_read.is_(False))) or 0
+    return db.session.scalar(_unread(user_id)) or 0
+
+
+def page(user: User, unread_only: bool, page_number: int, per_page: int) -> dict:
+    """A page of the user's notifications with their unread count, in one statement (the
+    count rides in the page's select; a page without rows counts on its own)."""
+    rows, meta = paginate(list_query(user, unread_only), page_number, per_page,
+                          extra=(_unread(user.id).scalar_subquery(),))
+    unread = rows[0][1] if rows else unread_count(user.id)
+    return {"notifications": [n.to_dict() for n, _ in rows], "pagination": meta,
+            "unread_count": unread or 0}
 
 
 def mark_read(notification: Notification) -> Notification:

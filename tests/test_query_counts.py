@@ -649,6 +649,29 @@ def test_list_costs_the_same_statements_whatever_its_length(app, client, world, 
     print(f"{guard.id}: {len(few)} statements for {FEW} and for {MANY} items")
 
 
+# The learner's hot reads, pinned (issue 21): the caller comes from the token and the Redis
+# mirror (no user row), each list's counts ride in its page's statement.
+HOT_READS = {
+    "users.enrolled_courses": 1,  # the page with its count and each row's lesson counts
+    "users.completed_courses": 1,
+    "enrollments.my_enrollments": 1,
+    "users.dashboard": 3,  # counts (with certificates), money by currency, recent activity
+    "notifications.list_notifications": 1,  # the page, its count and the unread count
+    "users.certificates": 1,
+    "enrollments.enrollment_progress": 2,  # the enrollment, then its lessons' columns
+}
+
+
+@pytest.mark.parametrize("guard", [g for g in GUARDS if g.endpoint in HOT_READS
+                                   and g.who == STUDENT], ids=lambda g: g.id)
+def test_a_learners_hot_read_costs_its_pinned_statements(app, client, world, guard):
+    grow(app, world, guard, FEW)
+    read(app, client, world, guard, FEW)  # the first request of a token fills the user mirror
+    statements = read(app, client, world, guard, FEW)
+    assert len(statements) == HOT_READS[guard.endpoint], "\n".join(statements)
+    assert not any("FROM users" in s for s in statements), "\n".join(statements)
+
+
 def test_every_read_view_is_guarded_or_declared_not_a_list(app):
     """A read route added later (a new list) fails here until it gets a guard, or is named in
     NOT_LISTS; an entry whose endpoint is gone fails too."""

@@ -41,13 +41,15 @@ def _estimate(select) -> int | None:
     return int(plan[0]["Plan"]["Plan Rows"])
 
 
-def paginate(select, page: int, per_page: int):
+def paginate(select, page: int, per_page: int, extra=()):
     """Run a select of one entity (with a deterministic order_by) one page at a time, in one
     round trip: the capped total comes with the rows (an uncorrelated subquery, evaluated
     once). A page past the end, which has no rows to carry it, and a list longer than
     EXACT_COUNT_LIMIT (its estimate) cost a second query. Returns (items, pagination dict in
-    the contract's shape)."""
-    counted = select.add_columns(_capped_count(select).scalar_subquery().label("_total"))
+    the contract's shape). `extra` columns (per-row scalar subqueries: a row's counts) ride in
+    the page's statement, not in its count; each item is then (entity, *extra values)."""
+    counted = select.add_columns(*extra,
+                                 _capped_count(select).scalar_subquery().label("_total"))
     rows = db.session.execute(counted.limit(per_page).offset((page - 1) * per_page)).unique()
     rows = rows.all()
     if rows:
@@ -70,6 +72,8 @@ def paginate(select, page: int, per_page: int):
                         + (len(rows) == per_page))
             meta = pagination_meta(page, per_page, total)
             meta["total_is_estimate"] = True
+    if extra:
+        return [tuple(row[:-1]) for row in rows], meta
     return [row[0] for row in rows], meta
 
 

@@ -187,6 +187,8 @@ def _rolled_back(session: Session, previous) -> None:
 
 def _publish(session: Session) -> None:
     """after_commit: write the committed values to Redis in the current generation."""
+    if session.in_nested_transaction():  # a savepoint released: the real commit is to come
+        return
     pending = session.info.pop(PENDING, None)
     unsure = session.info.pop(UNSURE, False)
     if not pending or not has_app_context():
