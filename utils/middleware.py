@@ -18,7 +18,13 @@ from werkzeug.exceptions import HTTPException
 from models import db
 from utils.errors import APIError, BadRequest, NotFound, ServiceUnavailable, ValidationError
 from utils.extensions import limiter
-from utils.validators import INT_MAX, JSON_MAX_DEPTH, json_too_deep, text_problem
+from utils.validators import (
+    INT_MAX,
+    JSON_MAX_DEPTH,
+    json_has_nul,
+    json_too_deep,
+    text_problem,
+)
 
 log = logging.getLogger("lms.request")
 
@@ -214,7 +220,7 @@ def _start_request():
 def _reject_malformed_json():
     """A body that claims to be JSON must be JSON (and UTF-8): 400, not a silent `{}`; nor may
     it nest deeper than JSON_MAX_DEPTH (400, checked before parsing: a deep body would
-    otherwise exhaust the parser's recursion)."""
+    otherwise exhaust the parser's recursion), nor hold NUL in any string or key (422)."""
     if request.routing_exception is not None:
         return  # an unknown path or method answers 404/405 whatever the body
     if request.method in ("POST", "PUT", "PATCH", "DELETE") and request.is_json:
@@ -229,6 +235,9 @@ def _reject_malformed_json():
             json.loads(text)
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise BadRequest("Request body is not valid JSON", code="malformed_json")
+        if json_has_nul(text):  # in any string or key, read by a model or not
+            raise ValidationError("Invalid input",
+                                  details={"body": "Text must not contain NUL characters"})
 
 
 def _reject_control_characters():

@@ -26,7 +26,7 @@ from functools import wraps
 from json import loads as json_loads
 from decimal import Decimal
 from types import SimpleNamespace
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args, get_origin
 
 from flask import current_app, request
 from annotated_types import Le, Lt, MaxLen
@@ -111,36 +111,47 @@ def _query_items() -> dict:
             for key, values in request.args.lists()}
 
 
-def _single_line(field: FieldInfo | None) -> bool:
-    """A string field capped at SINGLE_LINE_MAX characters or fewer holds one line."""
-    if field is None:
-        return False
-    limits = [m.max_length for m in field.metadata if isinstance(m, MaxLen)]
-    return bool(limits) and min(limits) <= SINGLE_LINE_MAX
+def _limits(metadata) -> tuple[bool, bool]:
+    """(one line, bounded) for a value with this metadata: a string capped at SINGLE_LINE_MAX
+    characters or fewer holds one line; a number with its own maximum is bounded by it."""
+    caps = [m.max_length for m in metadata if isinstance(m, MaxLen)]
+    return (bool(caps) and min(caps) <= SINGLE_LINE_MAX,
+            any(isinstance(m, (Le, Lt)) for m in metadata))
 
 
-def _bounded(field: FieldInfo | None) -> bool:
-    return field is not None and any(isinstance(m, (Le, Lt)) for m in field.metadata)
+def _item_metadata(annotation) -> list:
+    """The constraints on the items of a list field (`list[Annotated[str, Field(...)]]`)."""
+    for arg in get_args(annotation):
+        if get_origin(arg) in (list, tuple, set, frozenset):
+            return _item_metadata(arg)
+        if get_origin(arg) is Annotated:
+            found = []
+            for extra in get_args(arg)[1:]:
+                found.extend(extra.metadata if isinstance(extra, FieldInfo) else [extra])
+            return found
+    return []
 
 
-def _value_problems(value, loc: tuple, field: FieldInfo | None, found: list[dict]) -> None:
+def _value_problems(value, loc: tuple, metadata, found: list[dict], annotation=None) -> None:
     problem = None
+    single_line, bounded = _limits(metadata)
     if isinstance(value, BaseModel):
         found.extend(input_problems(value, loc))
     elif isinstance(value, str):
-        problem = text_problem(value, single_line=_single_line(field))
+        problem = text_problem(value, single_line=single_line)
     elif isinstance(value, (int, float, Decimal)):
-        problem = number_problem(value, bounded=_bounded(field))
+        problem = number_problem(value, bounded=bounded)
     elif isinstance(value, date):  # datetime too
         problem = date_problem(value)
     elif isinstance(value, dict):
         for key, item in value.items():
             if isinstance(key, str) and text_problem(key, single_line=True):
                 problem = "Keys must not contain control characters"
-            _value_problems(item, (*loc, key), None, found)
+            _value_problems(item, (*loc, key), (), found)
     elif isinstance(value, (list, tuple, set, frozenset)):
+        items = _item_metadata(annotation)
         for index, item in enumerate(value):
-            _value_problems(item, (*loc, index), None, found)
+            _value_problems(item, (*loc, index), items, found)
     if problem:
         found.append({"loc": loc, "msg": problem, "type": "invalid_input"})
 
@@ -150,7 +161,8 @@ def input_problems(model: BaseModel, loc: tuple = ()) -> list[dict]:
     pydantic-style error entries (`loc`, `msg`, `type`); [] when nothing."""
     found: list[dict] = []
     for name, field in type(model).model_fields.items():
-        _value_problems(getattr(model, name, None), (*loc, name), field, found)
+        _value_problems(getattr(model, name, None), (*loc, name), field.metadata, found,
+                        field.annotation)
     return found
 
 

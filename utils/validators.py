@@ -112,6 +112,16 @@ def json_too_deep(text: str, limit: int = JSON_MAX_DEPTH) -> bool:
     return False
 
 
+# NUL in JSON text can only be the escape \u0000 (a raw control character is malformed JSON);
+# an escaped backslash before "u0000" is text, not NUL.
+_JSON_NUL = re.compile(r"(?:^|[^\\])(?:\\\\)*\\u0000", re.IGNORECASE)
+
+
+def json_has_nul(text: str) -> bool:
+    """True when a string (or key) anywhere in the JSON text holds NUL."""
+    return "\\u0000" in text.lower() and _JSON_NUL.search(text) is not None
+
+
 def one_line(value: str) -> str:
     """Control characters (line breaks included) as single spaces: for text written into a
     header line (a mail subject) from values stored before these rules."""
