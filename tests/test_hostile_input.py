@@ -112,9 +112,22 @@ def test_nul_in_an_admin_search_is_422(client, people):
     assert "search" in body["details"]
 
 
-def test_nul_in_a_json_object_key_or_nested_value_is_422(client, people):
-    error(client.post(f"{API}/courses", json={"title": "T", "learning_outcomes": ["a\x00"]},
-                      headers=people["instructor"]), 422, "validation_error")
+def test_nul_in_a_json_object_key_or_nested_value_is_422(client, people, app):
+    body = error(client.post(f"{API}/courses",
+                             json={"title": "T", "learning_outcomes": ["ok", "a\x00"]},
+                             headers=people["instructor"]), 422, "validation_error")
+    assert body["details"] == {"learning_outcomes.1": "Text must not contain NUL characters"}
+    body = error(client.post(f"{API}/courses", json={"title": "T", "unknown\x00": {"x": 1}},
+                             headers=people["instructor"]), 422, "validation_error")
+    assert body["details"] == {"unknown\\u0000": "Keys must not contain NUL characters"}
+    assert count(app, Course) == 0
+
+
+def test_an_escaped_backslash_before_u0000_is_text_not_nul(client, people):
+    title = "C:\\u0000 path"
+    course = ok(client.post(f"{API}/courses", json={"title": title},
+                            headers=people["instructor"]), 201)["course"]
+    assert course["title"] == title
 
 
 # --- JSON ---------------------------------------------------------------------------------------

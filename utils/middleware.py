@@ -22,6 +22,7 @@ from utils.validators import (
     INT_MAX,
     JSON_MAX_DEPTH,
     json_has_nul,
+    nul_paths,
     json_too_deep,
     text_problem,
 )
@@ -232,12 +233,11 @@ def _reject_malformed_json():
             if json_too_deep(text):
                 raise BadRequest(f"Request body nests deeper than {JSON_MAX_DEPTH} levels",
                                  code="json_too_deep")
-            json.loads(text)
+            document = json.loads(text)
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise BadRequest("Request body is not valid JSON", code="malformed_json")
         if json_has_nul(text):  # in any string or key, read by a model or not
-            raise ValidationError("Invalid input",
-                                  details={"body": "Text must not contain NUL characters"})
+            raise ValidationError("Invalid input", details=nul_paths(document))
 
 
 def _reject_control_characters():

@@ -122,6 +122,27 @@ def json_has_nul(text: str) -> bool:
     return "\\u0000" in text.lower() and _JSON_NUL.search(text) is not None
 
 
+def nul_paths(document) -> dict[str, str]:
+    """Where a parsed JSON document holds NUL, in a string or a key: {"a.0.b": message}.
+    Walked with a stack, not recursion."""
+    found: dict[str, str] = {}
+    stack = [((), document)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                found[".".join(map(str, path)) or "body"] = "Text must not contain NUL characters"
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if "\x00" in key:
+                    found[".".join(map(str, (*path, key.replace("\x00", "\\u0000"))))] = \
+                        "Keys must not contain NUL characters"
+                stack.append(((*path, key), item))
+        elif isinstance(value, list):
+            stack.extend(((*path, index), item) for index, item in enumerate(value))
+    return found
+
+
 def one_line(value: str) -> str:
     """Control characters (line breaks included) as single spaces: for text written into a
     header line (a mail subject) from values stored before these rules."""
