@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import time
+import unicodedata
 import uuid
 
 from flask import Flask, current_app, g, has_request_context, jsonify, request
@@ -242,15 +243,22 @@ def _reject_malformed_json():
 
 def _reject_control_characters():
     """What no model reads is checked here for every route: a path segment with a control
-    character (NUL included), or an id beyond an Integer column, names nothing (404); a query
+    character (NUL included) names nothing (the view's own 404), nor does an id beyond an
+    Integer column (404); a query
     value or a form field with NUL or another control character is 422 (multi-line text
     travels in JSON bodies, where the models allow line breaks in long text)."""
     if request.routing_exception is not None:
         return
-    for value in (request.view_args or {}).values():
-        if (isinstance(value, str) and text_problem(value, single_line=True)) or \
-                (isinstance(value, int) and value > INT_MAX):
+    view_args = request.view_args or {}
+    for name, value in view_args.items():
+        if isinstance(value, int) and not isinstance(value, bool) and value > INT_MAX:
             raise NotFound()
+        if isinstance(value, str) and text_problem(value, single_line=True):
+            # No identifier holds a control character: each becomes U+FFFD, which matches
+            # nothing, so the view answers its own "not found" (in the shape it declares)
+            # and no NUL reaches the database.
+            view_args[name] = "".join("\ufffd" if unicodedata.category(ch) == "Cc" else ch
+                                      for ch in value)
     details = {}
     for key, value in request.args.items(multi=True):
         problem = text_problem(key, single_line=True) or text_problem(value, single_line=True)
