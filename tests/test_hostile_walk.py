@@ -18,25 +18,13 @@ from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
 import pytest
-from flask_jwt_extended import create_access_token
 
-from app import create_app
-from models import User, db
 from routes.docs import api_document
+from tests.support.fuzz_app import fuzz_app, signed_in
 
 pytestmark = pytest.mark.fuzz
 
-HIGH = "100000 per minute"
-APP = create_app("testing", overrides={
-    **{name: HIGH for name in (
-        "RATE_LIMIT_REGISTER", "RATE_LIMIT_LOGIN", "RATE_LIMIT_REFRESH",
-        "RATE_LIMIT_PASSWORD_RESET_REQUEST", "RATE_LIMIT_PASSWORD_RESET_VERIFY",
-        "RATE_LIMIT_PUBLIC", "RATE_LIMIT_SEARCH", "RATE_LIMIT_CONTACT", "RATE_LIMIT_VERIFY",
-        "RATE_LIMIT_PAYMENT_CREATE", "RATE_LIMIT_PAYMENT_VERIFY")},
-    # NUL in free text trips the injection tripwire on purpose; blocking the address would
-    # only hide the rest of the walk.
-    "IP_BLOCK_MAX_UNSAFE_INPUTS": 10**9, "IP_BLOCK_MAX_ACCOUNTS": 10**9,
-})
+APP = fuzz_app()
 with APP.app_context():
     DOCUMENT = api_document()
 SCHEMAS = DOCUMENT["components"]["schemas"]
@@ -228,28 +216,9 @@ def send(client, method, url, query, kind, body, headers):
     return client.open(url, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def _module_db():
-    with APP.app_context():
-        if db.engine.url.render_as_string() == "sqlite://":
-            db.create_all()  # an in-memory database of this app's own
-    yield
-
-
 @pytest.fixture
-def role_headers(app, _module_db):
-    """Fresh users per test (the suite empties every table after each test); no password
-    (tokens are minted, and hashing a password costs more than a walk of an operation)."""
-    headers = {}
-    with APP.app_context():
-        for role in ("admin", "instructor", "student"):
-            user = User(email=f"walker-{role}@example.com", role=role, first_name="Walker",
-                        last_name=role.title(), is_active=True, password_hash="!")
-            db.session.add(user)
-            db.session.commit()
-            headers[role] = {"Authorization": f"Bearer {create_access_token(user)}"}
-        db.session.remove()
-    return headers
+def role_headers(app):
+    return {role: {"Authorization": f"Bearer {token}"} for role, token in signed_in(APP).items()}
 
 
 def _shape(response, op: dict) -> bool:
