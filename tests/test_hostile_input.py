@@ -281,3 +281,12 @@ def test_a_long_derived_title_is_cut_whatever_the_caller(app, make_user):
                                     kind="system", title="t" * 500, message="m")
         db.session.commit()
         assert len(db.session.scalar(db.select(Notification.title))) == 200
+
+
+def test_a_form_part_whose_name_breaks_its_header_is_refused(client, people):
+    """A part named "\\n" reaches the form without a name (found by the schema fuzzing)."""
+    body = (b"--b\r\nContent-Disposition: form-data; name=\"\n\"\r\n\r\nx\r\n--b--\r\n")
+    response = client.post(f"{API}/auth/profile/picture", data=body, headers=people["student"],
+                           content_type="multipart/form-data; boundary=b")
+    assert 400 <= response.status_code < 500, response.get_data(as_text=True)
+    assert {"error", "code"} <= set(response.get_json())

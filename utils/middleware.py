@@ -266,8 +266,9 @@ def _reject_control_characters():
             details.setdefault(key, problem)
     if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         for key, value in request.form.items(multi=True):
+            key = key or ""  # a part without a name
             problem = text_problem(key, single_line=True) or \
-                text_problem(value, single_line=False)
+                (isinstance(value, str) and text_problem(value, single_line=False))
             if problem:
                 details.setdefault(key, problem)
     if details:
