@@ -27,7 +27,7 @@ pytestmark = pytest.mark.fuzz
 
 # Per operation and role. 2 missed a live-session 500 that 30 find in seconds; 30 over the
 # whole document take about as long as the PostgreSQL pass beside it (measured: 655 s wall,
-# 237 s CPU, on the 2-core CI machine shared with the other passes).
+# 237 s CPU, on this 2-core machine beside a PostgreSQL pass of 725 s and other work).
 EXAMPLES = int(os.environ.get("LMS_FUZZ_EXAMPLES", "30"))
 APP = fuzz_app()
 with APP.app_context():
