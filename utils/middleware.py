@@ -8,7 +8,6 @@ import json
 import logging
 import re
 import time
-import unicodedata
 import uuid
 
 from flask import Flask, current_app, g, has_request_context, jsonify, request
@@ -24,6 +23,7 @@ from utils.validators import (
     JSON_MAX_DEPTH,
     json_has_nul,
     nul_paths,
+    one_line,
     json_too_deep,
     text_problem,
 )
@@ -257,8 +257,7 @@ def _reject_control_characters():
             # No identifier holds a control character: each becomes U+FFFD, which matches
             # nothing, so the view answers its own "not found" (in the shape it declares)
             # and no NUL reaches the database.
-            view_args[name] = "".join("\ufffd" if unicodedata.category(ch) == "Cc" else ch
-                                      for ch in value)
+            view_args[name] = one_line(value, by="\ufffd")
     details = {}
     for key, value in request.args.items(multi=True):
         problem = text_problem(key, single_line=True) or text_problem(value, single_line=True)

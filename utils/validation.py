@@ -22,17 +22,17 @@ the document cannot drift from what the code returns.
 from __future__ import annotations
 
 from datetime import date
+from decimal import Decimal
 from functools import wraps
 from json import loads as json_loads
-from decimal import Decimal
 from types import SimpleNamespace
 from typing import Annotated, Any, get_args, get_origin
 
-from flask import current_app, request
 from annotated_types import Le, Lt, MaxLen
+from flask import current_app, request
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema
-from pydantic.fields import FieldInfo
 from pydantic import ValidationError as PydanticValidationError
+from pydantic.fields import FieldInfo
 from spectree import Response, SecurityScheme, SpecTree
 from spectree.model_adapter.pydantic_adapter import PydanticModelAdapter
 from spectree.models import SecuritySchemeData, SecureType

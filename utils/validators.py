@@ -38,7 +38,8 @@ def slugify(text: str, max_length: int = 200) -> str:
 # no control character at all, so none reaches a mail header or an iCalendar line. Longer
 # text (descriptions, messages) may hold tabs and line breaks, no other control character.
 SINGLE_LINE_MAX = 300
-_MULTI_LINE_ALLOWED = frozenset("\t\n\r")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode's Cc: C0, DEL, C1
+_CONTROL_BUT_LINES = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 # Numbers: integers fit an Integer column (32 bits, signed) unless the field declares its own
 # bounds; decimals are finite and fit Numeric(10,2); floats are finite. Dates and times lie in
@@ -57,16 +58,15 @@ _JSON_BRACKET = re.compile(r"[\[\]{}]")
 
 
 def text_problem(value: str, *, single_line: bool) -> str | None:
-    """Why `value` is refused as text ("" means fine): NUL anywhere, any control character in
+    """Why `value` is refused as text (None means fine): NUL anywhere, any control character in
     one-line text, control characters other than tab and line breaks in longer text."""
     if "\x00" in value:
         return "Text must not contain NUL characters"
-    for char in value:
-        if unicodedata.category(char) == "Cc":
-            if single_line:
-                return "This text must be one line without control characters"
-            if char not in _MULTI_LINE_ALLOWED:
-                return "Text must not contain control characters other than tabs and line breaks"
+    if single_line:
+        if _CONTROL.search(value):
+            return "This text must be one line without control characters"
+    elif _CONTROL_BUT_LINES.search(value):
+        return "Text must not contain control characters other than tabs and line breaks"
     return None
 
 
@@ -143,10 +143,10 @@ def nul_paths(document) -> dict[str, str]:
     return found
 
 
-def one_line(value: str) -> str:
-    """Control characters (line breaks included) as single spaces: for text written into a
-    header line (a mail subject) from values stored before these rules."""
-    return "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in value)
+def one_line(value: str, by: str = " ") -> str:
+    """Each control character (line breaks included) replaced `by` a single space: for text
+    written into a header line (a mail subject) from values stored before these rules."""
+    return _CONTROL.sub(by, value)
 
 
 def cut(value: str, limit: int) -> str:
