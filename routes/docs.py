@@ -55,9 +55,12 @@ TAGS = {
 # What any operation may answer besides what it declares, in the one error shape: the
 # pipeline, the middleware and the limiter stand in front of every view.
 COMMON_ERRORS = {
-    "400": "Bad request: a body that claims to be JSON and is not",
+    "400": "Bad request: a body that claims to be JSON and is not, or nests deeper than 32 "
+           "levels (`json_too_deep`)",
     "403": "Not allowed: this client address is blocked",
     "413": "Request body too large",
+    "422": "Invalid input: NUL or another control character in a query value, a form field or "
+           "a JSON string or key (`details` names each)",
     "429": "Rate limited: retry after `Retry-After` seconds",
     "500": "Unexpected error (logged with the request id)",
     "503": "A dependency (database, Redis, a gateway) is unavailable or not configured",
@@ -86,7 +89,8 @@ IDEMPOTENCY_CONFLICT = ("Conflict: the data changed meanwhile, or a request with
 IDEMPOTENCY_INVALID = ("Invalid input: `details` maps each field to its message; or this "
                        "`Idempotency-Key` was used with another request "
                        "(`idempotency_key_reused`)")
-IDEMPOTENCY_BAD_KEY = ("Bad request: a body that claims to be JSON and is not, or an "
+IDEMPOTENCY_BAD_KEY = ("Bad request: a body that claims to be JSON and is not or nests deeper "
+                       "than 32 levels, or an "
                        "`Idempotency-Key` that is not 1 to 255 visible ASCII characters "
                        "(`invalid_idempotency_key`)")
 WRITES = ("post", "put", "patch", "delete")

@@ -27,6 +27,7 @@ from services import jobs
 from utils.errors import ServiceUnavailable
 from utils.extensions import mail
 from utils.providers import configured
+from utils.validators import one_line
 
 log = logging.getLogger("lms.email")
 
@@ -55,6 +56,12 @@ class Outgoing:
     text: str
     html: str | None = None
     attachments: tuple = ()
+
+    def __post_init__(self) -> None:
+        # Header values are one line: a CR or LF in a subject would end the header (and
+        # makes the mail libraries refuse the whole message).
+        self.subject = one_line(self.subject)
+        self.to = one_line(self.to).strip()
 
 
 class EmailProvider(ABC):

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from models import OPEN_ENROLLMENT_STATUSES, Course, Enrollment, LiveSession, LiveSessionAttendance, User, db
 from services import course_service, notification_service
 from services.email_service import Attachment
-from utils.errors import Forbidden, Gone, NotFound
+from utils.errors import Forbidden, Gone, NotFound, ValidationError
 from utils.helpers import iso, utcnow
 
 OPEN = OPEN_ENROLLMENT_STATUSES
@@ -96,8 +96,18 @@ def session_dict(live: LiveSession, *, host: bool) -> dict:
 
 # --- writing ----------------------------------------------------------------------------------
 
+def _not_over(start_time: datetime, duration_minutes: int) -> None:
+    """A session is scheduled (or moved) to a time that has not passed: one already under way
+    may be entered, one that has ended may not (422)."""
+    if start_time + timedelta(minutes=duration_minutes) <= utcnow():
+        raise ValidationError("A live session cannot be scheduled in the past",
+                              code="validation_error",
+                              details={"start_time": "This session would already have ended"})
+
+
 def create(user: User, data: dict) -> LiveSession:
     course = course_service.editable_course(data["course_id"], user)
+    _not_over(data["start_time"], data["duration_minutes"])
     live = LiveSession(instructor_id=course.instructor_id, status="scheduled", **data)
     db.session.add(live)
     db.session.flush()
@@ -110,6 +120,9 @@ def update_session(live: LiveSession, changes: dict) -> LiveSession:
         raise Gone("This live session was cancelled")
     moved = any(name in changes and changes[name] != getattr(live, name)
                 for name in ("start_time", "duration_minutes"))
+    if moved:
+        _not_over(changes.get("start_time", live.start_time),
+                  changes.get("duration_minutes", live.duration_minutes))
     for name, value in changes.items():
         setattr(live, name, value)
     db.session.flush()
@@ -222,8 +235,12 @@ def _announce(live: LiveSession, course: Course, what: str) -> None:
 
 
 def _ics_text(value: str) -> str:
-    return (value.replace("\\", "\\\\").replace(";", "\\;").replace(",", "\\,")
-            .replace("\r\n", "\\n").replace("\n", "\\n"))
+    """RFC 5545 TEXT: backslash, semicolon and comma escaped; every line break (CR LF, LF or
+    a bare CR) as \\n; other control characters, which TEXT may not hold, dropped."""
+    value = (value.replace("\\", "\\\\").replace(";", "\\;").replace(",", "\\,")
+             .replace("\r\n", "\n").replace("\r", "\n"))
+    return "".join(ch for ch in value if ch == "\n" or ch == "\t" or ch >= " " and ch != "\x7f"
+                   ).replace("\n", "\\n")
 
 
 def _fold(line: str) -> str:

@@ -26,6 +26,10 @@ from services.email_service import (
 from utils.errors import NotFound, ValidationError
 from utils.helpers import utcnow
 from utils.pagination import paginate
+from utils.validators import cut, one_line
+
+# Titles are built from user text ("New live session: <title>"): cut to fit their column.
+TITLE_LENGTH = Notification.__table__.c.title.type.length
 
 # notification kind -> the preference column that switches its e-mail on or off
 EMAIL_PREFERENCE = {
@@ -109,6 +113,7 @@ def notify(recipients: Select, *, kind: str, title: str, message: str, link: str
     queue e-mails to those whose preferences allow this kind. Returns how many were notified."""
     assert kind in NOTIFICATION_KINDS
     check_link(link)
+    title = cut(one_line(title), TITLE_LENGTH)
     ids = recipients.subquery()
     source = select(ids.c.id, literal(kind), literal(title), literal(message), literal(link),
                     literal(False),
@@ -146,7 +151,8 @@ def _render(title: str, message: str, link: str | None, first_name: str | None,
             app_name: str) -> tuple[str, str, str]:
     context = {"greeting": f"Hello {first_name}," if first_name else "Hello,",
                "title": title, "message": message, "link": link, "app_name": app_name}
-    return (f"{title} – {app_name}",
+    # The subject is a mail header: one line, whatever a stored title holds.
+    return (one_line(f"{title} – {app_name}"),
             _TEXT_TEMPLATE.render(**context),  # plain text: nothing to escape
             render_template_string(EMAIL_HTML, **context))
 

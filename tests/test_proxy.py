@@ -289,9 +289,10 @@ def test_ip_blocks_hold_whatever_x_forwarded_for_says(world):
         db.session.remove()
         db.engine.dispose()
 
-    blocked = send(world, "GET", f"{API}/health", source="127.0.0.8",
+    # (Health probes are never refused; a public read is.)
+    blocked = send(world, "GET", f"{API}/public/categories", source="127.0.0.8",
                    headers={"X-Forwarded-For": "198.51.100.200"})
-    claimed = send(world, "GET", f"{API}/health", source="127.0.0.9",
+    claimed = send(world, "GET", f"{API}/public/categories", source="127.0.0.9",
                    headers={"X-Forwarded-For": "127.0.0.8"})
 
     assert blocked.status == 403 and blocked.json["code"] == "ip_blocked", blocked.text

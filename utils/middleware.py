@@ -1,5 +1,7 @@
-"""Request/response middleware: request ids, structured request logs, malformed-JSON
-detection, and the one error handler that shapes every error the API returns."""
+"""Request/response middleware: request ids, structured request logs, refusal of input no
+route may see (malformed or too deeply nested JSON, NUL and control characters in path
+segments, query values and form fields, ids beyond an Integer column), and the one error
+handler that shapes every error the API returns."""
 from __future__ import annotations
 
 import json
@@ -14,8 +16,17 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
 
 from models import db
-from utils.errors import APIError, BadRequest, ServiceUnavailable
+from utils.errors import APIError, BadRequest, NotFound, ServiceUnavailable, ValidationError
 from utils.extensions import limiter
+from utils.validators import (
+    INT_MAX,
+    JSON_MAX_DEPTH,
+    json_has_nul,
+    nul_paths,
+    one_line,
+    json_too_deep,
+    text_problem,
+)
 
 log = logging.getLogger("lms.request")
 
@@ -209,7 +220,9 @@ def _start_request():
 
 
 def _reject_malformed_json():
-    """A body that claims to be JSON must be JSON (and UTF-8): 400, not a silent `{}`."""
+    """A body that claims to be JSON must be JSON (and UTF-8): 400, not a silent `{}`; nor may
+    it nest deeper than JSON_MAX_DEPTH (400, checked before parsing: a deep body would
+    otherwise exhaust the parser's recursion), nor hold NUL in any string or key (422)."""
     if request.routing_exception is not None:
         return  # an unknown path or method answers 404/405 whatever the body
     if request.method in ("POST", "PUT", "PATCH", "DELETE") and request.is_json:
@@ -217,9 +230,48 @@ def _reject_malformed_json():
         if not raw:
             return
         try:
-            json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+            text = raw.decode("utf-8")
+            if json_too_deep(text):
+                raise BadRequest(f"Request body nests deeper than {JSON_MAX_DEPTH} levels",
+                                 code="json_too_deep")
+            document = json.loads(text)
+        except (UnicodeDecodeError, ValueError, RecursionError):
             raise BadRequest("Request body is not valid JSON", code="malformed_json")
+        if json_has_nul(text):  # in any string or key, read by a model or not
+            raise ValidationError("Invalid input", details=nul_paths(document))
+
+
+def _reject_control_characters():
+    """What no model reads is checked here for every route: a path segment with a control
+    character (NUL included) names nothing (the view's own 404), nor does an id beyond an
+    Integer column (404); a query
+    value or a form field with NUL or another control character is 422 (multi-line text
+    travels in JSON bodies, where the models allow line breaks in long text)."""
+    if request.routing_exception is not None:
+        return
+    view_args = request.view_args or {}
+    for name, value in view_args.items():
+        if isinstance(value, int) and not isinstance(value, bool) and value > INT_MAX:
+            raise NotFound()
+        if isinstance(value, str) and text_problem(value, single_line=True):
+            # No identifier holds a control character: each becomes U+FFFD, which matches
+            # nothing, so the view answers its own "not found" (in the shape it declares)
+            # and no NUL reaches the database.
+            view_args[name] = one_line(value, by="\ufffd")
+    details = {}
+    for key, value in request.args.items(multi=True):
+        problem = text_problem(key, single_line=True) or text_problem(value, single_line=True)
+        if problem:
+            details.setdefault(key, problem)
+    if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        for key, value in request.form.items(multi=True):
+            key = key or ""  # a part without a name
+            problem = text_problem(key, single_line=True) or \
+                (isinstance(value, str) and text_problem(value, single_line=False))
+            if problem:
+                details.setdefault(key, problem)
+    if details:
+        raise ValidationError("Invalid input", details=details)
 
 
 def _finish_request(response):
@@ -249,6 +301,7 @@ def init_middleware(app: Flask) -> None:
     configure_logging(app)
     app.before_request(_start_request)
     app.before_request(_reject_malformed_json)
+    app.before_request(_reject_control_characters)
     app.after_request(_finish_request)
     app.register_error_handler(APIError, _handle_api_error)
     app.register_error_handler(HTTPException, _handle_http_exception)

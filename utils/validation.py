@@ -6,6 +6,12 @@ the parsed models are on `request.context.json` / `request.context.query` (also 
 `query_args()`). Errors come back in the API's shape: 422 with `details` mapping each field to
 its message, and 415 when a JSON route is sent something that is not JSON.
 
+Every model also gets the rules of `utils/validators.py` that no field has to ask for
+(`input_problems`): no NUL in any text, no control character in one-line text, integers that
+fit their column, finite numbers, dates in the supported years. The request pipeline
+(utils/middleware.py) applies the same to what no model reads: path segments, raw query values,
+form fields, and the nesting depth of a JSON body.
+
 Answers: a view returns a plain dict (with a status and headers, as Flask allows); the body
 model its declaration names for that status shapes it. Body models are TypedDicts
 (`utils/responses.py`), serialized by pydantic straight from the dict: only the declared keys
@@ -15,14 +21,18 @@ the document cannot drift from what the code returns.
 """
 from __future__ import annotations
 
+from datetime import date
+from decimal import Decimal
 from functools import wraps
 from json import loads as json_loads
 from types import SimpleNamespace
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args, get_origin
 
+from annotated_types import Le, Lt, MaxLen
 from flask import current_app, request
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema
 from pydantic import ValidationError as PydanticValidationError
+from pydantic.fields import FieldInfo
 from spectree import Response, SecurityScheme, SpecTree
 from spectree.model_adapter.pydantic_adapter import PydanticModelAdapter
 from spectree.models import SecuritySchemeData, SecureType
@@ -32,7 +42,14 @@ from utils.errors import UnsupportedMediaType, ValidationError
 from utils.pipeline import blocked_ips
 from utils.pipeline.client_address import client_ip
 from utils.responses import ErrorResponse
-from utils.validators import detect_sql_injection, detect_xss
+from utils.validators import (
+    SINGLE_LINE_MAX,
+    date_problem,
+    detect_sql_injection,
+    detect_xss,
+    number_problem,
+    text_problem,
+)
 
 
 def _field_path(loc) -> str:
@@ -117,6 +134,76 @@ def _is_attack(error: dict) -> bool:
             and (detect_sql_injection(value) or detect_xss(value)))
 
 
+def _limits(metadata) -> tuple[bool, bool]:
+    """(one line, bounded) for a value with this metadata: a string capped at SINGLE_LINE_MAX
+    characters or fewer holds one line; a number with its own maximum is bounded by it."""
+    caps = [m.max_length for m in metadata if isinstance(m, MaxLen)]
+    return (bool(caps) and min(caps) <= SINGLE_LINE_MAX,
+            any(isinstance(m, (Le, Lt)) for m in metadata))
+
+
+def _item_metadata(annotation) -> list:
+    """The constraints on the items of a list field (`list[Annotated[str, Field(...)]]`)."""
+    for arg in get_args(annotation):
+        if get_origin(arg) in (list, tuple, set, frozenset):
+            return _item_metadata(arg)
+        if get_origin(arg) is Annotated:
+            found = []
+            for extra in get_args(arg)[1:]:
+                found.extend(extra.metadata if isinstance(extra, FieldInfo) else [extra])
+            return found
+    return []
+
+
+def _value_problems(value, loc: tuple, metadata, found: list[dict], annotation=None) -> None:
+    problem = None
+    single_line, bounded = _limits(metadata)
+    if isinstance(value, BaseModel):
+        found.extend(input_problems(value, loc))
+    elif isinstance(value, str):
+        problem = text_problem(value, single_line=single_line)
+    elif isinstance(value, (int, float, Decimal)):
+        problem = number_problem(value, bounded=bounded)
+    elif isinstance(value, date):  # datetime too
+        problem = date_problem(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and text_problem(key, single_line=True):
+                problem = "Keys must not contain control characters"
+            _value_problems(item, (*loc, key), (), found)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        items = _item_metadata(annotation)
+        for index, item in enumerate(value):
+            _value_problems(item, (*loc, index), items, found)
+    if problem:
+        found.append({"loc": loc, "msg": problem, "type": "invalid_input"})
+
+
+def input_problems(model: BaseModel, loc: tuple = ()) -> list[dict]:
+    """What a parsed model holds that no input may (see the module's docstring), as
+    pydantic-style error entries (`loc`, `msg`, `type`); [] when nothing."""
+    found: list[dict] = []
+    for name, field in type(model).model_fields.items():
+        _value_problems(getattr(model, name, None), (*loc, name), field.metadata, found,
+                        field.annotation)
+    return found
+
+
+def _parse(model: type[BaseModel], data, errors: list[dict]):
+    """`model` validated from `data`, with the rules every input keeps to; problems are added
+    to `errors` (and None returned)."""
+    try:
+        parsed = model.model_validate(data)
+    except PydanticValidationError as exc:
+        errors.extend(exc.errors())
+        return None
+    problems = input_problems(parsed)
+    if problems:
+        errors.extend(problems)
+        return None
+    return parsed
+
+
 def _raise_invalid(errors: list[dict]) -> None:
     """422 for `errors`; an injection pattern is recorded as a security event: in a structured
     field it counts towards blocking the address, in free text (`unsafe_input` from SafeText)
@@ -154,18 +241,12 @@ def validate(*, json: type[BaseModel] | None = None, query: type[BaseModel] | No
             request.context = context
             errors: list[dict] = []
             if query is not None:
-                try:
-                    context.query = query.model_validate(_query_items())
-                except PydanticValidationError as exc:
-                    errors.extend(exc.errors())
+                context.query = _parse(query, _query_items(), errors)
             if json is not None and request.method in ("POST", "PUT", "PATCH"):
                 if request.content_length and not request.is_json:
                     raise UnsupportedMediaType(
                         "Send this request as JSON with 'Content-Type: application/json'")
-                try:
-                    context.json = json.model_validate(request.get_json(silent=True) or {})
-                except PydanticValidationError as exc:
-                    errors.extend(exc.errors())
+                context.json = _parse(json, request.get_json(silent=True) or {}, errors)
             if errors:
                 _raise_invalid(errors)
             return shaped(fn(*args, **kw), resp, media)
@@ -296,10 +377,11 @@ def filters(model: type[BaseModel]):
     if not isinstance(body, dict) or not body:
         return query_args()
     merged = {**request.args.to_dict(), **body}
-    try:
-        return model.model_validate(merged)
-    except PydanticValidationError as exc:
-        _raise_invalid(exc.errors())
+    errors: list[dict] = []
+    parsed = _parse(model, merged, errors)
+    if errors:
+        _raise_invalid(errors)
+    return parsed
 
 
 class IdList(StrictModel):
@@ -333,7 +415,8 @@ def document(**kwargs):
 def parse_query(model: type[BaseModel]):
     """Validate the query string against `model` in a view that is documented with
     `document()` rather than wrapped (streamed answers)."""
-    try:
-        return model.model_validate(_query_items())
-    except PydanticValidationError as exc:
-        _raise_invalid(exc.errors())
+    errors: list[dict] = []
+    parsed = _parse(model, _query_items(), errors)
+    if errors:
+        _raise_invalid(errors)
+    return parsed

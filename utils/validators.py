@@ -1,5 +1,6 @@
 """Input rules shared by the validation models and the services: e-mail, phone, password,
-names, URLs, slugs, and the seed's SQL-injection / XSS pattern detection for free text.
+names, URLs, slugs, control characters, JSON depth, the ranges numbers and dates must keep to,
+and the seed's SQL-injection / XSS pattern detection for free text.
 
 The pattern checks are a tripwire, not the defence: every query is parameterised through the
 ORM and everything rendered is escaped. They are tuned to let ordinary prose through
@@ -7,8 +8,11 @@ ORM and everything rendered is escaped. They are tuned to let ordinary prose thr
 """
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
+from datetime import date
+from decimal import Decimal
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -25,6 +29,129 @@ def slugify(text: str, max_length: int = 200) -> str:
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
     slug = _SLUG_STRIP.sub("-", ascii_text.lower()).strip("-")
     return slug[:max_length].rstrip("-") or "item"
+
+
+# --- what every input keeps to (utils/validation.py applies these to every model) -----------
+
+# Text: NUL is refused everywhere (PostgreSQL cannot store it; C strings end at it). A string a
+# model caps at SINGLE_LINE_MAX characters or fewer is one line (a title, a name, a search):
+# no control character at all, so none reaches a mail header or an iCalendar line. Longer
+# text (descriptions, messages) may hold tabs and line breaks, no other control character.
+SINGLE_LINE_MAX = 300
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode's Cc: C0, DEL, C1
+_CONTROL_BUT_LINES = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+# Numbers: integers fit an Integer column (32 bits, signed) unless the field declares its own
+# bounds; decimals are finite and fit Numeric(10,2); floats are finite. Dates and times lie in
+# the supported years, so that nothing computed from them (an end time, a join window, the
+# day after a filter's last day) leaves what Python and the databases can hold.
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+DECIMAL_MAX = Decimal("99999999.99")
+DECIMAL_MIN_EXPONENT = -10
+FLOAT_MAX = 1e15
+YEAR_MIN, YEAR_MAX = 1900, 2200
+
+# JSON bodies nest at most this deep (a deeper body is refused before it is parsed).
+JSON_MAX_DEPTH = 32
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def text_problem(value: str, *, single_line: bool) -> str | None:
+    """Why `value` is refused as text (None means fine): NUL anywhere, any control character in
+    one-line text, control characters other than tab and line breaks in longer text."""
+    if "\x00" in value:
+        return "Text must not contain NUL characters"
+    if single_line:
+        if _CONTROL.search(value):
+            return "This text must be one line without control characters"
+    elif _CONTROL_BUT_LINES.search(value):
+        return "Text must not contain control characters other than tabs and line breaks"
+    return None
+
+
+def number_problem(value, *, bounded: bool) -> str | None:
+    """Why a parsed number is refused (None means fine). `bounded`: the field declares its
+    own maximum, which then applies instead of the column's."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        if not bounded and not INT_MIN <= value <= INT_MAX:
+            return f"Must be between {INT_MIN} and {INT_MAX}"
+    elif isinstance(value, float):
+        if not math.isfinite(value) or abs(value) > FLOAT_MAX:
+            return f"Must be a finite number of at most {FLOAT_MAX:g}"
+    elif isinstance(value, Decimal):
+        if not value.is_finite():
+            return "Must be a finite number"
+        if value and value.as_tuple().exponent < DECIMAL_MIN_EXPONENT:
+            return f"Must have at most {-DECIMAL_MIN_EXPONENT} decimal places"
+        if not bounded and abs(value) > DECIMAL_MAX:
+            return f"Must be between -{DECIMAL_MAX} and {DECIMAL_MAX}"
+    return None
+
+
+def date_problem(value: date) -> str | None:
+    """Why a date or time is refused (None means fine): outside YEAR_MIN..YEAR_MAX."""
+    if not YEAR_MIN <= value.year <= YEAR_MAX:
+        return f"Dates must lie in the years {YEAR_MIN} to {YEAR_MAX}"
+    return None
+
+
+def json_too_deep(text: str, limit: int = JSON_MAX_DEPTH) -> bool:
+    """True when the JSON text nests arrays/objects deeper than `limit`; counted without
+    parsing or recursion (string contents are skipped), so any input is safe to ask about."""
+    depth = 0
+    for match in _JSON_BRACKET.finditer(_JSON_STRING.sub("", text)):
+        if match.group() in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+# NUL in JSON text can only be the escape \u0000 (a raw control character is malformed JSON);
+# an escaped backslash before "u0000" is text, not NUL.
+_JSON_NUL = re.compile(r"(?:^|[^\\])(?:\\\\)*\\u0000", re.IGNORECASE)
+
+
+def json_has_nul(text: str) -> bool:
+    """True when a string (or key) anywhere in the JSON text holds NUL."""
+    return "\\u0000" in text.lower() and _JSON_NUL.search(text) is not None
+
+
+def nul_paths(document) -> dict[str, str]:
+    """Where a parsed JSON document holds NUL, in a string or a key: {"a.0.b": message}.
+    Walked with a stack, not recursion."""
+    found: dict[str, str] = {}
+    stack = [((), document)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                found[".".join(map(str, path)) or "body"] = "Text must not contain NUL characters"
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if "\x00" in key:
+                    found[".".join(map(str, (*path, key.replace("\x00", "\\u0000"))))] = \
+                        "Keys must not contain NUL characters"
+                stack.append(((*path, key), item))
+        elif isinstance(value, list):
+            stack.extend(((*path, index), item) for index, item in enumerate(value))
+    return found
+
+
+def one_line(value: str, by: str = " ") -> str:
+    """Each control character (line breaks included) replaced `by` a single space: for text
+    written into a header line (a mail subject) from values stored before these rules."""
+    return _CONTROL.sub(by, value)
+
+
+def cut(value: str, limit: int) -> str:
+    """`value` cut to at most `limit` characters, an ellipsis marking a cut."""
+    return value if len(value) <= limit else value[:limit - 1].rstrip() + "\u2026"
 
 
 # --- e-mail and phone -------------------------------------------------------------------------
@@ -145,6 +272,9 @@ def _check_phone(value: str) -> str:
 
 
 def _check_url(value: str) -> str:
+    # A URL is one line whatever its length: it reaches calendar lines and mail bodies.
+    if text_problem(value, single_line=True):
+        raise PydanticCustomError("invalid_url", "A URL must not contain control characters")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise PydanticCustomError("invalid_url", "Must be an http(s) URL")
