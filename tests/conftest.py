@@ -9,6 +9,7 @@ configured those tests skip, except under CI=true, where a missing service fails
 """
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from datetime import timedelta
@@ -215,3 +216,18 @@ def app_ctx(app):
     """An app context for setup and assertions only (never around client requests)."""
     with app.app_context():
         yield
+
+
+@pytest.fixture
+def mailbox():
+    """What the console mail backend logged (lms.email): the mails a test sent."""
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler = Collect()
+    logging.getLogger("lms.email").addHandler(handler)
+    yield messages
+    logging.getLogger("lms.email").removeHandler(handler)

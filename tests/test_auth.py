@@ -499,19 +499,6 @@ def test_change_password_failures(client, app, make_user, body, field):
 
 # --- password reset (console mail backend) ----------------------------------------------------
 
-@pytest.fixture
-def mailbox():
-    messages: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            messages.append(record.getMessage())
-
-    handler = Collect()
-    logging.getLogger("lms.email").addHandler(handler)
-    yield messages
-    logging.getLogger("lms.email").removeHandler(handler)
-
 
 def reset_token_from(messages):
     match = re.search(r"/reset-password/([A-Za-z0-9_\-]+)", messages[-1])

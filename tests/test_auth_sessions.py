@@ -3,11 +3,9 @@ a weapon, refresh tokens that rotate and betray their reuse, logout that ends a 
 either token, and answers that do not tell known e-mails from unknown ones."""
 from __future__ import annotations
 
-import logging
 import re
 from datetime import timedelta
 
-import pytest
 from flask_jwt_extended import decode_token
 from sqlalchemy import select
 
@@ -49,20 +47,6 @@ def bearer(token):
 
 def email_of(app, user_id):
     return fetch(app, User, User.id == user_id).email
-
-
-@pytest.fixture
-def mailbox():
-    messages: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            messages.append(record.getMessage())
-
-    handler = Collect()
-    logging.getLogger("lms.email").addHandler(handler)
-    yield messages
-    logging.getLogger("lms.email").removeHandler(handler)
 
 
 # --- lockout per account and source -------------------------------------------------------------
