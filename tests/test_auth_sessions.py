@@ -104,6 +104,28 @@ def test_a_locked_source_is_refused_while_a_known_source_signs_in(client, app, m
     ok(login(client, "target@example.com", ip=1))
 
 
+def test_a_device_token_is_no_key_to_another_account_nor_are_fresh_ones_a_way_round(
+        client, app, make_user):
+    victim_id = make_user(email="owner@example.com")
+    make_user(email="mallory@example.com")
+    own_device = ok(login(client, "mallory@example.com", ip=60))["device_token"]
+    # Mallory's own device token, then a new made-up one each try, against another account.
+    tokens = [own_device] + [f"made-up-{n}" for n in range(4)]
+    statuses = [login(client, "owner@example.com", WRONG, ip=60, device_token=token).status_code
+                for token in tokens]
+    assert statuses == [401] * 4 + [423]
+    # The right password from the same source is refused now, with either kind of token.
+    error(login(client, "owner@example.com", ip=60, device_token=own_device), 423,
+          "account_locked")
+    error(login(client, "owner@example.com", ip=60, device_token="made-up-9"), 423,
+          "account_locked")
+    with app.app_context():
+        # Nothing Mallory sent became a trusted source of the owner's account.
+        assert db.session.scalars(select(TrustedSource.id).where(
+            TrustedSource.user_id == victim_id)).all() == []
+    assert fetch(app, User, User.id == victim_id).locked_until is not None
+
+
 def test_a_completed_password_reset_lifts_every_lock(client, app, make_user, mailbox):
     user_id = make_user(email="reset-me@example.com")
     for n in range(5):
