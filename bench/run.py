@@ -61,6 +61,18 @@ TARGETS = {
 }
 HIGH = "1000000 per minute"
 
+# The ten categories and fifty subcategories every bench dataset files its courses under
+# (bench/scale.py seeds them too).
+CATEGORIES_SEED = """
+INSERT INTO master_categories (name, slug, position, is_active, created_at, updated_at)
+SELECT 'Category ' || n, 'category-' || n, n, true, now(), now() FROM generate_series(1, 10) n;
+
+INSERT INTO subcategories (master_category_id, name, slug, position, is_active, created_at,
+                           updated_at)
+SELECT 1 + (n % 10), 'Subcategory ' || n, 'subcategory-' || n, n, true, now(), now()
+FROM generate_series(1, 50) n;
+"""
+
 SEED = """
 INSERT INTO users (email, password_hash, first_name, last_name, role, is_active,
                    is_email_verified, is_phone_verified, failed_login_attempts, created_at,
@@ -72,14 +84,7 @@ SELECT CASE WHEN n = 1 THEN 'bench-admin@example.com' WHEN n = 2 THEN 'bench-stu
        true, true, false, 0, now() - (n || ' minutes')::interval, now()
 FROM generate_series(1, 50000) AS n;
 
-INSERT INTO master_categories (name, slug, position, is_active, created_at, updated_at)
-SELECT 'Category ' || n, 'category-' || n, n, true, now(), now() FROM generate_series(1, 10) n;
-
-INSERT INTO subcategories (master_category_id, name, slug, position, is_active, created_at,
-                           updated_at)
-SELECT 1 + (n % 10), 'Subcategory ' || n, 'subcategory-' || n, n, true, now(), now()
-FROM generate_series(1, 50) n;
-
+""" + CATEGORIES_SEED + """
 INSERT INTO courses (title, slug, short_description, description, price, currency, difficulty,
                      learning_outcomes, language, mode_of_conduct, status, subcategory_id,
                      instructor_id, published_at, created_at, updated_at)

@@ -65,14 +65,7 @@ SELECT CASE WHEN n = 1 THEN 'bench-admin@example.com' WHEN n = 2 THEN 'bench-stu
        n % 50 <> 0, true, false, 0, now() - (n || ' seconds')::interval, now()
 FROM generate_series(1, {users}) AS n;
 
-INSERT INTO master_categories (name, slug, position, is_active, created_at, updated_at)
-SELECT 'Category ' || n, 'category-' || n, n, true, now(), now() FROM generate_series(1, 10) n;
-
-INSERT INTO subcategories (master_category_id, name, slug, position, is_active, created_at,
-                           updated_at)
-SELECT 1 + (n % 10), 'Subcategory ' || n, 'subcategory-' || n, n, true, now(), now()
-FROM generate_series(1, 50) n;
-
+""" + bench.CATEGORIES_SEED + """
 INSERT INTO courses (title, slug, short_description, description, price, currency, difficulty,
                      learning_outcomes, language, mode_of_conduct, status, subcategory_id,
                      instructor_id, published_at, created_at, updated_at)
