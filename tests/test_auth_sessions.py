@@ -49,6 +49,18 @@ def email_of(app, user_id):
     return fetch(app, User, User.id == user_id).email
 
 
+def user_in(app) -> int:
+    """A student in `app`'s own database (postgres_app may be a scratch database, which the
+    make_user fixture, bound to the suite's app, does not write to)."""
+    with app.app_context():
+        user = User(email="racer@example.com", first_name="Ra", last_name="Cer", role="student",
+                    is_active=True, is_email_verified=True)
+        user.set_password(PASSWORD)
+        db.session.add(user)
+        db.session.commit()
+        return user.id
+
+
 # --- lockout per account and source -------------------------------------------------------------
 
 def test_failures_from_five_other_addresses_do_not_lock_a_known_device_or_address(
@@ -305,10 +317,44 @@ def test_a_refresh_token_from_before_logins_were_recorded_rotates_once(
     assert count(app, LoginSession) == 1
 
 
-def test_two_refreshes_at_once_give_at_most_one_pair(postgres_app, make_user):
+def test_sign_ins_at_once_from_a_new_source_record_it_once_and_each_start_a_login(postgres_app):
+    app = postgres_app
+    user_id = user_in(app)
+    results = fire_together(app, 4, "POST", f"{API}/auth/login", headers={},
+                            json={"email": email_of(app, user_id), "password": PASSWORD})
+    # Each is a sign-in or, past the host's bound on hashes at once, `503 busy`; none a 500.
+    assert all(status in (200, 503) for status, _ in results), results
+    signed_in = [body for status, body in results if status == 200]
+    assert signed_in, results
+    with app.app_context():
+        kinds = sorted(db.session.scalars(select(TrustedSource.kind).where(
+            TrustedSource.user_id == user_id)))
+    # The address once (the unique pair absorbed the race), and each sign-in's own device.
+    assert kinds == sorted(["address"] + ["device"] * len(signed_in))
+    assert len({body["device_token"] for body in signed_in}) == len(signed_in)
+    assert count(app, LoginSession) == len(signed_in)
+
+
+def test_wrong_passwords_at_once_all_count(postgres_app):
+    app = postgres_app
+    user_id = user_in(app)
+    results = fire_together(app, 5, "POST", f"{API}/auth/login", headers={},
+                            json={"email": email_of(app, user_id), "password": WRONG})
+    assert all(status in (401, 423, 503) for status, _ in results), results
+    wrong = sum(status in (401, 423) for status, _ in results)
+    with app.app_context():
+        [throttle] = db.session.scalars(select(LoginThrottle)).all()
+        user = db.session.get(User, user_id)
+        # Every checked failure was counted (one upsert each, no lost update); five lock.
+        counted = throttle.failures if throttle.locked_until is None else 5
+        assert counted == wrong
+        assert (user.locked_until is not None) == (wrong == 5)
+
+
+def test_two_refreshes_at_once_give_at_most_one_pair(postgres_app):
     app = postgres_app
     client = app.test_client()
-    user_id = make_user()
+    user_id = user_in(app)
     refresh = ok(login(client, email_of(app, user_id), ip=92))["refresh_token"]
     results = fire_together(app, 4, "POST", f"{API}/auth/refresh", headers=bearer(refresh))
     winners = [body for status, body in results if status == 200]
