@@ -49,7 +49,8 @@ from services.credentials import keys as credential_keys
 from services.email_service import register_outbox
 from utils import error_reporting, json_provider, metrics
 from utils.extensions import cors, limiter, mail, migrate
-from utils.middleware import init_middleware
+from utils.middleware import init_middleware, log_request
+from utils.pipeline.catalog_fast_path import CatalogFastPath
 from utils.pipeline.client_address import TrustedProxies, parse_networks
 from utils.pipeline.hooks import init_pipeline
 from utils.validation import spec
@@ -94,7 +95,11 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
         proxies = parse_networks(app.config["TRUSTED_PROXIES"])
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    app.wsgi_app = TrustedProxies(app.wsgi_app, proxies)
+    # Inside TrustedProxies (the client's address is settled first): a guest's current cached
+    # catalog page is answered here, its limits and checks in one Redis round trip.
+    app.wsgi_app = TrustedProxies(
+        CatalogFastPath(app.wsgi_app, app, app.config["API_PREFIX"] + "/public/",
+                        on_answer=_fast_answer), proxies)
 
     db.init_app(app)
     migrate.init_app(app, db, compare_type=True, render_as_batch=True)
@@ -168,6 +173,13 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
 
     register_commands(app)
     return app
+
+
+def _fast_answer(environ, status: int, rule: str, started: float, request_id: str) -> None:
+    """An answer of the catalog fast path counted and logged as Flask's are."""
+    metrics.count_request("GET", rule, status, started)
+    log_request("GET", environ.get("PATH_INFO", ""), status, started, environ.get("REMOTE_ADDR"),
+                request_id=request_id)
 
 
 def _per_view_security(app: Flask) -> None:

@@ -326,6 +326,9 @@ class Config:
 
     # Public catalog answers to guests are cached this long in Redis (and by browsers/CDNs).
     CATALOG_CACHE_SECONDS = env_int("CATALOG_CACHE_SECONDS", 30)
+    # A current cached copy is sent before Flask runs, its rate limits and the address's block
+    # checked in the same single Redis round trip (utils/pipeline/catalog_fast_path.py).
+    CATALOG_FAST_PATH = env_bool("CATALOG_FAST_PATH", True)
 
     # Admin dashboard and analytics: read from this replica when set, and kept in Redis this
     # many seconds (0: computed on every request).

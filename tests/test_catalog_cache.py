@@ -8,6 +8,7 @@ from app import create_app
 from models import db
 from tests.conftest import redis_url, require_service
 from tests.support.queries import recorded_statements
+from utils.pipeline import catalog_cache
 
 
 @pytest.fixture
@@ -75,7 +76,8 @@ def test_guest_answers_are_cached_and_writes_invalidate_them(cache_app):
     first = client.get(f"/api/v1/public/courses/{course_id}")
     assert first.json["course"]["title"] == "Cached course"
     with cache_app.app_context():
-        keys = [k.decode() for k in redis_client.get().keys("lms:catalog:entry:/api/v1/public/*")]
+        keys = [k.decode() for k in
+                redis_client.get().keys(catalog_cache.ENTRY_PREFIX + "/api/v1/public/*")]
     assert any(k.endswith(f"/api/v1/public/courses/{course_id}?") for k in keys)
     # A hit answers the same body without touching the database.
     with recorded_statements(cache_app) as statements:

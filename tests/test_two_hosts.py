@@ -37,6 +37,7 @@ from tests.support.scratch_services import (
     scratch_postgres,
 )
 from utils.helpers import utcnow
+from utils.pipeline import catalog_cache
 
 API = "/api/v1"
 PROFILE = f"{API}/auth/profile"
@@ -505,8 +506,9 @@ def test_a_catalog_change_on_one_host_is_served_at_once_by_the_other(hosts, inst
     assert listed_title(b.send("GET", listing)) == title
     version = int(shared_redis.get("lms:catalog:version") or 0)
     # One copy, stamped with the catalog version it was computed under.
-    copy = shared_redis.get(f"lms:catalog:entry:{detail}?")
+    copy = shared_redis.get(f"{catalog_cache.ENTRY_PREFIX}{detail}?")
     assert copy is not None and copy.split("\n", 1)[0] == str(version), copy
+    assert copy.split("\n", 2)[1] == old_etag, copy  # the tag kept with the copy
 
     # Host A validates host B's ETag (the same body has the same tag on every host).
     not_modified = a.send("GET", detail, headers={"If-None-Match": old_etag})

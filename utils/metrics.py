@@ -85,11 +85,16 @@ def _start_timer() -> None:
 def _count_request(response):
     method = request.method if request.method in _METHODS else "other"
     endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    REQUESTS.labels(method, endpoint, str(response.status_code)).inc()
-    started = g.pop("metrics_started", None)
+    count_request(method, endpoint, response.status_code, g.pop("metrics_started", None))
+    return response
+
+
+def count_request(method: str, endpoint: str, status: int, started: float | None) -> None:
+    """Count an answer and its latency (also called by utils/pipeline/catalog_fast_path.py for
+    the answers it sends before Flask runs)."""
+    REQUESTS.labels(method, endpoint, str(status)).inc()
     if started is not None:
         LATENCY.labels(method, endpoint).observe(time.perf_counter() - started)
-    return response
 
 
 def _count_database_error(context) -> None:

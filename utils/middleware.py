@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 import uuid
 
@@ -21,6 +20,7 @@ from utils.extensions import limiter
 from utils.validators import (
     INT_MAX,
     JSON_MAX_DEPTH,
+    REQUEST_ID,
     json_has_nul,
     nul_paths,
     one_line,
@@ -29,8 +29,6 @@ from utils.validators import (
 )
 
 log = logging.getLogger("lms.request")
-
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 # Werkzeug's HTTP errors keep their status; these give them our machine codes and messages.
 _HTTP_CODES = {
@@ -64,7 +62,8 @@ class RequestIdFilter(logging.Filter):
     """Puts the current request id on every log record, so every line can be traced."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = current_request_id() or "-"
+        # A line logged outside a request context (the catalog fast path) brings its own.
+        record.request_id = getattr(record, "request_id", None) or current_request_id() or "-"
         return True
 
 
@@ -215,7 +214,7 @@ def _handle_unexpected(exc: Exception):
 
 def _start_request():
     incoming = request.headers.get("X-Request-ID", "")
-    g.request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+    g.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
     g.request_started = time.perf_counter()
 
 
@@ -280,21 +279,26 @@ def _finish_request(response):
         response.headers["X-Request-ID"] = request_id
     started = g.get("request_started")
     if started is not None:
-        log.info(
-            "%s %s %s",
-            request.method,
-            request.path,
-            response.status_code,
-            extra={
-                "method": request.method,
-                "path": request.path,
-                "status": response.status_code,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                "remote_addr": request.remote_addr,
-                "user_id": g.get("user_id"),
-            },
-        )
+        log_request(request.method, request.path, response.status_code, started,
+                    request.remote_addr, g.get("user_id"))
     return response
+
+
+def log_request(method: str, path: str, status: int, started: float, remote_addr: str | None,
+                user_id: int | None = None, request_id: str | None = None) -> None:
+    """The request log's line for an answer (also written by utils/pipeline/catalog_fast_path.py
+    for the answers it sends before Flask runs)."""
+    extra = {
+        "method": method,
+        "path": path,
+        "status": status,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        "remote_addr": remote_addr,
+        "user_id": user_id,
+    }
+    if request_id is not None:
+        extra["request_id"] = request_id
+    log.info("%s %s %s", method, path, status, extra=extra)
 
 
 def init_middleware(app: Flask) -> None:

@@ -22,6 +22,8 @@ from pydantic import AfterValidator, Field
 from pydantic_core import PydanticCustomError
 
 _SLUG_STRIP = re.compile(r"[^a-z0-9]+")
+# A client's X-Request-ID is kept when it looks like an id; otherwise the request gets its own.
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def slugify(text: str, max_length: int = 200) -> str:

@@ -6,7 +6,9 @@ that wrote a catalog table bumps the version, so a change is visible at once on 
 The version and the copy are read in the request's one Redis round trip
 (utils/pipeline/shared_state.py).
 Every cacheable answer gets an ETag and Cache-Control; a matching If-None-Match is 304.
-Without Redis, answers are computed every time but still carry ETags.
+Without Redis, answers are computed every time but still carry ETags. A copy keeps its ETag, and
+a guest's request for a current copy is answered before Flask runs, by
+utils/pipeline/catalog_fast_path.py (which learns from the views here what it needs).
 """
 from __future__ import annotations
 
@@ -18,12 +20,19 @@ import redis
 from flask import current_app, g, make_response, request
 from sqlalchemy import event
 from sqlalchemy.orm import Session
+from werkzeug.datastructures import MultiDict
 
+from utils.extensions import limiter
 from utils.pipeline import redis_client, shared_state
 
 log = logging.getLogger("lms.cache")
 
 VERSION_KEY = "lms:catalog:version"
+ENTRY_PREFIX = "lms:catalog:page:"  # + path?sorted query: b"<version>\n<etag>\n<body>"
+# In the WSGI environ of a guest's request for a cached view: what the catalog fast path learns
+# from it (utils/pipeline/catalog_fast_path.py): endpoint, URL rule, the limits it was counted
+# against (Flask-Limiter's RateLimitItem, key arguments, shared).
+LEARN = "lms.catalog_view"
 # Not users: every login writes the user row, and would empty the cache; an instructor's new
 # name or picture shows in cached lists within CATALOG_CACHE_SECONDS.
 CATALOG_TABLES = frozenset({"courses", "modules", "lessons", "lesson_resources",
@@ -77,8 +86,12 @@ def register() -> None:
 
 # --- the decorator ----------------------------------------------------------------------------
 
-def _conditional(body: bytes, status: int, public: bool):
-    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+def _etag(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+def _conditional(body: bytes, status: int, public: bool, etag: str | None = None):
+    etag = etag or _etag(body)
     if status == 200 and etag in [tag.strip() for tag in
                                   request.headers.get("If-None-Match", "").split(",")]:
         response = make_response("", 304)
@@ -93,9 +106,20 @@ def _conditional(body: bytes, status: int, public: bool):
     return response
 
 
-def _entry_key() -> str:
-    query = "&".join(f"{k}={v}" for k, v in sorted(request.args.items(multi=True)))
-    return f"lms:catalog:entry:{request.path}?{query}"
+def entry_key(path: str, args: MultiDict) -> str:
+    """A page's copy: its path and its query's parameters in order (the fast path builds the
+    same key from the WSGI environ)."""
+    query = "&".join(f"{k}={v}" for k, v in sorted(args.items(multi=True)))
+    return f"{ENTRY_PREFIX}{path}?{query}"
+
+
+def read_entry(value: bytes, version) -> tuple[str, bytes] | None:
+    """(etag, body) of a stored copy made under the catalog `version` now current, else None."""
+    stored, _, rest = value.partition(b"\n")
+    if stored != str(int(version or 0)).encode():
+        return None
+    etag, _, body = rest.partition(b"\n")
+    return etag.decode(), body
 
 
 def prefetch_keys() -> tuple[str, ...]:
@@ -106,7 +130,7 @@ def prefetch_keys() -> tuple[str, ...]:
     view = current_app.view_functions.get(request.endpoint or "")
     while view is not None and not getattr(view, "catalog_cached", False):
         view = getattr(view, "__wrapped__", None)
-    return (VERSION_KEY, _entry_key()) if view is not None else ()
+    return (VERSION_KEY, entry_key(request.path, request.args)) if view is not None else ()
 
 
 def cached_public(view):
@@ -118,30 +142,34 @@ def cached_public(view):
     @wraps(view)
     def wrapper(*args, **kwargs):
         guest = "Authorization" not in request.headers
-        key = _entry_key() if guest else None
+        key = entry_key(request.path, request.args) if guest else None
         # Not prefetched: a signed-in caller, the cache off, no Redis or Redis down.
         version = shared_state.cached(VERSION_KEY) if guest else shared_state.NOT_READ
         usable = version is not shared_state.NOT_READ
+        if guest:
+            request.environ[LEARN] = (request.endpoint, request.url_rule.rule, [
+                (limit.limit, limit.request_args, limit.shared)
+                for limit in limiter.current_limits])
         if usable:
-            current = int(version or 0)
             entry = shared_state.cached(key)
-            if entry is not None:
-                stored, _, body = entry.partition(b"\n")
-                if stored == str(current).encode():
-                    g.catalog_cache = "hit"
-                    return _conditional(body, 200, public=True)
+            copy = read_entry(entry, version) if entry is not None else None
+            if copy is not None:
+                g.catalog_cache = "hit"
+                return _conditional(copy[1], 200, public=True, etag=copy[0])
         response = current_app.make_response(view(*args, **kwargs))
         if response.status_code != 200:
             return response
         body = response.get_data()
+        etag = _etag(body)
         if usable:
             try:
-                redis_client.get().set(key, str(current).encode() + b"\n" + body,
-                                       ex=current_app.config["CATALOG_CACHE_SECONDS"])
+                redis_client.get().set(
+                    key, f"{int(version or 0)}\n{etag}\n".encode() + body,
+                    ex=current_app.config["CATALOG_CACHE_SECONDS"])
             except redis.RedisError as exc:
                 log.warning("catalog cache not written: %s", exc)
             g.catalog_cache = "miss"
-        return _conditional(body, 200, public=guest)
+        return _conditional(body, 200, public=guest, etag=etag)
 
     wrapper.catalog_cached = True
     return wrapper

@@ -17,6 +17,11 @@ def get() -> redis.Redis | None:
     url = current_app.config.get("REDIS_URL")
     if not url:
         return None
+    return for_url(url)
+
+
+def for_url(url: str) -> redis.Redis:
+    """The process's client for `url` (what `get()` returns for the app's REDIS_URL)."""
     client = _clients.get(url)
     if client is None:
         client = redis.Redis.from_url(

@@ -1,0 +1,208 @@
+"""A guest's cached catalog page answered before Flask runs, with every check the full path
+makes for that request, in one Redis round trip.
+
+A guest `GET` of a cached public catalog view (utils/pipeline/catalog_cache.py) whose copy is
+current needs no view, no database and no token: only its rate limits counted, the shared
+state's trust and the address's block read, and the stored body sent with the headers the full
+path adds. This WSGI layer (inside `TrustedProxies`, so the client's address is the one the
+limits and blocks use) does exactly that:
+
+- one Redis pipeline: Flask-Limiter's own fixed-window script (`limits`' incr/expire, by its
+  SHA) for each limit the endpoint has, with the keys Flask-Limiter uses, and one `MGET` of
+  the shared state's trust marker, the address's block, the catalog version and the copy;
+- the answer only when every limit still has room, the mirror is trusted and the address is
+  not blocked, and the copy was made under the current catalog version; anything else (a
+  breached limit, a block, no trust, a miss, Redis down, the limiter on its in-memory
+  fallback, `If-None-Match`, a token, `HEAD`) goes on to Flask, which counts and answers it
+  as it always has (a request passed on after its limit was counted here is counted again
+  there: only ever on a request already over its limit);
+- the headers are the ones Flask sent to the last guest of the same endpoint, origin and
+  scheme (security headers, CORS, caching), learned from that response, with this answer's
+  own `ETag`, `Content-Length` and `X-Request-ID`; the endpoint's limits are learned from
+  Flask-Limiter the same way. Until an endpoint has been answered by Flask once in a process,
+  its requests go to Flask.
+
+It counts the request in the metrics and logs it as the full path does. Switched off with
+CATALOG_FAST_PATH=false (and whenever the catalog cache is off or the limiter's headers are
+sent on every answer, `RATE_LIMIT_HEADERS=all`, which vary per request).
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis
+from flask import Flask
+from limits.storage import RedisStorage
+from limits.strategies import FixedWindowRateLimiter
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Request
+
+from utils.extensions import limiter
+from utils.pipeline import catalog_cache, redis_client
+from utils.pipeline.shared_state import SYNCED, ip_key
+from utils.validators import REQUEST_ID
+
+log = logging.getLogger("lms.cache")
+
+# Headers each answer sets for itself; the rest are the endpoint's, learned.
+OWN_HEADERS = frozenset({"content-length", "etag", "x-request-id"})
+TEMPLATES_KEPT = 64  # (endpoint, origin, scheme) header sets per process, least recent dropped
+
+
+@dataclass
+class Endpoint:
+    rule: str  # the URL rule, the metrics' label
+    # Each limit: the RateLimitItem and Flask-Limiter's key arguments with None for the address.
+    limits: list[tuple] = field(default_factory=list)
+
+
+class CatalogFastPath:
+    """WSGI middleware: see the module's docstring. `on_answer(environ, status, rule, started,
+    request_id)` is called for each answer it sends (the metrics and the request log)."""
+
+    def __init__(self, wsgi_app, app: Flask, prefix: str,
+                 on_answer: Callable[..., None] | None = None):
+        self.wsgi_app = wsgi_app
+        self.app = app
+        self.prefix = prefix
+        self.on_answer = on_answer
+        self.endpoints: dict[str, Endpoint] = {}
+        self.templates: OrderedDict[tuple, list[tuple[str, str]]] = OrderedDict()
+        self._adapter = None
+
+    # --- when it may answer -----------------------------------------------------------------
+
+    def _enabled(self) -> bool:
+        config = self.app.config
+        return (config["CATALOG_FAST_PATH"] and config["CATALOG_CACHE_SECONDS"] > 0
+                and config["RATE_LIMIT_HEADERS"] != "all" and bool(config.get("REDIS_URL")))
+
+    def __call__(self, environ, start_response):
+        if (environ.get("REQUEST_METHOD") != "GET"
+                or not environ.get("PATH_INFO", "").startswith(self.prefix)
+                or "HTTP_AUTHORIZATION" in environ or "HTTP_IF_NONE_MATCH" in environ
+                or not self._enabled()):
+            return self.wsgi_app(environ, start_response)
+        started = time.perf_counter()
+        answer = self._answer(environ)
+        if answer is None:
+            return self._learning(environ, start_response)
+        rule, headers, body = answer
+        start_response("200 OK", headers)
+        if self.on_answer is not None:
+            self.on_answer(environ, 200, rule, started, headers[-1][1])
+        return [body]
+
+    def _endpoint(self, path: str) -> tuple[str, Endpoint] | None:
+        if self._adapter is None:
+            self._adapter = self.app.url_map.bind("localhost")
+        try:
+            name, _ = self._adapter.match(path, method="GET")
+        except HTTPException:  # not found, method not allowed, redirect: Flask answers it
+            return None
+        known = self.endpoints.get(name)
+        return (name, known) if known is not None else None
+
+    def _counting(self, client: redis.Redis):
+        """Flask-Limiter's fixed-window script when the fast path can count as Flask-Limiter
+        does, in the same Redis as the shared state: (storage, script), else None."""
+        if not limiter.enabled or getattr(limiter, "_storage_dead", True):
+            return None  # off, or counting in memory while Redis is away
+        storage = limiter.storage
+        if type(storage) is not RedisStorage or type(limiter.limiter) is not FixedWindowRateLimiter:
+            return None
+        if not _same_server(storage.get_connection(), client):
+            return None
+        return storage, storage.lua_incr_expire
+
+    def _answer(self, environ):
+        found = self._endpoint(environ["PATH_INFO"])
+        if found is None:
+            return None
+        name, endpoint = found
+        template_key = (name, environ.get("HTTP_ORIGIN"), environ.get("wsgi.url_scheme"))
+        template = self.templates.get(template_key)
+        if template is None:
+            return None
+        client = redis_client.for_url(self.app.config["REDIS_URL"])
+        counting = self._counting(client) if endpoint.limits else None
+        if endpoint.limits and counting is None:
+            return None
+        ip = environ.get("REMOTE_ADDR") or "unknown"
+        entry = catalog_cache.entry_key(environ["PATH_INFO"], Request(environ).args)
+        pipe = client.pipeline(transaction=False)
+        if counting is not None:
+            storage, script = counting
+            for item, args in endpoint.limits:
+                key = storage.prefixed_key(item.key_for(*(ip if a is None else a for a in args)))
+                pipe.evalsha(script.sha, 1, key, item.get_expiry(), 1)
+        pipe.mget([SYNCED, ip_key(ip), catalog_cache.VERSION_KEY, entry])
+        try:
+            *counts, (synced, blocked, version, value) = pipe.execute()
+        except redis.exceptions.NoScriptError:
+            try:  # a Redis that lost its scripts: load it for the next request
+                client.script_load(counting[1].script)
+            except redis.RedisError:
+                pass
+            return None
+        except redis.RedisError as exc:
+            log.warning("catalog fast path: Redis unavailable, Flask answers: %s", exc)
+            return None
+        if any(int(count) > item.amount for (item, _), count in zip(endpoint.limits, counts)):
+            return None  # over a limit: Flask counts it again and answers 429
+        if synced is None or blocked is not None or value is None:
+            return None
+        copy = catalog_cache.read_entry(value, version)
+        if copy is None:
+            return None
+        etag, body = copy
+        incoming = environ.get("HTTP_X_REQUEST_ID", "")
+        request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        self.templates.move_to_end(template_key)
+        headers = [*template, ("ETag", etag), ("Content-Length", str(len(body))),
+                   ("X-Request-ID", request_id)]
+        return endpoint.rule, headers, body
+
+    # --- learning from the full path ----------------------------------------------------------
+
+    def _learning(self, environ, start_response):
+        """Flask answers; a guest's 200 from a cached view teaches the endpoint's headers and
+        limits (set in environ by the view: catalog_cache.cached_public)."""
+
+        def start(status, headers, exc_info=None):
+            learned = environ.get(catalog_cache.LEARN)
+            if learned is not None and status.startswith("200 "):
+                self._learn(environ, learned, headers)
+            return start_response(status, headers, exc_info)
+
+        return self.wsgi_app(environ, start)
+
+    def _learn(self, environ, learned, headers) -> None:
+        name, rule, limits = learned
+        if any(header.lower() == "set-cookie" for header, _ in headers):
+            return
+        ip = environ.get("REMOTE_ADDR") or "unknown"
+        kept = []
+        for item, args, shared in limits:
+            if shared or list(args).count(ip) != 1:
+                return  # a limit not keyed by the address alone: Flask counts it
+            kept.append((item, tuple(None if arg == ip else arg for arg in args)))
+        self.endpoints[name] = Endpoint(rule, kept)
+        key = (name, environ.get("HTTP_ORIGIN"), environ.get("wsgi.url_scheme"))
+        self.templates[key] = [(header, value) for header, value in headers
+                               if header.lower() not in OWN_HEADERS]
+        self.templates.move_to_end(key)
+        while len(self.templates) > TEMPLATES_KEPT:
+            self.templates.popitem(last=False)
+
+
+def _same_server(a: redis.Redis, b: redis.Redis) -> bool:
+    """Whether two clients reach the same Redis database (then one pipeline serves both)."""
+    wanted = ("host", "port", "path", "db", "username", "password")
+    one, other = a.connection_pool.connection_kwargs, b.connection_pool.connection_kwargs
+    return all(one.get(name) == other.get(name) for name in wanted)
