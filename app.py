@@ -12,7 +12,7 @@ from flask import Flask
 from flask_talisman import Talisman
 
 from auth import jwt
-from config import CONFIGS, ConfigError, config_name_from_env
+from config import CONFIGS, ConfigError, config_name_from_env, ping_when_idle
 from models import db
 # In this order: spectree lists the OpenAPI document's component schemas in the order the
 # routes' decorators declare them, and the published document keeps its order.
@@ -102,6 +102,8 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
                         on_answer=_fast_answer), proxies)
 
     db.init_app(app)
+    with app.app_context():
+        ping_when_idle(db.engine)  # PostgreSQL: a pooled connection is pinged after it sat idle
     migrate.init_app(app, db, compare_type=True, render_as_batch=True)
     jwt.init_app(app)
     limiter.init_app(app)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 from dotenv import load_dotenv
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
 
 BASE_DIR = Path(__file__).resolve().parent
 INSTANCE_DIR = BASE_DIR / "instance"
@@ -65,24 +69,52 @@ def database_engine_options(url: str) -> dict:
     On PostgreSQL a database that is down, stuck or overloaded must cost a request a bounded
     time and a 503, never a worker: a connect timeout, a server-side statement timeout (0 turns
     it off, e.g. for a long migration), a bounded pool whose waiters give up after
-    DATABASE_POOL_TIMEOUT, connections recycled and pinged before use (a restarted server is
-    noticed on checkout), and TCP keepalives for a peer that vanished without closing. Other
-    databases (SQLite) get the ping only: psycopg2's arguments would break sqlite3.connect."""
-    options: dict = {"pool_pre_ping": True}
+    DATABASE_POOL_TIMEOUT, connections recycled, and TCP keepalives for a peer that vanished
+    without closing. A pooled connection is pinged before use only after it sat idle
+    (`ping_when_idle`, which the engine's owner attaches: a restarted server is noticed on
+    checkout without a round trip on every request of a busy worker). Other databases (SQLite)
+    get the plain ping: psycopg2's arguments would break sqlite3.connect."""
     if not url.startswith(("postgresql", "postgres://")):
-        return options
+        return {"pool_pre_ping": True}
     connect_args: dict = {"connect_timeout": env_int("DATABASE_CONNECT_TIMEOUT", 3),
                           "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
                           "keepalives_count": 3}
     statement_timeout = env_int("DATABASE_STATEMENT_TIMEOUT_MS", 30000)
     if statement_timeout > 0:
         connect_args["options"] = f"-c statement_timeout={statement_timeout}"
-    options.update(pool_size=env_int("DATABASE_POOL_SIZE", 5),
-                   max_overflow=env_int("DATABASE_MAX_OVERFLOW", 5),
-                   pool_timeout=env_int("DATABASE_POOL_TIMEOUT", 5),
-                   pool_recycle=env_int("DATABASE_POOL_RECYCLE", 1800),
-                   connect_args=connect_args)
-    return options
+    return {"pool_pre_ping": False,
+            "pool_size": env_int("DATABASE_POOL_SIZE", 5),
+            "max_overflow": env_int("DATABASE_MAX_OVERFLOW", 5),
+            "pool_timeout": env_int("DATABASE_POOL_TIMEOUT", 5),
+            "pool_recycle": env_int("DATABASE_POOL_RECYCLE", 1800),
+            "connect_args": connect_args}
+
+
+def ping_when_idle(engine: Engine, seconds: float | None = None) -> None:
+    """Ping a pooled connection on checkout when it has been idle for more than `seconds`
+    (DATABASE_PING_IDLE_SECONDS): one that failed is replaced before the request sees it, as
+    `pool_pre_ping` does, without the extra round trip on every request of a busy worker (a
+    connection returned a moment ago is alive, or the server went down while it was in use,
+    which the request's own statement reports as a 503 and which invalidates the pool).
+    Only PostgreSQL engines get it (database_engine_options gives others `pool_pre_ping`)."""
+    if engine.dialect.name != "postgresql":
+        return
+    idle = env_int("DATABASE_PING_IDLE_SECONDS", 1) if seconds is None else seconds
+
+    def returned(dbapi_connection, record) -> None:
+        record.info["lms_returned_at"] = time.monotonic()
+
+    def checked_out(dbapi_connection, record, proxy) -> None:
+        returned_at = record.info.get("lms_returned_at")
+        if returned_at is not None and time.monotonic() - returned_at <= idle:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # any failure: the pool replaces the connection and retries
+            raise DisconnectionError(f"idle connection failed its ping: {exc}") from exc
+
+    event.listen(engine, "checkin", returned)
+    event.listen(engine, "checkout", checked_out)
 
 
 def _dev_secret(name: str) -> str:

@@ -26,7 +26,7 @@ from flask import current_app
 from sqlalchemy import case, create_engine, func, or_, select
 from sqlalchemy.orm import Session
 
-from config import database_engine_options
+from config import database_engine_options, ping_when_idle
 from models import (
     AuditLog,
     Course,
@@ -61,6 +61,7 @@ def _replica_engine():
     engine = current_app.extensions.get("lms_replica_engine")
     if engine is None:
         engine = create_engine(url, **database_engine_options(url))
+        ping_when_idle(engine)
         current_app.extensions["lms_replica_engine"] = engine
     return engine
 

@@ -389,7 +389,7 @@ def test_engine_options_are_bounded_on_postgresql_only(monkeypatch):
                         ("DATABASE_STATEMENT_TIMEOUT_MS", "1500")):
         monkeypatch.setenv(name, value)
     options = database_engine_options("postgresql+psycopg2://u@db:5432/lms")
-    assert options["pool_pre_ping"] is True
+    assert options["pool_pre_ping"] is False  # ping_when_idle instead (below)
     assert (options["pool_size"], options["max_overflow"], options["pool_timeout"],
             options["pool_recycle"]) == (3, 2, 4, 600)
     assert options["connect_args"]["connect_timeout"] == 2
