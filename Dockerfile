@@ -12,7 +12,12 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 COPY requirements.txt .
-RUN pip install -r requirements.txt
+# argon2-cffi-bindings is compiled (requirements.txt says why): a compiler for the install only.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install -r requirements.txt \
+    && apt-get purge -y gcc libc6-dev && apt-get autoremove -y \
+    && rm -rf /var/lib/apt/lists/*
 
 # .dockerignore keeps secrets (.env), local state (instance/, uploads, .venv), .git, tests and
 # the deployment files out of the image.
