@@ -160,6 +160,35 @@ def test_counts_against_the_same_limit_and_flask_refuses_the_one_over(fast_app):
     assert client.get(path, environ_base={"REMOTE_ADDR": "203.0.113.8"}).status_code == 200
 
 
+def test_a_request_the_fast_path_counted_and_passed_on_is_counted_once(fast_app):
+    from models import Course
+
+    course_id = _course(fast_app)
+    client = fast_app.test_client()
+    path = f"{API}/public/courses/{course_id}"
+    address = {"REMOTE_ADDR": "203.0.113.40"}
+
+    def window() -> int:
+        with fast_app.app_context():
+            (key,) = redis_client.get().keys("LIMITS:*203.0.113.40*")
+            return int(redis_client.get().get(key))
+
+    client.get(path, environ_base=address)
+    client.get(path, environ_base=address)  # learned
+    assert window() == 2
+    with fast_app.app_context():  # the copy goes stale: the next request is a miss
+        db.session.get(Course, course_id).title = "Stale now"
+        db.session.commit()
+    with flask_handled(fast_app) as handled:
+        assert client.get(path, environ_base=address).json["course"]["title"] == "Stale now"
+    assert handled == [path] and window() == 3  # counted by the fast path only
+    with flask_handled(fast_app) as handled:
+        client.get(path, environ_base=address)
+    assert handled == [] and window() == 4
+    # ...and what Flask then learns still counts (it saw no limits for the counted request).
+    assert _fast_path(fast_app).endpoints["public.course"].limits
+
+
 def test_a_blocked_address_is_refused_though_the_page_is_cached(fast_app):
     course_id = _course(fast_app)
     client = fast_app.test_client()

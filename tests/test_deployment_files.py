@@ -168,10 +168,10 @@ def test_the_proxys_upload_limit_and_message_are_the_apps(app):
 
 
 def test_the_proxy_accepts_the_request_ids_the_app_accepts():
-    from utils.middleware import _REQUEST_ID_RE
+    from utils.validators import REQUEST_ID
 
     pattern = re.search(r'"~(\^[^"]+\$)"\s+\$http_x_request_id;', TEMPLATE).group(1)
-    assert pattern == _REQUEST_ID_RE.pattern
+    assert pattern == REQUEST_ID.pattern
 
 
 # --- .dockerignore, with Docker's matching rules ------------------------------------------------------

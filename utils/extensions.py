@@ -3,6 +3,7 @@ app.py (`init_app`). This module imports nothing of ours, so every floor may tak
 put per-route limits on `limiter`, the e-mail provider sends through `mail`."""
 from __future__ import annotations
 
+from flask import request
 from flask_cors import CORS
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -18,3 +19,13 @@ limiter = Limiter(
     in_memory_fallback_enabled=True,
     key_prefix="lms",
 )
+
+# Set in the WSGI environ by a layer before Flask that has already counted this request against
+# every limit of its endpoint, in the limiter's own storage and keys, and found room
+# (utils/pipeline/catalog_fast_path.py): Flask-Limiter must not count it a second time.
+COUNTED = "lms.limits_counted"
+
+
+@limiter.request_filter
+def _counted_before_flask() -> bool:
+    return request.environ.get(COUNTED, False)

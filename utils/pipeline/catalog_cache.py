@@ -22,7 +22,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 
-from utils.extensions import limiter
+from utils.extensions import COUNTED, limiter
 from utils.pipeline import redis_client, shared_state
 
 log = logging.getLogger("lms.cache")
@@ -146,7 +146,7 @@ def cached_public(view):
         # Not prefetched: a signed-in caller, the cache off, no Redis or Redis down.
         version = shared_state.cached(VERSION_KEY) if guest else shared_state.NOT_READ
         usable = version is not shared_state.NOT_READ
-        if guest:
+        if guest and not request.environ.get(COUNTED):  # counted by the fast path: no limits seen
             request.environ[LEARN] = (request.endpoint, request.url_rule.rule, [
                 (limit.limit, limit.request_args, limit.shared)
                 for limit in limiter.current_limits])

@@ -13,9 +13,10 @@ limits and blocks use) does exactly that:
 - the answer only when every limit still has room, the mirror is trusted and the address is
   not blocked, and the copy was made under the current catalog version; anything else (a
   breached limit, a block, no trust, a miss, Redis down, the limiter on its in-memory
-  fallback, `If-None-Match`, a token, `HEAD`) goes on to Flask, which counts and answers it
-  as it always has (a request passed on after its limit was counted here is counted again
-  there: only ever on a request already over its limit);
+  fallback, `If-None-Match`, a token, `HEAD`) goes on to Flask, which answers it as it always
+  has; a request counted here with room left is not counted again there (`COUNTED` in the
+  environ, a Flask-Limiter request filter: utils/extensions.py), one over its limit is, and
+  Flask refuses it;
 - the headers are the ones Flask sent to the last guest of the same endpoint, origin and
   scheme (security headers, CORS, caching), learned from that response, with this answer's
   own `ETag`, `Content-Length` and `X-Request-ID`; the endpoint's limits are learned from
@@ -42,7 +43,7 @@ from limits.strategies import FixedWindowRateLimiter
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request
 
-from utils.extensions import limiter
+from utils.extensions import COUNTED, limiter
 from utils.pipeline import catalog_cache, redis_client
 from utils.pipeline.shared_state import SYNCED, ip_key
 from utils.validators import REQUEST_ID
@@ -155,6 +156,8 @@ class CatalogFastPath:
             return None
         if any(int(count) > item.amount for (item, _), count in zip(endpoint.limits, counts)):
             return None  # over a limit: Flask counts it again and answers 429
+        if counting is not None:
+            environ[COUNTED] = True  # counted, with room: if Flask answers, it counts nothing
         if synced is None or blocked is not None or value is None:
             return None
         copy = catalog_cache.read_entry(value, version)
