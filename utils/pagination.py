@@ -59,17 +59,12 @@ def _estimate(select) -> int | None:
     return int(plan[0]["Plan"]["Plan Rows"])
 
 
-def paginate(select, page: int, per_page: int, extra=()):
-    """Run a select of one entity (with a deterministic order_by) one page at a time, in one
-    round trip: the capped total comes with the rows (an uncorrelated subquery, evaluated
-    once). A page past the end, which has no rows to carry it, and a list longer than
-    EXACT_COUNT_LIMIT (its estimate) cost a second query. Returns (items, pagination dict in
-    the contract's shape). `extra` columns (per-row scalar subqueries: a row's counts) ride in
-    the page's statement, not in its count; each item is then (entity, *extra values)."""
+def _page(select, page: int, per_page: int, extra, entities: bool):
+    """One page of `select` and its pagination dict; each row also carries `_total`, last."""
     counted = select.add_columns(*extra,
                                  _capped_count(select).scalar_subquery().label("_total"))
-    rows = db.session.execute(counted.limit(per_page).offset((page - 1) * per_page)).unique()
-    rows = rows.all()
+    result = db.session.execute(counted.limit(per_page).offset((page - 1) * per_page))
+    rows = (result.unique() if entities else result).all()
     if rows:
         total = rows[0][-1]
     elif page == 1:
@@ -90,9 +85,26 @@ def paginate(select, page: int, per_page: int, extra=()):
                         + (len(rows) == per_page))
             meta = pagination_meta(page, per_page, total)
             meta["total_is_estimate"] = True
+    return rows, meta
+
+
+def paginate(select, page: int, per_page: int, extra=()):
+    """Run a select of one entity (with a deterministic order_by) one page at a time, in one
+    round trip: the capped total comes with the rows (an uncorrelated subquery, evaluated
+    once). A page past the end, which has no rows to carry it, and a list longer than
+    EXACT_COUNT_LIMIT (its estimate) cost a second query. Returns (items, pagination dict in
+    the contract's shape). `extra` columns (per-row scalar subqueries: a row's counts) ride in
+    the page's statement, not in its count; each item is then (entity, *extra values)."""
+    rows, meta = _page(select, page, per_page, extra, entities=True)
     if extra:
         return [tuple(row[:-1]) for row in rows], meta
     return [row[0] for row in rows], meta
+
+
+def paginate_rows(select, page: int, per_page: int):
+    """`paginate` for a select of columns, no entity: each item is its row as the database
+    sent it (read by position; a last column, `_total`, follows the select's own)."""
+    return _page(select, page, per_page, (), entities=False)
 
 
 def page_of(key: str, query, args) -> dict:
