@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete, exists, func, or_, select, true, update
+from sqlalchemy import bindparam, delete, exists, func, or_, select, true, update
 from sqlalchemy.orm import joinedload
 
 from models import (
@@ -669,8 +669,8 @@ _SUBCATEGORY_COLUMNS = (_SUBCATEGORIES.c.id, _SUBCATEGORIES.c.name,
                         _SUBCATEGORIES.c.master_category_id)
 _CARD_COLUMNS = (
     *_COURSE_COLUMNS,
-    *(column.label(f"instructor_{column.key}") for column in _INSTRUCTOR_COLUMNS),
-    *(column.label(f"subcategory_{column.key}") for column in _SUBCATEGORY_COLUMNS))
+    *(column.label(f"instructor__{column.key}") for column in _INSTRUCTOR_COLUMNS),
+    *(column.label(f"subcategory__{column.key}") for column in _SUBCATEGORY_COLUMNS))
 _CARD_FROM = (_COURSES.outerjoin(_USERS, _USERS.c.id == _COURSES.c.instructor_id)
               .outerjoin(_SUBCATEGORIES, _SUBCATEGORIES.c.id == _COURSES.c.subcategory_id))
 # Where each model's values sit in a card's row.
@@ -692,17 +692,24 @@ def _card(row) -> CourseCard:
     return card
 
 
+# Built once: a statement's construction and cache key cost more than its rows here.
+_CARD = (select(*_CARD_COLUMNS).select_from(_CARD_FROM)
+         .where(_COURSES.c.id == bindparam("course_id")))
+_CARD_FOR_READER = _CARD.add_columns(exists().where(
+    Enrollment.user_id == bindparam("reader_id"), Enrollment.course_id == _COURSES.c.id,
+    Enrollment.status.in_(OPEN_ENROLLMENT_STATUSES)).label("enrolled"))
+
+
 def course_card(course_id: int, reader: User | None = None) -> CourseCard:
     """The course as a card, in one statement; read for a signed-in reader who is not an
     admin, it also says whether their enrollment is open (`enrolled`), which `access_level`
     then reads instead of asking again."""
-    query = select(*_CARD_COLUMNS).select_from(_CARD_FROM).where(_COURSES.c.id == course_id)
     asks = reader is not None and reader.role != "admin"
     if asks:
-        query = query.add_columns(exists().where(
-            Enrollment.user_id == reader.id, Enrollment.course_id == _COURSES.c.id,
-            Enrollment.status.in_(OPEN_ENROLLMENT_STATUSES)).label("enrolled"))
-    row = db.session.execute(query).first()
+        row = db.session.execute(_CARD_FOR_READER, {"course_id": course_id,
+                                                    "reader_id": reader.id}).first()
+    else:
+        row = db.session.execute(_CARD, {"course_id": course_id}).first()
     if row is None:
         raise NotFound("Course not found")
     card = _card(row)
@@ -711,48 +718,55 @@ def course_card(course_id: int, reader: User | None = None) -> CourseCard:
     return card
 
 
+_N_MODULE, _N_LESSON, _N_RESOURCE = len(_MODULES.c), len(_LESSONS.c), len(_RESOURCES.c)
+_MODULE_NAMES = tuple(_MODULES.c.keys())
+_LESSON_NAMES, _RESOURCE_NAMES = tuple(_LESSONS.c.keys()), tuple(_RESOURCES.c.keys())
+_OUTLINE = (
+    select(*_MODULES.c, *_LESSONS.c, *_RESOURCES.c)
+    .select_from(_MODULES.outerjoin(_LESSONS, _LESSONS.c.module_id == _MODULES.c.id)
+                 .outerjoin(_RESOURCES, _RESOURCES.c.lesson_id == _LESSONS.c.id))
+    .where(_MODULES.c.course_id == bindparam("course_id"))
+    .order_by(_MODULES.c.position, _MODULES.c.id, _LESSONS.c.position, _LESSONS.c.id,
+              _RESOURCES.c.position, _RESOURCES.c.id))
+_OUTLINE_FOR_STUDENT = _OUTLINE.add_columns(exists().where(
+    LessonProgress.lesson_id == _LESSONS.c.id, LessonProgress.completed.is_(True),
+    LessonProgress.enrollment_id.in_(select(Enrollment.id).where(
+        Enrollment.user_id == bindparam("student_id"),
+        Enrollment.course_id == bindparam("course_id"),
+        Enrollment.status.in_(OPEN_ENROLLMENT_STATUSES)))).label("completed"))
+
+
 def load_outline(course_id: int, student: User | None = None) -> list[_Module]:
     """Modules with their lessons and each lesson's resources, in order, in one statement (the
     three tables joined: a module without lessons, a lesson without resources, is one row
     with NULLs after it). For a `student`, each lesson also says whether their open
     enrollment completed it (`completed`; else None)."""
-    columns = [*_MODULES.c, *_LESSONS.c, *_RESOURCES.c]
-    if student is not None:
-        columns.append(exists().where(
-            LessonProgress.lesson_id == _LESSONS.c.id, LessonProgress.completed.is_(True),
-            LessonProgress.enrollment_id.in_(select(Enrollment.id).where(
-                Enrollment.user_id == student.id, Enrollment.course_id == course_id,
-                Enrollment.status.in_(OPEN_ENROLLMENT_STATUSES)))).label("completed"))
-    rows = db.session.execute(
-        select(*columns)
-        .select_from(_MODULES.outerjoin(_LESSONS, _LESSONS.c.module_id == _MODULES.c.id)
-                     .outerjoin(_RESOURCES, _RESOURCES.c.lesson_id == _LESSONS.c.id))
-        .where(_MODULES.c.course_id == course_id)
-        .order_by(_MODULES.c.position, _MODULES.c.id, _LESSONS.c.position, _LESSONS.c.id,
-                  _RESOURCES.c.position, _RESOURCES.c.id)).all()
-    n_module, n_lesson, n_resource = len(_MODULES.c), len(_LESSONS.c), len(_RESOURCES.c)
-    module_names = tuple(_MODULES.c.keys())
-    lesson_names, resource_names = tuple(_LESSONS.c.keys()), tuple(_RESOURCES.c.keys())
+    if student is None:
+        rows = db.session.execute(_OUTLINE, {"course_id": course_id}).all()
+    else:
+        rows = db.session.execute(_OUTLINE_FOR_STUDENT, {"course_id": course_id,
+                                                         "student_id": student.id}).all()
+    lesson_end = _N_MODULE + _N_LESSON
     modules: list[_Module] = []
     module = lesson = None
     for row in rows:
         if module is None or module.id != row[0]:
-            module = _Module(module_names, row[:n_module])
+            module = _Module(_MODULE_NAMES, row[:_N_MODULE])
             module.lessons = []
             modules.append(module)
             lesson = None
-        values = row[n_module:n_module + n_lesson]
+        values = row[_N_MODULE:lesson_end]
         if values[0] is None:
             continue
         if lesson is None or lesson.id != values[0]:
-            lesson = _Lesson(lesson_names, values)
+            lesson = _Lesson(_LESSON_NAMES, values)
             lesson.resources = []
             if student is not None:
                 lesson.completed = row[-1]
             module.lessons.append(lesson)
-        values = row[n_module + n_lesson:n_module + n_lesson + n_resource]
+        values = row[lesson_end:lesson_end + _N_RESOURCE]
         if values[0] is not None:
-            lesson.resources.append(_Resource(resource_names, values))
+            lesson.resources.append(_Resource(_RESOURCE_NAMES, values))
     return modules
 
 
