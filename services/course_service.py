@@ -505,23 +505,37 @@ def delete_resource(resource: LessonResource) -> Removal:
 
 # --- prerequisites ----------------------------------------------------------------------------
 
+def _prerequisite_statements(*columns) -> dict[str, object]:
+    """A course's prerequisites (`columns` of each), as each kind of reader may see them:
+    "all" (an admin, the rules), "guest" (the published ones), "signed_in" (also their own
+    drafts). Built once: building them cost more than running them."""
+    every = (select(*columns)
+             .join(CoursePrerequisite, CoursePrerequisite.prerequisite_course_id == Course.id)
+             .where(CoursePrerequisite.course_id == bindparam("course_id")).order_by(Course.id))
+    published = Course.status == "published"
+    return {"all": every, "guest": every.where(published),
+            "signed_in": every.where(or_(published,
+                                         Course.instructor_id == bindparam("viewer_id")))}
+
+
+_PREREQUISITES = _prerequisite_statements(Course)
+_PREREQUISITE_LINKS = _prerequisite_statements(Course.id, Course.title, Course.slug)
+
+
+def _prerequisites(statements: dict, course_id: int, viewer: User | None, every: bool):
+    if every or (viewer is not None and viewer.role == "admin"):
+        return db.session.execute(statements["all"], {"course_id": course_id})
+    if viewer is None:
+        return db.session.execute(statements["guest"], {"course_id": course_id})
+    return db.session.execute(statements["signed_in"], {"course_id": course_id,
+                                                        "viewer_id": viewer.id})
+
+
 def prerequisites_of(course_id: int, viewer: User | None = None, *,
                      every: bool = False) -> list[Course]:
     """The course's prerequisites `viewer` may see: the published ones, and their own drafts
     (an admin: all). `every=True`: all of them, for the rules (never for an answer)."""
-    return list(db.session.scalars(_prerequisites_query(course_id, viewer, every)))
-
-
-def _prerequisites_query(course_id: int, viewer: User | None, every: bool):
-    query = (select(Course)
-             .join(CoursePrerequisite, CoursePrerequisite.prerequisite_course_id == Course.id)
-             .where(CoursePrerequisite.course_id == course_id).order_by(Course.id))
-    if not every and not (viewer is not None and viewer.role == "admin"):
-        shown = Course.status == "published"
-        if viewer is not None:
-            shown = or_(shown, Course.instructor_id == viewer.id)
-        query = query.where(shown)
-    return query
+    return list(_prerequisites(_PREREQUISITES, course_id, viewer, every).scalars())
 
 
 def _find_path(graph: dict[int, set[int]], start: int, goal: int) -> list[int] | None:
@@ -831,9 +845,8 @@ def course_detail(course: CourseCard, viewer: User | None) -> dict:
     data["modules"] = outline(modules, level, completed)
     data["lesson_count"] = sum(len(m.lessons) for m in modules)
     data["prerequisites"] = [
-        {"id": c.id, "title": c.title, "slug": c.slug} for c in db.session.execute(
-            _prerequisites_query(course.id, viewer, False)
-            .with_only_columns(Course.id, Course.title, Course.slug))]
+        {"id": c.id, "title": c.title, "slug": c.slug}
+        for c in _prerequisites(_PREREQUISITE_LINKS, course.id, viewer, False)]
     data["access"] = level
     data["has_full_access"] = has_full_content(level)
     return data
