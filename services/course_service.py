@@ -689,18 +689,19 @@ _CARD_FROM = (_COURSES.outerjoin(_USERS, _USERS.c.id == _COURSES.c.instructor_id
               .outerjoin(_SUBCATEGORIES, _SUBCATEGORIES.c.id == _COURSES.c.subcategory_id))
 # Where each model's values sit in a card's row.
 _N_COURSE, _N_INSTRUCTOR = len(_COURSE_COLUMNS), len(_INSTRUCTOR_COLUMNS)
+_N_CARD = len(_CARD_COLUMNS)
 _COURSE_NAMES = tuple(column.key for column in _COURSE_COLUMNS)
 _INSTRUCTOR_NAMES = tuple(column.key for column in _INSTRUCTOR_COLUMNS)
 _SUBCATEGORY_NAMES = tuple(column.key for column in _SUBCATEGORY_COLUMNS)
 
 
 def _card(row) -> CourseCard:
+    """A card from a row of `_CARD_COLUMNS` (columns after them are the caller's)."""
     card = CourseCard(_COURSE_NAMES, row[:_N_COURSE])
     instructor = row[_N_COURSE:_N_COURSE + _N_INSTRUCTOR]
     card.instructor = _Instructor(_INSTRUCTOR_NAMES, instructor) if instructor[0] is not None \
         else None
-    start = _N_COURSE + _N_INSTRUCTOR
-    subcategory = row[start:start + len(_SUBCATEGORY_NAMES)]
+    subcategory = row[_N_COURSE + _N_INSTRUCTOR:_N_CARD]
     card.subcategory = _Columns(_SUBCATEGORY_NAMES, subcategory) if subcategory[0] is not None \
         else None
     return card
