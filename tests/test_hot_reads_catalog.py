@@ -236,15 +236,33 @@ def test_answers_are_byte_identical_to_the_snapshot(app, client, auth_headers, w
 
 def test_long_list_estimates_its_total_with_the_same_rows(app, client, world, monkeypatch):
     monkeypatch.setattr(pagination, "EXACT_COUNT_LIMIT", 2)
+    monkeypatch.setattr(pagination, "_estimates", {})
     with recorded_statements(app) as statements:
         body = client.get(f"{API}/public/get-courses?per_page=2").get_json()
     assert [c["id"] for c in body["courses"]] == [COOKING, DRAWING]
-    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
-        assert len(statements) == 2  # the page (its capped total inside) and the EXPLAIN
-        assert body["pagination"]["total_is_estimate"] is True
-        assert body["pagination"]["total"] >= 3 and body["pagination"]["has_next"] is True
-    else:
+    if not app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
         assert body["pagination"]["total"] == 4
+        return
+    assert len(statements) == 2  # the page (its capped total inside) and the EXPLAIN
+    assert body["pagination"]["total_is_estimate"] is True
+    assert body["pagination"]["total"] >= 3 and body["pagination"]["has_next"] is True
+    # The same list again, another page of it: the kept estimate, no EXPLAIN.
+    with recorded_statements(app) as statements:
+        again = client.get(f"{API}/public/get-courses?per_page=1&page=2").get_json()
+    assert len(statements) == 1 and not any("EXPLAIN" in s for s in statements)
+    assert [c["id"] for c in again["courses"]] == [DRAWING]
+    assert again["pagination"]["total"] == body["pagination"]["total"]
+    # Other parameters are another list, with its own estimate.
+    with recorded_statements(app) as statements:
+        client.get(f"{API}/public/get-courses?per_page=2&min_price=1")
+    assert any("EXPLAIN" in s for s in statements)
+    # Once kept ESTIMATE_SECONDS, the planner is asked again.
+    monkeypatch.setattr(pagination, "ESTIMATE_SECONDS", 0)
+    monkeypatch.setattr(pagination, "_estimates", {})
+    for _ in range(2):
+        with recorded_statements(app) as statements:
+            client.get(f"{API}/public/get-courses?per_page=2")
+        assert len(statements) == 2
 
 
 # What each read costs, in statements (the token's user comes from the Redis mirror, so no

@@ -6,10 +6,13 @@ statement. A longer list's total is PostgreSQL's planner estimate for the list's
 table statistics ANALYZE keeps, as `pg_class.reltuples` for a whole table), never below the
 limit, and the answer says so with `total_is_estimate: true` (`pages` and `has_next` follow
 from it). Counting a million rows exactly for a page of twenty took longer than the page.
+The estimate moves only when ANALYZE runs, so each process keeps a list's (its query's shape
+and parameters) for ESTIMATE_SECONDS: a long list's page is then one statement, not two.
 """
 from __future__ import annotations
 
 import json
+import time
 
 from sqlalchemy import func, literal_column
 from sqlalchemy import select as select_
@@ -22,6 +25,11 @@ from utils.helpers import pagination_meta
 
 # Totals up to this many rows are exact; above it, estimated (see the module's docstring).
 EXACT_COUNT_LIMIT = 1000
+# How long a process keeps a list's estimate, and for how many lists at most (search text
+# makes them many: past the bound, all are forgotten at once).
+ESTIMATE_SECONDS = 60
+ESTIMATE_KEYS = 1000
+_estimates: dict[tuple, tuple[float, int]] = {}
 
 
 def _capped_count(select):
@@ -50,13 +58,35 @@ def _compile_explain(element, compiler, **kw):
     return "EXPLAIN (FORMAT JSON) " + compiler.process(element.select, **kw)
 
 
+def _estimate_key(bind, select) -> tuple | None:
+    """What identifies `select`'s estimate: the database, the statement's shape (SQLAlchemy's
+    own cache key) and its parameters' values; None for a statement without a cache key."""
+    cache_key = select._generate_cache_key()
+    if cache_key is None:
+        return None
+    values = tuple(tuple(value) if isinstance(value, list) else value
+                   for value in (param.effective_value for param in cache_key.bindparams))
+    return bind.url, cache_key.key, values
+
+
 def _estimate(select) -> int | None:
     """The planner's row estimate for `select` (PostgreSQL), else None."""
-    if db.session.get_bind().dialect.name != "postgresql":
+    bind = db.session.get_bind()
+    if bind.dialect.name != "postgresql":
         return None
+    key = _estimate_key(bind, select)
+    now = time.monotonic()
+    kept = _estimates.get(key) if key is not None else None
+    if kept is not None and kept[0] > now:
+        return kept[1]
     plan = db.session.scalar(_Explain(select))
     plan = json.loads(plan) if isinstance(plan, str) else plan
-    return int(plan[0]["Plan"]["Plan Rows"])
+    estimate = int(plan[0]["Plan"]["Plan Rows"])
+    if key is not None:
+        if len(_estimates) >= ESTIMATE_KEYS:
+            _estimates.clear()
+        _estimates[key] = (now + ESTIMATE_SECONDS, estimate)
+    return estimate
 
 
 def _page(select, page: int, per_page: int, extra, entities: bool):
