@@ -631,7 +631,7 @@ def missing_prerequisites(user_id: int, course_id: int) -> list[Course]:
         .order_by(Course.id)))
 
 
-# --- reading ---------------------------------------------------------------------------------
+# --- reading ----------------------------------------------------------------------------------
 # The hot reads (the catalog's lists, the course detail) select the columns they show and build
 # no ORM entity: loading entities cost most of their CPU (issue 21). Each row's columns become a
 # small object with the attributes its model's `to_dict` reads, and that `to_dict` (the one
