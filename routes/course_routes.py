@@ -185,7 +185,7 @@ def get_course(course_id: int):
     """A course with its outline: full content for enrolled students, the owner and admins;
     titles, durations and preview lessons for everyone else."""
     viewer = optional_user()
-    course = course_service.visible_course(course_id, viewer)
+    course = course_service.visible_card(course_id, viewer)
     return {"course": course_service.course_detail(course, viewer)}
 
 
@@ -209,7 +209,7 @@ def list_teaching_courses():
 def get_teaching_course(course_id: int):
     """One of the instructor's own courses, in any status, with its full content."""
     user = current_user()
-    course = course_service.editable_course(course_id, user)
+    course = course_service.editable_card(course_id, user)
     return {"course": course_service.course_detail(course, user)}
 
 

@@ -153,7 +153,7 @@ def course(course_id: int):
     """A published course with its outline (no video URLs or lesson bodies, except previews,
     unless the caller is enrolled, the owner or an admin)."""
     viewer = optional_user()
-    course = course_service.get_course(course_id)
+    course = course_service.course_card(course_id, viewer)
     if course.status != "published":
         raise NotFound("Course not found")
     return {"course": course_service.course_detail(course, viewer)}

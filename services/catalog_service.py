@@ -1,7 +1,8 @@
 """The catalog as the public sees it: published courses, filtered, sorted and searched.
 
-Every list is one select with its instructor and subcategory joined in, plus the count, so a
-page costs the same number of queries whatever its size. Search is full-text on PostgreSQL
+A list is a select of Course with its filters and order; the reader chooses its columns
+(`course_service.course_page` reads each course with its instructor and subcategory joined in,
+and the count, in one statement, whatever the page's size). Search is full-text on PostgreSQL
 (the expression index ix_courses_search, prefix matching on each word) and a LIKE over the same
 three fields on SQLite.
 """
@@ -11,7 +12,6 @@ import re
 from decimal import Decimal
 
 from sqlalchemy import and_, false, func, literal_column, or_, select
-from sqlalchemy.orm import joinedload
 
 from models import COURSE_SEARCH_VECTOR, Course, Enrollment, MasterCategory, Subcategory, db
 
@@ -73,7 +73,7 @@ def course_query(*, statuses=("published",), category_id: int | None = None,
                  max_price: Decimal | None = None, language: str | None = None,
                  mode_of_conduct: str | None = None, is_free: bool | None = None,
                  instructor_id: int | None = None, sort: str = "newest"):
-    query = select(Course).options(joinedload(Course.instructor), joinedload(Course.subcategory))
+    query = select(Course)
     if statuses:
         query = query.where(Course.status.in_(statuses))
     if instructor_id is not None:

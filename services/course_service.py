@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, delete, exists, func, or_, select, true, update
-from sqlalchemy.orm import joinedload, selectinload
+from sqlalchemy import bindparam, delete, exists, func, or_, select, true, update
+from sqlalchemy.orm import joinedload
 
 from models import (
     OPEN_ENROLLMENT_STATUSES,
@@ -33,7 +33,7 @@ from models import (
 from services import file_service
 from utils.errors import Conflict, Forbidden, NotFound, ValidationError
 from utils.helpers import utcnow
-from utils.pagination import paginate
+from utils.pagination import paginate_rows
 from utils.validators import slugify
 
 # --- access -----------------------------------------------------------------------------------
@@ -47,15 +47,16 @@ def is_enrolled(user_id: int, course_id: int) -> bool:
         Enrollment.status.in_(OPEN_ENROLLMENT_STATUSES)))) or False
 
 
-def access_level(course: Course, user: User | None) -> str:
-    """'admin', 'owner', 'enrolled' or 'guest' (anyone else, signed in or not)."""
+def access_level(course: Course | CourseCard, user: User | None) -> str:
+    """'admin', 'owner', 'enrolled' or 'guest' (anyone else, signed in or not). A card read
+    for `user` (`course_card`) already says whether they are enrolled."""
     if user is None:
         return "guest"
     if user.role == "admin":
         return "admin"
     if course.instructor_id == user.id:
         return "owner"
-    if is_enrolled(user.id, course.id):
+    if course.enrolled if isinstance(course, CourseCard) else is_enrolled(user.id, course.id):
         return "enrolled"
     return "guest"
 
@@ -88,7 +89,15 @@ def visible_course(course_id: int, user: User | None) -> Course:
     """A course the viewer may look at: published; or their own, or any for an admin; or one
     they are enrolled in (an archived course stays open to its students). Anything else is
     404, so drafts do not reveal that they exist."""
-    course = get_course(course_id)
+    return _visible(get_course(course_id), user)
+
+
+def visible_card(course_id: int, user: User | None) -> CourseCard:
+    """`visible_course` as a card (`course_card`), for the course detail."""
+    return _visible(course_card(course_id, user), user)
+
+
+def _visible(course, user: User | None):
     if course.status == "published" or has_full_content(access_level(course, user)):
         return course
     raise NotFound("Course not found")
@@ -100,7 +109,14 @@ def editable_course(course_id: int, user: User) -> Course:
     return course
 
 
-def ensure_can_edit(course: Course, user: User) -> None:
+def editable_card(course_id: int, user: User) -> CourseCard:
+    """`editable_course` as a card (`course_card`), for the course detail."""
+    card = course_card(course_id, user)
+    ensure_can_edit(card, user)
+    return card
+
+
+def ensure_can_edit(course: Course | CourseCard, user: User) -> None:
     if user.role != "admin" and course.instructor_id != user.id:
         raise Forbidden("Only the course's instructor or an admin can change it",
                         code="not_course_owner")
@@ -489,19 +505,37 @@ def delete_resource(resource: LessonResource) -> Removal:
 
 # --- prerequisites ----------------------------------------------------------------------------
 
+def _prerequisite_statements(*columns) -> dict[str, object]:
+    """A course's prerequisites (`columns` of each), as each kind of reader may see them:
+    "all" (an admin, the rules), "guest" (the published ones), "signed_in" (also their own
+    drafts). Built once: building them cost more than running them."""
+    every = (select(*columns)
+             .join(CoursePrerequisite, CoursePrerequisite.prerequisite_course_id == Course.id)
+             .where(CoursePrerequisite.course_id == bindparam("course_id")).order_by(Course.id))
+    published = Course.status == "published"
+    return {"all": every, "guest": every.where(published),
+            "signed_in": every.where(or_(published,
+                                         Course.instructor_id == bindparam("viewer_id")))}
+
+
+_PREREQUISITES = _prerequisite_statements(Course)
+_PREREQUISITE_LINKS = _prerequisite_statements(Course.id, Course.title, Course.slug)
+
+
+def _prerequisites(statements: dict, course_id: int, viewer: User | None, every: bool):
+    if every or (viewer is not None and viewer.role == "admin"):
+        return db.session.execute(statements["all"], {"course_id": course_id})
+    if viewer is None:
+        return db.session.execute(statements["guest"], {"course_id": course_id})
+    return db.session.execute(statements["signed_in"], {"course_id": course_id,
+                                                        "viewer_id": viewer.id})
+
+
 def prerequisites_of(course_id: int, viewer: User | None = None, *,
                      every: bool = False) -> list[Course]:
     """The course's prerequisites `viewer` may see: the published ones, and their own drafts
     (an admin: all). `every=True`: all of them, for the rules (never for an answer)."""
-    query = (select(Course)
-             .join(CoursePrerequisite, CoursePrerequisite.prerequisite_course_id == Course.id)
-             .where(CoursePrerequisite.course_id == course_id).order_by(Course.id))
-    if not every and not (viewer is not None and viewer.role == "admin"):
-        shown = Course.status == "published"
-        if viewer is not None:
-            shown = or_(shown, Course.instructor_id == viewer.id)
-        query = query.where(shown)
-    return list(db.session.scalars(query))
+    return list(_prerequisites(_PREREQUISITES, course_id, viewer, every).scalars())
 
 
 def _find_path(graph: dict[int, set[int]], start: int, goal: int) -> list[int] | None:
@@ -598,13 +632,157 @@ def missing_prerequisites(user_id: int, course_id: int) -> list[Course]:
 
 
 # --- reading ----------------------------------------------------------------------------------
+# The hot reads (the catalog's lists, the course detail) select the columns they show and build
+# no ORM entity: loading entities cost most of their CPU (issue 21). Each row's columns become a
+# small object with the attributes its model's `to_dict` reads, and that `to_dict` (the one
+# list of the model's fields) serializes it, so an answer is the same whichever way it was read.
 
-def load_outline(course_id: int) -> list[Module]:
-    """Modules with their lessons and resources, in order, in three queries."""
-    return list(db.session.scalars(
-        select(Module).where(Module.course_id == course_id)
-        .options(selectinload(Module.lessons).selectinload(Lesson.resources))
-        .order_by(Module.position, Module.id)))
+_COURSES, _USERS, _SUBCATEGORIES = Course.__table__, User.__table__, Subcategory.__table__
+_MODULES, _LESSONS, _RESOURCES = Module.__table__, Lesson.__table__, LessonResource.__table__
+
+
+class _Columns:
+    """Named values: one model's slice of a Core row."""
+
+    def __init__(self, names, values):
+        self.__dict__.update(zip(names, values))
+
+
+class CourseCard(_Columns):
+    """A course as a list shows it: its columns, `instructor` (their public card) and
+    `subcategory` (id, name, master_category_id), each None when absent; `enrolled`: whether
+    the reader it was read for (`course_card`) is its student (None: not asked)."""
+
+    is_free = Course.is_free
+    to_dict = Course.to_dict
+    enrolled = None
+
+
+class _Instructor(_Columns):
+    full_name = User.full_name
+    to_dict = User.to_dict
+
+
+class _Module(_Columns):
+    to_dict = Module.to_dict
+
+
+class _Lesson(_Columns):
+    to_dict = Lesson.to_dict
+    completed = None
+
+
+class _Resource(_Columns):
+    to_dict = LessonResource.to_dict
+
+
+_COURSE_COLUMNS = tuple(_COURSES.c)
+_INSTRUCTOR_COLUMNS = tuple(_USERS.c[name] for name in (
+    "id", "first_name", "last_name", "role", "bio", "headline", "profile_picture"))
+_SUBCATEGORY_COLUMNS = (_SUBCATEGORIES.c.id, _SUBCATEGORIES.c.name,
+                        _SUBCATEGORIES.c.master_category_id)
+_CARD_COLUMNS = (
+    *_COURSE_COLUMNS,
+    *(column.label(f"instructor__{column.key}") for column in _INSTRUCTOR_COLUMNS),
+    *(column.label(f"subcategory__{column.key}") for column in _SUBCATEGORY_COLUMNS))
+_CARD_FROM = (_COURSES.outerjoin(_USERS, _USERS.c.id == _COURSES.c.instructor_id)
+              .outerjoin(_SUBCATEGORIES, _SUBCATEGORIES.c.id == _COURSES.c.subcategory_id))
+# Where each model's values sit in a card's row.
+_N_COURSE, _N_INSTRUCTOR = len(_COURSE_COLUMNS), len(_INSTRUCTOR_COLUMNS)
+_N_CARD = len(_CARD_COLUMNS)
+_COURSE_NAMES = tuple(column.key for column in _COURSE_COLUMNS)
+_INSTRUCTOR_NAMES = tuple(column.key for column in _INSTRUCTOR_COLUMNS)
+_SUBCATEGORY_NAMES = tuple(column.key for column in _SUBCATEGORY_COLUMNS)
+
+
+def _card(row) -> CourseCard:
+    """A card from a row of `_CARD_COLUMNS` (columns after them are the caller's)."""
+    card = CourseCard(_COURSE_NAMES, row[:_N_COURSE])
+    instructor = row[_N_COURSE:_N_COURSE + _N_INSTRUCTOR]
+    card.instructor = _Instructor(_INSTRUCTOR_NAMES, instructor) if instructor[0] is not None \
+        else None
+    subcategory = row[_N_COURSE + _N_INSTRUCTOR:_N_CARD]
+    card.subcategory = _Columns(_SUBCATEGORY_NAMES, subcategory) if subcategory[0] is not None \
+        else None
+    return card
+
+
+# Built once: a statement's construction and cache key cost more than its rows here.
+_CARD = (select(*_CARD_COLUMNS).select_from(_CARD_FROM)
+         .where(_COURSES.c.id == bindparam("course_id")))
+_CARD_FOR_READER = _CARD.add_columns(exists().where(
+    Enrollment.user_id == bindparam("reader_id"), Enrollment.course_id == _COURSES.c.id,
+    Enrollment.status.in_(OPEN_ENROLLMENT_STATUSES)).label("enrolled"))
+
+
+def course_card(course_id: int, reader: User | None = None) -> CourseCard:
+    """The course as a card, in one statement; read for a signed-in reader who is not an
+    admin, it also says whether their enrollment is open (`enrolled`), which `access_level`
+    then reads instead of asking again."""
+    asks = reader is not None and reader.role != "admin"
+    if asks:
+        row = db.session.execute(_CARD_FOR_READER, {"course_id": course_id,
+                                                    "reader_id": reader.id}).first()
+    else:
+        row = db.session.execute(_CARD, {"course_id": course_id}).first()
+    if row is None:
+        raise NotFound("Course not found")
+    card = _card(row)
+    if asks:
+        card.enrolled = row[-1]
+    return card
+
+
+_N_MODULE, _N_LESSON, _N_RESOURCE = len(_MODULES.c), len(_LESSONS.c), len(_RESOURCES.c)
+_MODULE_NAMES = tuple(_MODULES.c.keys())
+_LESSON_NAMES, _RESOURCE_NAMES = tuple(_LESSONS.c.keys()), tuple(_RESOURCES.c.keys())
+_OUTLINE = (
+    select(*_MODULES.c, *_LESSONS.c, *_RESOURCES.c)
+    .select_from(_MODULES.outerjoin(_LESSONS, _LESSONS.c.module_id == _MODULES.c.id)
+                 .outerjoin(_RESOURCES, _RESOURCES.c.lesson_id == _LESSONS.c.id))
+    .where(_MODULES.c.course_id == bindparam("course_id"))
+    .order_by(_MODULES.c.position, _MODULES.c.id, _LESSONS.c.position, _LESSONS.c.id,
+              _RESOURCES.c.position, _RESOURCES.c.id))
+_OUTLINE_FOR_STUDENT = _OUTLINE.add_columns(exists().where(
+    LessonProgress.lesson_id == _LESSONS.c.id, LessonProgress.completed.is_(True),
+    LessonProgress.enrollment_id.in_(select(Enrollment.id).where(
+        Enrollment.user_id == bindparam("student_id"),
+        Enrollment.course_id == bindparam("course_id"),
+        Enrollment.status.in_(OPEN_ENROLLMENT_STATUSES)))).label("completed"))
+
+
+def load_outline(course_id: int, student: User | None = None) -> list[_Module]:
+    """Modules with their lessons and each lesson's resources, in order, in one statement (the
+    three tables joined: a module without lessons, a lesson without resources, is one row
+    with NULLs after it). For a `student`, each lesson also says whether their open
+    enrollment completed it (`completed`; else None)."""
+    if student is None:
+        rows = db.session.execute(_OUTLINE, {"course_id": course_id}).all()
+    else:
+        rows = db.session.execute(_OUTLINE_FOR_STUDENT, {"course_id": course_id,
+                                                         "student_id": student.id}).all()
+    lesson_end = _N_MODULE + _N_LESSON
+    modules: list[_Module] = []
+    module = lesson = None
+    for row in rows:
+        if module is None or module.id != row[0]:
+            module = _Module(_MODULE_NAMES, row[:_N_MODULE])
+            module.lessons = []
+            modules.append(module)
+            lesson = None
+        values = row[_N_MODULE:lesson_end]
+        if values[0] is None:
+            continue
+        if lesson is None or lesson.id != values[0]:
+            lesson = _Lesson(_LESSON_NAMES, values)
+            lesson.resources = []
+            if student is not None:
+                lesson.completed = row[-1]
+            module.lessons.append(lesson)
+        values = row[lesson_end:lesson_end + _N_RESOURCE]
+        if values[0] is not None:
+            lesson.resources.append(_Resource(_RESOURCE_NAMES, values))
+    return modules
 
 
 def completed_lessons(course: Course, user: User | None, level: str) -> set[int] | None:
@@ -619,7 +797,7 @@ def completed_lessons(course: Course, user: User | None, level: str) -> set[int]
                LessonProgress.completed.is_(True))))
 
 
-def outline(modules: list[Module], level: str, completed: set[int] | None = None) -> list[dict]:
+def outline(modules: list[_Module], level: str, completed: set[int] | None = None) -> list[dict]:
     """Modules and their lessons as `level` may read them; each lesson says whether the reader
     completed it (`completed`, from `completed_lessons`; null for readers not enrolled)."""
     full = has_full_content(level)
@@ -638,7 +816,7 @@ def outline(modules: list[Module], level: str, completed: set[int] | None = None
     return result
 
 
-def course_summary(course: Course) -> dict:
+def course_summary(course: Course | CourseCard) -> dict:
     """A course for lists: its fields, the instructor's public card, its subcategory."""
     data = course.to_dict()
     data["instructor"] = course.instructor.to_dict() if course.instructor else None
@@ -649,37 +827,27 @@ def course_summary(course: Course) -> dict:
 
 
 def course_page(query, page: int, per_page: int) -> dict:
-    """One page of a course list, each course as its summary."""
-    rows, meta = paginate(query, page, per_page)
-    return {"courses": [course_summary(c) for c in rows], "pagination": meta}
+    """One page of a course list (`query`: a select of Course with its filters and order),
+    each course as its summary, read as cards."""
+    cards = query.with_only_columns(*_CARD_COLUMNS, maintain_column_froms=False) \
+        .select_from(_CARD_FROM)
+    rows, meta = paginate_rows(cards, page, per_page)
+    return {"courses": [course_summary(_card(row)) for row in rows], "pagination": meta}
 
 
-def _reading(course: Course, user: User | None) -> tuple[str, set[int] | None]:
-    """`access_level` and `completed_lessons` together: for a student, whether their enrollment
-    is open and the lessons they completed come in one statement (one row per completed
-    lesson, or one row of NULL; no row: not enrolled)."""
-    if user is None or user.role == "admin" or course.instructor_id == user.id:
-        return access_level(course, user), None
-    rows = db.session.scalars(
-        select(LessonProgress.lesson_id).select_from(Enrollment)
-        .outerjoin(LessonProgress, and_(LessonProgress.enrollment_id == Enrollment.id,
-                                        LessonProgress.completed.is_(True)))
-        .where(Enrollment.user_id == user.id, Enrollment.course_id == course.id,
-               Enrollment.status.in_(OPEN_ENROLLMENT_STATUSES))).all()
-    if not rows:
-        return "guest", None
-    return "enrolled", {lesson_id for lesson_id in rows if lesson_id is not None}
-
-
-def course_detail(course: Course, viewer: User | None) -> dict:
-    level, completed = _reading(course, viewer)
+def course_detail(course: CourseCard, viewer: User | None) -> dict:
+    """The course with its outline as `viewer` may read it (`course` read for them by
+    `course_card`): three statements with the card, whoever reads."""
+    level = access_level(course, viewer)
+    modules = load_outline(course.id, viewer if level == "enrolled" else None)
     data = course_summary(course)
-    modules = load_outline(course.id)
+    completed = ({lesson.id for module in modules for lesson in module.lessons
+                  if lesson.completed} if level == "enrolled" else None)
     data["modules"] = outline(modules, level, completed)
     data["lesson_count"] = sum(len(m.lessons) for m in modules)
-    data["prerequisites"] = [{"id": c.id, "title": c.title, "slug": c.slug}
-                             for c in prerequisites_of(course.id, viewer)]
+    data["prerequisites"] = [
+        {"id": c.id, "title": c.title, "slug": c.slug}
+        for c in _prerequisites(_PREREQUISITE_LINKS, course.id, viewer, False)]
     data["access"] = level
     data["has_full_access"] = has_full_content(level)
     return data
-

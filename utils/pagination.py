@@ -6,19 +6,30 @@ statement. A longer list's total is PostgreSQL's planner estimate for the list's
 table statistics ANALYZE keeps, as `pg_class.reltuples` for a whole table), never below the
 limit, and the answer says so with `total_is_estimate: true` (`pages` and `has_next` follow
 from it). Counting a million rows exactly for a page of twenty took longer than the page.
+The estimate moves only when ANALYZE runs, so each process keeps a list's (its query's shape
+and parameters) for ESTIMATE_SECONDS: a long list's page is then one statement, not two.
 """
 from __future__ import annotations
 
 import json
+import time
 
-from sqlalchemy import func
+from sqlalchemy import func, literal_column
 from sqlalchemy import select as select_
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import ClauseElement, Executable
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from models import db
 from utils.helpers import pagination_meta
 
 # Totals up to this many rows are exact; above it, estimated (see the module's docstring).
 EXACT_COUNT_LIMIT = 1000
+# How long a process keeps a list's estimate, and for how many lists at most (search text
+# makes them many: past the bound, all are forgotten at once).
+ESTIMATE_SECONDS = 60
+ESTIMATE_KEYS = 1000
+_estimates: dict[tuple, tuple[float, int]] = {}
 
 
 def _capped_count(select):
@@ -27,31 +38,63 @@ def _capped_count(select):
     return select_(func.count()).select_from(capped)
 
 
+class _Explain(Executable, ClauseElement):
+    """`EXPLAIN (FORMAT JSON) SELECT * FROM (select)`: a statement SQLAlchemy compiles once
+    per shape of `select` and caches like any other (compiling the list's ORM select by hand
+    for each estimate cost more CPU than the whole page). Expanding parameters (`IN (...)`)
+    and `%` in patterns go through the ordinary execution path."""
+
+    inherit_cache = True
+    _traverse_internals = [("select", InternalTraversal.dp_clauseelement)]
+    # Its one result column is the plan; the wrapped select's columns are not the result's.
+    _all_selected_columns = ()
+
+    def __init__(self, select):
+        self.select = select_(literal_column("*")).select_from(select.order_by(None).subquery())
+
+
+@compiles(_Explain)
+def _compile_explain(element, compiler, **kw):
+    return "EXPLAIN (FORMAT JSON) " + compiler.process(element.select, **kw)
+
+
+def _estimate_key(bind, select) -> tuple | None:
+    """What identifies `select`'s estimate: the database, the statement's shape (SQLAlchemy's
+    own cache key) and its parameters' values; None for a statement without a cache key."""
+    cache_key = select._generate_cache_key()
+    if cache_key is None:
+        return None
+    values = tuple(tuple(value) if isinstance(value, list) else value
+                   for value in (param.effective_value for param in cache_key.bindparams))
+    return bind.url, cache_key.key, values
+
+
 def _estimate(select) -> int | None:
     """The planner's row estimate for `select` (PostgreSQL), else None."""
     bind = db.session.get_bind()
     if bind.dialect.name != "postgresql":
         return None
-    # Expanding parameters (`IN (...)`) rendered as one parameter per value.
-    compiled = select.order_by(None).compile(dialect=bind.dialect,
-                                             compile_kwargs={"render_postcompile": True})
-    plan = db.session.connection().exec_driver_sql(
-        "EXPLAIN (FORMAT JSON) " + str(compiled), compiled.params).scalar()
+    key = _estimate_key(bind, select)
+    now = time.monotonic()
+    kept = _estimates.get(key) if key is not None else None
+    if kept is not None and kept[0] > now:
+        return kept[1]
+    plan = db.session.scalar(_Explain(select))
     plan = json.loads(plan) if isinstance(plan, str) else plan
-    return int(plan[0]["Plan"]["Plan Rows"])
+    estimate = int(plan[0]["Plan"]["Plan Rows"])
+    if key is not None:
+        if len(_estimates) >= ESTIMATE_KEYS:
+            _estimates.clear()
+        _estimates[key] = (now + ESTIMATE_SECONDS, estimate)
+    return estimate
 
 
-def paginate(select, page: int, per_page: int, extra=()):
-    """Run a select of one entity (with a deterministic order_by) one page at a time, in one
-    round trip: the capped total comes with the rows (an uncorrelated subquery, evaluated
-    once). A page past the end, which has no rows to carry it, and a list longer than
-    EXACT_COUNT_LIMIT (its estimate) cost a second query. Returns (items, pagination dict in
-    the contract's shape). `extra` columns (per-row scalar subqueries: a row's counts) ride in
-    the page's statement, not in its count; each item is then (entity, *extra values)."""
+def _page(select, page: int, per_page: int, extra, entities: bool):
+    """One page of `select` and its pagination dict; each row also carries `_total`, last."""
     counted = select.add_columns(*extra,
                                  _capped_count(select).scalar_subquery().label("_total"))
-    rows = db.session.execute(counted.limit(per_page).offset((page - 1) * per_page)).unique()
-    rows = rows.all()
+    result = db.session.execute(counted.limit(per_page).offset((page - 1) * per_page))
+    rows = (result.unique() if entities else result).all()
     if rows:
         total = rows[0][-1]
     elif page == 1:
@@ -72,9 +115,26 @@ def paginate(select, page: int, per_page: int, extra=()):
                         + (len(rows) == per_page))
             meta = pagination_meta(page, per_page, total)
             meta["total_is_estimate"] = True
+    return rows, meta
+
+
+def paginate(select, page: int, per_page: int, extra=()):
+    """Run a select of one entity (with a deterministic order_by) one page at a time, in one
+    round trip: the capped total comes with the rows (an uncorrelated subquery, evaluated
+    once). A page past the end, which has no rows to carry it, and a list longer than
+    EXACT_COUNT_LIMIT (its estimate) cost a second query. Returns (items, pagination dict in
+    the contract's shape). `extra` columns (per-row scalar subqueries: a row's counts) ride in
+    the page's statement, not in its count; each item is then (entity, *extra values)."""
+    rows, meta = _page(select, page, per_page, extra, entities=True)
     if extra:
         return [tuple(row[:-1]) for row in rows], meta
     return [row[0] for row in rows], meta
+
+
+def paginate_rows(select, page: int, per_page: int):
+    """`paginate` for a select of columns, no entity: each item is its row as the database
+    sent it (read by position; a last column, `_total`, follows the select's own)."""
+    return _page(select, page, per_page, (), entities=False)
 
 
 def page_of(key: str, query, args) -> dict:
