@@ -10,8 +10,7 @@ from spectree import Response
 from typing_extensions import TypedDict
 
 from auth import current_user, instructor_required, login_required
-from services import catalog_service, course_service, enrollment_service
-from utils.pagination import paginate
+from services import catalog_service, certificate_service, course_service, enrollment_service
 from utils.responses import (
     AmountOut,
     CertificateListResponse,
@@ -94,9 +93,8 @@ def completed_courses():
 def certificates():
     """Certificates the user has earned."""
     args = query_args()
-    rows, meta = paginate(enrollment_service.certificates_query(current_user().id),
-                          args.page, args.per_page)
-    return {"certificates": [c.to_dict() for c in rows], "pagination": meta}
+    return certificate_service.page(certificate_service.list_query(user_id=current_user().id),
+                                    args.page, args.per_page)
 
 
 @bp.get("/my-teaching-courses")

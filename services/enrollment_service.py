@@ -459,7 +459,3 @@ def dashboard(user: User, recent: int = 10) -> dict:
             for done, lesson_id, at, lesson_title, course_id, course_title in recent_rows],
     }
 
-
-def certificates_query(user_id: int):
-    return (select(Certificate).where(Certificate.user_id == user_id)
-            .order_by(Certificate.issued_at.desc(), Certificate.id.desc()))
