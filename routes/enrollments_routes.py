@@ -139,9 +139,8 @@ def enroll_by_path(course_id: int):
 def my_enrollments():
     """The signed-in user's enrollments with their progress, newest first."""
     args = query_args()
-    query = enrollment_service.enrollments_query(
-        user_id=current_user().id, statuses=(args.status,) if args.status else None)
-    return enrollment_service.enrollment_page(query, args.page, args.per_page)
+    return enrollment_service.learner_enrollment_page(
+        current_user().id, (args.status,) if args.status else None, args.page, args.per_page)
 
 
 @bp.get("/<int:enrollment_id>")

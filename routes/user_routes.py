@@ -70,10 +70,9 @@ def dashboard():
 @validate(query=PageQuery, resp=Response(HTTP_200=EnrollmentListResponse, **errors(401)), **AUTH)
 def enrolled_courses():
     """Courses the user is enrolled in (active or completed), with progress."""
-    query = enrollment_service.enrollments_query(
-        user_id=current_user().id, statuses=enrollment_service.OPEN_STATUSES)
     args = query_args()
-    return enrollment_service.enrollment_page(query, args.page, args.per_page)
+    return enrollment_service.learner_enrollment_page(
+        current_user().id, enrollment_service.OPEN_STATUSES, args.page, args.per_page)
 
 
 @bp.get("/completed-courses")
@@ -81,10 +80,9 @@ def enrolled_courses():
 @validate(query=PageQuery, resp=Response(HTTP_200=EnrollmentListResponse, **errors(401)), **AUTH)
 def completed_courses():
     """Courses the user completed, with progress."""
-    query = enrollment_service.enrollments_query(user_id=current_user().id,
-                                                 statuses=("completed",))
     args = query_args()
-    return enrollment_service.enrollment_page(query, args.page, args.per_page)
+    return enrollment_service.learner_enrollment_page(current_user().id, ("completed",),
+                                                      args.page, args.per_page)
 
 
 @bp.get("/certificates")

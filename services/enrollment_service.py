@@ -11,11 +11,12 @@
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
-from sqlalchemy import and_, case, func, select, update
+from sqlalchemy import Text, and_, case, cast, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
@@ -29,6 +30,7 @@ from models import (
     Module,
     Notification,
     Payment,
+    Subcategory,
     User,
     db,
 )
@@ -232,21 +234,98 @@ def progress_of(enrollment: Enrollment) -> Progress:
     return Progress(total_lessons, completed, _percent(completed, total_lessons))
 
 
-def enrollment_page(query, page: int, per_page: int) -> dict:
-    """One page of enrollments, each with its progress, in one statement: the lesson counts
-    ride in the page's select as two correlated scalar subqueries."""
+# A learner's own enrollment lists (the hot reads of issue 21) are read as rows: the page's
+# select is of enrollment ids (what its count needs), the enrollment's, its course's, the
+# instructor's and the subcategory's columns and the two lesson counts ride as its extra; an
+# ORM entity per enrollment, course and instructor cost the page more than its statement did.
+# `_learner_row` writes what `enrollment_dict` writes from the entities (Enrollment.to_dict,
+# course_service.course_summary), key for key. JSON comes as text: `paginate` hashes rows.
+_E = Enrollment.__table__.c
+_COURSES = Course.__table__
+_INSTRUCTORS = User.__table__.alias("instructor")
+_SUBCATEGORIES = Subcategory.__table__
+_CO, _IN, _SU = _COURSES.c, _INSTRUCTORS.c, _SUBCATEGORIES.c
+_LEARNER_COLUMNS = (
+    _E.user_id, _E.course_id, _E.status, _E.payment_id, _E.enrolled_at, _E.started_at,
+    _E.last_accessed_at, _E.completed_at, _E.cancelled_at,
+    _CO.id, _CO.title, _CO.slug, _CO.short_description, _CO.description, _CO.price,
+    _CO.currency, _CO.difficulty, _CO.duration_hours, cast(_CO.learning_outcomes, Text),
+    _CO.language, _CO.mode_of_conduct, _CO.status, _CO.review_requested_at,
+    _CO.subcategory_id, _CO.instructor_id, _CO.thumbnail_url, _CO.published_at,
+    _CO.created_at, _CO.updated_at,
+    _IN.id, _IN.first_name, _IN.last_name, _IN.role, _IN.bio, _IN.headline,
+    _IN.profile_picture,
+    _SU.id, _SU.name, _SU.master_category_id,
+)
+
+
+def learner_enrollment_page(user_id: int, statuses: tuple[str, ...] | None, page: int,
+                            per_page: int) -> dict:
+    """The user's enrollments (in `statuses`, or all) newest first, each with its progress and
+    its course's summary, in one statement: the lesson counts ride as two correlated scalar
+    subqueries."""
+    enrollments = Enrollment.__table__
+    query = (select(_E.id)
+             .select_from(enrollments.outerjoin(_COURSES, _CO.id == _E.course_id)
+                          .outerjoin(_INSTRUCTORS, _IN.id == _CO.instructor_id)
+                          .outerjoin(_SUBCATEGORIES, _SU.id == _CO.subcategory_id))
+             .where(_E.user_id == user_id)
+             .order_by(_E.enrolled_at.desc(), _E.id.desc()))
+    if statuses:
+        query = query.where(_E.status.in_(statuses))
     total = (select(func.count(Lesson.id)).join(Module, Module.id == Lesson.module_id)
-             .where(Module.course_id == Enrollment.course_id)
-             .correlate(Enrollment).scalar_subquery())
+             .where(Module.course_id == _E.course_id).correlate(enrollments).scalar_subquery())
     done = (select(func.count(LessonProgress.id))
             .join(Lesson, Lesson.id == LessonProgress.lesson_id)
-            .where(LessonProgress.enrollment_id == Enrollment.id,
-                   LessonProgress.completed.is_(True))
-            .correlate(Enrollment).scalar_subquery())
-    rows, meta = paginate(query, page, per_page, extra=(total, done))
-    return {"enrollments": [
-        enrollment_dict(e, Progress(total_lessons, completed, _percent(completed, total_lessons)))
-        for e, total_lessons, completed in rows], "pagination": meta}
+            .where(LessonProgress.enrollment_id == _E.id, LessonProgress.completed.is_(True))
+            .correlate(enrollments).scalar_subquery())
+    rows, meta = paginate(query, page, per_page, extra=(*_LEARNER_COLUMNS, total, done))
+    return {"enrollments": [_learner_row(row) for row in rows], "pagination": meta}
+
+
+def _learner_row(row: tuple) -> dict:
+    (id_, user_id, course_id, status, payment_id, enrolled_at, started_at, last_accessed_at,
+     completed_at, cancelled_at,
+     c_id, title, slug, short_description, description, price, currency, difficulty,
+     duration_hours, outcomes, language, mode, c_status, review_requested_at, subcategory_id,
+     instructor_id, thumbnail_url, published_at, created_at, updated_at,
+     i_id, first_name, last_name, role, bio, headline, picture,
+     s_id, s_name, master_category_id, total, done) = row
+    course = None
+    if c_id is not None:
+        course = {
+            "id": c_id, "title": title, "slug": slug, "short_description": short_description,
+            "description": description, "price": money(price), "currency": currency,
+            "is_free": price is None or Decimal(price) == 0, "difficulty": difficulty,
+            "duration_hours": float(duration_hours) if duration_hours is not None else None,
+            "learning_outcomes": list((json.loads(outcomes) if outcomes else None) or []),
+            "language": language, "mode_of_conduct": mode, "status": c_status,
+            "awaiting_review": c_status == "draft" and review_requested_at is not None,
+            "review_requested_at": iso(review_requested_at), "subcategory_id": subcategory_id,
+            "instructor_id": instructor_id, "thumbnail_url": thumbnail_url,
+            "published_at": iso(published_at), "created_at": iso(created_at),
+            "updated_at": iso(updated_at),
+            "instructor": {
+                "id": i_id, "first_name": first_name, "last_name": last_name,
+                "full_name": " ".join(p for p in (first_name, last_name) if p).strip(),
+                "role": role, "bio": bio, "headline": headline, "profile_picture": picture,
+            } if i_id is not None else None,
+            "subcategory": {"id": s_id, "name": s_name,
+                            "master_category_id": master_category_id}
+            if s_id is not None else None,
+        }
+    data = {
+        "id": id_, "user_id": user_id, "course_id": course_id, "status": status,
+        # A completion stands when lessons are added later (see enrollment_dict).
+        "progress_percent": 100.0 if completed_at else float(_percent(done, total)),
+        "payment_id": payment_id, "enrolled_at": iso(enrolled_at),
+        "started_at": iso(started_at), "last_accessed_at": iso(last_accessed_at),
+        "completed_at": iso(completed_at), "cancelled_at": iso(cancelled_at),
+        "completed_lessons": done, "total_lessons": total,
+    }
+    if course is not None:
+        data["course"] = course
+    return data
 
 
 def enrollment_dict(enrollment: Enrollment, progress: Progress, *, course: bool = True) -> dict:
