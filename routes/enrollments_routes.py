@@ -190,20 +190,16 @@ def course_progress(course_id: int):
     return enrollment_service.detailed_progress(enrollment)
 
 
-def _record(enrollment, lesson_id: int, default_completed: bool | None):
+def _record(lesson_id: int, default_completed: bool | None, **enrollment):
     """`default_completed` applies only to a request that says nothing: a body carrying just
-    watch time records watch time."""
+    watch time records watch time. `enrollment`: its id, or its course's."""
     body = json_body() if request.content_length else None
     sent = body.model_fields_set if body else set()
     completed = body.completed if "completed" in sent else (default_completed if not sent else None)
     watch = body.watch_time_seconds if body else None
-    record, finished, progress = enrollment_service.record_progress(
-        enrollment, lesson_id, completed=completed, watch_time_seconds=watch)
-    # Written before the commit, which would expire the rows read here (and cost a reload).
-    answer = {"lesson_progress": record, "course_completed": finished,
-              "enrollment": enrollment_service.enrollment_dict(enrollment, progress,
-                                                               course=False),
-              "certificate": enrollment_service.certificate_of(enrollment)}
+    answer = enrollment_service.record_progress(
+        current_user().id, lesson_id, completed=completed, watch_time_seconds=watch,
+        **enrollment)
     db.session.commit()
     return answer
 
@@ -214,11 +210,8 @@ def _record(enrollment, lesson_id: int, default_completed: bool | None):
                                          **errors(401, 403, 404)), **AUTH)
 def complete_lesson(enrollment_id: int, lesson_id: int):
     """Mark a lesson complete (or send `{"completed": false}` / `watch_time_seconds`)."""
-    user = current_user()
-    enrollment = enrollment_service.own_enrollment(enrollment_id, user)
-    if enrollment.user_id != user.id:  # teachers read progress; only the student writes it
-        raise NotFound("Enrollment not found")
-    return _record(enrollment, lesson_id, True)
+    # Teachers read progress; only the student writes it (another's enrollment is 404).
+    return _record(lesson_id, True, enrollment_id=enrollment_id)
 
 
 @bp.get("/get-enrollments/<int:course_id>/lessons/<int:lesson_id>/progress")
@@ -237,5 +230,4 @@ def read_lesson_progress(course_id: int, lesson_id: int):
                                          **errors(401, 403, 404)), **AUTH)
 def write_lesson_progress(course_id: int, lesson_id: int):
     """Record a lesson's progress (`{completed?, watch_time_seconds?}`) by course id."""
-    enrollment = enrollment_service.my_enrollment_for_course(current_user(), course_id)
-    return _record(enrollment, lesson_id, None)
+    return _record(lesson_id, None, course_id=course_id)

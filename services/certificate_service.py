@@ -57,11 +57,13 @@ def existing(user_id: int, course_id: int) -> Certificate | None:
 
 # A list's columns, read as rows: an ORM entity per certificate cost the page more than its
 # statement did (issue 21). The page's select is of ids (what its count needs); the columns
-# ride as its extra. `_listed` writes what `Certificate.to_dict` does, key for key.
+# ride as its extra. `as_dict` writes what `Certificate.to_dict` does, key for key, from
+# `SHOWN` (the id, then the rest), which other reads may select too.
 _C = Certificate.__table__.c
 _LISTED = (_C.certificate_number, _C.user_id, _C.course_id, _C.holder_name, _C.course_title,
            _C.instructor_name, _C.completion_date, _C.status, _C.sha256, _C.issued_at,
            _C.revoked_at, _C.pdf_signed_at)
+SHOWN = (_C.id, *_LISTED)
 
 
 def list_query(*, user_id: int | None = None, course_id: int | None = None,
@@ -79,10 +81,10 @@ def list_query(*, user_id: int | None = None, course_id: int | None = None,
 
 def page(query: Select, page_number: int, per_page: int) -> dict:
     rows, meta = paginate(query, page_number, per_page, extra=_LISTED)
-    return {"certificates": [_listed(row) for row in rows], "pagination": meta}
+    return {"certificates": [as_dict(row) for row in rows], "pagination": meta}
 
 
-def _listed(row: tuple) -> dict:
+def as_dict(row: tuple) -> dict:
     (id_, number, user_id, course_id, holder, course_title, instructor, completed, status,
      sha256, issued_at, revoked_at, pdf_signed_at) = row
     return {"id": id_, "certificate_number": number, "user_id": user_id,

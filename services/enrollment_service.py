@@ -16,7 +16,24 @@ import logging
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
-from sqlalchemy import Text, and_, case, cast, func, select, update
+from sqlalchemy import (
+    Integer,
+    Select,
+    Text,
+    Update,
+    and_,
+    bindparam,
+    case,
+    cast,
+    func,
+    literal,
+    literal_column,
+    null,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
@@ -245,9 +262,10 @@ _COURSES = Course.__table__
 _INSTRUCTORS = User.__table__.alias("instructor")
 _SUBCATEGORIES = Subcategory.__table__
 _CO, _IN, _SU = _COURSES.c, _INSTRUCTORS.c, _SUBCATEGORIES.c
+_ENROLLMENT = (_E.id, _E.user_id, _E.course_id, _E.status, _E.payment_id, _E.enrolled_at,
+               _E.started_at, _E.last_accessed_at, _E.completed_at, _E.cancelled_at)
 _LEARNER_COLUMNS = (
-    _E.user_id, _E.course_id, _E.status, _E.payment_id, _E.enrolled_at, _E.started_at,
-    _E.last_accessed_at, _E.completed_at, _E.cancelled_at,
+    *_ENROLLMENT[1:],
     _CO.id, _CO.title, _CO.slug, _CO.short_description, _CO.description, _CO.price,
     _CO.currency, _CO.difficulty, _CO.duration_hours, cast(_CO.learning_outcomes, Text),
     _CO.language, _CO.mode_of_conduct, _CO.status, _CO.review_requested_at,
@@ -314,15 +332,9 @@ def _learner_row(row: tuple) -> dict:
                             "master_category_id": master_category_id}
             if s_id is not None else None,
         }
-    data = {
-        "id": id_, "user_id": user_id, "course_id": course_id, "status": status,
-        # A completion stands when lessons are added later (see enrollment_dict).
-        "progress_percent": 100.0 if completed_at else float(_percent(done, total)),
-        "payment_id": payment_id, "enrolled_at": iso(enrolled_at),
-        "started_at": iso(started_at), "last_accessed_at": iso(last_accessed_at),
-        "completed_at": iso(completed_at), "cancelled_at": iso(cancelled_at),
-        "completed_lessons": done, "total_lessons": total,
-    }
+    data = _enrollment_values(
+        (id_, user_id, course_id, status, payment_id, enrolled_at, started_at, last_accessed_at,
+         completed_at, cancelled_at), total, done)
     if course is not None:
         data["course"] = course
     return data
@@ -394,6 +406,21 @@ def detailed_progress(enrollment: Enrollment) -> dict:
             "course_id": enrollment.course_id, "lessons": lessons}
 
 
+def _enrollment_values(row: tuple, total: int, done: int) -> dict:
+    """What `enrollment_dict(..., course=False)` writes, from the columns of `_ENROLLMENT`."""
+    (id_, user_id, course_id, status, payment_id, enrolled_at, started_at, last_accessed_at,
+     completed_at, cancelled_at) = row
+    return {
+        "id": id_, "user_id": user_id, "course_id": course_id, "status": status,
+        # A completion stands when lessons are added later (see enrollment_dict).
+        "progress_percent": 100.0 if completed_at else float(_percent(done, total)),
+        "payment_id": payment_id, "enrolled_at": iso(enrolled_at),
+        "started_at": iso(started_at), "last_accessed_at": iso(last_accessed_at),
+        "completed_at": iso(completed_at), "cancelled_at": iso(cancelled_at),
+        "completed_lessons": done, "total_lessons": total,
+    }
+
+
 # --- progress ---------------------------------------------------------------------------------
 
 def _lesson_in_course(lesson_id: int, course_id: int) -> Lesson:
@@ -414,53 +441,150 @@ def lesson_progress(enrollment: Enrollment, lesson_id: int) -> dict:
     return record.to_dict()
 
 
-def _lesson_and_record(enrollment: Enrollment, lesson_id: int) -> LessonProgress | None:
-    """The enrollment's progress row for a lesson of its course (None: not started yet), in
-    one statement; NotFound for a lesson of another course."""
-    found = db.session.execute(
-        select(Lesson.id, LessonProgress)
-        .join(Module, Module.id == Lesson.module_id)
-        .outerjoin(LessonProgress, and_(LessonProgress.lesson_id == Lesson.id,
-                                        LessonProgress.enrollment_id == enrollment.id))
-        .where(Lesson.id == lesson_id, Module.course_id == enrollment.course_id)).first()
-    if found is None:
-        raise NotFound("This lesson is not part of the course")
-    return found[1]
+# The write a video player sends every few seconds (issue 21), in three statements and no ORM
+# entity: the enrollment with the lesson's place in its course, its progress row's id and its
+# certificate; the progress row written (an UPDATE, or for a lesson's first write an INSERT that
+# a parallel first write turns into the same UPDATE) and returned; the enrollment's times set,
+# returning it with its lesson counts. A fourth stores a changed percentage; completing the
+# course goes through the entities (`_complete_if_finished`), as enrolling does.
+_LP = LessonProgress.__table__
+_LPC = _LP.c
+_L, _M = Lesson.__table__.c, Module.__table__.c
+_RECORD = (_LPC.lesson_id, _LPC.completed, _LPC.completed_at, _LPC.watch_time_seconds,
+           _LPC.started_at, _LPC.last_accessed_at)
 
 
-def record_progress(enrollment: Enrollment, lesson_id: int, *, completed: bool | None,
-                    watch_time_seconds: int | None) -> tuple[dict, bool, Progress]:
-    """Record a lesson's progress (idempotent). Returns (lesson progress, course_completed_now,
-    the enrollment's progress after it). The heartbeat a video player sends: the lesson and
-    its row in one statement, the counts in one more."""
-    if enrollment.status not in OPEN_STATUSES:
-        raise Forbidden("This enrollment is not active", code="enrollment_inactive")
-    record = _lesson_and_record(enrollment, lesson_id)
-    now = utcnow()
-    if record is None:
-        record = LessonProgress(enrollment_id=enrollment.id, lesson_id=lesson_id, started_at=now,
-                                last_accessed_at=now, completed=False, watch_time_seconds=0)
-        try:
-            with db.session.begin_nested():
-                db.session.add(record)
-        except IntegrityError:  # the same lesson recorded by a parallel request
-            record = db.session.scalar(select(LessonProgress).where(
-                LessonProgress.enrollment_id == enrollment.id,
-                LessonProgress.lesson_id == lesson_id))
-    record.last_accessed_at = now
+def _write_target(where) -> Select:
+    enrollments, certificates = Enrollment.__table__, Certificate.__table__
+    lesson = (select(_L.id).join(Module.__table__, _M.id == _L.module_id)
+              .where(_L.id == bindparam("lesson_id"), _M.course_id == _E.course_id)
+              .correlate(enrollments).scalar_subquery())
+    return (select(*_ENROLLMENT, _E.progress_percent, lesson.label("lesson_found"),
+                   _LPC.id.label("record_id"), *certificate_service.SHOWN)
+            .select_from(enrollments
+                         .outerjoin(_LP, and_(_LPC.enrollment_id == _E.id,
+                                              _LPC.lesson_id == bindparam("lesson_id")))
+                         .outerjoin(certificates,
+                                    and_(certificates.c.user_id == _E.user_id,
+                                         certificates.c.course_id == _E.course_id)))
+            .where(where))
+
+
+_BY_ID = _write_target(_E.id == bindparam("enrollment_id"))
+_BY_COURSE = _write_target(and_(_E.user_id == bindparam("user_id"),
+                                _E.course_id == bindparam("course_id")))
+
+
+# The lesson counts an UPDATE of an enrollment returns, written out: SQLite's RETURNING clause
+# is compiled without table names, also inside a subquery, where `id` is then ambiguous.
+_TOTAL_AFTER = literal_column(
+    "(SELECT count(lessons.id) FROM lessons JOIN modules ON modules.id = lessons.module_id"
+    " WHERE modules.course_id = enrollments.course_id)", Integer)
+_DONE_AFTER = literal_column(
+    "(SELECT count(lesson_progress.id) FROM lesson_progress"
+    " JOIN lessons ON lessons.id = lesson_progress.lesson_id"
+    " WHERE lesson_progress.enrollment_id = enrollments.id"
+    " AND lesson_progress.completed = true)", Integer)
+
+
+def _counted(enrollment_id: int, now) -> Update:
+    """The enrollment's times set, returning its columns, stored percentage and lesson counts
+    (which see the progress row this transaction just wrote)."""
+    return (update(Enrollment.__table__).where(_E.id == enrollment_id)
+            .values(started_at=func.coalesce(_E.started_at, literal(now, _E.started_at.type)),
+                    last_accessed_at=now)
+            .returning(*_ENROLLMENT, _E.progress_percent, _TOTAL_AFTER, _DONE_AFTER))
+
+
+def _record_changes(now, completed: bool | None, watch_time_seconds: int | None) -> dict:
+    """The SET of a progress row: the furthest point reached counts; a completion keeps its
+    first time; an un-completion clears it."""
+    at = literal(now, _LPC.completed_at.type)
+    changes = {"last_accessed_at": now}
     if watch_time_seconds is not None:
-        # A position in the lesson: the furthest point reached counts.
-        record.watch_time_seconds = max(record.watch_time_seconds or 0, watch_time_seconds)
-    if completed is True and not record.completed:
-        record.completed, record.completed_at = True, now
-    elif completed is False and record.completed:
-        record.completed, record.completed_at = False, None
-    enrollment.started_at = enrollment.started_at or now
-    enrollment.last_accessed_at = now
-    db.session.flush()
-    finished_now, progress = _complete_if_finished(enrollment)
-    db.session.flush()  # the percentage: the rows now say what the answer will
-    return record.to_dict(), finished_now, progress
+        reached = func.coalesce(_LPC.watch_time_seconds, 0)
+        changes["watch_time_seconds"] = case((reached >= watch_time_seconds, reached),
+                                             else_=watch_time_seconds)
+    if completed is True:
+        changes["completed"] = True
+        changes["completed_at"] = case((_LPC.completed.is_(True), _LPC.completed_at), else_=at)
+    elif completed is False:
+        changes["completed"] = False
+        changes["completed_at"] = case((_LPC.completed.is_(True), null()),
+                                       else_=_LPC.completed_at)
+    return changes
+
+
+def _write_record(enrollment_id: int, record_id: int | None, lesson_id: int, now,
+                  completed: bool | None, watch_time_seconds: int | None):
+    changes = _record_changes(now, completed, watch_time_seconds)
+    connection = db.session.connection()
+    if record_id is not None:
+        return connection.execute(update(_LP).where(_LPC.id == record_id).values(changes)
+                                  .returning(*_RECORD)).one()
+    dialect_insert = postgresql_insert if connection.dialect.name == "postgresql" \
+        else sqlite_insert
+    first = dialect_insert(_LP).values(
+        enrollment_id=enrollment_id, lesson_id=lesson_id, started_at=now, last_accessed_at=now,
+        completed=completed is True, completed_at=now if completed is True else None,
+        watch_time_seconds=watch_time_seconds or 0)
+    # ON CONFLICT's SET runs no column's onupdate: updated_at is named.
+    return connection.execute(first.on_conflict_do_update(
+        index_elements=[_LPC.enrollment_id, _LPC.lesson_id],
+        set_={**changes, "updated_at": utcnow()}).returning(*_RECORD)).one()
+
+
+def record_progress(user_id: int, lesson_id: int, *, completed: bool | None,
+                    watch_time_seconds: int | None, enrollment_id: int | None = None,
+                    course_id: int | None = None) -> dict:
+    """Record a lesson's progress (idempotent) in the user's enrollment (by its id, or by its
+    course); the answer: the lesson's progress, whether this completed the course, the
+    enrollment's progress after it and its certificate (None before completion). Someone else's
+    enrollment is 404, as a missing one is; a closed one 403; a lesson of another course 404."""
+    connection = db.session.connection()
+    if enrollment_id is not None:
+        found = connection.execute(_BY_ID, {"enrollment_id": enrollment_id,
+                                            "lesson_id": lesson_id}).first()
+        if found is None or found.user_id != user_id:
+            raise NotFound("Enrollment not found")
+    else:
+        found = connection.execute(_BY_COURSE, {"user_id": user_id, "course_id": course_id,
+                                                "lesson_id": lesson_id}).first()
+        if found is None:
+            raise NotFound("You are not enrolled in this course")
+    if found.status not in OPEN_STATUSES:
+        raise Forbidden("This enrollment is not active", code="enrollment_inactive")
+    if found.lesson_found is None:
+        raise NotFound("This lesson is not part of the course")
+    now = utcnow()
+    record = _write_record(found.id, found.record_id, lesson_id, now, completed,
+                           watch_time_seconds)
+    record = {"lesson_id": record.lesson_id, "completed": record.completed,
+              "completed_at": iso(record.completed_at),
+              "watch_time_seconds": record.watch_time_seconds,
+              "started_at": iso(record.started_at),
+              "last_accessed_at": iso(record.last_accessed_at)}
+    counted = connection.execute(_counted(found.id, now)).one()
+    *columns, stored, total, done = counted
+    if counted.completed_at is None:
+        if total and done >= total:  # the last lesson: completion, through the entities
+            enrollment = db.session.get(Enrollment, found.id)
+            finished, progress = _complete_if_finished(enrollment)
+            return {"lesson_progress": record, "course_completed": finished,
+                    "enrollment": enrollment_dict(enrollment, progress, course=False),
+                    "certificate": certificate_of(enrollment)}
+        percent = _percent(done, total)
+        if percent != stored:
+            connection.execute(update(Enrollment.__table__).where(_E.id == found.id)
+                               .values(progress_percent=percent))
+    certificate = found[-len(certificate_service.SHOWN):]  # its columns, or NULLs
+    if counted.completed_at is None or certificate[0] is None:
+        certificate = None
+    else:
+        certificate = certificate_service.as_dict(certificate)
+    return {"lesson_progress": record, "course_completed": False,
+            "enrollment": _enrollment_values(columns, total, done),
+            "certificate": certificate}
 
 
 def _complete_if_finished(enrollment: Enrollment) -> tuple[bool, Progress]:
