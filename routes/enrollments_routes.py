@@ -177,8 +177,7 @@ def cancel_enrollment(enrollment_id: int):
 @validate(resp=Response(HTTP_200=CourseProgressResponse, **errors(401, 404)), **AUTH)
 def enrollment_progress(enrollment_id: int):
     """Progress lesson by lesson."""
-    enrollment = enrollment_service.own_enrollment(enrollment_id, current_user())
-    return enrollment_service.detailed_progress(enrollment)
+    return enrollment_service.detailed_progress(current_user(), enrollment_id=enrollment_id)
 
 
 @bp.get("/get-enrollments/<int:course_id>/progress")
@@ -186,8 +185,7 @@ def enrollment_progress(enrollment_id: int):
 @validate(resp=Response(HTTP_200=CourseProgressResponse, **errors(401, 404)), **AUTH)
 def course_progress(course_id: int):
     """The API documentation's progress path: the signed-in user's progress in a course."""
-    enrollment = enrollment_service.my_enrollment_for_course(current_user(), course_id)
-    return enrollment_service.detailed_progress(enrollment)
+    return enrollment_service.detailed_progress(current_user(), course_id=course_id)
 
 
 def _record(lesson_id: int, default_completed: bool | None, **enrollment):

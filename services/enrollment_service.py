@@ -262,6 +262,9 @@ _COURSES = Course.__table__
 _INSTRUCTORS = User.__table__.alias("instructor")
 _SUBCATEGORIES = Subcategory.__table__
 _CO, _IN, _SU = _COURSES.c, _INSTRUCTORS.c, _SUBCATEGORIES.c
+_LP = LessonProgress.__table__
+_LPC = _LP.c
+_L, _M = Lesson.__table__.c, Module.__table__.c
 _ENROLLMENT = (_E.id, _E.user_id, _E.course_id, _E.status, _E.payment_id, _E.enrolled_at,
                _E.started_at, _E.last_accessed_at, _E.completed_at, _E.cancelled_at)
 _LEARNER_COLUMNS = (
@@ -376,34 +379,63 @@ def enrollments_query(*, user_id: int | None = None, course_id: int | None = Non
     return query
 
 
-def detailed_progress(enrollment: Enrollment) -> dict:
-    """The enrollment's progress lesson by lesson, in course order: one statement of the
-    columns the answer shows (no lesson bodies, no ORM objects)."""
-    rows = db.session.execute(
-        select(Lesson.id, Lesson.title, Module.id.label("module_id"),
-               Module.title.label("module_title"), LessonProgress.id.label("record"),
-               LessonProgress.completed, LessonProgress.completed_at,
-               LessonProgress.watch_time_seconds, LessonProgress.last_accessed_at)
-        .join(Module, Module.id == Lesson.module_id)
-        .outerjoin(LessonProgress, and_(LessonProgress.lesson_id == Lesson.id,
-                                        LessonProgress.enrollment_id == enrollment.id))
-        .where(Module.course_id == enrollment.course_id)
-        .order_by(Module.position, Module.id, Lesson.position, Lesson.id)).all()
+def _lessons_of(where) -> Select:
+    """An enrollment's columns, its course's instructor and, one row per lesson of its course in
+    course order, the lesson's and the enrollment's progress row's columns (one row of NULLs
+    for a course without lessons)."""
+    enrollments, modules, lessons = Enrollment.__table__, Module.__table__, Lesson.__table__
+    return (select(*_ENROLLMENT, _CO.instructor_id, _L.id, _L.title, _M.id, _M.title,
+                   _LPC.id, _LPC.completed, _LPC.completed_at, _LPC.watch_time_seconds,
+                   _LPC.last_accessed_at)
+            .select_from(enrollments.join(_COURSES, _CO.id == _E.course_id)
+                         .outerjoin(modules, _M.course_id == _E.course_id)
+                         .outerjoin(lessons, _L.module_id == _M.id)
+                         .outerjoin(_LP, and_(_LPC.lesson_id == _L.id,
+                                              _LPC.enrollment_id == _E.id)))
+            .where(where)
+            .order_by(_M.position, _M.id, _L.position, _L.id))
+
+
+_PROGRESS_BY_ID = _lessons_of(_E.id == bindparam("enrollment_id"))
+_PROGRESS_BY_COURSE = _lessons_of(and_(_E.user_id == bindparam("user_id"),
+                                       _E.course_id == bindparam("course_id")))
+
+
+def detailed_progress(user: User, *, enrollment_id: int | None = None,
+                      course_id: int | None = None) -> dict:
+    """An enrollment's progress lesson by lesson, in course order, in one statement of the
+    columns the answer shows (no lesson bodies, no ORM objects): by its id (readable as
+    `own_enrollment` says: its student, the course's instructor, an admin; 404 for anyone
+    else), or the user's own by its course."""
+    connection = db.session.connection()
+    if enrollment_id is not None:
+        rows = connection.execute(_PROGRESS_BY_ID, {"enrollment_id": enrollment_id}).all()
+        if not rows or not (rows[0][1] == user.id or user.role == "admin" or (
+                user.role == "instructor" and rows[0][len(_ENROLLMENT)] == user.id)):
+            raise NotFound("Enrollment not found")
+    else:
+        rows = connection.execute(_PROGRESS_BY_COURSE, {"user_id": user.id,
+                                                        "course_id": course_id}).all()
+        if not rows:
+            raise NotFound("You are not enrolled in this course")
     lessons = []
     for row in rows:
-        recorded = row.record is not None
+        (lesson_id, title, module_id, module_title, record, completed, completed_at, watched,
+         accessed) = row[len(_ENROLLMENT) + 1:]
+        if lesson_id is None:  # a module without lessons, or a course without modules
+            continue
+        recorded = record is not None
         lessons.append({
-            "lesson_id": row.id, "lesson_title": row.title, "module_id": row.module_id,
-            "module_title": row.module_title,
-            "completed": bool(recorded and row.completed),
-            "completed_at": iso(row.completed_at) if recorded else None,
-            "watch_time_seconds": row.watch_time_seconds if recorded else 0,
-            "last_accessed_at": iso(row.last_accessed_at) if recorded else None,
+            "lesson_id": lesson_id, "lesson_title": title, "module_id": module_id,
+            "module_title": module_title, "completed": bool(recorded and completed),
+            "completed_at": iso(completed_at) if recorded else None,
+            "watch_time_seconds": watched if recorded else 0,
+            "last_accessed_at": iso(accessed) if recorded else None,
         })
     done = sum(1 for item in lessons if item["completed"])
-    progress = Progress(len(lessons), done, _percent(done, len(lessons)))  # see enrollment_dict
-    return {"enrollment": enrollment_dict(enrollment, progress, course=False),
-            "course_id": enrollment.course_id, "lessons": lessons}
+    enrollment = rows[0][:len(_ENROLLMENT)]
+    return {"enrollment": _enrollment_values(enrollment, len(lessons), done),
+            "course_id": enrollment[2], "lessons": lessons}
 
 
 def _enrollment_values(row: tuple, total: int, done: int) -> dict:
@@ -447,9 +479,6 @@ def lesson_progress(enrollment: Enrollment, lesson_id: int) -> dict:
 # a parallel first write turns into the same UPDATE) and returned; the enrollment's times set,
 # returning it with its lesson counts. A fourth stores a changed percentage; completing the
 # course goes through the entities (`_complete_if_finished`), as enrolling does.
-_LP = LessonProgress.__table__
-_LPC = _LP.c
-_L, _M = Lesson.__table__.c, Module.__table__.c
 _RECORD = (_LPC.lesson_id, _LPC.completed, _LPC.completed_at, _LPC.watch_time_seconds,
            _LPC.started_at, _LPC.last_accessed_at)
 

@@ -33,6 +33,7 @@ from models import (
 )
 from services import course_service
 from tests.support.assertions import ok
+from tests.support.queries import recorded_statements
 from tests.test_enrollments import (  # noqa: F401 (actor: a fixture)
     Actor,
     actor,
@@ -325,3 +326,25 @@ def test_progress_writes_answer_what_the_entities_say(app, client, learner, acto
         assert db.session.scalar(select(func.count(Notification.id)).where(
             Notification.user_id == me.id, Notification.title == "Course completed")) == 2
         assert db.session.scalar(select(func.count(Payment.id))) == 2
+
+
+def test_progress_writes_cost_their_pinned_statements(app, client, learner):
+    """The heartbeat on a lesson already begun and a lesson's first write cost three statements
+    (the enrollment with the lesson, the progress row, the enrollment's times with its counts);
+    a write that changes the percentage one more, which stores it."""
+    course, me = learner.idle, learner.me
+    path = f"{API}/enrollments/{learner.idle_eid}/lessons/{course.lesson_ids[0]}/complete"
+    with recorded_statements(app) as statements:
+        ok(client.post(path, json={"watch_time_seconds": 5}, headers=me.headers))
+    assert len(statements) == 3, "\n".join(statements)  # a first write: INSERT ... ON CONFLICT
+    assert "ON CONFLICT" in statements[1]
+    with recorded_statements(app) as statements:
+        ok(client.post(path, json={"watch_time_seconds": 9}, headers=me.headers))
+    assert len(statements) == 3, "\n".join(statements)
+    other = learner.paid
+    path = f"{API}/enrollments/{learner.paid_eid}/lessons/{other.lesson_ids[1]}/complete"
+    with recorded_statements(app) as statements:
+        body = ok(client.post(path, json={"completed": True}, headers=me.headers))
+    assert len(statements) == 4, "\n".join(statements)
+    assert body["enrollment"]["progress_percent"] == 66.67
+    assert not any("FROM users" in s for s in statements)
