@@ -20,13 +20,11 @@ from sqlalchemy import (
     Integer,
     Select,
     Text,
-    Update,
     and_,
     bindparam,
     case,
     cast,
     func,
-    literal,
     literal_column,
     null,
     select,
@@ -516,27 +514,25 @@ _DONE_AFTER = literal_column(
     " AND lesson_progress.completed = true)", Integer)
 
 
-def _counted(enrollment_id: int, now) -> Update:
-    """The enrollment's times set, returning its columns, stored percentage and lesson counts
-    (which see the progress row this transaction just wrote)."""
-    return (update(Enrollment.__table__).where(_E.id == enrollment_id)
-            .values(started_at=func.coalesce(_E.started_at, literal(now, _E.started_at.type)),
-                    last_accessed_at=now)
+_NOW = bindparam("now", type_=_E.last_accessed_at.type)
+_COUNTED = (update(Enrollment.__table__).where(_E.id == bindparam("enrollment_id"))
+            .values(started_at=func.coalesce(_E.started_at, _NOW), last_accessed_at=_NOW)
             .returning(*_ENROLLMENT, _E.progress_percent, _TOTAL_AFTER, _DONE_AFTER))
+_STORE_PERCENT = (update(Enrollment.__table__).where(_E.id == bindparam("enrollment_id"))
+                  .values(progress_percent=bindparam("percent")))
 
 
-def _record_changes(now, completed: bool | None, watch_time_seconds: int | None) -> dict:
-    """The SET of a progress row: the furthest point reached counts; a completion keeps its
-    first time; an un-completion clears it."""
-    at = literal(now, _LPC.completed_at.type)
-    changes = {"last_accessed_at": now}
-    if watch_time_seconds is not None:
+def _record_changes(completed: bool | None, watched: bool) -> dict:
+    """The SET of a progress row (parameters: now, watch): the furthest point reached counts; a
+    completion keeps its first time; an un-completion clears it."""
+    changes = {"last_accessed_at": _NOW}
+    if watched:
         reached = func.coalesce(_LPC.watch_time_seconds, 0)
-        changes["watch_time_seconds"] = case((reached >= watch_time_seconds, reached),
-                                             else_=watch_time_seconds)
+        watch = bindparam("watch", type_=Integer)
+        changes["watch_time_seconds"] = case((reached >= watch, reached), else_=watch)
     if completed is True:
         changes["completed"] = True
-        changes["completed_at"] = case((_LPC.completed.is_(True), _LPC.completed_at), else_=at)
+        changes["completed_at"] = case((_LPC.completed.is_(True), _LPC.completed_at), else_=_NOW)
     elif completed is False:
         changes["completed"] = False
         changes["completed_at"] = case((_LPC.completed.is_(True), null()),
@@ -544,13 +540,21 @@ def _record_changes(now, completed: bool | None, watch_time_seconds: int | None)
     return changes
 
 
+# A begun lesson's row written, one statement per kind of write, built once.
+_RECORD_UPDATES = {
+    (completed, watched): update(_LP).where(_LPC.id == bindparam("record_id"))
+    .values(_record_changes(completed, watched)).returning(*_RECORD)
+    for completed in (True, False, None) for watched in (True, False)}
+
+
 def _write_record(enrollment_id: int, record_id: int | None, lesson_id: int, now,
                   completed: bool | None, watch_time_seconds: int | None):
-    changes = _record_changes(now, completed, watch_time_seconds)
     connection = db.session.connection()
+    watched = watch_time_seconds is not None
+    values = {"now": now, "watch": watch_time_seconds}
     if record_id is not None:
-        return connection.execute(update(_LP).where(_LPC.id == record_id).values(changes)
-                                  .returning(*_RECORD)).one()
+        return connection.execute(_RECORD_UPDATES[completed, watched],
+                                  {**values, "record_id": record_id}).one()
     dialect_insert = postgresql_insert if connection.dialect.name == "postgresql" \
         else sqlite_insert
     first = dialect_insert(_LP).values(
@@ -560,7 +564,8 @@ def _write_record(enrollment_id: int, record_id: int | None, lesson_id: int, now
     # ON CONFLICT's SET runs no column's onupdate: updated_at is named.
     return connection.execute(first.on_conflict_do_update(
         index_elements=[_LPC.enrollment_id, _LPC.lesson_id],
-        set_={**changes, "updated_at": utcnow()}).returning(*_RECORD)).one()
+        set_={**_record_changes(completed, watched), "updated_at": utcnow()})
+        .returning(*_RECORD), values).one()
 
 
 def record_progress(user_id: int, lesson_id: int, *, completed: bool | None,
@@ -593,7 +598,7 @@ def record_progress(user_id: int, lesson_id: int, *, completed: bool | None,
               "watch_time_seconds": record.watch_time_seconds,
               "started_at": iso(record.started_at),
               "last_accessed_at": iso(record.last_accessed_at)}
-    counted = connection.execute(_counted(found.id, now)).one()
+    counted = connection.execute(_COUNTED, {"enrollment_id": found.id, "now": now}).one()
     *columns, stored, total, done = counted
     if counted.completed_at is None:
         if total and done >= total:  # the last lesson: completion, through the entities
@@ -604,8 +609,7 @@ def record_progress(user_id: int, lesson_id: int, *, completed: bool | None,
                     "certificate": certificate_of(enrollment)}
         percent = _percent(done, total)
         if percent != stored:
-            connection.execute(update(Enrollment.__table__).where(_E.id == found.id)
-                               .values(progress_percent=percent))
+            connection.execute(_STORE_PERCENT, {"enrollment_id": found.id, "percent": percent})
     certificate = found[-len(certificate_service.SHOWN):]  # its columns, or NULLs
     if counted.completed_at is None or certificate[0] is None:
         certificate = None
