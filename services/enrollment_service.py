@@ -360,7 +360,7 @@ def certificate_of(enrollment: Enrollment) -> dict | None:
     return certificate.to_dict() if certificate is not None else None
 
 
-def enrollments_query(*, user_id: int | None = None, course_id: int | None = None,
+def enrollments_query(*, course_id: int | None = None,
                       statuses: tuple[str, ...] | None = None, with_students: bool = False):
     query = (select(Enrollment)
              .options(joinedload(Enrollment.course).joinedload(Course.instructor),
@@ -368,8 +368,6 @@ def enrollments_query(*, user_id: int | None = None, course_id: int | None = Non
              .order_by(Enrollment.enrolled_at.desc(), Enrollment.id.desc()))
     if with_students:
         query = query.options(joinedload(Enrollment.user))
-    if user_id is not None:
-        query = query.where(Enrollment.user_id == user_id)
     if course_id is not None:
         query = query.where(Enrollment.course_id == course_id)
     if statuses:

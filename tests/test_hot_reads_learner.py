@@ -35,7 +35,6 @@ from services import course_service
 from tests.support.assertions import ok
 from tests.support.queries import recorded_statements
 from tests.test_enrollments import (  # noqa: F401 (actor: a fixture)
-    Actor,
     actor,
     add_certificate,
     add_payment,
