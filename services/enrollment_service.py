@@ -292,11 +292,12 @@ def learner_enrollment_page(user_id: int, statuses: tuple[str, ...] | None, page
              .order_by(_E.enrolled_at.desc(), _E.id.desc()))
     if statuses:
         query = query.where(_E.status.in_(statuses))
-    total = (select(func.count(Lesson.id)).join(Module, Module.id == Lesson.module_id)
-             .where(Module.course_id == _E.course_id).correlate(enrollments).scalar_subquery())
-    done = (select(func.count(LessonProgress.id))
-            .join(Lesson, Lesson.id == LessonProgress.lesson_id)
-            .where(LessonProgress.enrollment_id == _E.id, LessonProgress.completed.is_(True))
+    # Table columns throughout: one ORM attribute would send the whole statement through the
+    # ORM's compilation and result handling.
+    total = (select(func.count(_L.id)).join(Module.__table__, _M.id == _L.module_id)
+             .where(_M.course_id == _E.course_id).correlate(enrollments).scalar_subquery())
+    done = (select(func.count(_LPC.id)).join(Lesson.__table__, _L.id == _LPC.lesson_id)
+            .where(_LPC.enrollment_id == _E.id, _LPC.completed.is_(True))
             .correlate(enrollments).scalar_subquery())
     rows, meta = paginate(query, page, per_page, extra=(*_LEARNER_COLUMNS, total, done))
     return {"enrollments": [_learner_row(row) for row in rows], "pagination": meta}
