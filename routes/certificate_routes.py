@@ -12,7 +12,6 @@ from auth import admin_required, current_user, login_required
 from models import Certificate, Enrollment, db
 from services import certificate_service, file_service, jobs
 from utils.errors import NotFound
-from utils.pagination import page_of
 from utils.pipeline.rate_limits import config_limit
 from utils.responses import (
     CertificateListResponse,
@@ -110,16 +109,10 @@ def list_certificates():
     """The signed-in user's certificates (an admin's: all, filterable)."""
     args = query_args()
     user = current_user()
-    query = db.select(Certificate).order_by(Certificate.issued_at.desc(), Certificate.id.desc())
-    if user.role != "admin":
-        query = query.where(Certificate.user_id == user.id)
-    elif args.user_id:
-        query = query.where(Certificate.user_id == args.user_id)
-    if args.course_id:
-        query = query.where(Certificate.course_id == args.course_id)
-    if args.status:
-        query = query.where(Certificate.status == args.status)
-    return page_of("certificates", query, args)
+    query = certificate_service.list_query(
+        user_id=user.id if user.role != "admin" else args.user_id or None,
+        course_id=args.course_id or None, status=args.status or None)
+    return certificate_service.page(query, args.page, args.per_page)
 
 
 @bp.get("/<int:certificate_id>")

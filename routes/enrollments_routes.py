@@ -139,9 +139,8 @@ def enroll_by_path(course_id: int):
 def my_enrollments():
     """The signed-in user's enrollments with their progress, newest first."""
     args = query_args()
-    query = enrollment_service.enrollments_query(
-        user_id=current_user().id, statuses=(args.status,) if args.status else None)
-    return enrollment_service.enrollment_page(query, args.page, args.per_page)
+    return enrollment_service.learner_enrollment_page(
+        current_user().id, (args.status,) if args.status else None, args.page, args.per_page)
 
 
 @bp.get("/<int:enrollment_id>")
@@ -178,8 +177,7 @@ def cancel_enrollment(enrollment_id: int):
 @validate(resp=Response(HTTP_200=CourseProgressResponse, **errors(401, 404)), **AUTH)
 def enrollment_progress(enrollment_id: int):
     """Progress lesson by lesson."""
-    enrollment = enrollment_service.own_enrollment(enrollment_id, current_user())
-    return enrollment_service.detailed_progress(enrollment)
+    return enrollment_service.detailed_progress(current_user(), enrollment_id=enrollment_id)
 
 
 @bp.get("/get-enrollments/<int:course_id>/progress")
@@ -187,24 +185,19 @@ def enrollment_progress(enrollment_id: int):
 @validate(resp=Response(HTTP_200=CourseProgressResponse, **errors(401, 404)), **AUTH)
 def course_progress(course_id: int):
     """The API documentation's progress path: the signed-in user's progress in a course."""
-    enrollment = enrollment_service.my_enrollment_for_course(current_user(), course_id)
-    return enrollment_service.detailed_progress(enrollment)
+    return enrollment_service.detailed_progress(current_user(), course_id=course_id)
 
 
-def _record(enrollment, lesson_id: int, default_completed: bool | None):
+def _record(lesson_id: int, default_completed: bool | None, **enrollment):
     """`default_completed` applies only to a request that says nothing: a body carrying just
-    watch time records watch time."""
+    watch time records watch time. `enrollment`: its id, or its course's."""
     body = json_body() if request.content_length else None
     sent = body.model_fields_set if body else set()
     completed = body.completed if "completed" in sent else (default_completed if not sent else None)
     watch = body.watch_time_seconds if body else None
-    record, finished, progress = enrollment_service.record_progress(
-        enrollment, lesson_id, completed=completed, watch_time_seconds=watch)
-    # Written before the commit, which would expire the rows read here (and cost a reload).
-    answer = {"lesson_progress": record, "course_completed": finished,
-              "enrollment": enrollment_service.enrollment_dict(enrollment, progress,
-                                                               course=False),
-              "certificate": enrollment_service.certificate_of(enrollment)}
+    answer = enrollment_service.record_progress(
+        current_user().id, lesson_id, completed=completed, watch_time_seconds=watch,
+        **enrollment)
     db.session.commit()
     return answer
 
@@ -215,11 +208,8 @@ def _record(enrollment, lesson_id: int, default_completed: bool | None):
                                          **errors(401, 403, 404)), **AUTH)
 def complete_lesson(enrollment_id: int, lesson_id: int):
     """Mark a lesson complete (or send `{"completed": false}` / `watch_time_seconds`)."""
-    user = current_user()
-    enrollment = enrollment_service.own_enrollment(enrollment_id, user)
-    if enrollment.user_id != user.id:  # teachers read progress; only the student writes it
-        raise NotFound("Enrollment not found")
-    return _record(enrollment, lesson_id, True)
+    # Teachers read progress; only the student writes it (another's enrollment is 404).
+    return _record(lesson_id, True, enrollment_id=enrollment_id)
 
 
 @bp.get("/get-enrollments/<int:course_id>/lessons/<int:lesson_id>/progress")
@@ -238,5 +228,4 @@ def read_lesson_progress(course_id: int, lesson_id: int):
                                          **errors(401, 403, 404)), **AUTH)
 def write_lesson_progress(course_id: int, lesson_id: int):
     """Record a lesson's progress (`{completed?, watch_time_seconds?}`) by course id."""
-    enrollment = enrollment_service.my_enrollment_for_course(current_user(), course_id)
-    return _record(enrollment, lesson_id, None)
+    return _record(lesson_id, None, course_id=course_id)

@@ -10,8 +10,7 @@ from spectree import Response
 from typing_extensions import TypedDict
 
 from auth import current_user, instructor_required, login_required
-from services import catalog_service, course_service, enrollment_service
-from utils.pagination import paginate
+from services import catalog_service, certificate_service, course_service, enrollment_service
 from utils.responses import (
     AmountOut,
     CertificateListResponse,
@@ -71,10 +70,9 @@ def dashboard():
 @validate(query=PageQuery, resp=Response(HTTP_200=EnrollmentListResponse, **errors(401)), **AUTH)
 def enrolled_courses():
     """Courses the user is enrolled in (active or completed), with progress."""
-    query = enrollment_service.enrollments_query(
-        user_id=current_user().id, statuses=enrollment_service.OPEN_STATUSES)
     args = query_args()
-    return enrollment_service.enrollment_page(query, args.page, args.per_page)
+    return enrollment_service.learner_enrollment_page(
+        current_user().id, enrollment_service.OPEN_STATUSES, args.page, args.per_page)
 
 
 @bp.get("/completed-courses")
@@ -82,10 +80,9 @@ def enrolled_courses():
 @validate(query=PageQuery, resp=Response(HTTP_200=EnrollmentListResponse, **errors(401)), **AUTH)
 def completed_courses():
     """Courses the user completed, with progress."""
-    query = enrollment_service.enrollments_query(user_id=current_user().id,
-                                                 statuses=("completed",))
     args = query_args()
-    return enrollment_service.enrollment_page(query, args.page, args.per_page)
+    return enrollment_service.learner_enrollment_page(current_user().id, ("completed",),
+                                                      args.page, args.per_page)
 
 
 @bp.get("/certificates")
@@ -94,9 +91,8 @@ def completed_courses():
 def certificates():
     """Certificates the user has earned."""
     args = query_args()
-    rows, meta = paginate(enrollment_service.certificates_query(current_user().id),
-                          args.page, args.per_page)
-    return {"certificates": [c.to_dict() for c in rows], "pagination": meta}
+    return certificate_service.page(certificate_service.list_query(user_id=current_user().id),
+                                    args.page, args.per_page)
 
 
 @bp.get("/my-teaching-courses")

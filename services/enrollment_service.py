@@ -11,11 +11,27 @@
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
-from sqlalchemy import and_, case, func, select, update
+from sqlalchemy import (
+    Integer,
+    Select,
+    Text,
+    and_,
+    bindparam,
+    case,
+    cast,
+    func,
+    literal_column,
+    null,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
@@ -29,6 +45,7 @@ from models import (
     Module,
     Notification,
     Payment,
+    Subcategory,
     User,
     db,
 )
@@ -232,21 +249,97 @@ def progress_of(enrollment: Enrollment) -> Progress:
     return Progress(total_lessons, completed, _percent(completed, total_lessons))
 
 
-def enrollment_page(query, page: int, per_page: int) -> dict:
-    """One page of enrollments, each with its progress, in one statement: the lesson counts
-    ride in the page's select as two correlated scalar subqueries."""
-    total = (select(func.count(Lesson.id)).join(Module, Module.id == Lesson.module_id)
-             .where(Module.course_id == Enrollment.course_id)
-             .correlate(Enrollment).scalar_subquery())
-    done = (select(func.count(LessonProgress.id))
-            .join(Lesson, Lesson.id == LessonProgress.lesson_id)
-            .where(LessonProgress.enrollment_id == Enrollment.id,
-                   LessonProgress.completed.is_(True))
-            .correlate(Enrollment).scalar_subquery())
-    rows, meta = paginate(query, page, per_page, extra=(total, done))
-    return {"enrollments": [
-        enrollment_dict(e, Progress(total_lessons, completed, _percent(completed, total_lessons)))
-        for e, total_lessons, completed in rows], "pagination": meta}
+# A learner's own enrollment lists (the hot reads of issue 21) are read as rows: the page's
+# select is of enrollment ids (what its count needs), the enrollment's, its course's, the
+# instructor's and the subcategory's columns and the two lesson counts ride as its extra; an
+# ORM entity per enrollment, course and instructor cost the page more than its statement did.
+# `_learner_row` writes what `enrollment_dict` writes from the entities (Enrollment.to_dict,
+# course_service.course_summary), key for key. JSON comes as text: `paginate` hashes rows.
+_E = Enrollment.__table__.c
+_COURSES = Course.__table__
+_INSTRUCTORS = User.__table__.alias("instructor")
+_SUBCATEGORIES = Subcategory.__table__
+_CO, _IN, _SU = _COURSES.c, _INSTRUCTORS.c, _SUBCATEGORIES.c
+_LP = LessonProgress.__table__
+_LPC = _LP.c
+_L, _M = Lesson.__table__.c, Module.__table__.c
+_ENROLLMENT = (_E.id, _E.user_id, _E.course_id, _E.status, _E.payment_id, _E.enrolled_at,
+               _E.started_at, _E.last_accessed_at, _E.completed_at, _E.cancelled_at)
+_LEARNER_COLUMNS = (
+    *_ENROLLMENT[1:],
+    _CO.id, _CO.title, _CO.slug, _CO.short_description, _CO.description, _CO.price,
+    _CO.currency, _CO.difficulty, _CO.duration_hours, cast(_CO.learning_outcomes, Text),
+    _CO.language, _CO.mode_of_conduct, _CO.status, _CO.review_requested_at,
+    _CO.subcategory_id, _CO.instructor_id, _CO.thumbnail_url, _CO.published_at,
+    _CO.created_at, _CO.updated_at,
+    _IN.id, _IN.first_name, _IN.last_name, _IN.role, _IN.bio, _IN.headline,
+    _IN.profile_picture,
+    _SU.id, _SU.name, _SU.master_category_id,
+)
+
+
+def learner_enrollment_page(user_id: int, statuses: tuple[str, ...] | None, page: int,
+                            per_page: int) -> dict:
+    """The user's enrollments (in `statuses`, or all) newest first, each with its progress and
+    its course's summary, in one statement: the lesson counts ride as two correlated scalar
+    subqueries."""
+    enrollments = Enrollment.__table__
+    query = (select(_E.id)
+             .select_from(enrollments.outerjoin(_COURSES, _CO.id == _E.course_id)
+                          .outerjoin(_INSTRUCTORS, _IN.id == _CO.instructor_id)
+                          .outerjoin(_SUBCATEGORIES, _SU.id == _CO.subcategory_id))
+             .where(_E.user_id == user_id)
+             .order_by(_E.enrolled_at.desc(), _E.id.desc()))
+    if statuses:
+        query = query.where(_E.status.in_(statuses))
+    # Table columns throughout: one ORM attribute would send the whole statement through the
+    # ORM's compilation and result handling.
+    total = (select(func.count(_L.id)).join(Module.__table__, _M.id == _L.module_id)
+             .where(_M.course_id == _E.course_id).correlate(enrollments).scalar_subquery())
+    done = (select(func.count(_LPC.id)).join(Lesson.__table__, _L.id == _LPC.lesson_id)
+            .where(_LPC.enrollment_id == _E.id, _LPC.completed.is_(True))
+            .correlate(enrollments).scalar_subquery())
+    rows, meta = paginate(query, page, per_page, extra=(*_LEARNER_COLUMNS, total, done))
+    return {"enrollments": [_learner_row(row) for row in rows], "pagination": meta}
+
+
+def _learner_row(row: tuple) -> dict:
+    (id_, user_id, course_id, status, payment_id, enrolled_at, started_at, last_accessed_at,
+     completed_at, cancelled_at,
+     c_id, title, slug, short_description, description, price, currency, difficulty,
+     duration_hours, outcomes, language, mode, c_status, review_requested_at, subcategory_id,
+     instructor_id, thumbnail_url, published_at, created_at, updated_at,
+     i_id, first_name, last_name, role, bio, headline, picture,
+     s_id, s_name, master_category_id, total, done) = row
+    course = None
+    if c_id is not None:
+        course = {
+            "id": c_id, "title": title, "slug": slug, "short_description": short_description,
+            "description": description, "price": money(price), "currency": currency,
+            "is_free": price is None or Decimal(price) == 0, "difficulty": difficulty,
+            "duration_hours": float(duration_hours) if duration_hours is not None else None,
+            "learning_outcomes": list((json.loads(outcomes) if outcomes else None) or []),
+            "language": language, "mode_of_conduct": mode, "status": c_status,
+            "awaiting_review": c_status == "draft" and review_requested_at is not None,
+            "review_requested_at": iso(review_requested_at), "subcategory_id": subcategory_id,
+            "instructor_id": instructor_id, "thumbnail_url": thumbnail_url,
+            "published_at": iso(published_at), "created_at": iso(created_at),
+            "updated_at": iso(updated_at),
+            "instructor": {
+                "id": i_id, "first_name": first_name, "last_name": last_name,
+                "full_name": " ".join(p for p in (first_name, last_name) if p).strip(),
+                "role": role, "bio": bio, "headline": headline, "profile_picture": picture,
+            } if i_id is not None else None,
+            "subcategory": {"id": s_id, "name": s_name,
+                            "master_category_id": master_category_id}
+            if s_id is not None else None,
+        }
+    data = _enrollment_values(
+        (id_, user_id, course_id, status, payment_id, enrolled_at, started_at, last_accessed_at,
+         completed_at, cancelled_at), total, done)
+    if course is not None:
+        data["course"] = course
+    return data
 
 
 def enrollment_dict(enrollment: Enrollment, progress: Progress, *, course: bool = True) -> dict:
@@ -268,7 +361,7 @@ def certificate_of(enrollment: Enrollment) -> dict | None:
     return certificate.to_dict() if certificate is not None else None
 
 
-def enrollments_query(*, user_id: int | None = None, course_id: int | None = None,
+def enrollments_query(*, course_id: int | None = None,
                       statuses: tuple[str, ...] | None = None, with_students: bool = False):
     query = (select(Enrollment)
              .options(joinedload(Enrollment.course).joinedload(Course.instructor),
@@ -276,8 +369,6 @@ def enrollments_query(*, user_id: int | None = None, course_id: int | None = Non
              .order_by(Enrollment.enrolled_at.desc(), Enrollment.id.desc()))
     if with_students:
         query = query.options(joinedload(Enrollment.user))
-    if user_id is not None:
-        query = query.where(Enrollment.user_id == user_id)
     if course_id is not None:
         query = query.where(Enrollment.course_id == course_id)
     if statuses:
@@ -285,34 +376,78 @@ def enrollments_query(*, user_id: int | None = None, course_id: int | None = Non
     return query
 
 
-def detailed_progress(enrollment: Enrollment) -> dict:
-    """The enrollment's progress lesson by lesson, in course order: one statement of the
-    columns the answer shows (no lesson bodies, no ORM objects)."""
-    rows = db.session.execute(
-        select(Lesson.id, Lesson.title, Module.id.label("module_id"),
-               Module.title.label("module_title"), LessonProgress.id.label("record"),
-               LessonProgress.completed, LessonProgress.completed_at,
-               LessonProgress.watch_time_seconds, LessonProgress.last_accessed_at)
-        .join(Module, Module.id == Lesson.module_id)
-        .outerjoin(LessonProgress, and_(LessonProgress.lesson_id == Lesson.id,
-                                        LessonProgress.enrollment_id == enrollment.id))
-        .where(Module.course_id == enrollment.course_id)
-        .order_by(Module.position, Module.id, Lesson.position, Lesson.id)).all()
+def _lessons_of(where) -> Select:
+    """An enrollment's columns, its course's instructor and, one row per lesson of its course in
+    course order, the lesson's and the enrollment's progress row's columns (one row of NULLs
+    for a course without lessons)."""
+    enrollments, modules, lessons = Enrollment.__table__, Module.__table__, Lesson.__table__
+    return (select(*_ENROLLMENT, _CO.instructor_id, _L.id, _L.title, _M.id, _M.title,
+                   _LPC.id, _LPC.completed, _LPC.completed_at, _LPC.watch_time_seconds,
+                   _LPC.last_accessed_at)
+            .select_from(enrollments.join(_COURSES, _CO.id == _E.course_id)
+                         .outerjoin(modules, _M.course_id == _E.course_id)
+                         .outerjoin(lessons, _L.module_id == _M.id)
+                         .outerjoin(_LP, and_(_LPC.lesson_id == _L.id,
+                                              _LPC.enrollment_id == _E.id)))
+            .where(where)
+            .order_by(_M.position, _M.id, _L.position, _L.id))
+
+
+_PROGRESS_BY_ID = _lessons_of(_E.id == bindparam("enrollment_id"))
+_PROGRESS_BY_COURSE = _lessons_of(and_(_E.user_id == bindparam("user_id"),
+                                       _E.course_id == bindparam("course_id")))
+
+
+def detailed_progress(user: User, *, enrollment_id: int | None = None,
+                      course_id: int | None = None) -> dict:
+    """An enrollment's progress lesson by lesson, in course order, in one statement of the
+    columns the answer shows (no lesson bodies, no ORM objects): by its id (readable as
+    `own_enrollment` says: its student, the course's instructor, an admin; 404 for anyone
+    else), or the user's own by its course."""
+    connection = db.session.connection()
+    if enrollment_id is not None:
+        rows = connection.execute(_PROGRESS_BY_ID, {"enrollment_id": enrollment_id}).all()
+        if not rows or not (rows[0][1] == user.id or user.role == "admin" or (
+                user.role == "instructor" and rows[0][len(_ENROLLMENT)] == user.id)):
+            raise NotFound("Enrollment not found")
+    else:
+        rows = connection.execute(_PROGRESS_BY_COURSE, {"user_id": user.id,
+                                                        "course_id": course_id}).all()
+        if not rows:
+            raise NotFound("You are not enrolled in this course")
     lessons = []
     for row in rows:
-        recorded = row.record is not None
+        (lesson_id, title, module_id, module_title, record, completed, completed_at, watched,
+         accessed) = row[len(_ENROLLMENT) + 1:]
+        if lesson_id is None:  # a module without lessons, or a course without modules
+            continue
+        recorded = record is not None
         lessons.append({
-            "lesson_id": row.id, "lesson_title": row.title, "module_id": row.module_id,
-            "module_title": row.module_title,
-            "completed": bool(recorded and row.completed),
-            "completed_at": iso(row.completed_at) if recorded else None,
-            "watch_time_seconds": row.watch_time_seconds if recorded else 0,
-            "last_accessed_at": iso(row.last_accessed_at) if recorded else None,
+            "lesson_id": lesson_id, "lesson_title": title, "module_id": module_id,
+            "module_title": module_title, "completed": bool(recorded and completed),
+            "completed_at": iso(completed_at) if recorded else None,
+            "watch_time_seconds": watched if recorded else 0,
+            "last_accessed_at": iso(accessed) if recorded else None,
         })
     done = sum(1 for item in lessons if item["completed"])
-    progress = Progress(len(lessons), done, _percent(done, len(lessons)))  # see enrollment_dict
-    return {"enrollment": enrollment_dict(enrollment, progress, course=False),
-            "course_id": enrollment.course_id, "lessons": lessons}
+    enrollment = rows[0][:len(_ENROLLMENT)]
+    return {"enrollment": _enrollment_values(enrollment, len(lessons), done),
+            "course_id": enrollment[2], "lessons": lessons}
+
+
+def _enrollment_values(row: tuple, total: int, done: int) -> dict:
+    """What `enrollment_dict(..., course=False)` writes, from the columns of `_ENROLLMENT`."""
+    (id_, user_id, course_id, status, payment_id, enrolled_at, started_at, last_accessed_at,
+     completed_at, cancelled_at) = row
+    return {
+        "id": id_, "user_id": user_id, "course_id": course_id, "status": status,
+        # A completion stands when lessons are added later (see enrollment_dict).
+        "progress_percent": 100.0 if completed_at else float(_percent(done, total)),
+        "payment_id": payment_id, "enrolled_at": iso(enrolled_at),
+        "started_at": iso(started_at), "last_accessed_at": iso(last_accessed_at),
+        "completed_at": iso(completed_at), "cancelled_at": iso(cancelled_at),
+        "completed_lessons": done, "total_lessons": total,
+    }
 
 
 # --- progress ---------------------------------------------------------------------------------
@@ -335,53 +470,153 @@ def lesson_progress(enrollment: Enrollment, lesson_id: int) -> dict:
     return record.to_dict()
 
 
-def _lesson_and_record(enrollment: Enrollment, lesson_id: int) -> LessonProgress | None:
-    """The enrollment's progress row for a lesson of its course (None: not started yet), in
-    one statement; NotFound for a lesson of another course."""
-    found = db.session.execute(
-        select(Lesson.id, LessonProgress)
-        .join(Module, Module.id == Lesson.module_id)
-        .outerjoin(LessonProgress, and_(LessonProgress.lesson_id == Lesson.id,
-                                        LessonProgress.enrollment_id == enrollment.id))
-        .where(Lesson.id == lesson_id, Module.course_id == enrollment.course_id)).first()
-    if found is None:
-        raise NotFound("This lesson is not part of the course")
-    return found[1]
+# The write a video player sends every few seconds (issue 21), in three statements and no ORM
+# entity: the enrollment with the lesson's place in its course, its progress row's id and its
+# certificate; the progress row written (an UPDATE, or for a lesson's first write an INSERT that
+# a parallel first write turns into the same UPDATE) and returned; the enrollment's times set,
+# returning it with its lesson counts. A fourth stores a changed percentage; completing the
+# course goes through the entities (`_complete_if_finished`), as enrolling does.
+_RECORD = (_LPC.lesson_id, _LPC.completed, _LPC.completed_at, _LPC.watch_time_seconds,
+           _LPC.started_at, _LPC.last_accessed_at)
 
 
-def record_progress(enrollment: Enrollment, lesson_id: int, *, completed: bool | None,
-                    watch_time_seconds: int | None) -> tuple[dict, bool, Progress]:
-    """Record a lesson's progress (idempotent). Returns (lesson progress, course_completed_now,
-    the enrollment's progress after it). The heartbeat a video player sends: the lesson and
-    its row in one statement, the counts in one more."""
-    if enrollment.status not in OPEN_STATUSES:
+def _write_target(where) -> Select:
+    enrollments, certificates = Enrollment.__table__, Certificate.__table__
+    lesson = (select(_L.id).join(Module.__table__, _M.id == _L.module_id)
+              .where(_L.id == bindparam("lesson_id"), _M.course_id == _E.course_id)
+              .correlate(enrollments).scalar_subquery())
+    return (select(*_ENROLLMENT, _E.progress_percent, lesson.label("lesson_found"),
+                   _LPC.id.label("record_id"), *certificate_service.SHOWN)
+            .select_from(enrollments
+                         .outerjoin(_LP, and_(_LPC.enrollment_id == _E.id,
+                                              _LPC.lesson_id == bindparam("lesson_id")))
+                         .outerjoin(certificates,
+                                    and_(certificates.c.user_id == _E.user_id,
+                                         certificates.c.course_id == _E.course_id)))
+            .where(where))
+
+
+_BY_ID = _write_target(_E.id == bindparam("enrollment_id"))
+_BY_COURSE = _write_target(and_(_E.user_id == bindparam("user_id"),
+                                _E.course_id == bindparam("course_id")))
+
+
+# The lesson counts an UPDATE of an enrollment returns, written out: SQLite's RETURNING clause
+# is compiled without table names, also inside a subquery, where `id` is then ambiguous.
+_TOTAL_AFTER = literal_column(
+    "(SELECT count(lessons.id) FROM lessons JOIN modules ON modules.id = lessons.module_id"
+    " WHERE modules.course_id = enrollments.course_id)", Integer)
+_DONE_AFTER = literal_column(
+    "(SELECT count(lesson_progress.id) FROM lesson_progress"
+    " JOIN lessons ON lessons.id = lesson_progress.lesson_id"
+    " WHERE lesson_progress.enrollment_id = enrollments.id"
+    " AND lesson_progress.completed = true)", Integer)
+
+
+_NOW = bindparam("now", type_=_E.last_accessed_at.type)
+_COUNTED = (update(Enrollment.__table__).where(_E.id == bindparam("enrollment_id"))
+            .values(started_at=func.coalesce(_E.started_at, _NOW), last_accessed_at=_NOW)
+            .returning(*_ENROLLMENT, _E.progress_percent, _TOTAL_AFTER, _DONE_AFTER))
+_STORE_PERCENT = (update(Enrollment.__table__).where(_E.id == bindparam("enrollment_id"))
+                  .values(progress_percent=bindparam("percent")))
+
+
+def _record_changes(completed: bool | None, watched: bool) -> dict:
+    """The SET of a progress row (parameters: now, watch): the furthest point reached counts; a
+    completion keeps its first time; an un-completion clears it."""
+    changes = {"last_accessed_at": _NOW}
+    if watched:
+        reached = func.coalesce(_LPC.watch_time_seconds, 0)
+        watch = bindparam("watch", type_=Integer)
+        changes["watch_time_seconds"] = case((reached >= watch, reached), else_=watch)
+    if completed is True:
+        changes["completed"] = True
+        changes["completed_at"] = case((_LPC.completed.is_(True), _LPC.completed_at), else_=_NOW)
+    elif completed is False:
+        changes["completed"] = False
+        changes["completed_at"] = case((_LPC.completed.is_(True), null()),
+                                       else_=_LPC.completed_at)
+    return changes
+
+
+# A begun lesson's row written, one statement per kind of write, built once.
+_RECORD_UPDATES = {
+    (completed, watched): update(_LP).where(_LPC.id == bindparam("record_id"))
+    .values(_record_changes(completed, watched)).returning(*_RECORD)
+    for completed in (True, False, None) for watched in (True, False)}
+
+
+def _write_record(enrollment_id: int, record_id: int | None, lesson_id: int, now,
+                  completed: bool | None, watch_time_seconds: int | None):
+    connection = db.session.connection()
+    watched = watch_time_seconds is not None
+    values = {"now": now, "watch": watch_time_seconds}
+    if record_id is not None:
+        return connection.execute(_RECORD_UPDATES[completed, watched],
+                                  {**values, "record_id": record_id}).one()
+    dialect_insert = postgresql_insert if connection.dialect.name == "postgresql" \
+        else sqlite_insert
+    first = dialect_insert(_LP).values(
+        enrollment_id=enrollment_id, lesson_id=lesson_id, started_at=now, last_accessed_at=now,
+        completed=completed is True, completed_at=now if completed is True else None,
+        watch_time_seconds=watch_time_seconds or 0)
+    # ON CONFLICT's SET runs no column's onupdate: updated_at is named.
+    return connection.execute(first.on_conflict_do_update(
+        index_elements=[_LPC.enrollment_id, _LPC.lesson_id],
+        set_={**_record_changes(completed, watched), "updated_at": utcnow()})
+        .returning(*_RECORD), values).one()
+
+
+def record_progress(user_id: int, lesson_id: int, *, completed: bool | None,
+                    watch_time_seconds: int | None, enrollment_id: int | None = None,
+                    course_id: int | None = None) -> dict:
+    """Record a lesson's progress (idempotent) in the user's enrollment (by its id, or by its
+    course); the answer: the lesson's progress, whether this completed the course, the
+    enrollment's progress after it and its certificate (None before completion). Someone else's
+    enrollment is 404, as a missing one is; a closed one 403; a lesson of another course 404."""
+    connection = db.session.connection()
+    if enrollment_id is not None:
+        found = connection.execute(_BY_ID, {"enrollment_id": enrollment_id,
+                                            "lesson_id": lesson_id}).first()
+        if found is None or found.user_id != user_id:
+            raise NotFound("Enrollment not found")
+    else:
+        found = connection.execute(_BY_COURSE, {"user_id": user_id, "course_id": course_id,
+                                                "lesson_id": lesson_id}).first()
+        if found is None:
+            raise NotFound("You are not enrolled in this course")
+    if found.status not in OPEN_STATUSES:
         raise Forbidden("This enrollment is not active", code="enrollment_inactive")
-    record = _lesson_and_record(enrollment, lesson_id)
+    if found.lesson_found is None:
+        raise NotFound("This lesson is not part of the course")
     now = utcnow()
-    if record is None:
-        record = LessonProgress(enrollment_id=enrollment.id, lesson_id=lesson_id, started_at=now,
-                                last_accessed_at=now, completed=False, watch_time_seconds=0)
-        try:
-            with db.session.begin_nested():
-                db.session.add(record)
-        except IntegrityError:  # the same lesson recorded by a parallel request
-            record = db.session.scalar(select(LessonProgress).where(
-                LessonProgress.enrollment_id == enrollment.id,
-                LessonProgress.lesson_id == lesson_id))
-    record.last_accessed_at = now
-    if watch_time_seconds is not None:
-        # A position in the lesson: the furthest point reached counts.
-        record.watch_time_seconds = max(record.watch_time_seconds or 0, watch_time_seconds)
-    if completed is True and not record.completed:
-        record.completed, record.completed_at = True, now
-    elif completed is False and record.completed:
-        record.completed, record.completed_at = False, None
-    enrollment.started_at = enrollment.started_at or now
-    enrollment.last_accessed_at = now
-    db.session.flush()
-    finished_now, progress = _complete_if_finished(enrollment)
-    db.session.flush()  # the percentage: the rows now say what the answer will
-    return record.to_dict(), finished_now, progress
+    record = _write_record(found.id, found.record_id, lesson_id, now, completed,
+                           watch_time_seconds)
+    record = {"lesson_id": record.lesson_id, "completed": record.completed,
+              "completed_at": iso(record.completed_at),
+              "watch_time_seconds": record.watch_time_seconds,
+              "started_at": iso(record.started_at),
+              "last_accessed_at": iso(record.last_accessed_at)}
+    counted = connection.execute(_COUNTED, {"enrollment_id": found.id, "now": now}).one()
+    *columns, stored, total, done = counted
+    if counted.completed_at is None:
+        if total and done >= total:  # the last lesson: completion, through the entities
+            enrollment = db.session.get(Enrollment, found.id)
+            finished, progress = _complete_if_finished(enrollment)
+            return {"lesson_progress": record, "course_completed": finished,
+                    "enrollment": enrollment_dict(enrollment, progress, course=False),
+                    "certificate": certificate_of(enrollment)}
+        percent = _percent(done, total)
+        if percent != stored:
+            connection.execute(_STORE_PERCENT, {"enrollment_id": found.id, "percent": percent})
+    certificate = found[-len(certificate_service.SHOWN):]  # its columns, or NULLs
+    if counted.completed_at is None or certificate[0] is None:
+        certificate = None
+    else:
+        certificate = certificate_service.as_dict(certificate)
+    return {"lesson_progress": record, "course_completed": False,
+            "enrollment": _enrollment_values(columns, total, done),
+            "certificate": certificate}
 
 
 def _complete_if_finished(enrollment: Enrollment) -> tuple[bool, Progress]:
@@ -416,31 +651,38 @@ def on_course_completed(enrollment: Enrollment) -> None:
 
 # --- dashboards -------------------------------------------------------------------------------
 
+# The dashboard's three statements, built once with bind parameters: building them per request
+# cost more Python than running them (issue 21).
+_P, _CE = Payment.__table__.c, Certificate.__table__.c
+_DASHBOARD_COUNTS = (
+    select(func.count(_E.id),
+           func.sum(case((_E.status == "completed", 1), else_=0)),
+           func.sum(case((and_(_E.status == "active", _E.started_at.is_not(None)), 1), else_=0)),
+           select(func.count(_CE.id))
+           .where(_CE.user_id == bindparam("user_id"), _CE.status == "valid").scalar_subquery())
+    .where(_E.user_id == bindparam("user_id"), _E.status.in_(OPEN_STATUSES)))
+_DASHBOARD_SPENT = (
+    select(_P.currency, func.sum(_P.amount - _P.refunded_amount))
+    .where(_P.user_id == bindparam("user_id"), _P.status.in_(("completed", "refunded")))
+    .group_by(_P.currency).order_by(_P.currency))
+_DASHBOARD_RECENT = (
+    select(_LPC.completed, _LPC.lesson_id, _LPC.last_accessed_at, _L.title, _CO.id, _CO.title)
+    .select_from(_LP.join(Enrollment.__table__, _E.id == _LPC.enrollment_id)
+                 .join(Lesson.__table__, _L.id == _LPC.lesson_id)
+                 .join(_COURSES, _CO.id == _E.course_id))
+    .where(_E.user_id == bindparam("user_id"))
+    .order_by(_LPC.last_accessed_at.desc(), _LPC.id.desc())
+    .limit(bindparam("recent")))
+
+
 def dashboard(user: User, recent: int = 10) -> dict:
     """The student's dashboard in three statements (the counts with the certificates' count as
     a scalar subquery, the money spent by currency, the recent activity as columns)."""
-    certificates = (select(func.count(Certificate.id)).where(
-        Certificate.user_id == user.id, Certificate.status == "valid").scalar_subquery())
-    counts = db.session.execute(
-        select(func.count(Enrollment.id),
-               func.sum(case((Enrollment.status == "completed", 1), else_=0)),
-               func.sum(case((and_(Enrollment.status == "active",
-                                   Enrollment.started_at.is_not(None)), 1), else_=0)),
-               certificates)
-        .where(Enrollment.user_id == user.id, Enrollment.status.in_(OPEN_STATUSES))).one()
-    spent = db.session.execute(
-        select(Payment.currency, func.sum(Payment.amount - Payment.refunded_amount))
-        .where(Payment.user_id == user.id, Payment.status.in_(("completed", "refunded")))
-        .group_by(Payment.currency).order_by(Payment.currency)).all()
-    recent_rows = db.session.execute(
-        select(LessonProgress.completed, LessonProgress.lesson_id,
-               LessonProgress.last_accessed_at, Lesson.title, Course.id, Course.title)
-        .join(Enrollment, Enrollment.id == LessonProgress.enrollment_id)
-        .join(Lesson, Lesson.id == LessonProgress.lesson_id)
-        .join(Course, Course.id == Enrollment.course_id)
-        .where(Enrollment.user_id == user.id)
-        .order_by(LessonProgress.last_accessed_at.desc(), LessonProgress.id.desc())
-        .limit(recent)).all()
+    connection = db.session.connection()
+    counts = connection.execute(_DASHBOARD_COUNTS, {"user_id": user.id}).one()
+    spent = connection.execute(_DASHBOARD_SPENT, {"user_id": user.id}).all()
+    recent_rows = connection.execute(_DASHBOARD_RECENT,
+                                     {"user_id": user.id, "recent": recent}).all()
     enrolled_total, completed, in_progress, certificates = counts
     return {
         "stats": {
@@ -459,7 +701,3 @@ def dashboard(user: User, recent: int = 10) -> dict:
             for done, lesson_id, at, lesson_title, course_id, course_title in recent_rows],
     }
 
-
-def certificates_query(user_id: int):
-    return (select(Certificate).where(Certificate.user_id == user_id)
-            .order_by(Certificate.issued_at.desc(), Certificate.id.desc()))

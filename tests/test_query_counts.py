@@ -658,7 +658,7 @@ HOT_READS = {
     "users.dashboard": 3,  # counts (with certificates), money by currency, recent activity
     "notifications.list_notifications": 1,  # the page, its count and the unread count
     "users.certificates": 1,
-    "enrollments.enrollment_progress": 2,  # the enrollment, then its lessons' columns
+    "enrollments.enrollment_progress": 1,  # the enrollment with its lessons' columns
 }
 
 
