@@ -140,6 +140,21 @@ def test_a_default_limit_refuses_at_exactly_the_same_count(
     assert counter(app, "unread_count") == 4
 
 
+def test_a_limit_changed_at_run_time_is_followed_from_the_next_request(
+        app, client, monkeypatch, trips):
+    monkeypatch.setitem(app.config, "RATE_LIMIT_PUBLIC", "5 per minute")
+    assert one_trip(client, CATALOG, {}, trips) == 1
+    monkeypatch.setitem(app.config, "RATE_LIMIT_PUBLIC", "2 per minute")
+    # The kept plan still names the old limit: the limiter counts the new one itself, the old
+    # one's count is given back, and the plan is resolved again.
+    assert [client.get(CATALOG).status_code for _ in range(3)] == [200, 200, 429]
+    assert counter(app, "public.courses/5/") == 2
+    assert counter(app, "public.courses/2/") == 3
+    trips.clear()
+    assert client.get(CATALOG, environ_base={"REMOTE_ADDR": "198.51.100.8"}).status_code == 200
+    assert len(trips) == 1
+
+
 def test_limited_writes_say_what_is_left_then_refuse(app, client):
     limit = int(app.config["RATE_LIMIT_PASSWORD_RESET_REQUEST"].split()[0])
     for left in range(limit - 1, -1, -1):

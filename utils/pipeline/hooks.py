@@ -26,7 +26,7 @@ def read_shared_state_and_refuse_blocked() -> None:
 
 def init_pipeline(app: Flask) -> None:
     app.before_request(read_shared_state_and_refuse_blocked)
-    app.teardown_request(round_trip.give_back_unused)
+    app.teardown_request(round_trip.end_trip)
     if app.config["RATE_LIMIT_HEADERS"] == "writes":
         app.after_request(rate_limits.headers_on_writes)
     app.extensions["password_hash_slot"] = hash_slots.slot

@@ -93,37 +93,54 @@ def _storage() -> RoundTripRedisStorage | None:
     return storage if storage.url == current_app.config.get("REDIS_URL") else None
 
 
-def _planned(in_middleware: bool, seen: set) -> list[tuple[str, int, int]]:
-    """The counters one of Flask-Limiter's checks will hit for this request, as (key, expiry,
-    cost): its limit resolution with the arguments its check passes (Limiter.__filter_limits,
-    __evaluate_limits in Flask-Limiter 4.1; tests/test_one_round_trip.py pins the version),
-    skipping what it skips and what it only tests (deduct_when)."""
-    endpoint = limiter.identify_request()
+def _by_window(limit):
+    """Flask-Limiter evaluates a check's limits shortest window first."""
+    return limit.limit
+
+
+def _limits() -> tuple[list, list]:
+    """The limits Flask-Limiter's two checks of this request evaluate (its before_request's,
+    then its decorated view's), in its order: its limit resolution with the arguments its
+    checks pass (Limiter.__filter_limits in Flask-Limiter 4.1.1, which
+    tests/test_one_round_trip.py pins). Kept per app, endpoint and method: resolving costs
+    about what the saved round trip does; a kept answer the limiter no longer follows (a limit
+    changed at run time) is dropped at the end of the request that shows it (`end_trip`)."""
+    known = current_app.extensions.setdefault("round_trip_limits", {})
+    endpoint = request.endpoint
+    found = known.get((endpoint, request.method))
+    if found is not None:
+        return found
     view = current_app.view_functions.get(endpoint)
     name = get_qualified_name(view) if view else ""
     marked = name in limiter._marked_for_limiting or limiter.limit_manager.has_hints(endpoint)
-    defaults, decorated = limiter.limit_manager.resolve_limits(
-        current_app, endpoint, request.blueprint, name, in_middleware, marked)
-    limits = [limit for limit in dict.fromkeys(defaults) if limit not in seen] + decorated
-    seen.update(defaults)
-    planned = []
-    for limit in sorted(limits, key=lambda item: item.limit):
+    manager = limiter.limit_manager
+    before = list(dict.fromkeys(manager.resolve_limits(
+        current_app, endpoint, request.blueprint, name, True, marked)[0]))
+    in_view = []
+    # The view's decorator checks, unless Flask answers an automatic OPTIONS without the view.
+    if name in limiter._marked_for_limiting and not (
+            request.method == "OPTIONS" and request.url_rule.provide_automatic_options):
+        defaults, decorated = manager.resolve_limits(
+            current_app, endpoint, request.blueprint, name, False, marked)
+        in_view = [limit for limit in dict.fromkeys(defaults) if limit not in before] + decorated
+    found = known[(endpoint, request.method)] = (sorted(before, key=_by_window),
+                                                  sorted(in_view, key=_by_window))
+    return found
+
+
+def _counters(limits: list) -> list[tuple[str, int, int]]:
+    """The counters one check hits, as (key, expiry, cost) (Limiter.__evaluate_limits):
+    skipping what it skips, and what it only tests (deduct_when)."""
+    endpoint = limiter.identify_request()
+    counters = []
+    for limit in limits:
         if limit.is_exempt or limit.method_exempt or limit.deduct_when:
             continue
         args = [limit.key_func(), limit.scope_for(endpoint, request.method)]
         if all(args):
-            planned.append((limit.limit.key_for(RATE_LIMIT_KEY_PREFIX, *args),
-                            limit.limit.get_expiry(), limit.deduction_amount))
-    return planned
-
-
-def _view_counts() -> bool:
-    """Whether the view's limit decorator will run its check (Flask answers an automatic
-    OPTIONS without calling the view)."""
-    view = current_app.view_functions.get(request.endpoint)
-    if view is None or get_qualified_name(view) not in limiter._marked_for_limiting:
-        return False
-    return not (request.method == "OPTIONS" and request.url_rule.provide_automatic_options)
+            counters.append((limit.limit.key_for(RATE_LIMIT_KEY_PREFIX, *args),
+                             limit.limit.get_expiry(), limit.deduction_amount))
+    return counters
 
 
 def _before_limits() -> bool:
@@ -137,9 +154,8 @@ def _before_limits() -> bool:
     storage = _storage()
     if storage is None:
         return False
-    seen: set = set()
-    now = _planned(True, seen)
-    later = _planned(False, seen) if _view_counts() else []
+    before, in_view = _limits()
+    now, later = _counters(before), _counters(in_view)
     if now:
         _send(storage, trip, now + later)
     else:
@@ -175,6 +191,7 @@ def _send(storage: RoundTripRedisStorage, trip: dict, planned) -> None:
         trip["reply"] = (keys, exc)
         return
     trip["reply"] = (keys, replies[0])
+    trip["sent"] = True
     for (key, expiry, amount), count in zip(planned, replies[1:]):
         if not isinstance(count, Exception):  # e.g. NOSCRIPT: the limiter's incr counts it
             trip["counts"].setdefault(key, []).append((expiry, amount, int(count)))
@@ -183,18 +200,25 @@ def _send(storage: RoundTripRedisStorage, trip: dict, planned) -> None:
 def _take(key: str, expiry: int, amount: int) -> int | None:
     """The count this request's round trip made for the counter `key`, once."""
     trip = g.get("round_trip") if has_request_context() else None
-    pending = trip["counts"].get(key) if trip else None
+    if not trip or not trip.get("sent"):
+        return None
+    pending = trip["counts"].get(key)
     if pending and pending[0][:2] == (expiry, amount):
         return pending.pop(0)[2]
+    trip["missed"] = True  # the limiter counts what was not planned: plan afresh next time
     return None
 
 
-def give_back_unused(_exc: BaseException | None = None) -> None:
+def end_trip(_exc: BaseException | None = None) -> None:
     """teardown_request: end the request's trip (g outlives a request under an enclosing app
-    context), giving back the counters counted ahead that the limiter did not take."""
-    trip = g.pop("round_trip", None)
-    unused = [(key, amount) for key, entries in (trip or {}).get("counts", {}).items()
+    context), giving back the counters counted ahead that the limiter did not take; a plan
+    that missed is resolved again for the next request."""
+    trip = g.pop("round_trip", None) or {}
+    unused = [(key, amount) for key, entries in trip.get("counts", {}).items()
               for _expiry, amount, _count in entries]
+    if unused or trip.get("missed"):
+        current_app.extensions.get("round_trip_limits", {}).pop(
+            (request.endpoint, request.method), None)
     storage = limiter.storage if unused and limiter.initialized else None
     if not isinstance(storage, RoundTripRedisStorage):
         return
