@@ -98,7 +98,7 @@ def _by_window(limit):
     return limit.limit
 
 
-def _limits() -> tuple[list, list]:
+def _limits(trip: dict) -> tuple[list, list]:
     """The limits Flask-Limiter's two checks of this request evaluate (its before_request's,
     then its decorated view's), in its order: its limit resolution with the arguments its
     checks pass (Limiter.__filter_limits in Flask-Limiter 4.1.1, which
@@ -106,7 +106,8 @@ def _limits() -> tuple[list, list]:
     about what the saved round trip does; a kept answer the limiter no longer follows (a limit
     changed at run time) is dropped at the end of the request that shows it (`end_trip`)."""
     known = current_app.extensions.setdefault("round_trip_limits", {})
-    endpoint = request.endpoint
+    endpoint = limiter.identify_request()
+    trip["limits"] = (endpoint, request.method)
     found = known.get((endpoint, request.method))
     if found is not None:
         return found
@@ -154,7 +155,7 @@ def _before_limits() -> bool:
     storage = _storage()
     if storage is None:
         return False
-    before, in_view = _limits()
+    before, in_view = _limits(trip)
     now, later = _counters(before), _counters(in_view)
     if now:
         _send(storage, trip, now + later)
@@ -217,8 +218,7 @@ def end_trip(_exc: BaseException | None = None) -> None:
     unused = [(key, amount) for key, entries in trip.get("counts", {}).items()
               for _expiry, amount, _count in entries]
     if unused or trip.get("missed"):
-        current_app.extensions.get("round_trip_limits", {}).pop(
-            (request.endpoint, request.method), None)
+        current_app.extensions.get("round_trip_limits", {}).pop(trip.get("limits"), None)
     storage = limiter.storage if unused and limiter.initialized else None
     if not isinstance(storage, RoundTripRedisStorage):
         return
@@ -229,4 +229,6 @@ def end_trip(_exc: BaseException | None = None) -> None:
         log.warning("rate limit counts not given back: %s", exc)
 
 
+# Registered once, on the process's one limiter (every app's); it runs only where the app's
+# limiter is enabled, and does nothing where `_storage()` says the counters cannot travel.
 limiter.request_filter(_before_limits)
