@@ -192,7 +192,6 @@ def _send(storage: RoundTripRedisStorage, trip: dict, planned) -> None:
         trip["reply"] = (keys, exc)
         return
     trip["reply"] = (keys, replies[0])
-    trip["sent"] = True
     for (key, expiry, amount), count in zip(planned, replies[1:]):
         if not isinstance(count, Exception):  # e.g. NOSCRIPT: the limiter's incr counts it
             trip["counts"].setdefault(key, []).append((expiry, amount, int(count)))
@@ -201,12 +200,12 @@ def _send(storage: RoundTripRedisStorage, trip: dict, planned) -> None:
 def _take(key: str, expiry: int, amount: int) -> int | None:
     """The count this request's round trip made for the counter `key`, once."""
     trip = g.get("round_trip") if has_request_context() else None
-    if not trip or not trip.get("sent"):
-        return None
+    if not trip or "limits" not in trip:
+        return None  # nothing was planned for this request
     pending = trip["counts"].get(key)
     if pending and pending[0][:2] == (expiry, amount):
         return pending.pop(0)[2]
-    trip["missed"] = True  # the limiter counts what was not planned: plan afresh next time
+    trip["missed"] = True  # the limiter counts what was not counted ahead: plan afresh
     return None
 
 
