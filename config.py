@@ -54,6 +54,14 @@ def env_int(name: str, default: int) -> int:
     return default if value is None else int(value)
 
 
+def limiter_storage_uri(url: str) -> str:
+    """Flask-Limiter's storage for a URL: a Redis URL gets the `lms+redis` scheme, limits'
+    Redis storage that counts in the request's one Redis round trip
+    (utils/pipeline/round_trip.py); any other (memory://, memcached://...) is limits' own."""
+    scheme = url.partition("://")[0]
+    return f"lms+{url}" if scheme in ("redis", "rediss") else url
+
+
 def normalise_database_url(url: str) -> str:
     """Hosting platforms hand out `postgres://` and `postgresql://`; SQLAlchemy 2.1 would pick
     psycopg 3 for the latter, and we ship psycopg2."""
@@ -201,7 +209,8 @@ class Config:
     # Redis: rate limits, the JWT blocklist, shared security state. None = not configured.
     REDIS_URL = env("REDIS_URL")
     RATELIMIT_ENABLED = env_bool("RATELIMIT_ENABLED", True)
-    RATELIMIT_STORAGE_URI = env("RATE_LIMIT_STORAGE_URL") or env("REDIS_URL") or "memory://"
+    RATELIMIT_STORAGE_URI = limiter_storage_uri(
+        env("RATE_LIMIT_STORAGE_URL") or env("REDIS_URL") or "memory://")
     # X-RateLimit-* headers: "writes" (POST, PUT, PATCH, DELETE), "all" or "none". Each costs a
     # Redis read, which reads (the hot path) are spared by default; 429s always say Retry-After.
     RATE_LIMIT_HEADERS = env("RATE_LIMIT_HEADERS", "writes")
@@ -428,7 +437,7 @@ class TestingConfig(Config):
     # driver-specific arguments here (psycopg2's would break sqlite3.connect).
     SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
     REDIS_URL = env("TEST_REDIS_URL")
-    RATELIMIT_STORAGE_URI = env("TEST_REDIS_URL") or "memory://"
+    RATELIMIT_STORAGE_URI = limiter_storage_uri(env("TEST_REDIS_URL") or "memory://")
     JOBS_BACKEND = "inline"  # the job tests switch to rq and run a real worker
     ADMIN_STATS_CACHE_SECONDS = 0  # tests read their own writes; the cache has its own test
     MAIL_BACKEND = "console"

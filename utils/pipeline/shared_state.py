@@ -2,7 +2,8 @@
 
 The blocked addresses and revoked tokens live in PostgreSQL (blocked_ips, revoked_tokens) and
 are mirrored in Redis, one key each. Before the view runs, `prefetch()` sends a single MGET for
-everything this request may ask: the caller's address, the jti and the subject of the bearer
+everything this request may ask (in the same round trip as the rate limiter's counters, see
+utils/pipeline/round_trip.py): the caller's address, the jti and the subject of the bearer
 token (read, not yet verified, only to name the keys: its revocation, its user's access fields
 mirrored by utils/pipeline/user_mirror.py), and for a guest's public catalog page its cached copy and
 the catalog version (the keys utils/pipeline/catalog_cache.py asks for). The checks then
@@ -74,18 +75,30 @@ def _bearer_keys() -> list[str]:
     return keys
 
 
-def prefetch(extra_keys=()) -> None:
+def request_keys(extra_keys=()) -> list[str]:
+    """The keys `prefetch` reads for this request, in its order (SYNCED first)."""
+    return [SYNCED, ip_key(client_ip()), *_bearer_keys(), *extra_keys]
+
+
+def prefetch(extra_keys=(), fetched=None) -> None:
     """before_request: one MGET for this request's shared state (see the module's docstring),
-    with `extra_keys` (the catalog cache's) read in the same round trip."""
+    with `extra_keys` (the catalog cache's) read in the same round trip; or, as `fetched`,
+    the (keys, values or the Redis error) of that MGET already sent in the request's round
+    trip with the rate limiter's counters (utils/pipeline/round_trip.py)."""
     g.shared_state = None
     client = redis_client.get()
     if client is None:
         return
-    keys = [SYNCED, ip_key(client_ip()), *_bearer_keys(), *extra_keys]
-    try:
-        values = client.mget(keys)
-    except redis.RedisError as exc:
-        log.warning("shared state unavailable, reading the database: %s", exc)
+    if fetched is None:
+        keys = request_keys(extra_keys)
+        try:
+            values = client.mget(keys)
+        except redis.RedisError as exc:
+            values = exc
+    else:
+        keys, values = fetched
+    if isinstance(values, redis.RedisError):
+        log.warning("shared state unavailable, reading the database: %s", values)
         return
     g.shared_state = dict(zip(keys, values))
     if values[0] is None:

@@ -1,0 +1,233 @@
+"""A request's one Redis round trip: the rate limiter's counters and the shared state's MGET
+sent together.
+
+Flask-Limiter (utils/extensions.py, fixed window) counts a limit with one script call to
+Redis (limits' incr-and-expire), and the pipeline reads the request's shared state with one
+MGET (shared_state.py): sent apart, a rate-limited request waits for Redis twice. Here the
+counter scripts the limiter is about to run for this request are pipelined with the MGET; the
+limiter's storage (`RoundTripRedisStorage`, the `lms+redis://` scheme config.py gives a Redis
+URL) then answers its `incr` for those counters from the reply instead of calling Redis.
+Flask-Limiter still decides everything else as before: which limits apply, the 429 and its
+Retry-After, the X-RateLimit-* headers, the in-memory fallback and the recovery.
+
+Which counters: the ones Flask-Limiter's own resolution (its limit manager, with the inputs it
+passes itself) names for this request, keyed as it keys them. When they are counted:
+- default (and application) limits are counted in the limiter's before_request, which runs
+  before the pipeline's: the trip goes from the limiter's request filter (`_before_limits`),
+  which it calls before evaluating any limit;
+- a route's decorated limits are counted by the view's decorator, after every before_request
+  hook: the trip goes from the pipeline's hook (`read_shared_state`), after the middleware's
+  400/422 refusals.
+A counter counted here that the limiter does not take (a blocked address's 403 before a
+decorated view, a 429 of an earlier limit, an exception) is given back when the request ends,
+so the counts end as Flask-Limiter alone leaves them. Nothing is counted ahead while the
+limiter counts in memory (Redis failed), nor when the limits and the shared state live on
+different Redis servers (RATE_LIMIT_STORAGE_URL not REDIS_URL): then each is sent on its own.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import redis
+from flask import current_app, g, has_request_context, request
+from flask_limiter.util import get_qualified_name
+from limits.storage import RedisStorage
+
+from utils.extensions import RATE_LIMIT_KEY_PREFIX, limiter
+from utils.pipeline import catalog_cache, redis_client, shared_state
+
+log = logging.getLogger("lms.limits")
+
+SCHEME = "lms+"
+# limits' own counter script, run by its SHA as limits runs it (Redis caches it by that SHA).
+INCR_EXPIRE_SHA = hashlib.sha1(RedisStorage.SCRIPT_INCR_EXPIRE).hexdigest()
+# A counter given back: never below zero, never revived once its window expired (a DECRBY on
+# a missing key would create one without a TTL), gone when it falls back to zero.
+GIVE_BACK = """
+if redis.call('exists', KEYS[1]) == 0 then return 0 end
+local left = redis.call('decrby', KEYS[1], ARGV[1])
+if left <= 0 then redis.call('del', KEYS[1]) end
+return left
+"""
+
+
+class RoundTripRedisStorage(RedisStorage):
+    """limits' Redis storage whose `incr` takes the count this request's round trip already
+    made for that counter, if any (see the module's docstring)."""
+
+    STORAGE_SCHEME = ["lms+redis", "lms+rediss"]
+
+    def __init__(self, uri: str, **options) -> None:
+        self.url = uri.removeprefix(SCHEME)
+        super().__init__(self.url, **options)
+        self.failing = False  # the last call failed: the limiter counts in memory until check()
+        self.give_back = self.get_connection().register_script(GIVE_BACK)
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        counted = _take(key, expiry, amount)
+        if counted is not None:
+            return counted
+        try:
+            value = super().incr(key, expiry, amount)
+        except self.base_exceptions:
+            self.failing = True
+            raise
+        self.failing = False
+        return value
+
+    def check(self) -> bool:
+        healthy = super().check()
+        if healthy:
+            self.failing = False
+        return healthy
+
+
+def _storage() -> RoundTripRedisStorage | None:
+    """The limiter's storage, when its counters can travel with the shared state."""
+    if not (limiter.enabled and limiter.initialized):
+        return None
+    storage = limiter.storage
+    if not isinstance(storage, RoundTripRedisStorage) or storage.failing:
+        return None
+    return storage if storage.url == current_app.config.get("REDIS_URL") else None
+
+
+def _by_window(limit):
+    """Flask-Limiter evaluates a check's limits shortest window first."""
+    return limit.limit
+
+
+def _limits(trip: dict) -> tuple[list, list]:
+    """The limits Flask-Limiter's two checks of this request evaluate (its before_request's,
+    then its decorated view's), in its order: its limit resolution with the arguments its
+    checks pass (Limiter.__filter_limits in Flask-Limiter 4.1.1, which
+    tests/test_one_round_trip.py pins). Kept per app, endpoint and method: resolving costs
+    about what the saved round trip does; a kept answer the limiter no longer follows (a limit
+    changed at run time) is dropped at the end of the request that shows it (`end_trip`)."""
+    known = current_app.extensions.setdefault("round_trip_limits", {})
+    endpoint = limiter.identify_request()
+    trip["limits"] = (endpoint, request.method)
+    found = known.get((endpoint, request.method))
+    if found is not None:
+        return found
+    view = current_app.view_functions.get(endpoint)
+    name = get_qualified_name(view) if view else ""
+    marked = name in limiter._marked_for_limiting or limiter.limit_manager.has_hints(endpoint)
+    manager = limiter.limit_manager
+    before = list(dict.fromkeys(manager.resolve_limits(
+        current_app, endpoint, request.blueprint, name, True, marked)[0]))
+    in_view = []
+    # The view's decorator checks, unless Flask answers an automatic OPTIONS without the view.
+    if name in limiter._marked_for_limiting and not (
+            request.method == "OPTIONS" and request.url_rule.provide_automatic_options):
+        defaults, decorated = manager.resolve_limits(
+            current_app, endpoint, request.blueprint, name, False, marked)
+        in_view = [limit for limit in dict.fromkeys(defaults) if limit not in before] + decorated
+    found = known[(endpoint, request.method)] = (sorted(before, key=_by_window),
+                                                  sorted(in_view, key=_by_window))
+    return found
+
+
+def _counters(limits: list) -> list[tuple[str, int, int]]:
+    """The counters one check hits, as (key, expiry, cost) (Limiter.__evaluate_limits):
+    skipping what it skips, and what it only tests (deduct_when)."""
+    endpoint = limiter.identify_request()
+    counters = []
+    for limit in limits:
+        if limit.is_exempt or limit.method_exempt or limit.deduct_when:
+            continue
+        args = [limit.key_func(), limit.scope_for(endpoint, request.method)]
+        if all(args):
+            counters.append((limit.limit.key_for(RATE_LIMIT_KEY_PREFIX, *args),
+                             limit.limit.get_expiry(), limit.deduction_amount))
+    return counters
+
+
+def _before_limits() -> bool:
+    """The limiter's request filter, called before it evaluates any limit of a check (its
+    before_request, then a decorated view's): at the first, plan both checks' counters, and
+    send the round trip now if the before_request check counts anything; otherwise leave the
+    view's counters to the pipeline's hook. Never exempts a request."""
+    if "round_trip" in g:
+        return False
+    g.round_trip = trip = {"plan": [], "counts": {}}
+    storage = _storage()
+    if storage is None:
+        return False
+    before, in_view = _limits(trip)
+    now, later = _counters(before), _counters(in_view)
+    if now:
+        _send(storage, trip, now + later)
+    else:
+        trip["plan"] = later
+    return False
+
+
+def read_shared_state() -> None:
+    """before_request (the pipeline's hook): the shared state, from the round trip already
+    made or in one made now with the view's planned counters."""
+    trip = g.setdefault("round_trip", {"plan": [], "counts": {}})
+    if "reply" not in trip:
+        storage = _storage() if trip["plan"] else None
+        if storage is None:
+            shared_state.prefetch(catalog_cache.prefetch_keys())
+            return
+        _send(storage, trip, trip["plan"])
+    shared_state.prefetch(fetched=trip.pop("reply"))
+
+
+def _send(storage: RoundTripRedisStorage, trip: dict, planned) -> None:
+    """One pipeline: the shared state's MGET, then each planned counter's script. The counts
+    wait in `trip["counts"]` for the storage's incr, the MGET's reply (or its error) in
+    `trip["reply"]` for `read_shared_state`."""
+    keys = shared_state.request_keys(catalog_cache.prefetch_keys())
+    pipe = redis_client.get().pipeline(transaction=False)
+    pipe.mget(keys)
+    for key, expiry, amount in planned:
+        pipe.evalsha(INCR_EXPIRE_SHA, 1, storage.prefixed_key(key), expiry, amount)
+    try:
+        replies = pipe.execute(raise_on_error=False)
+    except redis.RedisError as exc:
+        trip["reply"] = (keys, exc)
+        return
+    trip["reply"] = (keys, replies[0])
+    for (key, expiry, amount), count in zip(planned, replies[1:]):
+        if not isinstance(count, Exception):  # e.g. NOSCRIPT: the limiter's incr counts it
+            trip["counts"].setdefault(key, []).append((expiry, amount, int(count)))
+
+
+def _take(key: str, expiry: int, amount: int) -> int | None:
+    """The count this request's round trip made for the counter `key`, once."""
+    trip = g.get("round_trip") if has_request_context() else None
+    if not trip or "limits" not in trip:
+        return None  # nothing was planned for this request
+    pending = trip["counts"].get(key)
+    if pending and pending[0][:2] == (expiry, amount):
+        return pending.pop(0)[2]
+    trip["missed"] = True  # the limiter counts what was not counted ahead: plan afresh
+    return None
+
+
+def end_trip(_exc: BaseException | None = None) -> None:
+    """teardown_request: end the request's trip (g outlives a request under an enclosing app
+    context), giving back the counters counted ahead that the limiter did not take; a plan
+    that missed is resolved again for the next request."""
+    trip = g.pop("round_trip", None) or {}
+    unused = [(key, amount) for key, entries in trip.get("counts", {}).items()
+              for _expiry, amount, _count in entries]
+    if unused or trip.get("missed"):
+        current_app.extensions.get("round_trip_limits", {}).pop(trip.get("limits"), None)
+    storage = limiter.storage if unused and limiter.initialized else None
+    if not isinstance(storage, RoundTripRedisStorage):
+        return
+    try:
+        for key, amount in unused:
+            storage.give_back(keys=[storage.prefixed_key(key)], args=[amount])
+    except redis.RedisError as exc:  # their windows expire them anyway
+        log.warning("rate limit counts not given back: %s", exc)
+
+
+# Registered once, on the process's one limiter (every app's); it runs only where the app's
+# limiter is enabled, and does nothing where `_storage()` says the counters cannot travel.
+limiter.request_filter(_before_limits)
