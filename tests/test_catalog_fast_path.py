@@ -189,6 +189,23 @@ def test_a_request_the_fast_path_counted_and_passed_on_is_counted_once(fast_app)
     assert _fast_path(fast_app).endpoints["public.course"].limits
 
 
+def test_a_limit_changed_at_run_time_is_learned_again(fast_app):
+    course_id = _course(fast_app)
+    client = fast_app.test_client()
+    path = f"{API}/public/courses/{course_id}"
+    address = {"REMOTE_ADDR": "203.0.113.50"}
+    assert [client.get(path, environ_base=address).status_code for _ in range(3)] == [200] * 3
+    fast_app.config["RATE_LIMIT_PUBLIC"] = "2 per minute"  # was 6
+    try:
+        with flask_handled(fast_app) as handled:
+            statuses = [client.get(path, environ_base=address).status_code for _ in range(3)]
+    finally:
+        fast_app.config["RATE_LIMIT_PUBLIC"] = "6 per minute"
+    # The 2-a-minute window (a key of its own): the first request learns it again in Flask,
+    # the second is counted in it by the fast path, the third is over and refused by Flask.
+    assert statuses == [200, 200, 429] and handled == [path, path]
+
+
 def test_a_blocked_address_is_refused_though_the_page_is_cached(fast_app):
     course_id = _course(fast_app)
     client = fast_app.test_client()
@@ -200,6 +217,10 @@ def test_a_blocked_address_is_refused_though_the_page_is_cached(fast_app):
         blocked_ips.block_ip("203.0.113.9", seconds=600, reason="test")
     refused = client.get(path, environ_base=address)
     assert refused.status_code == 403 and refused.json["code"] == "ip_blocked"
+    # Refused before its view's limit counts it, as Flask alone refuses it: the window stays.
+    with fast_app.app_context():
+        (key,) = redis_client.get().keys("LIMITS:*203.0.113.9*")
+        assert int(redis_client.get().get(key)) == 3
 
 
 def test_a_catalog_write_is_seen_at_once(fast_app):
@@ -273,6 +294,6 @@ def test_the_limiter_internals_it_reads_are_still_there(fast_app):
     from limits.strategies import FixedWindowRateLimiter
 
     assert limiter._storage_dead is False
-    assert type(limiter.storage) is RedisStorage
+    assert isinstance(limiter.storage, RedisStorage)
     assert type(limiter.limiter) is FixedWindowRateLimiter
     assert limiter.storage.lua_incr_expire.sha and limiter.storage.prefixed_key("k") != "k"

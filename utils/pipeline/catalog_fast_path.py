@@ -15,8 +15,9 @@ limits and blocks use) does exactly that:
   breached limit, a block, no trust, a miss, Redis down, the limiter on its in-memory
   fallback, `If-None-Match`, a token, `HEAD`) goes on to Flask, which answers it as it always
   has; a request counted here with room left is not counted again there (`COUNTED` in the
-  environ, a Flask-Limiter request filter: utils/extensions.py), one over its limit is, and
-  Flask refuses it;
+  environ, a Flask-Limiter request filter: utils/extensions.py); for one over its limit, from a
+  blocked address or read while the mirror is not trusted, the counts are given back and
+  Flask counts (or not) and answers as it always has;
 - the headers are the ones Flask sent to the last guest of the same endpoint, origin and
   scheme (security headers, CORS, caching), learned from that response, with this answer's
   own `ETag`, `Content-Length` and `X-Request-ID`; the endpoint's limits are learned from
@@ -45,6 +46,7 @@ from werkzeug.wrappers import Request
 
 from utils.extensions import COUNTED, limiter
 from utils.pipeline import catalog_cache, redis_client
+from utils.pipeline.round_trip import GIVE_BACK
 from utils.pipeline.shared_state import SYNCED, ip_key
 from utils.validators import REQUEST_ID
 
@@ -58,6 +60,9 @@ TEMPLATES_KEPT = 64  # (endpoint, origin, scheme) header sets per process, least
 @dataclass
 class Endpoint:
     rule: str  # the URL rule, the metrics' label
+    # The rate-limit settings it was learned under: a limit read from config when a request
+    # arrives (rate_limits.config_limit) may change at run time, and is then learned again.
+    settings: tuple
     # Each limit: the RateLimitItem and Flask-Limiter's key arguments with None for the address.
     limits: list[tuple] = field(default_factory=list)
 
@@ -75,6 +80,7 @@ class CatalogFastPath:
         self.endpoints: dict[str, Endpoint] = {}
         self.templates: OrderedDict[tuple, list[tuple[str, str]]] = OrderedDict()
         self._adapter = None
+        self._setting_names: tuple[str, ...] | None = None
 
     # --- when it may answer -----------------------------------------------------------------
 
@@ -107,7 +113,17 @@ class CatalogFastPath:
         except HTTPException:  # not found, method not allowed, redirect: Flask answers it
             return None
         known = self.endpoints.get(name)
-        return (name, known) if known is not None else None
+        if known is None or known.settings != self._settings():
+            return None
+        return name, known
+
+    def _settings(self) -> tuple:
+        """The app's rate-limit settings (RATE_LIMIT_*, RATELIMIT_*), as they are now."""
+        config = self.app.config
+        if self._setting_names is None:
+            self._setting_names = tuple(sorted(
+                name for name in config if name.startswith(("RATE_LIMIT", "RATELIMIT"))))
+        return tuple(config.get(name) for name in self._setting_names)
 
     def _counting(self, client: redis.Redis):
         """Flask-Limiter's fixed-window script when the fast path can count as Flask-Limiter
@@ -115,7 +131,8 @@ class CatalogFastPath:
         if not limiter.enabled or getattr(limiter, "_storage_dead", True):
             return None  # off, or counting in memory while Redis is away
         storage = limiter.storage
-        if type(storage) is not RedisStorage or type(limiter.limiter) is not FixedWindowRateLimiter:
+        if (not isinstance(storage, RedisStorage)
+                or type(limiter.limiter) is not FixedWindowRateLimiter):
             return None
         if not _same_server(storage.get_connection(), client):
             return None
@@ -154,11 +171,19 @@ class CatalogFastPath:
         except redis.RedisError as exc:
             log.warning("catalog fast path: Redis unavailable, Flask answers: %s", exc)
             return None
-        if any(int(count) > item.amount for (item, _), count in zip(endpoint.limits, counts)):
-            return None  # over a limit: Flask counts it again and answers 429
+        over = any(int(count) > item.amount
+                   for (item, _), count in zip(endpoint.limits, counts))
+        if over or synced is None or blocked is not None:
+            # Flask decides these as it always has (a 429; a 403 for a blocked address, which
+            # is refused before its view's limits count it; the mirror brought back in sync),
+            # counting what it counts itself: the counts taken here are given back first (a
+            # second trip, on refusals only).
+            if counting is not None:
+                self._give_back(client, counting[0], endpoint, ip)
+            return None
         if counting is not None:
             environ[COUNTED] = True  # counted, with room: if Flask answers, it counts nothing
-        if synced is None or blocked is not None or value is None:
+        if value is None:
             return None
         copy = catalog_cache.read_entry(value, version)
         if copy is None:
@@ -170,6 +195,17 @@ class CatalogFastPath:
         headers = [*template, ("ETag", etag), ("Content-Length", str(len(body))),
                    ("X-Request-ID", request_id)]
         return endpoint.rule, headers, body
+
+    @staticmethod
+    def _give_back(client: redis.Redis, storage, endpoint: Endpoint, ip: str) -> None:
+        pipe = client.pipeline(transaction=False)
+        for item, args in endpoint.limits:
+            key = storage.prefixed_key(item.key_for(*(ip if a is None else a for a in args)))
+            pipe.eval(GIVE_BACK, 1, key, 1)
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:  # the window's expiry ends the extra count anyway
+            log.warning("catalog fast path: counts not given back: %s", exc)
 
     # --- learning from the full path ----------------------------------------------------------
 
@@ -195,7 +231,7 @@ class CatalogFastPath:
             if shared or list(args).count(ip) != 1:
                 return  # a limit not keyed by the address alone: Flask counts it
             kept.append((item, tuple(None if arg == ip else arg for arg in args)))
-        self.endpoints[name] = Endpoint(rule, kept)
+        self.endpoints[name] = Endpoint(rule, self._settings(), kept)
         key = (name, environ.get("HTTP_ORIGIN"), environ.get("wsgi.url_scheme"))
         self.templates[key] = [(header, value) for header, value in headers
                                if header.lower() not in OWN_HEADERS]
