@@ -1,7 +1,8 @@
 """The request pipeline's hooks, wired in order by `init_pipeline(app)` (app.py calls it after
 the middleware): the request's shared state read from Redis in one round trip (with the rate
-limiter's counters, utils/pipeline/round_trip.py), then the blocked-address check; limit headers on writes; the catalog cache's invalidation; the user mirror's writes after each commit; the host's
-bound on password hashing, which models.User reads from `app.extensions`."""
+limiter's counters, utils/pipeline/round_trip.py), then the blocked-address check; limit
+headers on writes; the catalog cache's invalidation; the user mirror's writes after each
+commit; the host's bound on password hashing, which models.User reads from `app.extensions`."""
 from __future__ import annotations
 
 from flask import Flask

@@ -1,4 +1,5 @@
-"""The shared Redis connection (rate limits live in Flask-Limiter's own pool).
+"""The shared Redis connection (Flask-Limiter keeps a pool of its own; the counters it counts
+in a request's one round trip travel on this one, utils/pipeline/round_trip.py).
 
 `get()` returns None when REDIS_URL is not configured, so callers fall back to the database;
 one client per URL per process, created lazily (after gunicorn forks)."""
