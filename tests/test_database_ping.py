@@ -3,24 +3,22 @@ a connection the server dropped while it sat in the pool is replaced before any 
 it; a busy worker's connections cost no ping."""
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from config import database_engine_options, normalise_database_url, ping_when_idle
-from tests.conftest import require_service
+from tests.conftest import postgres_url, require_service
 
+pytestmark = pytest.mark.services  # PostgreSQL whatever the suite's database: run once per CI run
 IDLE = 0.3  # seconds, for the test's engine
 
 
 @pytest.fixture
 def engine():
-    url = require_service("PostgreSQL (TEST_DATABASE_URL)", os.environ.get("TEST_DATABASE_URL"))
-    url = normalise_database_url(url)
-    if not url.startswith("postgres"):
-        pytest.skip("TEST_DATABASE_URL is SQLite: the PostgreSQL pass runs this")
+    url = normalise_database_url(require_service("PostgreSQL (TEST_POSTGRES_URL)",
+                                                 postgres_url()))
     engine = create_engine(url, **{**database_engine_options(url), "pool_size": 1,
                                    "max_overflow": 0})
     ping_when_idle(engine, seconds=IDLE)
