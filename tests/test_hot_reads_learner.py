@@ -295,6 +295,28 @@ def test_dashboard_answers_what_the_rows_say(app, client, learner):
     same_answer(client.get(f"{API}/users/dashboard", headers=learner.me.headers), expected)
 
 
+def test_every_outline_says_what_its_student_completed(client, learner):
+    """The course detail, its modules and one module read the outline in one statement, with
+    each lesson's completion for the course's student only (P1 of the paid course; P2 has
+    watch time only)."""
+    paid, done = learner.paid, {learner.paid.lesson_ids[0]}
+
+    def completion(modules) -> dict:
+        return {lesson["id"]: lesson["completed"] for module in modules
+                for lesson in module["lessons"]}
+
+    for who, expected in ((learner.me, {i: i in done for i in paid.lesson_ids}),
+                          (learner.teacher, dict.fromkeys(paid.lesson_ids))):
+        detail = ok(client.get(f"{API}/courses/{paid.id}", headers=who.headers))["course"]
+        listed = ok(client.get(f"{API}/courses/{paid.id}/modules", headers=who.headers))
+        assert completion(detail["modules"]) == completion(listed["modules"]) == expected
+        assert listed["access"] == detail["access"] == ("enrolled" if who is learner.me
+                                                         else "owner")
+        for module_id, module in zip(paid.module_ids, listed["modules"]):
+            one = ok(client.get(f"{API}/modules/{module_id}", headers=who.headers))
+            assert one["module"] == module and one["access"] == listed["access"]
+
+
 # --- the write ----------------------------------------------------------------------------------
 
 def test_progress_writes_answer_what_the_entities_say(app, client, learner, actor):
