@@ -292,9 +292,7 @@ def list_course_modules(course_id: int):
     """The course's modules and lessons, restricted as for the course detail."""
     viewer = optional_user()
     course = course_service.visible_course(course_id, viewer)
-    level = course_service.access_level(course, viewer)
-    modules = course_service.outline(course_service.load_outline(course.id), level,
-                                     course_service.completed_lessons(course, viewer, level))
+    level, _, modules = course_service.readable_outline(course, viewer)
     return {"course_id": course.id, "access": level, "modules": modules}
 
 

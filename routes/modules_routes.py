@@ -80,10 +80,8 @@ def get_module(module_id: int):
     user = current_user()
     module = course_service.get_module(module_id)
     course = course_service.visible_course(module.course_id, user)
-    level = course_service.access_level(course, user)
-    data = course_service.outline(
-        [m for m in course_service.load_outline(course.id) if m.id == module.id], level,
-        course_service.completed_lessons(course, user, level))[0]
+    level, modules, outline = course_service.readable_outline(course, user)
+    data = next(entry for read, entry in zip(modules, outline) if read.id == module.id)
     return {"module": data, "access": level}
 
 

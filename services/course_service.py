@@ -681,7 +681,7 @@ _INSTRUCTOR_COLUMNS = tuple(_USERS.c[name] for name in (
     "id", "first_name", "last_name", "role", "bio", "headline", "profile_picture"))
 _SUBCATEGORY_COLUMNS = (_SUBCATEGORIES.c.id, _SUBCATEGORIES.c.name,
                         _SUBCATEGORIES.c.master_category_id)
-_CARD_COLUMNS = (
+CARD_COLUMNS = (
     *_COURSE_COLUMNS,
     *(column.label(f"instructor__{column.key}") for column in _INSTRUCTOR_COLUMNS),
     *(column.label(f"subcategory__{column.key}") for column in _SUBCATEGORY_COLUMNS))
@@ -689,26 +689,28 @@ _CARD_FROM = (_COURSES.outerjoin(_USERS, _USERS.c.id == _COURSES.c.instructor_id
               .outerjoin(_SUBCATEGORIES, _SUBCATEGORIES.c.id == _COURSES.c.subcategory_id))
 # Where each model's values sit in a card's row.
 _N_COURSE, _N_INSTRUCTOR = len(_COURSE_COLUMNS), len(_INSTRUCTOR_COLUMNS)
-_N_CARD = len(_CARD_COLUMNS)
+N_CARD = len(CARD_COLUMNS)
 _COURSE_NAMES = tuple(column.key for column in _COURSE_COLUMNS)
 _INSTRUCTOR_NAMES = tuple(column.key for column in _INSTRUCTOR_COLUMNS)
 _SUBCATEGORY_NAMES = tuple(column.key for column in _SUBCATEGORY_COLUMNS)
 
 
-def _card(row) -> CourseCard:
-    """A card from a row of `_CARD_COLUMNS` (columns after them are the caller's)."""
+def card_of_row(row) -> CourseCard:
+    """A card from a row that begins with `CARD_COLUMNS` (columns after them are the
+    caller's): the lists here and a learner's enrollments (enrollment_service) read courses
+    this way."""
     card = CourseCard(_COURSE_NAMES, row[:_N_COURSE])
     instructor = row[_N_COURSE:_N_COURSE + _N_INSTRUCTOR]
     card.instructor = _Instructor(_INSTRUCTOR_NAMES, instructor) if instructor[0] is not None \
         else None
-    subcategory = row[_N_COURSE + _N_INSTRUCTOR:_N_CARD]
+    subcategory = row[_N_COURSE + _N_INSTRUCTOR:N_CARD]
     card.subcategory = _Columns(_SUBCATEGORY_NAMES, subcategory) if subcategory[0] is not None \
         else None
     return card
 
 
 # Built once: a statement's construction and cache key cost more than its rows here.
-_CARD = (select(*_CARD_COLUMNS).select_from(_CARD_FROM)
+_CARD = (select(*CARD_COLUMNS).select_from(_CARD_FROM)
          .where(_COURSES.c.id == bindparam("course_id")))
 _CARD_FOR_READER = _CARD.add_columns(exists().where(
     Enrollment.user_id == bindparam("reader_id"), Enrollment.course_id == _COURSES.c.id,
@@ -727,7 +729,7 @@ def course_card(course_id: int, reader: User | None = None) -> CourseCard:
         row = db.session.execute(_CARD, {"course_id": course_id}).first()
     if row is None:
         raise NotFound("Course not found")
-    card = _card(row)
+    card = card_of_row(row)
     if asks:
         card.enrolled = row[-1]
     return card
@@ -785,22 +787,11 @@ def load_outline(course_id: int, student: User | None = None) -> list[_Module]:
     return modules
 
 
-def completed_lessons(course: Course, user: User | None, level: str) -> set[int] | None:
-    """The lessons of the course that `user` completed, when they read it as its student
-    (`level` "enrolled"); None for every other reader."""
-    if level != "enrolled" or user is None:
-        return None
-    return set(db.session.scalars(
-        select(LessonProgress.lesson_id)
-        .join(Enrollment, Enrollment.id == LessonProgress.enrollment_id)
-        .where(Enrollment.user_id == user.id, Enrollment.course_id == course.id,
-               LessonProgress.completed.is_(True))))
-
-
-def outline(modules: list[_Module], level: str, completed: set[int] | None = None) -> list[dict]:
+def outline(modules: list[_Module], level: str) -> list[dict]:
     """Modules and their lessons as `level` may read them; each lesson says whether the reader
-    completed it (`completed`, from `completed_lessons`; null for readers not enrolled)."""
+    completed it (read by `load_outline` for its student; null for readers not enrolled)."""
     full = has_full_content(level)
+    enrolled = level == "enrolled"
     result = []
     for module in modules:
         lessons = []
@@ -808,12 +799,22 @@ def outline(modules: list[_Module], level: str, completed: set[int] | None = Non
             item = lesson.to_dict(full_content=full)
             item["resources"] = ([r.to_dict() for r in lesson.resources]
                                  if full or lesson.is_preview else [])
-            item["completed"] = None if completed is None else lesson.id in completed
+            item["completed"] = bool(lesson.completed) if enrolled else None
             lessons.append(item)
         entry = module.to_dict()
         entry["lessons"] = lessons
         result.append(entry)
     return result
+
+
+def readable_outline(course: Course | CourseCard, viewer: User | None
+                     ) -> tuple[str, list[_Module], list[dict]]:
+    """What `viewer` may read of the course's outline: their access level, the modules as read
+    (one statement, with each lesson's completion for the course's student) and the outline
+    answered."""
+    level = access_level(course, viewer)
+    modules = load_outline(course.id, viewer if level == "enrolled" else None)
+    return level, modules, outline(modules, level)
 
 
 def course_summary(course: Course | CourseCard) -> dict:
@@ -829,21 +830,18 @@ def course_summary(course: Course | CourseCard) -> dict:
 def course_page(query, page: int, per_page: int) -> dict:
     """One page of a course list (`query`: a select of Course with its filters and order),
     each course as its summary, read as cards."""
-    cards = query.with_only_columns(*_CARD_COLUMNS, maintain_column_froms=False) \
+    cards = query.with_only_columns(*CARD_COLUMNS, maintain_column_froms=False) \
         .select_from(_CARD_FROM)
     rows, meta = paginate_rows(cards, page, per_page)
-    return {"courses": [course_summary(_card(row)) for row in rows], "pagination": meta}
+    return {"courses": [course_summary(card_of_row(row)) for row in rows], "pagination": meta}
 
 
 def course_detail(course: CourseCard, viewer: User | None) -> dict:
     """The course with its outline as `viewer` may read it (`course` read for them by
     `course_card`): three statements with the card, whoever reads."""
-    level = access_level(course, viewer)
-    modules = load_outline(course.id, viewer if level == "enrolled" else None)
+    level, modules, answered = readable_outline(course, viewer)
     data = course_summary(course)
-    completed = ({lesson.id for module in modules for lesson in module.lessons
-                  if lesson.completed} if level == "enrolled" else None)
-    data["modules"] = outline(modules, level, completed)
+    data["modules"] = answered
     data["lesson_count"] = sum(len(m.lessons) for m in modules)
     data["prerequisites"] = [
         {"id": c.id, "title": c.title, "slug": c.slug}
