@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
@@ -19,11 +18,9 @@ from decimal import ROUND_HALF_UP, Decimal
 from sqlalchemy import (
     Integer,
     Select,
-    Text,
     and_,
     bindparam,
     case,
-    cast,
     func,
     literal_column,
     null,
@@ -52,7 +49,7 @@ from models import (
 from services import certificate_service, course_service
 from utils.errors import Conflict, Forbidden, NotFound, PaymentRequired
 from utils.helpers import iso, money, utcnow
-from utils.pagination import paginate
+from utils.pagination import paginate_rows
 
 log = logging.getLogger("lms.enrollment")
 
@@ -250,32 +247,21 @@ def progress_of(enrollment: Enrollment) -> Progress:
 
 
 # A learner's own enrollment lists (the hot reads of issue 21) are read as rows: the page's
-# select is of enrollment ids (what its count needs), the enrollment's, its course's, the
-# instructor's and the subcategory's columns and the two lesson counts ride as its extra; an
-# ORM entity per enrollment, course and instructor cost the page more than its statement did.
-# `_learner_row` writes what `enrollment_dict` writes from the entities (Enrollment.to_dict,
-# course_service.course_summary), key for key. JSON comes as text: `paginate` hashes rows.
+# select is of enrollment ids (what its count needs); the enrollment's columns, its course's
+# card (course_service.CARD_COLUMNS: the course, its instructor, its subcategory) and the two
+# lesson counts ride as its extra. An ORM entity per enrollment, course and instructor cost the
+# page more than its statement did. The answer is what `enrollment_dict` writes from the
+# entities, key for key: the enrollment's values below, the course by the catalog's own cards.
 _E = Enrollment.__table__.c
 _COURSES = Course.__table__
-_INSTRUCTORS = User.__table__.alias("instructor")
-_SUBCATEGORIES = Subcategory.__table__
-_CO, _IN, _SU = _COURSES.c, _INSTRUCTORS.c, _SUBCATEGORIES.c
+_CO = _COURSES.c
 _LP = LessonProgress.__table__
 _LPC = _LP.c
 _L, _M = Lesson.__table__.c, Module.__table__.c
 _ENROLLMENT = (_E.id, _E.user_id, _E.course_id, _E.status, _E.payment_id, _E.enrolled_at,
                _E.started_at, _E.last_accessed_at, _E.completed_at, _E.cancelled_at)
-_LEARNER_COLUMNS = (
-    *_ENROLLMENT[1:],
-    _CO.id, _CO.title, _CO.slug, _CO.short_description, _CO.description, _CO.price,
-    _CO.currency, _CO.difficulty, _CO.duration_hours, cast(_CO.learning_outcomes, Text),
-    _CO.language, _CO.mode_of_conduct, _CO.status, _CO.review_requested_at,
-    _CO.subcategory_id, _CO.instructor_id, _CO.thumbnail_url, _CO.published_at,
-    _CO.created_at, _CO.updated_at,
-    _IN.id, _IN.first_name, _IN.last_name, _IN.role, _IN.bio, _IN.headline,
-    _IN.profile_picture,
-    _SU.id, _SU.name, _SU.master_category_id,
-)
+_N_ENROLLMENT = len(_ENROLLMENT)
+_N_LEARNER = _N_ENROLLMENT + course_service.N_CARD  # then the two lesson counts
 
 
 def learner_enrollment_page(user_id: int, statuses: tuple[str, ...] | None, page: int,
@@ -283,11 +269,12 @@ def learner_enrollment_page(user_id: int, statuses: tuple[str, ...] | None, page
     """The user's enrollments (in `statuses`, or all) newest first, each with its progress and
     its course's summary, in one statement: the lesson counts ride as two correlated scalar
     subqueries."""
-    enrollments = Enrollment.__table__
+    enrollments, users = Enrollment.__table__, User.__table__
+    subcategories = Subcategory.__table__
     query = (select(_E.id)
              .select_from(enrollments.outerjoin(_COURSES, _CO.id == _E.course_id)
-                          .outerjoin(_INSTRUCTORS, _IN.id == _CO.instructor_id)
-                          .outerjoin(_SUBCATEGORIES, _SU.id == _CO.subcategory_id))
+                          .outerjoin(users, users.c.id == _CO.instructor_id)
+                          .outerjoin(subcategories, subcategories.c.id == _CO.subcategory_id))
              .where(_E.user_id == user_id)
              .order_by(_E.enrolled_at.desc(), _E.id.desc()))
     if statuses:
@@ -299,46 +286,18 @@ def learner_enrollment_page(user_id: int, statuses: tuple[str, ...] | None, page
     done = (select(func.count(_LPC.id)).join(Lesson.__table__, _L.id == _LPC.lesson_id)
             .where(_LPC.enrollment_id == _E.id, _LPC.completed.is_(True))
             .correlate(enrollments).scalar_subquery())
-    rows, meta = paginate(query, page, per_page, extra=(*_LEARNER_COLUMNS, total, done))
+    rows, meta = paginate_rows(query, page, per_page,
+                               extra=(*_ENROLLMENT[1:], *course_service.CARD_COLUMNS, total,
+                                      done))
     return {"enrollments": [_learner_row(row) for row in rows], "pagination": meta}
 
 
-def _learner_row(row: tuple) -> dict:
-    (id_, user_id, course_id, status, payment_id, enrolled_at, started_at, last_accessed_at,
-     completed_at, cancelled_at,
-     c_id, title, slug, short_description, description, price, currency, difficulty,
-     duration_hours, outcomes, language, mode, c_status, review_requested_at, subcategory_id,
-     instructor_id, thumbnail_url, published_at, created_at, updated_at,
-     i_id, first_name, last_name, role, bio, headline, picture,
-     s_id, s_name, master_category_id, total, done) = row
-    course = None
-    if c_id is not None:
-        course = {
-            "id": c_id, "title": title, "slug": slug, "short_description": short_description,
-            "description": description, "price": money(price), "currency": currency,
-            "is_free": price is None or Decimal(price) == 0, "difficulty": difficulty,
-            "duration_hours": float(duration_hours) if duration_hours is not None else None,
-            "learning_outcomes": list((json.loads(outcomes) if outcomes else None) or []),
-            "language": language, "mode_of_conduct": mode, "status": c_status,
-            "awaiting_review": c_status == "draft" and review_requested_at is not None,
-            "review_requested_at": iso(review_requested_at), "subcategory_id": subcategory_id,
-            "instructor_id": instructor_id, "thumbnail_url": thumbnail_url,
-            "published_at": iso(published_at), "created_at": iso(created_at),
-            "updated_at": iso(updated_at),
-            "instructor": {
-                "id": i_id, "first_name": first_name, "last_name": last_name,
-                "full_name": " ".join(p for p in (first_name, last_name) if p).strip(),
-                "role": role, "bio": bio, "headline": headline, "profile_picture": picture,
-            } if i_id is not None else None,
-            "subcategory": {"id": s_id, "name": s_name,
-                            "master_category_id": master_category_id}
-            if s_id is not None else None,
-        }
-    data = _enrollment_values(
-        (id_, user_id, course_id, status, payment_id, enrolled_at, started_at, last_accessed_at,
-         completed_at, cancelled_at), total, done)
-    if course is not None:
-        data["course"] = course
+def _learner_row(row) -> dict:
+    total, done = row[_N_LEARNER], row[_N_LEARNER + 1]
+    data = _enrollment_values(row[:_N_ENROLLMENT], total, done)
+    if row[_N_ENROLLMENT] is not None:  # the course's id
+        data["course"] = course_service.course_summary(
+            course_service.card_of_row(row[_N_ENROLLMENT:]))
     return data
 
 

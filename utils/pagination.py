@@ -131,10 +131,11 @@ def paginate(select, page: int, per_page: int, extra=()):
     return [row[0] for row in rows], meta
 
 
-def paginate_rows(select, page: int, per_page: int):
+def paginate_rows(select, page: int, per_page: int, extra=()):
     """`paginate` for a select of columns, no entity: each item is its row as the database
-    sent it (read by position; a last column, `_total`, follows the select's own)."""
-    return _page(select, page, per_page, (), entities=False)
+    sent it (read by position: the select's columns, then `extra`'s, then `_total`). Rows are
+    not made unique, so a column may hold what cannot be hashed (JSON)."""
+    return _page(select, page, per_page, extra, entities=False)
 
 
 def page_of(key: str, query, args) -> dict:
