@@ -12,11 +12,12 @@ from flask import request, request_started
 from prometheus_client import REGISTRY
 
 from app import create_app
+from config import limiter_storage_uri
 from models import db
 from tests.conftest import redis_url, require_service
 from tests.support.queries import recorded_statements
 from utils.extensions import limiter
-from utils.pipeline import blocked_ips, catalog_cache, redis_client
+from utils.pipeline import blocked_ips, catalog_cache, redis_client, round_trip
 
 API = "/api/v1"
 STUDENTS = "https://students.example.test"
@@ -28,7 +29,8 @@ def fast_app(app):
     url = require_service("Redis (TEST_REDIS_URL)", redis_url())
     uri = app.config["SQLALCHEMY_DATABASE_URI"]
     fast = create_app("testing", overrides={
-        "SQLALCHEMY_DATABASE_URI": uri, "REDIS_URL": url, "RATELIMIT_STORAGE_URI": url,
+        "SQLALCHEMY_DATABASE_URI": uri, "REDIS_URL": url,
+        "RATELIMIT_STORAGE_URI": limiter_storage_uri(url),
         "UPLOAD_FOLDER": app.config["UPLOAD_FOLDER"], "RATE_LIMIT_PUBLIC": "6 per minute",
         "FRONTEND_URL_STUDENTS": STUDENTS})
     with fast.app_context():
@@ -266,6 +268,14 @@ def test_what_it_cannot_vouch_for_goes_to_flask(fast_app, make_user, auth_header
             limiter._storage_dead = False
         assert client.get(path, environ_base=fresh).status_code == 200
     assert handled == [path]  # the first only
+    # The limiter's storage failing (its counters cannot travel in the pipeline): Flask.
+    with flask_handled(fast_app) as handled:
+        limiter.storage.failing = True
+        try:
+            assert client.get(path, environ_base=fresh).status_code == 200
+        finally:
+            limiter.storage.failing = False
+    assert handled == [path]
 
 
 def test_fast_answers_are_counted_in_the_metrics(fast_app):
@@ -296,4 +306,5 @@ def test_the_limiter_internals_it_reads_are_still_there(fast_app):
     assert limiter._storage_dead is False
     assert isinstance(limiter.storage, RedisStorage)
     assert type(limiter.limiter) is FixedWindowRateLimiter
-    assert limiter.storage.lua_incr_expire.sha and limiter.storage.prefixed_key("k") != "k"
+    assert limiter.storage.lua_incr_expire.sha == round_trip.INCR_EXPIRE_SHA
+    assert limiter.storage.prefixed_key("k") != "k"

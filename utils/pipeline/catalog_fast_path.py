@@ -45,8 +45,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request
 
 from utils.extensions import COUNTED, limiter
-from utils.pipeline import catalog_cache, redis_client
-from utils.pipeline.round_trip import GIVE_BACK
+from utils.pipeline import catalog_cache, redis_client, round_trip
 from utils.pipeline.shared_state import SYNCED, ip_key
 from utils.validators import REQUEST_ID
 
@@ -99,10 +98,10 @@ class CatalogFastPath:
         answer = self._answer(environ)
         if answer is None:
             return self._learning(environ, start_response)
-        rule, headers, body = answer
+        rule, headers, body, request_id = answer
         start_response("200 OK", headers)
         if self.on_answer is not None:
-            self.on_answer(environ, 200, rule, started, headers[-1][1])
+            self.on_answer(environ, 200, rule, started, request_id)
         return [body]
 
     def _endpoint(self, path: str) -> tuple[str, Endpoint] | None:
@@ -125,18 +124,13 @@ class CatalogFastPath:
                 name for name in config if name.startswith(("RATE_LIMIT", "RATELIMIT"))))
         return tuple(config.get(name) for name in self._setting_names)
 
-    def _counting(self, client: redis.Redis):
-        """Flask-Limiter's fixed-window script when the fast path can count as Flask-Limiter
-        does, in the same Redis as the shared state: (storage, script), else None."""
-        if not limiter.enabled or getattr(limiter, "_storage_dead", True):
-            return None  # off, or counting in memory while Redis is away
-        storage = limiter.storage
-        if (not isinstance(storage, RedisStorage)
-                or type(limiter.limiter) is not FixedWindowRateLimiter):
+    def _storage(self):
+        """The limiter's storage when the fast path can count as Flask-Limiter does (a fixed
+        window, in the Redis of the shared state, not on its in-memory fallback), else None."""
+        if getattr(limiter, "_storage_dead", True) or \
+                type(limiter.limiter) is not FixedWindowRateLimiter:
             return None
-        if not _same_server(storage.get_connection(), client):
-            return None
-        return storage, storage.lua_incr_expire
+        return round_trip.storage_beside(self.app.config["REDIS_URL"])
 
     def _answer(self, environ):
         found = self._endpoint(environ["PATH_INFO"])
@@ -148,23 +142,21 @@ class CatalogFastPath:
         if template is None:
             return None
         client = redis_client.for_url(self.app.config["REDIS_URL"])
-        counting = self._counting(client) if endpoint.limits else None
-        if endpoint.limits and counting is None:
+        storage = self._storage() if endpoint.limits else None
+        if endpoint.limits and storage is None:
             return None
         ip = environ.get("REMOTE_ADDR") or "unknown"
+        keys = _limit_keys(storage, endpoint, ip)
         entry = catalog_cache.entry_key(environ["PATH_INFO"], Request(environ).args)
         pipe = client.pipeline(transaction=False)
-        if counting is not None:
-            storage, script = counting
-            for item, args in endpoint.limits:
-                key = storage.prefixed_key(item.key_for(*(ip if a is None else a for a in args)))
-                pipe.evalsha(script.sha, 1, key, item.get_expiry(), 1)
+        for (item, _), key in zip(endpoint.limits, keys):
+            pipe.evalsha(round_trip.INCR_EXPIRE_SHA, 1, key, item.get_expiry(), 1)
         pipe.mget([SYNCED, ip_key(ip), catalog_cache.VERSION_KEY, entry])
         try:
             *counts, (synced, blocked, version, value) = pipe.execute()
         except redis.exceptions.NoScriptError:
             try:  # a Redis that lost its scripts: load it for the next request
-                client.script_load(counting[1].script)
+                client.script_load(RedisStorage.SCRIPT_INCR_EXPIRE)
             except redis.RedisError:
                 pass
             return None
@@ -178,10 +170,9 @@ class CatalogFastPath:
             # is refused before its view's limits count it; the mirror brought back in sync),
             # counting what it counts itself: the counts taken here are given back first (a
             # second trip, on refusals only).
-            if counting is not None:
-                self._give_back(client, counting[0], endpoint, ip)
+            _give_back(client, keys)
             return None
-        if counting is not None:
+        if keys:
             environ[COUNTED] = True  # counted, with room: if Flask answers, it counts nothing
         if value is None:
             return None
@@ -194,18 +185,7 @@ class CatalogFastPath:
         self.templates.move_to_end(template_key)
         headers = [*template, ("ETag", etag), ("Content-Length", str(len(body))),
                    ("X-Request-ID", request_id)]
-        return endpoint.rule, headers, body
-
-    @staticmethod
-    def _give_back(client: redis.Redis, storage, endpoint: Endpoint, ip: str) -> None:
-        pipe = client.pipeline(transaction=False)
-        for item, args in endpoint.limits:
-            key = storage.prefixed_key(item.key_for(*(ip if a is None else a for a in args)))
-            pipe.eval(GIVE_BACK, 1, key, 1)
-        try:
-            pipe.execute()
-        except redis.RedisError as exc:  # the window's expiry ends the extra count anyway
-            log.warning("catalog fast path: counts not given back: %s", exc)
+        return endpoint.rule, headers, body, request_id
 
     # --- learning from the full path ----------------------------------------------------------
 
@@ -240,8 +220,23 @@ class CatalogFastPath:
             self.templates.popitem(last=False)
 
 
-def _same_server(a: redis.Redis, b: redis.Redis) -> bool:
-    """Whether two clients reach the same Redis database (then one pipeline serves both)."""
-    wanted = ("host", "port", "path", "db", "username", "password")
-    one, other = a.connection_pool.connection_kwargs, b.connection_pool.connection_kwargs
-    return all(one.get(name) == other.get(name) for name in wanted)
+def _limit_keys(storage, endpoint: Endpoint, ip: str) -> list[str]:
+    """The storage keys of the endpoint's limits for the address `ip`, as Flask-Limiter names
+    them (none without a storage to count in)."""
+    if storage is None:
+        return []
+    return [storage.prefixed_key(item.key_for(*(ip if arg is None else arg for arg in args)))
+            for item, args in endpoint.limits]
+
+
+def _give_back(client: redis.Redis, keys: list[str]) -> None:
+    """One count taken from each counter (never below zero, never reviving an expired one)."""
+    if not keys:
+        return
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.eval(round_trip.GIVE_BACK, 1, key, 1)
+    try:
+        pipe.execute()
+    except redis.RedisError as exc:  # the window's expiry ends the extra count anyway
+        log.warning("catalog fast path: counts not given back: %s", exc)

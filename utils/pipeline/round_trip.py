@@ -83,14 +83,21 @@ class RoundTripRedisStorage(RedisStorage):
         return healthy
 
 
-def _storage() -> RoundTripRedisStorage | None:
-    """The limiter's storage, when its counters can travel with the shared state."""
+def storage_beside(redis_url: str | None) -> RoundTripRedisStorage | None:
+    """The limiter's storage, when its counters can travel in one pipeline with commands for
+    `redis_url` (the same Redis, the limiter not failing); else None. Also read by the catalog
+    fast path (catalog_fast_path.py), outside any request context."""
     if not (limiter.enabled and limiter.initialized):
         return None
     storage = limiter.storage
     if not isinstance(storage, RoundTripRedisStorage) or storage.failing:
         return None
-    return storage if storage.url == current_app.config.get("REDIS_URL") else None
+    return storage if redis_url and storage.url == redis_url else None
+
+
+def _storage() -> RoundTripRedisStorage | None:
+    """The limiter's storage, when its counters can travel with the shared state."""
+    return storage_beside(current_app.config.get("REDIS_URL"))
 
 
 def _by_window(limit):
