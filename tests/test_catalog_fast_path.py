@@ -278,6 +278,35 @@ def test_what_it_cannot_vouch_for_goes_to_flask(fast_app, make_user, auth_header
     assert handled == [path]
 
 
+def test_hostile_queries_and_many_origins_go_to_flask_counted_once(fast_app):
+    from utils.pipeline.catalog_fast_path import TEMPLATES_KEPT
+
+    course_id = _course(fast_app)
+    client = fast_app.test_client()
+    path = f"{API}/public/courses/{course_id}"
+    address = {"REMOTE_ADDR": "203.0.113.60"}
+    client.get(path, environ_base=address)
+    client.get(path, environ_base=address)  # learned; the window holds 2
+    for query, status in (("page=%00", 422), ("q=%1b%5b31m", 422),
+                          ("per_page=" + "9" * 40, 200), ("x=" + "a" * 5000, 200)):
+        with flask_handled(fast_app) as handled:
+            answer = client.get(f"{path}?{query}", environ_base=address)
+        assert handled == [path], query  # no copy of such a page: Flask answers
+        assert answer.status_code == status, (query, answer.get_json())
+        if status == 422:
+            assert answer.json["code"] == "validation_error"
+        else:
+            assert answer.json["course"]["id"] == course_id
+    with fast_app.app_context():
+        (key,) = redis_client.get().keys("LIMITS:*203.0.113.60*")
+        assert int(redis_client.get().get(key)) == 6  # each counted once
+    # Origins are the client's to choose: the learned header sets stay bounded.
+    for n in range(TEMPLATES_KEPT + 10):
+        client.get(path, headers={"Origin": f"https://o{n}.example"},
+                   environ_base={"REMOTE_ADDR": f"198.51.100.{n % 250}"})
+    assert len(_fast_path(fast_app).templates) <= TEMPLATES_KEPT
+
+
 def test_fast_answers_are_counted_in_the_metrics(fast_app):
     course_id = _course(fast_app)
     client = fast_app.test_client()

@@ -28,7 +28,7 @@ from utils.pipeline import redis_client, shared_state
 log = logging.getLogger("lms.cache")
 
 VERSION_KEY = "lms:catalog:version"
-ENTRY_PREFIX = "lms:catalog:page:"  # + path?sorted query: b"<version>\n<etag>\n<body>"
+ENTRY_PREFIX = "lms:catalog:page:"  # + path?sorted query; the value: `entry_value`
 # In the WSGI environ of a guest's request for a cached view: what the catalog fast path learns
 # from it (utils/pipeline/catalog_fast_path.py): endpoint, URL rule, the limits it was counted
 # against (Flask-Limiter's RateLimitItem, key arguments, shared).
@@ -113,6 +113,11 @@ def entry_key(path: str, args: MultiDict) -> str:
     return f"{ENTRY_PREFIX}{path}?{query}"
 
 
+def entry_value(version, etag: str, body: bytes) -> bytes:
+    """A copy as stored: the catalog version it was made under, its ETag, its body."""
+    return f"{int(version or 0)}\n{etag}\n".encode() + body
+
+
 def read_entry(value: bytes, version) -> tuple[str, bytes] | None:
     """(etag, body) of a stored copy made under the catalog `version` now current, else None."""
     stored, _, rest = value.partition(b"\n")
@@ -163,9 +168,8 @@ def cached_public(view):
         etag = _etag(body)
         if usable:
             try:
-                redis_client.get().set(
-                    key, f"{int(version or 0)}\n{etag}\n".encode() + body,
-                    ex=current_app.config["CATALOG_CACHE_SECONDS"])
+                redis_client.get().set(key, entry_value(version, etag, body),
+                                       ex=current_app.config["CATALOG_CACHE_SECONDS"])
             except redis.RedisError as exc:
                 log.warning("catalog cache not written: %s", exc)
             g.catalog_cache = "miss"
