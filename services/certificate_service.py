@@ -26,8 +26,8 @@ from models import Certificate, Course, Enrollment, User, certificate_verify_url
 from services import file_service, jobs
 from services.credentials import keys, openbadge, pdf_signing, status_list, verification
 from utils.errors import Conflict, Forbidden, NotFound
-from utils.helpers import iso, utcnow
-from utils.pagination import paginate
+from utils.helpers import Columns, utcnow
+from utils.pagination import paginate_rows
 
 log = logging.getLogger("lms.certificates")
 
@@ -57,13 +57,18 @@ def existing(user_id: int, course_id: int) -> Certificate | None:
 
 # A list's columns, read as rows: an ORM entity per certificate cost the page more than its
 # statement did (issue 21). The page's select is of ids (what its count needs); the columns
-# ride as its extra. `as_dict` writes what `Certificate.to_dict` does, key for key, from
-# `SHOWN` (the id, then the rest), which other reads may select too.
+# ride as its extra, and `Certificate.to_dict` writes each row (`as_dict`, from `SHOWN`: the
+# id, then the rest, which other reads may select too).
 _C = Certificate.__table__.c
 _LISTED = (_C.certificate_number, _C.user_id, _C.course_id, _C.holder_name, _C.course_title,
            _C.instructor_name, _C.completion_date, _C.status, _C.sha256, _C.issued_at,
            _C.revoked_at, _C.pdf_signed_at)
 SHOWN = (_C.id, *_LISTED)
+_SHOWN_NAMES = tuple(column.key for column in SHOWN)
+
+
+class _Row(Columns):
+    to_dict = Certificate.to_dict
 
 
 def list_query(*, user_id: int | None = None, course_id: int | None = None,
@@ -80,24 +85,13 @@ def list_query(*, user_id: int | None = None, course_id: int | None = None,
 
 
 def page(query: Select, page_number: int, per_page: int) -> dict:
-    rows, meta = paginate(query, page_number, per_page, extra=_LISTED)
+    rows, meta = paginate_rows(query, page_number, per_page, extra=_LISTED)
     return {"certificates": [as_dict(row) for row in rows], "pagination": meta}
 
 
-def as_dict(row: tuple) -> dict:
-    (id_, number, user_id, course_id, holder, course_title, instructor, completed, status,
-     sha256, issued_at, revoked_at, pdf_signed_at) = row
-    return {"id": id_, "certificate_number": number, "user_id": user_id,
-            "course_id": course_id, "holder_name": holder, "course_title": course_title,
-            "instructor_name": instructor,
-            "completion_date": completed.isoformat() if completed else None,
-            "status": status, "sha256": sha256, "issued_at": iso(issued_at),
-            "revoked_at": iso(revoked_at),
-            "download_url": f"/api/v1/certificates/{id_}/download",
-            "verify_url": certificate_verify_url(number),
-            "credential_download_url": f"/api/v1/certificates/{id_}/credential",
-            "credential_url": f"/api/v1/credentials/{number}",
-            "pdf_signed": pdf_signed_at is not None}
+def as_dict(row) -> dict:
+    """`Certificate.to_dict` of a row that begins with the columns of `SHOWN`."""
+    return _Row(_SHOWN_NAMES, row[:len(SHOWN)]).to_dict()
 
 
 def issue_for_enrollment(enrollment: Enrollment, *, render: bool = True) -> Certificate:

@@ -32,7 +32,7 @@ from models import (
 )
 from services import file_service
 from utils.errors import Conflict, Forbidden, NotFound, ValidationError
-from utils.helpers import utcnow
+from utils.helpers import Columns, utcnow
 from utils.pagination import paginate_rows
 from utils.validators import slugify
 
@@ -641,14 +641,7 @@ _COURSES, _USERS, _SUBCATEGORIES = Course.__table__, User.__table__, Subcategory
 _MODULES, _LESSONS, _RESOURCES = Module.__table__, Lesson.__table__, LessonResource.__table__
 
 
-class _Columns:
-    """Named values: one model's slice of a Core row."""
-
-    def __init__(self, names, values):
-        self.__dict__.update(zip(names, values))
-
-
-class CourseCard(_Columns):
+class CourseCard(Columns):
     """A course as a list shows it: its columns, `instructor` (their public card) and
     `subcategory` (id, name, master_category_id), each None when absent; `enrolled`: whether
     the reader it was read for (`course_card`) is its student (None: not asked)."""
@@ -658,21 +651,21 @@ class CourseCard(_Columns):
     enrolled = None
 
 
-class _Instructor(_Columns):
+class _Instructor(Columns):
     full_name = User.full_name
     to_dict = User.to_dict
 
 
-class _Module(_Columns):
+class _Module(Columns):
     to_dict = Module.to_dict
 
 
-class _Lesson(_Columns):
+class _Lesson(Columns):
     to_dict = Lesson.to_dict
     completed = None
 
 
-class _Resource(_Columns):
+class _Resource(Columns):
     to_dict = LessonResource.to_dict
 
 
@@ -704,7 +697,7 @@ def card_of_row(row) -> CourseCard:
     card.instructor = _Instructor(_INSTRUCTOR_NAMES, instructor) if instructor[0] is not None \
         else None
     subcategory = row[_N_COURSE + _N_INSTRUCTOR:N_CARD]
-    card.subcategory = _Columns(_SUBCATEGORY_NAMES, subcategory) if subcategory[0] is not None \
+    card.subcategory = Columns(_SUBCATEGORY_NAMES, subcategory) if subcategory[0] is not None \
         else None
     return card
 

@@ -6,13 +6,12 @@ queued and sent after the commit (services/email_service.py).
 """
 from __future__ import annotations
 
-import json
 import unicodedata
 from urllib.parse import urlsplit
 
 from flask import current_app, render_template_string
 from jinja2 import Template
-from sqlalchemy import Select, Text, bindparam, cast, func, insert, literal, select, update
+from sqlalchemy import Select, bindparam, func, insert, literal, select, update
 
 from models import NOTIFICATION_KINDS, Notification, NotificationPreference, User, db
 from services import jobs
@@ -25,8 +24,8 @@ from services.email_service import (
     send_email,
 )
 from utils.errors import NotFound, ValidationError
-from utils.helpers import iso, utcnow
-from utils.pagination import paginate
+from utils.helpers import Columns, utcnow
+from utils.pagination import paginate_rows
 from utils.validators import cut, one_line
 
 # Titles are built from user text ("New live session: <title>"): cut to fit their column.
@@ -230,18 +229,15 @@ def own(notification_id: int, user: User) -> Notification:
 
 # The list's columns, read as rows: an ORM entity per notification cost the page more than its
 # statement did (issue 21). The page's select is of ids (what its count needs); the columns
-# ride as its extra. `_listed` writes what `Notification.to_dict` does, key for key. `data` comes as its JSON text, parsed here: `paginate` de-duplicates rows by hashing them,
-# which a parsed dict refuses.
+# ride as its extra, and `Notification.to_dict` writes each row.
 _N = Notification.__table__.c
-_LISTED = (_N.kind, _N.title, _N.message, _N.link, cast(_N.data, Text), _N.is_read,
-           _N.read_at, _N.created_at)
+_SHOWN = (_N.id, _N.kind, _N.title, _N.message, _N.link, _N.data, _N.is_read, _N.read_at,
+          _N.created_at)
+_SHOWN_NAMES = tuple(column.key for column in _SHOWN)
 
 
-def _listed(row: tuple) -> dict:
-    id_, kind, title, message, link, data, is_read, read_at, created_at = row[:len(_LISTED) + 1]
-    return {"id": id_, "kind": kind, "title": title, "message": message, "link": link,
-            "data": json.loads(data) if data is not None else None, "is_read": is_read, "read_at": iso(read_at),
-            "created_at": iso(created_at)}
+class _Row(Columns):
+    to_dict = Notification.to_dict
 
 
 def list_query(user: User, unread_only: bool = False) -> Select:
@@ -265,11 +261,11 @@ def page(user: User, unread_only: bool, page_number: int, per_page: int) -> dict
     """A page of the user's notifications with their unread count, in one statement (the
     count rides in the page's select; a page without rows counts on its own)."""
     unread = select(func.count(_N.id)).where(_N.user_id == user.id, _N.is_read.is_(False))
-    rows, meta = paginate(list_query(user, unread_only), page_number, per_page,
-                          extra=(*_LISTED, unread.scalar_subquery()))
-    count = rows[0][-1] if rows else unread_count(user.id)
-    return {"notifications": [_listed(row) for row in rows], "pagination": meta,
-            "unread_count": count or 0}
+    rows, meta = paginate_rows(list_query(user, unread_only), page_number, per_page,
+                               extra=(*_SHOWN[1:], unread.scalar_subquery()))
+    count = rows[0][len(_SHOWN)] if rows else unread_count(user.id)
+    return {"notifications": [_Row(_SHOWN_NAMES, row).to_dict() for row in rows],
+            "pagination": meta, "unread_count": count or 0}
 
 
 def mark_read(notification: Notification) -> Notification:

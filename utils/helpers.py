@@ -66,3 +66,12 @@ def pagination_meta(page: int, per_page: int, total: int) -> dict[str, Any]:
         "has_next": page < pages,
         "has_prev": page > 1,
     }
+
+
+class Columns:
+    """Named values: one model's slice of a Core row. A subclass takes its model's `to_dict`
+    (and the properties it reads), so a hot read that selects columns answers what the entity
+    would, from the model's one list of fields."""
+
+    def __init__(self, names: tuple[str, ...], values) -> None:
+        self.__dict__.update(zip(names, values))
