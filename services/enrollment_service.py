@@ -48,7 +48,7 @@ from models import (
 )
 from services import certificate_service, course_service
 from utils.errors import Conflict, Forbidden, NotFound, PaymentRequired
-from utils.helpers import iso, money, utcnow
+from utils.helpers import Columns, iso, money, utcnow
 from utils.pagination import paginate_rows
 
 log = logging.getLogger("lms.enrollment")
@@ -302,13 +302,18 @@ def _learner_row(row) -> dict:
 
 
 def enrollment_dict(enrollment: Enrollment, progress: Progress, *, course: bool = True) -> dict:
-    data = enrollment.to_dict()
-    # A completion stands when lessons are added later; the lesson counts still tell the truth.
-    data["progress_percent"] = 100.0 if enrollment.completed_at else float(progress.percent)
-    data["completed_lessons"] = progress.completed_lessons
-    data["total_lessons"] = progress.total_lessons
+    data = _with_progress(enrollment.to_dict(), enrollment.completed_at, progress.total_lessons,
+                          progress.completed_lessons)
     if course and enrollment.course is not None:
         data["course"] = course_service.course_summary(enrollment.course)
+    return data
+
+
+def _with_progress(data: dict, completed_at, total: int, done: int) -> dict:
+    # A completion stands when lessons are added later; the lesson counts still tell the truth.
+    data["progress_percent"] = 100.0 if completed_at else float(_percent(done, total))
+    data["completed_lessons"] = done
+    data["total_lessons"] = total
     return data
 
 
@@ -394,19 +399,22 @@ def detailed_progress(user: User, *, enrollment_id: int | None = None,
             "course_id": enrollment[2], "lessons": lessons}
 
 
+class _EnrollmentRow(Columns):
+    to_dict = Enrollment.to_dict
+    progress_percent = None  # not selected: `_with_progress` writes it
+
+
+class _ProgressRow(Columns):
+    to_dict = LessonProgress.to_dict
+
+
+_ENROLLMENT_NAMES = tuple(column.key for column in _ENROLLMENT)
+
+
 def _enrollment_values(row: tuple, total: int, done: int) -> dict:
     """What `enrollment_dict(..., course=False)` writes, from the columns of `_ENROLLMENT`."""
-    (id_, user_id, course_id, status, payment_id, enrolled_at, started_at, last_accessed_at,
-     completed_at, cancelled_at) = row
-    return {
-        "id": id_, "user_id": user_id, "course_id": course_id, "status": status,
-        # A completion stands when lessons are added later (see enrollment_dict).
-        "progress_percent": 100.0 if completed_at else float(_percent(done, total)),
-        "payment_id": payment_id, "enrolled_at": iso(enrolled_at),
-        "started_at": iso(started_at), "last_accessed_at": iso(last_accessed_at),
-        "completed_at": iso(completed_at), "cancelled_at": iso(cancelled_at),
-        "completed_lessons": done, "total_lessons": total,
-    }
+    enrollment = _EnrollmentRow(_ENROLLMENT_NAMES, row)
+    return _with_progress(enrollment.to_dict(), enrollment.completed_at, total, done)
 
 
 # --- progress ---------------------------------------------------------------------------------
@@ -437,6 +445,7 @@ def lesson_progress(enrollment: Enrollment, lesson_id: int) -> dict:
 # course goes through the entities (`_complete_if_finished`), as enrolling does.
 _RECORD = (_LPC.lesson_id, _LPC.completed, _LPC.completed_at, _LPC.watch_time_seconds,
            _LPC.started_at, _LPC.last_accessed_at)
+_RECORD_NAMES = tuple(column.key for column in _RECORD)
 
 
 def _write_target(where) -> Select:
@@ -551,11 +560,7 @@ def record_progress(user_id: int, lesson_id: int, *, completed: bool | None,
     now = utcnow()
     record = _write_record(found.id, found.record_id, lesson_id, now, completed,
                            watch_time_seconds)
-    record = {"lesson_id": record.lesson_id, "completed": record.completed,
-              "completed_at": iso(record.completed_at),
-              "watch_time_seconds": record.watch_time_seconds,
-              "started_at": iso(record.started_at),
-              "last_accessed_at": iso(record.last_accessed_at)}
+    record = _ProgressRow(_RECORD_NAMES, record).to_dict()
     counted = connection.execute(_COUNTED, {"enrollment_id": found.id, "now": now}).one()
     *columns, stored, total, done = counted
     if counted.completed_at is None:
