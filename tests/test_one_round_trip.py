@@ -168,6 +168,34 @@ def test_limited_writes_say_what_is_left_then_refuse(app, client):
         client.post(f"{API}/auth/forgot-password", json={"email": "a@example.com"}), 3600)
 
 
+def test_a_limited_write_says_what_is_left_from_its_one_round_trip(
+        app, client, make_user, auth_headers, default_limit, trips):
+    """The X-RateLimit-* headers of a write come from the counter's count and TTL asked in
+    the request's one pipeline, not from two more round trips after the view."""
+    student = auth_headers(make_user())
+    default_limit("5 per minute")
+    read_all = f"{API}/notifications/read-all"
+    first = client.put(read_all, headers=student)  # the plan misses the new limit once
+    assert first.status_code == 200 and first.headers["X-RateLimit-Remaining"] == "4"
+    for left in (3, 2, 1, 0):
+        trips.clear()
+        started = time.time()
+        response = client.put(read_all, headers=student)
+        assert response.status_code == 200, response.get_json()
+        assert len(trips) == 1 and b"EVALSHA" in trips[0] and b"TTL" in trips[0]
+        assert response.headers["X-RateLimit-Limit"] == "5"
+        assert response.headers["X-RateLimit-Remaining"] == str(left)
+        # The window opened by the first write ends within the minute (limits' reset + 1).
+        assert started < int(response.headers["X-RateLimit-Reset"]) <= started + 62
+        assert counter(app, "mark_all_read") == 5 - left
+    refused_with_retry_after(client.put(read_all, headers=student))
+    # A read (its own window) still asks no TTL.
+    client.get(UNREAD, headers=student)
+    trips.clear()
+    assert client.get(UNREAD, headers=student).status_code == 200
+    assert len(trips) == 1 and b"EVALSHA" in trips[0] and b"TTL" not in trips[0]
+
+
 def test_a_blocked_address_is_refused_and_its_count_given_back(app, client, monkeypatch):
     monkeypatch.setitem(app.config, "RATE_LIMIT_PUBLIC", "2 per minute")
     address = {"REMOTE_ADDR": "203.0.113.9"}

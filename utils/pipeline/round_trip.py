@@ -10,6 +10,12 @@ URL) then answers its `incr` for those counters from the reply instead of callin
 Flask-Limiter still decides everything else as before: which limits apply, the 429 and its
 Retry-After, the X-RateLimit-* headers, the in-memory fallback and the recovery.
 
+A write answers with X-RateLimit-Remaining and -Reset (rate_limits.headers_on_writes), which
+limits reads with a GET and a TTL of the counter: two more round trips. For a write, the
+pipeline also asks each counter's TTL, and the storage answers that window's `get` and
+`get_expiry` from the reply: the count just made and its window's end, as this request left
+them.
+
 Which counters: the ones Flask-Limiter's own resolution (its limit manager, with the inputs it
 passes itself) names for this request, keyed as it keys them. When they are counted:
 - default (and application) limits are counted in the limiter's before_request, which runs
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 
 import redis
 from flask import current_app, g, has_request_context, request
@@ -40,6 +47,7 @@ from utils.pipeline import catalog_cache, redis_client, shared_state
 log = logging.getLogger("lms.limits")
 
 SCHEME = "lms+"
+READS = ("GET", "HEAD", "OPTIONS")
 # limits' own counter script, run by its SHA as limits runs it (Redis caches it by that SHA).
 INCR_EXPIRE_SHA = hashlib.sha1(RedisStorage.SCRIPT_INCR_EXPIRE).hexdigest()
 # A counter given back: never below zero, never revived once its window expired (a DECRBY on
@@ -75,6 +83,14 @@ class RoundTripRedisStorage(RedisStorage):
             raise
         self.failing = False
         return value
+
+    def get(self, key: str) -> int:
+        window = _window(key)
+        return window[0] if window is not None else super().get(key)
+
+    def get_expiry(self, key: str) -> float:
+        window = _window(key)
+        return window[1] if window is not None else super().get_expiry(key)
 
     def check(self) -> bool:
         healthy = super().check()
@@ -189,19 +205,28 @@ def _send(storage: RoundTripRedisStorage, trip: dict, planned) -> None:
     wait in `trip["counts"]` for the storage's incr, the MGET's reply (or its error) in
     `trip["reply"]` for `read_shared_state`."""
     keys = shared_state.request_keys(catalog_cache.prefetch_keys())
+    windows = request.method not in READS  # a write's headers say what is left, and when
     pipe = redis_client.get().pipeline(transaction=False)
     pipe.mget(keys)
     for key, expiry, amount in planned:
         pipe.evalsha(INCR_EXPIRE_SHA, 1, storage.prefixed_key(key), expiry, amount)
+        if windows:
+            pipe.ttl(storage.prefixed_key(key))
     try:
         replies = pipe.execute(raise_on_error=False)
     except redis.RedisError as exc:
         trip["reply"] = (keys, exc)
         return
     trip["reply"] = (keys, replies[0])
-    for (key, expiry, amount), count in zip(planned, replies[1:]):
-        if not isinstance(count, Exception):  # e.g. NOSCRIPT: the limiter's incr counts it
-            trip["counts"].setdefault(key, []).append((expiry, amount, int(count)))
+    step, now = 1 + windows, time.time()
+    for index, (key, expiry, amount) in enumerate(planned):
+        count = replies[1 + index * step]
+        if isinstance(count, Exception):  # e.g. NOSCRIPT: the limiter's incr counts it
+            continue
+        ends = None
+        if windows and not isinstance(ttl := replies[2 + index * step], Exception):
+            ends = max(ttl, 0) + now  # as limits' RedisStorage.get_expiry says it
+        trip["counts"].setdefault(key, []).append((expiry, amount, int(count), ends))
 
 
 def _take(key: str, expiry: int, amount: int) -> int | None:
@@ -211,9 +236,19 @@ def _take(key: str, expiry: int, amount: int) -> int | None:
         return None  # nothing was planned for this request
     pending = trip["counts"].get(key)
     if pending and pending[0][:2] == (expiry, amount):
-        return pending.pop(0)[2]
+        _expiry, _amount, count, ends = pending.pop(0)
+        if ends is not None:
+            trip.setdefault("windows", {})[key] = (count, ends)
+        return count
     trip["missed"] = True  # the limiter counts what was not counted ahead: plan afresh
     return None
+
+
+def _window(key: str) -> tuple[int, float] | None:
+    """The count and window end of the counter `key` that this request's round trip made and
+    the limiter took (a write's), else None."""
+    trip = g.get("round_trip") if has_request_context() else None
+    return trip.get("windows", {}).get(key) if trip else None
 
 
 def end_trip(_exc: BaseException | None = None) -> None:
@@ -222,7 +257,7 @@ def end_trip(_exc: BaseException | None = None) -> None:
     that missed is resolved again for the next request."""
     trip = g.pop("round_trip", None) or {}
     unused = [(key, amount) for key, entries in trip.get("counts", {}).items()
-              for _expiry, amount, _count in entries]
+              for _expiry, amount, _count, _ends in entries]
     if unused or trip.get("missed"):
         current_app.extensions.get("round_trip_limits", {}).pop(trip.get("limits"), None)
     storage = limiter.storage if unused and limiter.initialized else None
