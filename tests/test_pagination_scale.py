@@ -121,3 +121,24 @@ def test_estimate_of_a_query_with_in_lists_and_like_patterns(app, admin, monkeyp
             assert meta["total_is_estimate"] is True and meta["total"] >= 11
         else:
             assert meta["total"] == 11 and "total_is_estimate" not in meta
+
+
+def test_the_count_reads_rows_not_columns_and_keeps_distinct(app, admin):
+    """The capped count selects a constant from the list's FROM clauses (PostgreSQL then
+    drops joins kept for columns), except where DISTINCT needs the columns to count."""
+    admin_id, _ = admin
+    add_entries(app, admin_id, 4)
+    with app.app_context():
+        listing = select(AuditLog.id, AuditLog.action).where(AuditLog.target_id < 3)
+        counted = pagination._capped_count(listing)
+        sql = " ".join(str(counted.compile(db.engine)).split())
+        assert "FROM (SELECT 1 FROM audit_logs WHERE audit_logs.target_id <" in sql
+        assert "audit_logs.action" not in sql
+        assert db.session.scalar(counted) == 3
+        # Four rows of one action: DISTINCT counts one.
+        distinct = select(AuditLog.action).distinct()
+        assert "audit_logs.action" in str(pagination._capped_count(distinct).compile(db.engine))
+        assert db.session.scalar(pagination._capped_count(distinct)) == 1
+        assert db.session.scalar(pagination._capped_count(
+            select(AuditLog.action, AuditLog.target_id).group_by(
+                AuditLog.action, AuditLog.target_id))) == 4
