@@ -47,7 +47,7 @@ from routes.cli import register_commands
 from services import certificate_service, job_kinds, jobs
 from services.credentials import keys as credential_keys
 from services.email_service import register_outbox
-from utils import error_reporting, json_provider, metrics
+from utils import error_reporting, json_provider, metrics, read_only
 from utils.extensions import cors, limiter, mail, migrate
 from utils.middleware import init_middleware, log_request
 from utils.pipeline.catalog_fast_path import CatalogFastPath
@@ -104,6 +104,7 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
     db.init_app(app)
     with app.app_context():
         ping_when_idle(db.engine)  # PostgreSQL: a pooled connection is pinged after it sat idle
+        read_only.attach(db.engine)  # views marked @read_only read without BEGIN and ROLLBACK
     migrate.init_app(app, db, compare_type=True, render_as_batch=True)
     jwt.init_app(app)
     limiter.init_app(app)

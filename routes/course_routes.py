@@ -15,6 +15,7 @@ from services import catalog_service, course_service, enrollment_service, file_s
 from utils.extensions import limiter
 from utils.pagination import paginate
 from utils.pipeline.catalog_cache import cached_public
+from utils.read_only import read_only
 from utils.responses import (
     Access,
     CourseListResponse,
@@ -171,6 +172,7 @@ class CourseEnrollmentListResponse(TypedDict):
 @bp.get("")
 @cached_public
 @validate(query=CourseListQuery, resp=Response(HTTP_200=CourseListResponse), **TAGS)
+@read_only
 def list_courses():
     """Published courses, with the same filters and sorts as /public/get-courses."""
     args = query_args()
@@ -181,6 +183,7 @@ def list_courses():
 @bp.get("/<int:course_id>")
 @cached_public
 @validate(resp=Response(HTTP_200=CourseResponse, **errors(404)), **TAGS)
+@read_only
 def get_course(course_id: int):
     """A course with its outline: full content for enrolled students, the owner and admins;
     titles, durations and preview lessons for everyone else."""

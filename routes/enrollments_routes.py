@@ -12,6 +12,7 @@ from models import ENROLLMENT_STATUSES, db
 from utils.pipeline.idempotency import IdempotencyHeaders, idempotent
 from services import enrollment_service
 from utils.errors import Conflict, NotFound
+from utils.read_only import read_only
 from utils.responses import (
     CertificateOut,
     EnrollmentListResponse,
@@ -175,6 +176,7 @@ def cancel_enrollment(enrollment_id: int):
 @bp.get("/<int:enrollment_id>/progress")
 @login_required
 @validate(resp=Response(HTTP_200=CourseProgressResponse, **errors(401, 404)), **AUTH)
+@read_only
 def enrollment_progress(enrollment_id: int):
     """Progress lesson by lesson."""
     return enrollment_service.detailed_progress(current_user(), enrollment_id=enrollment_id)

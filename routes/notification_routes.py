@@ -13,6 +13,7 @@ from auth import admin_required, audit, current_user, login_required
 from models import NOTIFICATION_KINDS, ROLES, db
 from services import jobs
 from services import notification_service as notifications
+from utils.read_only import read_only
 from utils.responses import JobAcceptedResponse, MessageResponse, NotificationOut, PaginationOut
 from utils.routing import accepted, sent_changes
 from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
@@ -126,6 +127,7 @@ class NotifiedResponse(TypedDict):
 @login_required
 @validate(query=NotificationQuery, resp=Response(HTTP_200=NotificationListResponse,
                                                    **errors(401)), **AUTH)
+@read_only
 def list_notifications():
     """My notifications, newest first (`?unread=true` for unread only)."""
     args = query_args()
@@ -135,6 +137,7 @@ def list_notifications():
 @bp.get("/unread-count")
 @login_required
 @validate(resp=Response(HTTP_200=UnreadCountResponse, **errors(401)), **AUTH)
+@read_only
 def unread_count():
     """How many of my notifications are unread (the badge)."""
     return {"unread_count": notifications.unread_count(current_user().id)}

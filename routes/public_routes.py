@@ -12,6 +12,7 @@ from utils.errors import NotFound
 from utils.pagination import page_of, paginate
 from utils.pipeline.catalog_cache import cached_public
 from utils.pipeline.rate_limits import config_limit
+from utils.read_only import read_only
 from utils.responses import (
     CourseListResponse,
     CourseResponse,
@@ -79,6 +80,7 @@ def _active_master(category_id: int):
 @config_limit("RATE_LIMIT_PUBLIC")
 @cached_public
 @validate(query=PageQuery, resp=Response(HTTP_200=CategoryListResponse, **errors(429)), **TAGS)
+@read_only
 def categories():
     """Active master categories, in display order."""
     args = query_args()
@@ -90,6 +92,7 @@ def categories():
 @cached_public
 @validate(query=PageQuery, resp=Response(HTTP_200=CategorySubcategoriesResponse,
                                          **errors(404, 429)), **TAGS)
+@read_only
 def category_subcategories(category_id: int):
     """Active subcategories of a master category."""
     args = query_args()
@@ -105,6 +108,7 @@ def category_subcategories(category_id: int):
 @cached_public
 @validate(query=PublicSubcategoryQuery, resp=Response(HTTP_200=SubcategoryListResponse,
                                                       **errors(429)), **TAGS)
+@read_only
 def subcategories():
     """Active subcategories, optionally of one master category."""
     args = query_args()
@@ -119,6 +123,7 @@ def subcategories():
 @cached_public
 @validate(query=CourseListQuery, resp=Response(HTTP_200=SubcategoryCoursesResponse,
                                                **errors(404, 429)), **TAGS)
+@read_only
 def subcategory_courses(subcategory_id: int):
     """Published courses of a subcategory (same filters and sorts as get-courses)."""
     args = query_args()
@@ -136,6 +141,7 @@ def subcategory_courses(subcategory_id: int):
 @config_limit("RATE_LIMIT_PUBLIC")
 @cached_public
 @validate(query=CourseListQuery, resp=Response(HTTP_200=CourseListResponse, **errors(429)), **TAGS)
+@read_only
 def courses():
     """Published courses: `category_id`, `subcategory_id`, `search`, `difficulty`,
     `min_price`, `max_price`, `is_free`, `language`, `mode_of_conduct`, `sort`."""
@@ -149,6 +155,7 @@ def courses():
 @config_limit("RATE_LIMIT_PUBLIC")
 @cached_public
 @validate(resp=Response(HTTP_200=CourseResponse, **errors(404, 429)), **TAGS)
+@read_only
 def course(course_id: int):
     """A published course with its outline (no video URLs or lesson bodies, except previews,
     unless the caller is enrolled, the owner or an admin)."""
@@ -169,6 +176,7 @@ def _search(text: str, page: int, per_page: int):
 @config_limit("RATE_LIMIT_SEARCH")
 @cached_public
 @validate(query=SearchQuery, resp=Response(HTTP_200=CourseSearchResponse, **errors(429)), **TAGS)
+@read_only
 def search():
     """Search published courses by title, short description and description (`q`)."""
     args = query_args()

@@ -11,6 +11,7 @@ from typing_extensions import TypedDict
 
 from auth import current_user, instructor_required, login_required
 from services import catalog_service, certificate_service, course_service, enrollment_service
+from utils.read_only import read_only
 from utils.responses import (
     AmountOut,
     CertificateListResponse,
@@ -59,6 +60,7 @@ class StudentDashboardResponse(TypedDict):
 @bp.get("/dashboard")
 @login_required
 @validate(resp=Response(HTTP_200=StudentDashboardResponse, **errors(401)), **AUTH)
+@read_only
 def dashboard():
     """Counts (enrolled, in progress, completed, certificates, total spent) and recent activity."""
     return enrollment_service.dashboard(current_user())
@@ -68,6 +70,7 @@ def dashboard():
 @bp.get("/my-courses")
 @login_required
 @validate(query=PageQuery, resp=Response(HTTP_200=EnrollmentListResponse, **errors(401)), **AUTH)
+@read_only
 def enrolled_courses():
     """Courses the user is enrolled in (active or completed), with progress."""
     args = query_args()
@@ -78,6 +81,7 @@ def enrolled_courses():
 @bp.get("/completed-courses")
 @login_required
 @validate(query=PageQuery, resp=Response(HTTP_200=EnrollmentListResponse, **errors(401)), **AUTH)
+@read_only
 def completed_courses():
     """Courses the user completed, with progress."""
     args = query_args()
@@ -88,6 +92,7 @@ def completed_courses():
 @bp.get("/certificates")
 @login_required
 @validate(query=PageQuery, resp=Response(HTTP_200=CertificateListResponse, **errors(401)), **AUTH)
+@read_only
 def certificates():
     """Certificates the user has earned."""
     args = query_args()

@@ -1,0 +1,111 @@
+"""Views marked @read_only (utils/read_only.py) read without a transaction block on PostgreSQL,
+refuse any write or locking read on every database, and hand their connection back to the pool
+as it was."""
+from __future__ import annotations
+
+import pytest
+from flask import g
+from sqlalchemy import event, insert, select, text
+
+from models import Notification, db
+from tests.support.assertions import ok
+from utils.read_only import ReadOnlyViolation, is_read
+
+API = "/api/v1"
+UNREAD = f"{API}/notifications/unread-count"
+
+
+@pytest.fixture
+def modes(app):
+    """(statement start, whether its connection served a read-only view, psycopg2's
+    autocommit) for each statement the app sends."""
+    seen: list[tuple[str, bool, bool | None]] = []
+
+    def record(connection, _cursor, statement, *_args):
+        dbapi = connection.connection.dbapi_connection
+        seen.append((" ".join(statement.split())[:40], bool(connection.info.get("lms_read_only")),
+                     getattr(dbapi, "autocommit", None) if hasattr(dbapi, "get_backend_pid")
+                     else None))
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", record)
+    yield seen
+    event.remove(engine, "before_cursor_execute", record)
+
+
+def test_a_marked_read_runs_without_a_block_and_a_write_after_it_in_one(
+        app, client, make_user, auth_headers, modes):
+    user = make_user()
+    headers = auth_headers(user)
+    with app.app_context():
+        db.session.execute(insert(Notification), [
+            {"user_id": user, "kind": "system", "title": f"N{n}", "message": "m"}
+            for n in range(2)])
+        db.session.commit()
+    client.get(UNREAD, headers=headers)  # warm: the user's mirror entry
+    modes.clear()
+    assert ok(client.get(UNREAD, headers=headers)) == {"unread_count": 2}
+    reads = [m for m in modes if "notifications" in m[0]]
+    assert reads and all(flagged for _, flagged, _ in reads)
+    postgres = app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql")
+    if postgres:
+        assert all(autocommit is True for _, _, autocommit in reads)
+    # The next request's write takes a pooled connection in a block again, and commits.
+    modes.clear()
+    assert ok(client.put(f"{API}/notifications/read-all", headers=headers))["updated"] == 2
+    writes = [m for m in modes if m[0].startswith("UPDATE notifications")]
+    assert writes and not any(flagged for _, flagged, _ in writes)
+    if postgres:
+        assert all(autocommit is False for _, _, autocommit in writes)
+    assert ok(client.get(UNREAD, headers=headers)) == {"unread_count": 0}
+    with app.app_context():
+        assert db.session.scalar(select(Notification.is_read).where(
+            Notification.user_id == user).limit(1)) is True
+
+
+def test_a_write_or_a_lock_on_a_read_only_connection_is_refused(app, make_user):
+    user = make_user()
+    with app.test_request_context("/"):
+        g.read_only_view = True
+        connection = db.session.connection()
+        assert connection.info.get("lms_read_only") is True
+        assert connection.execute(text("SELECT 1")).scalar() == 1
+        with pytest.raises(ReadOnlyViolation):
+            connection.execute(insert(Notification).values(
+                user_id=user, kind="system", title="sneaked in", message="m"))
+        if connection.dialect.name == "postgresql":
+            with pytest.raises(ReadOnlyViolation):
+                connection.execute(select(Notification.id).with_for_update())
+        db.session.rollback()
+        db.session.remove()
+        g.read_only_view = False
+    with app.app_context():
+        assert db.session.scalar(select(Notification.id).where(
+            Notification.title == "sneaked in")) is None
+
+
+@pytest.mark.parametrize("statement, reads", [
+    ("SELECT 1", True),
+    ("  select count(*) from t", True),
+    ("-- note\nSELECT a FROM t", True),
+    ("/* hint */ SELECT a FROM t", True),
+    ("EXPLAIN (FORMAT JSON) SELECT * FROM t", True),
+    ("WITH x AS (SELECT 1) SELECT * FROM x", True),
+    ("SELECT updated_at, last_update FROM t", True),
+    ("WITH x AS (DELETE FROM t RETURNING id) SELECT * FROM x", False),
+    ("WITH x AS (SELECT 1) UPDATE t SET a = 1", False),
+    ("SELECT * FROM t FOR UPDATE", False),
+    ("SELECT * FROM t FOR NO KEY UPDATE OF t", False),
+    ("SELECT * FROM t for share", False),
+    ("SELECT nextval('s')", False),
+    ("SELECT pg_advisory_xact_lock(1)", False),
+    ("SELECT set_config('a.b', 'c', true)", False),
+    ("INSERT INTO t VALUES (1)", False),
+    ("UPDATE t SET a = 1", False),
+    ("DELETE FROM t", False),
+    ("SAVEPOINT a", False),
+    ("SET LOCAL statement_timeout = 0", False),
+])
+def test_what_counts_as_a_read(statement, reads):
+    assert is_read(statement) is reads
