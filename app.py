@@ -104,7 +104,8 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
     db.init_app(app)
     with app.app_context():
         ping_when_idle(db.engine)  # PostgreSQL: a pooled connection is pinged after it sat idle
-        read_only.attach(db.engine)  # views marked @read_only read without BEGIN and ROLLBACK
+        # Views marked @read_only read without BEGIN and ROLLBACK, in prepared statements.
+        read_only.attach(db.engine, app.config["DATABASE_PREPARED_STATEMENTS"])
     migrate.init_app(app, db, compare_type=True, render_as_batch=True)
     jwt.init_app(app)
     limiter.init_app(app)

@@ -370,6 +370,11 @@ class Config:
     # A current cached copy is sent before Flask runs, its rate limits and the address's block
     # checked in the same single Redis round trip (utils/pipeline/catalog_fast_path.py).
     CATALOG_FAST_PATH = env_bool("CATALOG_FAST_PATH", True)
+    # The reads of views marked @read_only run as server-side prepared statements on PostgreSQL
+    # (planned once per connection, utils/read_only.py). Off behind a pooler in transaction
+    # mode (PgBouncer `pool_mode = transaction`), where a statement prepared on one server
+    # connection is not there on the next.
+    DATABASE_PREPARED_STATEMENTS = env_bool("DATABASE_PREPARED_STATEMENTS", True)
 
     # Admin dashboard and analytics: read from this replica when set, and kept in Redis this
     # many seconds (0: computed on every request).

@@ -109,3 +109,92 @@ def test_a_write_or_a_lock_on_a_read_only_connection_is_refused(app, make_user):
 ])
 def test_what_counts_as_a_read(statement, reads):
     assert is_read(statement) is reads
+
+
+def postgres_only(app) -> None:
+    if not app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
+        pytest.skip("prepared statements are PostgreSQL's (psycopg2); the SQLite pass has none")
+
+
+@pytest.fixture
+def executed(app):
+    """What psycopg2 actually sent for each statement (its cursor's `query`)."""
+    sent: list[str] = []
+
+    def record(_connection, cursor, *_args):
+        query = getattr(cursor, "query", None)
+        if query is not None:
+            sent.append(query.decode())
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "after_cursor_execute", record)
+    yield sent
+    event.remove(engine, "after_cursor_execute", record)
+
+
+def test_a_marked_read_runs_prepared_and_answers_the_same(app, client, make_user, auth_headers,
+                                                          executed):
+    postgres_only(app)
+    user = make_user()
+    headers = auth_headers(user)
+    with app.app_context():
+        db.session.execute(insert(Notification), [
+            {"user_id": user, "kind": "system", "title": "Hello", "message": "m"}])
+        db.session.commit()
+    first = ok(client.get(f"{API}/notifications", headers=headers))
+    executed.clear()
+    again = ok(client.get(f"{API}/notifications", headers=headers))
+    assert again == first and again["notifications"][0]["title"] == "Hello"
+    assert any(q.startswith("EXECUTE lms_") for q in executed), executed
+    # A write is never prepared: it runs in its block as sent.
+    executed.clear()
+    ok(client.put(f"{API}/notifications/read-all", headers=headers))
+    assert any(q.lstrip().startswith("UPDATE notifications") for q in executed), executed
+
+
+def test_prepared_reads_fall_back_and_recover(app, make_user):
+    postgres_only(app)
+    make_user()
+    with app.test_request_context("/"):
+        g.read_only_view = True
+        connection = db.session.connection()
+        # A parameter PostgreSQL cannot type: sent as it is, and remembered so.
+        assert connection.execute(text("SELECT :x IS NULL"), {"x": None}).scalar() is True
+        kept = connection.info["lms_prepared"]
+        assert [name for sql, name in kept.items() if "IS NULL" in sql] == [None]
+        count = text("SELECT count(*) FROM users WHERE id > :low")
+        assert connection.execute(count, {"low": 0}).scalar() == 1
+        assert [name for sql, name in kept.items() if "count(*) FROM users" in sql][0]
+        # The server forgets every prepared statement (DISCARD ALL, as a pooler may): the next
+        # read prepares again and answers.
+        with connection.connection.dbapi_connection.cursor() as cursor:
+            cursor.execute("DEALLOCATE ALL")
+        assert connection.execute(count, {"low": 0}).scalar() == 1
+        with connection.connection.dbapi_connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_prepared_statements "
+                           "WHERE statement LIKE '%FROM users WHERE id >%'")
+            prepared = cursor.fetchone()[0]
+        assert prepared == 1
+        db.session.remove()
+        g.read_only_view = False
+
+
+def test_prepared_reads_can_be_turned_off(app, client, make_user, auth_headers, executed,
+                                          monkeypatch):
+    postgres_only(app)
+    from app import create_app
+    other = create_app("testing", overrides={"DATABASE_PREPARED_STATEMENTS": False,
+                                             "SQLALCHEMY_DATABASE_URI":
+                                                 app.config["SQLALCHEMY_DATABASE_URI"]})
+    headers = auth_headers(make_user())
+    seen: list[str] = []
+    with other.app_context():
+        event.listen(db.engine, "after_cursor_execute",
+                     lambda _c, cursor, *_a: seen.append(cursor.query.decode()))
+    other_client = other.test_client()
+    for _ in range(2):
+        assert ok(other_client.get(UNREAD, headers=headers)) == {"unread_count": 0}
+    assert seen and not any(q.startswith(("EXECUTE", "PREPARE")) for q in seen)
+    with other.app_context():
+        db.engine.dispose()

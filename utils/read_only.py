@@ -16,9 +16,20 @@ before it is sent, on every database (the SQLite suite runs the same check). The
 until the connection goes back to the pool, where autocommit is turned off again. A connection
 the request took before the view ran (a hook that read first) stays in its block: the view
 works as before, without the saving.
+
+Such a connection also runs its SELECTs as server-side prepared statements
+(DATABASE_PREPARED_STATEMENTS, on by default): psycopg2 sends every statement as text, and
+PostgreSQL planned the learner's list of enrolled courses in 0.95 ms to run it in 0.4 ms, each
+time. Each statement is prepared once per connection (`PREPARE`, then `EXECUTE` with the same
+parameters; PostgreSQL keeps a generic plan once it costs no more than planning anew), up to
+PREPARED_KEPT statements a connection. Event listeners still see the statement itself: the
+swap happens where the dialect executes (`do_execute`). A statement PostgreSQL cannot prepare
+is sent as it is from then on; one the server lost or whose plan no longer fits its tables is
+prepared again. Turn it off behind a pooler in transaction mode (config.py).
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from functools import wraps
 
@@ -66,17 +77,44 @@ def _switch(dbapi_connection, on: bool) -> None:
         dbapi_connection.autocommit = on  # psycopg2: a client-side setting, no statement
 
 
-def _before_statement(connection, _cursor, statement, _parameters, _context, _many) -> None:
-    if connection.info.get(FLAG) and not is_read(statement):
-        raise ReadOnlyViolation(
-            "A view marked @read_only sent a statement that needs a transaction: "
-            + " ".join(statement.split())[:80])
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+PREPARED = "lms_prepared"  # in a pooled connection's `info`: {statement: its name, or None}
+PREPARED_KEPT = 100  # per connection; past it, statements run as sent
+_UNKNOWN_STATEMENT, _PLAN_CHANGED = "26000", "0A000"  # PostgreSQL's SQLSTATEs
 
 
-def attach(engine: Engine) -> None:
-    """Give `engine`'s pool the read-only switch and its guard (app.py, once per engine). The
-    switch is psycopg2's; on other drivers (SQLite) only the guard applies."""
+def _prepared(connection, cursor, statement: str, parameters):
+    """`statement` as `EXECUTE` of a server-side prepared statement on this connection,
+    preparing it on first use; None where it cannot be (see `prepare_reads`)."""
+    kept = connection.info.setdefault(PREPARED, {})
+    name = kept.get(statement, False)
+    if name is None:
+        return None
+    names = _PLACEHOLDER.findall(statement)
+    if name is False:
+        if len(kept) >= PREPARED_KEPT or not isinstance(parameters, dict) or \
+                "%s" in statement:
+            return None
+        order = list(dict.fromkeys(names))
+        body = _PLACEHOLDER.sub(lambda m: f"${order.index(m.group(1)) + 1}", statement)
+        name = "lms_" + hashlib.sha1(statement.encode()).hexdigest()[:20]
+        try:
+            cursor.execute(f"PREPARE {name} AS {body.replace('%%', '%')}")
+        except Exception:  # a parameter PostgreSQL cannot type, say: sent as it is from now on
+            kept[statement] = None
+            return None
+        kept[statement] = name
+    order = list(dict.fromkeys(names))
+    arguments = ", ".join(f"%({n})s" for n in order)
+    return f"EXECUTE {name}({arguments})" if order else f"EXECUTE {name}"
+
+
+def attach(engine: Engine, prepare: bool = True) -> None:
+    """Give `engine`'s pool the read-only switch and its guard (app.py, once per engine), and
+    with `prepare` (DATABASE_PREPARED_STATEMENTS) the prepared reads. The switch and the
+    prepared reads are psycopg2's; on other drivers (SQLite) only the guard applies."""
     psycopg2 = engine.dialect.driver == "psycopg2"
+    prepare = prepare and psycopg2
 
     def checked_out(dbapi_connection, record, _proxy) -> None:
         read_only = bool(has_request_context() and g.get("read_only_view"))
@@ -95,6 +133,43 @@ def attach(engine: Engine) -> None:
         except Exception:  # a broken connection: the next checkout switches it, or drops it
             pass
 
+    def before_statement(connection, _cursor, statement, _parameters, _context, _many):
+        if connection.info.get(FLAG) and not is_read(statement):
+            raise ReadOnlyViolation(
+                "A view marked @read_only sent a statement that needs a transaction: "
+                + " ".join(statement.split())[:80])
+
+    def execute(cursor, statement, parameters, context) -> bool | None:
+        """The dialect's execute, for a read on a read-only connection: as its prepared
+        statement (event listeners, which ran before, saw the statement itself)."""
+        connection = context.root_connection
+        try:
+            info = connection.info
+        except NotImplementedError:  # the dialect's first connection, before any checkout
+            return None
+        if not info.get(FLAG) or statement.lstrip()[:6].upper() != "SELECT":
+            return None
+        executed = _prepared(connection, cursor, statement, parameters)
+        if executed is None:
+            return None
+        try:
+            cursor.execute(executed, parameters)
+        except Exception as exc:
+            # The server no longer has it (DISCARD ALL, a pooler), or its plan no longer fits
+            # its tables (a migration changed a column): prepared again, once. No transaction
+            # is open on this connection, so nothing was aborted.
+            code = getattr(exc, "pgcode", None)
+            if code not in (_UNKNOWN_STATEMENT, _PLAN_CHANGED):
+                raise
+            name = info[PREPARED].pop(statement)
+            if code == _PLAN_CHANGED:
+                cursor.execute(f"DEALLOCATE {name}")
+            executed = _prepared(connection, cursor, statement, parameters)
+            cursor.execute(executed or statement, parameters)
+        return True
+
     event.listen(engine, "checkout", checked_out)
     event.listen(engine, "checkin", checked_in)
-    event.listen(engine, "before_cursor_execute", _before_statement)
+    event.listen(engine, "before_cursor_execute", before_statement)
+    if prepare:
+        event.listen(engine, "do_execute", execute)
