@@ -7,7 +7,9 @@
 2. Starts gunicorn as production would (gunicorn.conf.py, 4 sync workers, PostgreSQL, Redis,
    rate limits on but high) for the API, and the same for bench/baseline.py.
 3. Drives each scenario with wrk (32 connections, BENCH_SECONDS each) on 127.0.0.1 and prints
-   one table: requests/s, p50, p99, errors and the ratio to the baseline. Every route carries
+   one table: requests/s, p50, p99, errors and the ratio to the baseline, measured for
+   BASELINE_SECONDS right before each read (this machine's speed drifts by a third within a
+   run: a ratio to one baseline taken minutes earlier said more about the drift than the read). Every route carries
    a (high) rate limit; the same authenticated read is also measured on a server without rate
    limiting, and a read while 16 connections sign in at once.
 4. Then: one broadcast to all 50,000 users (e-mail queued as a job), and in process
@@ -47,6 +49,7 @@ REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 # The scratch database's name starts with this (several checkouts may bench on one server).
 DB_PREFIX = os.environ.get("BENCH_DB_PREFIX", "lms_bench")
 SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
+BASELINE_SECONDS = int(os.environ.get("BENCH_BASELINE_SECONDS", "3"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
 WORKERS = os.environ.get("BENCH_WORKERS", "4")
 PASSWORD = "Bench-Passw0rd"
@@ -297,6 +300,11 @@ def wrk(url: str, *, headers: dict | None = None, method: str = "GET", body: str
             "p99_ms": round(latency("99"), 2), "errors": errors}
 
 
+def beside_baseline(base_url: str) -> float:
+    """The bare-Flask baseline's req/s now: measured right before each read."""
+    return wrk(base_url, seconds=BASELINE_SECONDS)["rps"]
+
+
 def during_login_flood(port: int, read_url: str, headers: dict) -> dict:
     """A read's latency while 16 connections sign in as fast as they can (Argon2id, under the
     host's hashing bound): how much the hashing delays everything else."""
@@ -391,14 +399,20 @@ def main() -> int:
              {"method": "POST", "connections": 4, "body": json.dumps(
                  {"email": "bench-student@example.com", "password": PASSWORD})}),
         ]
+        base_url = scenarios[0][1]
         for name, target, options in scenarios:
             wrk(target, seconds=2, **{k: v for k, v in options.items() if k != "connections"},
                 connections=options.get("connections", CONNECTIONS))  # warm-up
+            beside = None if target == base_url else beside_baseline(base_url)
             results[name] = wrk(target, **options)
+            if beside is not None:
+                results[name]["baseline_rps"] = beside
             log(f"{name}: {results[name]}")
         unread = f"{api_url}/notifications/unread-count"
+        beside = beside_baseline(base_url)
         results["unread count during a login flood"] = during_login_flood(
             api_port, unread, student)
+        results["unread count during a login flood"]["baseline_rps"] = beside
         log(f"login flood: {results['unread count during a login flood']}")
         results["_api_worker_rss_mb"] = {"value": rss_mb(api)}
         stop(api)
@@ -411,7 +425,9 @@ def main() -> int:
                              ("public course detail (cached)", f"{cached_url}/public/courses/{course}"),
                              ("search (cached)", f"{cached_url}/public/courses/search?q=python")):
             wrk(target, seconds=2)
+            beside = beside_baseline(base_url)
             results[name] = wrk(target)
+            results[name]["baseline_rps"] = beside
             log(f"{name}: {results[name]}")
         stop(cached)
         processes.remove(cached)
@@ -421,7 +437,9 @@ def main() -> int:
         processes.append(bare)
         target = f"http://127.0.0.1:{bare_port}/api/v1/notifications/unread-count"
         wrk(target, headers=student, seconds=2)
+        beside = beside_baseline(base_url)
         results["unread count, no rate limiting"] = wrk(target, headers=student)
+        results["unread count, no rate limiting"]["baseline_rps"] = beside
         log(f"unprotected: {results['unread count, no rate limiting']}")
         # Last, as it adds 50,000 notifications: one broadcast to every active user, e-mail
         # included (queued as a job).
@@ -450,7 +468,9 @@ def main() -> int:
     for name, row in results.items():
         if name.startswith("_"):
             continue
-        row["ratio"] = round(row["rps"] / baseline, 3) if baseline else None
+        # To the baseline measured right before this read (the first row is the baseline).
+        beside = row.get("baseline_rps", baseline)
+        row["ratio"] = round(row["rps"] / beside, 3) if beside else None
         row["target"] = TARGETS.get(name)
         table.append((name, row))
     print()
@@ -465,11 +485,15 @@ def main() -> int:
               f"{row['errors']:>7} {row['ratio']:>7.3f}  "
               f"{'>= ' + str(target) if target else '':10} {verdict:7} {tail:>7.2f} "
               f"{tail_verdict:6}")
-    protected = results["notifications unread count"]["rps"]
-    unprotected = results["unread count, no rate limiting"]["rps"]
+    besides = [row["baseline_rps"] for row in results.values()
+               if isinstance(row, dict) and "baseline_rps" in row]
+    print(f"\nbaseline before each read ({BASELINE_SECONDS} s each): {min(besides):.0f} to "
+          f"{max(besides):.0f} req/s; each read's x bare is to the one measured right before it")
+    protected = results["notifications unread count"]["ratio"]
+    unprotected = results["unread count, no rate limiting"]["ratio"]
     inproc = results["_in_process"]
-    print(f"\nrate-limited authenticated read / the same without limits: "
-          f"{protected / unprotected:.2f}")
+    print(f"rate-limited authenticated read / the same without limits: "
+          f"{protected / unprotected:.2f} (of their x bare)")
     print(f"largest API worker RSS after the run: {results['_api_worker_rss_mb']['value']} MB")
     print(f"broadcast to every user (e-mail queued): {results['_broadcast']['seconds']} s for "
           f"{results['_broadcast']['recipients']} users (HTTP {results['_broadcast']['status']})")
