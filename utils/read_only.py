@@ -85,27 +85,28 @@ _UNKNOWN_STATEMENT, _PLAN_CHANGED = "26000", "0A000"  # PostgreSQL's SQLSTATEs
 
 def _prepared(connection, cursor, statement: str, parameters):
     """`statement` as `EXECUTE` of a server-side prepared statement on this connection,
-    preparing it on first use; None where it cannot be (see `prepare_reads`)."""
+    preparing it on first use; None where it cannot be (see the module's docstring)."""
     kept = connection.info.setdefault(PREPARED, {})
     name = kept.get(statement, False)
     if name is None:
         return None
-    names = _PLACEHOLDER.findall(statement)
+    order = list(dict.fromkeys(_PLACEHOLDER.findall(statement)))  # each parameter once
     if name is False:
         if len(kept) >= PREPARED_KEPT or not isinstance(parameters, dict) or \
                 "%s" in statement:
             return None
-        order = list(dict.fromkeys(names))
-        body = _PLACEHOLDER.sub(lambda m: f"${order.index(m.group(1)) + 1}", statement)
+        position = {parameter: index for index, parameter in enumerate(order, 1)}
+        body = _PLACEHOLDER.sub(lambda m: f"${position[m.group(1)]}", statement)
         name = "lms_" + hashlib.sha1(statement.encode()).hexdigest()[:20]
         try:
             cursor.execute(f"PREPARE {name} AS {body.replace('%%', '%')}")
-        except Exception:  # a parameter PostgreSQL cannot type, say: sent as it is from now on
-            kept[statement] = None
+        except Exception as exc:
+            if getattr(exc, "pgcode", None) is None:  # the connection failed: said as such
+                raise
+            kept[statement] = None  # a parameter PostgreSQL cannot type: sent as it is
             return None
         kept[statement] = name
-    order = list(dict.fromkeys(names))
-    arguments = ", ".join(f"%({n})s" for n in order)
+    arguments = ", ".join(f"%({parameter})s" for parameter in order)
     return f"EXECUTE {name}({arguments})" if order else f"EXECUTE {name}"
 
 

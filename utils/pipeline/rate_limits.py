@@ -8,6 +8,7 @@ import logging
 from flask import current_app, request
 
 from utils.extensions import limiter
+from utils.pipeline.round_trip import READS
 
 log = logging.getLogger("lms.limits")
 
@@ -20,7 +21,7 @@ def config_limit(name: str):
 def headers_on_writes(response):
     """X-RateLimit-* on limited writes only: reading the window costs a Redis round trip that
     the read hot path does without."""
-    if request.method in ("GET", "HEAD", "OPTIONS") or not limiter.enabled:
+    if request.method in READS or not limiter.enabled:
         return response
     current = limiter.current_limit
     if current is not None:

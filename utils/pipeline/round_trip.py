@@ -47,7 +47,7 @@ from utils.pipeline import catalog_cache, redis_client, shared_state
 log = logging.getLogger("lms.limits")
 
 SCHEME = "lms+"
-READS = ("GET", "HEAD", "OPTIONS")
+READS = ("GET", "HEAD", "OPTIONS")  # no X-RateLimit-* headers (rate_limits.headers_on_writes)
 # limits' own counter script, run by its SHA as limits runs it (Redis caches it by that SHA).
 INCR_EXPIRE_SHA = hashlib.sha1(RedisStorage.SCRIPT_INCR_EXPIRE).hexdigest()
 # A counter given back: never below zero, never revived once its window expired (a DECRBY on
