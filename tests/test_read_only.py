@@ -180,21 +180,76 @@ def test_prepared_reads_fall_back_and_recover(app, make_user):
         g.read_only_view = False
 
 
-def test_prepared_reads_can_be_turned_off(app, client, make_user, auth_headers, executed,
-                                          monkeypatch):
+def test_prepared_reads_can_be_turned_off(app, make_user, auth_headers):
     postgres_only(app)
     from app import create_app
+    uri = app.config["SQLALCHEMY_DATABASE_URI"]
     other = create_app("testing", overrides={"DATABASE_PREPARED_STATEMENTS": False,
-                                             "SQLALCHEMY_DATABASE_URI":
-                                                 app.config["SQLALCHEMY_DATABASE_URI"]})
+                                             "SQLALCHEMY_DATABASE_URI": uri})
     headers = auth_headers(make_user())
     seen: list[str] = []
-    with other.app_context():
-        event.listen(db.engine, "after_cursor_execute",
-                     lambda _c, cursor, *_a: seen.append(cursor.query.decode()))
-    other_client = other.test_client()
-    for _ in range(2):
-        assert ok(other_client.get(UNREAD, headers=headers)) == {"unread_count": 0}
-    assert seen and not any(q.startswith(("EXECUTE", "PREPARE")) for q in seen)
-    with other.app_context():
-        db.engine.dispose()
+    try:
+        with other.app_context():
+            event.listen(db.engine, "after_cursor_execute",
+                         lambda _c, cursor, *_a: seen.append(cursor.query.decode()))
+        other_client = other.test_client()
+        for _ in range(2):
+            assert ok(other_client.get(UNREAD, headers=headers)) == {"unread_count": 0}
+        assert seen and not any(q.startswith(("EXECUTE", "PREPARE")) for q in seen)
+    finally:
+        with other.app_context():
+            db.engine.dispose()
+        create_app("testing", overrides={"SQLALCHEMY_DATABASE_URI": uri})  # the shared limiter
+
+
+def test_a_plan_that_no_longer_fits_its_table_is_prepared_again(app):
+    """A migration that changes a column's type makes PostgreSQL refuse the prepared plan
+    ("cached plan must not change result type"): the read prepares it again and answers."""
+    postgres_only(app)
+    with app.test_request_context("/"):
+        g.read_only_view = True
+        connection = db.session.connection()
+        raw = connection.connection.dbapi_connection
+        with raw.cursor() as cursor:
+            cursor.execute("CREATE TEMPORARY TABLE lms_plan_probe (a integer)")
+            cursor.execute("INSERT INTO lms_plan_probe VALUES (7)")
+        probe = text("SELECT a FROM lms_plan_probe WHERE a > :low")
+        assert connection.execute(probe, {"low": 0}).scalar() == 7
+        assert connection.execute(probe, {"low": 0}).scalar() == 7  # as EXECUTE
+        with raw.cursor() as cursor:
+            cursor.execute("ALTER TABLE lms_plan_probe ALTER COLUMN a TYPE numeric")
+        assert connection.execute(probe, {"low": 0}).scalar() == 7
+        assert [n for sql, n in connection.info["lms_prepared"].items()
+                if "lms_plan_probe" in sql][0]  # prepared again, not given up
+        with raw.cursor() as cursor:
+            cursor.execute("DROP TABLE lms_plan_probe")
+        db.session.remove()
+        g.read_only_view = False
+
+
+def test_hostile_search_text_reads_the_same_prepared(app, client, make_user, auth_headers,
+                                                     executed):
+    """Values travel as EXECUTE's arguments, quoted by psycopg2 as before: quotes, percent
+    signs, backslashes and an injection attempt find what they find as text, nothing more."""
+    postgres_only(app)
+    from models import Course
+
+    teacher = make_user("instructor")
+    signed_in = auth_headers(make_user())  # no cached copy: each search reads the database
+    with app.app_context():
+        db.session.add(Course(title="Rates 100% o'clock \\ path", slug="hostile-probe",
+                              instructor_id=teacher, status="published", price=0))
+        db.session.commit()
+    for text_, found in (("100%", 1), ("o'clock", 1), ("\\ path", 1),
+                         ("x' OR '1'='1", 0), ("1%' ; DROP TABLE courses; --", 0)):
+        answers = []
+        for _ in range(2):  # the first prepares the statement, the second only executes it
+            executed.clear()
+            answers.append(ok(client.get(f"{API}/public/courses/search",
+                                         query_string={"q": text_}, headers=signed_in)))
+        assert answers[0] == answers[1], text_
+        titles = [c["title"] for c in answers[1]["courses"]]
+        assert titles == (["Rates 100% o'clock \\ path"] if found else []), (text_, titles)
+        assert any(q.startswith("EXECUTE lms_") for q in executed), executed
+    with app.app_context():
+        assert db.session.scalar(select(Course.id).where(Course.slug == "hostile-probe"))
