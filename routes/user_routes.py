@@ -96,8 +96,7 @@ def completed_courses():
 def certificates():
     """Certificates the user has earned."""
     args = query_args()
-    return certificate_service.page(certificate_service.list_query(user_id=current_user().id),
-                                    args.page, args.per_page)
+    return certificate_service.holder_page(current_user().id, args.page, args.per_page)
 
 
 @bp.get("/my-teaching-courses")

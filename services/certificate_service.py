@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from flask import current_app
-from sqlalchemy import Select, event, select
+from sqlalchemy import Select, bindparam, event, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -27,7 +27,7 @@ from services import file_service, jobs
 from services.credentials import keys, openbadge, pdf_signing, status_list, verification
 from utils.errors import Conflict, Forbidden, NotFound
 from utils.helpers import Columns, utcnow
-from utils.pagination import paginate_rows
+from utils.pagination import PageStatement, paginate_rows
 
 log = logging.getLogger("lms.certificates")
 
@@ -86,6 +86,17 @@ def list_query(*, user_id: int | None = None, course_id: int | None = None,
 
 def page(query: Select, page_number: int, per_page: int) -> dict:
     rows, meta = paginate_rows(query, page_number, per_page, extra=_LISTED)
+    return {"certificates": [as_dict(row) for row in rows], "pagination": meta}
+
+
+# A student's own list (their page of certificates), built once.
+_HOLDER_PAGE = PageStatement(select(_C.id).where(_C.user_id == bindparam("user_id"))
+                             .order_by(_C.issued_at.desc(), _C.id.desc()), extra=_LISTED)
+
+
+def holder_page(user_id: int, page_number: int, per_page: int) -> dict:
+    """The certificates `user_id` holds, newest first: `page` of `list_query(user_id=...)`."""
+    rows, meta = _HOLDER_PAGE.page({"user_id": user_id}, page_number, per_page)
     return {"certificates": [as_dict(row) for row in rows], "pagination": meta}
 
 

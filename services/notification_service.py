@@ -25,7 +25,7 @@ from services.email_service import (
 )
 from utils.errors import NotFound, ValidationError
 from utils.helpers import Columns, utcnow
-from utils.pagination import paginate_rows
+from utils.pagination import PageStatement
 from utils.validators import cut, one_line
 
 # Titles are built from user text ("New live session: <title>"): cut to fit their column.
@@ -240,17 +240,22 @@ class _Row(Columns):
     to_dict = Notification.to_dict
 
 
-def list_query(user: User, unread_only: bool = False) -> Select:
-    query = (select(_N.id).where(_N.user_id == user.id)
-             .order_by(_N.created_at.desc(), _N.id.desc()))
-    if unread_only:
-        query = query.where(_N.is_read.is_(False))
-    return query
-
-
 # The badge's count, built once: a select made per request cost more Python than its round trip.
 _UNREAD = select(func.count(_N.id)).where(_N.user_id == bindparam("user_id"),
                                           _N.is_read.is_(False))
+
+
+def _page_statement(unread_only: bool) -> PageStatement:
+    """The user's notifications newest first (unread ones only, or all), each row with the
+    user's unread count after its columns."""
+    query = (select(_N.id).where(_N.user_id == bindparam("user_id"))
+             .order_by(_N.created_at.desc(), _N.id.desc()))
+    if unread_only:
+        query = query.where(_N.is_read.is_(False))
+    return PageStatement(query, extra=(*_SHOWN[1:], _UNREAD.scalar_subquery()))
+
+
+_PAGES = {unread_only: _page_statement(unread_only) for unread_only in (False, True)}
 
 
 def unread_count(user_id: int) -> int:
@@ -260,9 +265,7 @@ def unread_count(user_id: int) -> int:
 def page(user: User, unread_only: bool, page_number: int, per_page: int) -> dict:
     """A page of the user's notifications with their unread count, in one statement (the
     count rides in the page's select; a page without rows counts on its own)."""
-    unread = select(func.count(_N.id)).where(_N.user_id == user.id, _N.is_read.is_(False))
-    rows, meta = paginate_rows(list_query(user, unread_only), page_number, per_page,
-                               extra=(*_SHOWN[1:], unread.scalar_subquery()))
+    rows, meta = _PAGES[bool(unread_only)].page({"user_id": user.id}, page_number, per_page)
     count = rows[0][len(_SHOWN)] if rows else unread_count(user.id)
     return {"notifications": [_Row(_SHOWN_NAMES, row).to_dict() for row in rows],
             "pagination": meta, "unread_count": count or 0}

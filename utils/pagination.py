@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 
-from sqlalchemy import func, literal_column
+from sqlalchemy import bindparam, func, literal_column
 from sqlalchemy import select as select_
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ClauseElement, Executable
@@ -32,15 +32,16 @@ ESTIMATE_KEYS = 1000
 _estimates: dict[tuple, tuple[float, int]] = {}
 
 
-def _capped_count(select):
-    """count(*) of `select`'s rows, stopping at EXACT_COUNT_LIMIT + 1. Only the rows are
-    counted, not their columns: the counted subquery selects a constant (its FROM clauses
-    kept), so PostgreSQL drops the joins the page needs only for columns and reads no wide
-    row; this halved the count's share of a 20-course page. A DISTINCT select keeps its
-    columns, which decide what is distinct."""
+def _capped_count(select, cap=None):
+    """count(*) of `select`'s rows, stopping at EXACT_COUNT_LIMIT + 1 (or at `cap`, a bind
+    parameter of a statement built once). Only the rows are counted, not their columns: the
+    counted subquery selects a constant (its FROM clauses kept), so PostgreSQL drops the joins
+    the page needs only for columns and reads no wide row; this halved the count's share of a
+    20-course page. A DISTINCT select keeps its columns, which decide what is distinct."""
     if not select._distinct and not select._distinct_on:
         select = select.with_only_columns(literal_column("1"), maintain_column_froms=True)
-    capped = select.order_by(None).limit(EXACT_COUNT_LIMIT + 1).subquery()
+    capped = select.order_by(None).limit(
+        EXACT_COUNT_LIMIT + 1 if cap is None else cap).subquery()
     return select_(func.count()).select_from(capped)
 
 
@@ -64,28 +65,30 @@ def _compile_explain(element, compiler, **kw):
     return "EXPLAIN (FORMAT JSON) " + compiler.process(element.select, **kw)
 
 
-def _estimate_key(bind, select) -> tuple | None:
+def _estimate_key(bind, select, params: dict) -> tuple | None:
     """What identifies `select`'s estimate: the database, the statement's shape (SQLAlchemy's
-    own cache key) and its parameters' values; None for a statement without a cache key."""
+    own cache key) and its parameters' values (those `params` gives, for a statement built
+    once); None for a statement without a cache key."""
     cache_key = select._generate_cache_key()
     if cache_key is None:
         return None
     values = tuple(tuple(value) if isinstance(value, list) else value
-                   for value in (param.effective_value for param in cache_key.bindparams))
+                   for value in (params.get(param.key, param.effective_value)
+                                 for param in cache_key.bindparams))
     return bind.url, cache_key.key, values
 
 
-def _estimate(select) -> int | None:
+def _estimate(select, params: dict) -> int | None:
     """The planner's row estimate for `select` (PostgreSQL), else None."""
     bind = db.session.get_bind()
     if bind.dialect.name != "postgresql":
         return None
-    key = _estimate_key(bind, select)
+    key = _estimate_key(bind, select, params)
     now = time.monotonic()
     kept = _estimates.get(key) if key is not None else None
     if kept is not None and kept[0] > now:
         return kept[1]
-    plan = db.session.scalar(_Explain(select))
+    plan = db.session.scalar(_Explain(select), params)
     plan = json.loads(plan) if isinstance(plan, str) else plan
     estimate = int(plan[0]["Plan"]["Plan Rows"])
     if key is not None:
@@ -101,18 +104,26 @@ def _page(select, page: int, per_page: int, extra, entities: bool):
                                  _capped_count(select).scalar_subquery().label("_total"))
     result = db.session.execute(counted.limit(per_page).offset((page - 1) * per_page))
     rows = (result.unique() if entities else result).all()
+    return rows, _meta(rows, page, per_page, select, {},
+                       lambda: db.session.scalar(_capped_count(select)))
+
+
+def _meta(rows, page: int, per_page: int, select, params: dict, count) -> dict:
+    """The pagination dict of a page's `rows` (each carries the capped total, last): `count()`
+    counts when a page past the end has no row to carry it; a list past EXACT_COUNT_LIMIT gets
+    the planner's estimate for `select` (run with `params`)."""
     if rows:
         total = rows[0][-1]
     elif page == 1:
         total = 0
     else:
-        total = db.session.scalar(_capped_count(select))
+        total = count()
     meta = pagination_meta(page, per_page, total or 0)
     if total and total > EXACT_COUNT_LIMIT:
-        estimate = _estimate(select)
+        estimate = _estimate(select, params)
         if estimate is None:  # SQLite: small by nature; count exactly
             total = db.session.scalar(select_(func.count()).select_from(
-                select.order_by(None).subquery()))
+                select.order_by(None).subquery()), params)
             meta = pagination_meta(page, per_page, total)
         else:
             # Never fewer than the rows already seen (the limit, this page's end), and a full
@@ -121,7 +132,36 @@ def _page(select, page: int, per_page: int, extra, entities: bool):
                         + (len(rows) == per_page))
             meta = pagination_meta(page, per_page, total)
             meta["total_is_estimate"] = True
-    return rows, meta
+    return meta
+
+
+class PageStatement:
+    """A list whose page statement is built once, at import, from a select of columns whose
+    varying values are named bind parameters (`bindparam("user_id")`); `page` then runs that
+    one statement object, whose construction and cache key SQLAlchemy does not make again.
+    Building a notification page's statement per request cost 0.34 ms of CPU, against 0.09 ms
+    for running it (bench/hotpath.py's notifications list). The page's limit and offset, and
+    the count's cap (EXACT_COUNT_LIMIT + 1, read at each call), are parameters too; `extra` as
+    for `paginate_rows`, and so are the rows. Core rows through the session's connection: the
+    select must name table columns, not ORM entities."""
+
+    LIMIT, OFFSET, CAP = "page_limit", "page_offset", "page_count_cap"
+
+    def __init__(self, select, extra=()):
+        self.select = select
+        cap = bindparam(self.CAP)
+        self.count = _capped_count(select, cap)
+        self.statement = (select.add_columns(*extra, self.count.scalar_subquery().label("_total"))
+                          .limit(bindparam(self.LIMIT)).offset(bindparam(self.OFFSET)))
+
+    def page(self, params: dict, page: int, per_page: int):
+        """(rows, pagination dict) of page `page` for the bind parameters' values `params`."""
+        connection = db.session.connection()
+        counting = {**params, self.CAP: EXACT_COUNT_LIMIT + 1}
+        rows = connection.execute(self.statement, {**counting, self.LIMIT: per_page,
+                                                   self.OFFSET: (page - 1) * per_page}).all()
+        return rows, _meta(rows, page, per_page, self.select, params,
+                           lambda: connection.scalar(self.count, counting))
 
 
 def paginate(select, page: int, per_page: int, extra=()):
