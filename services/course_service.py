@@ -522,13 +522,16 @@ _PREREQUISITES = _prerequisite_statements(Course)
 _PREREQUISITE_LINKS = _prerequisite_statements(Course.id, Course.title, Course.slug)
 
 
-def _prerequisites(statements: dict, course_id: int, viewer: User | None, every: bool):
+def _prerequisites(statements: dict, course_id: int, viewer: User | None, every: bool,
+                   execute=None):
+    """`statements`' rows for the reader; `execute`: the session's (entities), or its
+    connection's for columns (rows without the ORM's result handling)."""
+    execute = execute or db.session.execute
     if every or (viewer is not None and viewer.role == "admin"):
-        return db.session.execute(statements["all"], {"course_id": course_id})
+        return execute(statements["all"], {"course_id": course_id})
     if viewer is None:
-        return db.session.execute(statements["guest"], {"course_id": course_id})
-    return db.session.execute(statements["signed_in"], {"course_id": course_id,
-                                                        "viewer_id": viewer.id})
+        return execute(statements["guest"], {"course_id": course_id})
+    return execute(statements["signed_in"], {"course_id": course_id, "viewer_id": viewer.id})
 
 
 def prerequisites_of(course_id: int, viewer: User | None = None, *,
@@ -715,11 +718,12 @@ def course_card(course_id: int, reader: User | None = None) -> CourseCard:
     admin, it also says whether their enrollment is open (`enrolled`), which `access_level`
     then reads instead of asking again."""
     asks = reader is not None and reader.role != "admin"
+    connection = db.session.connection()  # table columns: no ORM result handling
     if asks:
-        row = db.session.execute(_CARD_FOR_READER, {"course_id": course_id,
+        row = connection.execute(_CARD_FOR_READER, {"course_id": course_id,
                                                     "reader_id": reader.id}).first()
     else:
-        row = db.session.execute(_CARD, {"course_id": course_id}).first()
+        row = connection.execute(_CARD, {"course_id": course_id}).first()
     if row is None:
         raise NotFound("Course not found")
     card = card_of_row(row)
@@ -751,10 +755,11 @@ def load_outline(course_id: int, student: User | None = None) -> list[_Module]:
     three tables joined: a module without lessons, a lesson without resources, is one row
     with NULLs after it). For a `student`, each lesson also says whether their open
     enrollment completed it (`completed`; else None)."""
+    connection = db.session.connection()  # table columns: no ORM result handling
     if student is None:
-        rows = db.session.execute(_OUTLINE, {"course_id": course_id}).all()
+        rows = connection.execute(_OUTLINE, {"course_id": course_id}).all()
     else:
-        rows = db.session.execute(_OUTLINE_FOR_STUDENT, {"course_id": course_id,
+        rows = connection.execute(_OUTLINE_FOR_STUDENT, {"course_id": course_id,
                                                          "student_id": student.id}).all()
     lesson_end = _N_MODULE + _N_LESSON
     modules: list[_Module] = []
@@ -838,7 +843,8 @@ def course_detail(course: CourseCard, viewer: User | None) -> dict:
     data["lesson_count"] = sum(len(m.lessons) for m in modules)
     data["prerequisites"] = [
         {"id": c.id, "title": c.title, "slug": c.slug}
-        for c in _prerequisites(_PREREQUISITE_LINKS, course.id, viewer, False)]
+        for c in _prerequisites(_PREREQUISITE_LINKS, course.id, viewer, False,
+                                db.session.connection().execute)]
     data["access"] = level
     data["has_full_access"] = has_full_content(level)
     return data
