@@ -10,6 +10,7 @@ import time
 import uuid
 
 from flask import Flask, current_app, g, has_request_context, jsonify, request
+from flask.sessions import SessionInterface
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
@@ -301,8 +302,23 @@ def log_request(method: str, path: str, status: int, started: float, remote_addr
     log.info("%s %s %s", method, path, status, extra=extra)
 
 
+class NoCookieSessions(SessionInterface):
+    """The API keeps no state in cookies (callers send a bearer token), so no request opens
+    Flask's signed-cookie session: with a SECRET_KEY set, Flask's default builds an
+    itsdangerous serializer for every request (-0.05 ms of a signed-in read's ~1.1 ms) to read
+    a cookie nobody sets. `flask.session` is Flask's null session: reading it finds nothing,
+    writing to it raises."""
+
+    def open_session(self, app, request):
+        return None  # Flask then makes its null session
+
+    def save_session(self, app, session, response) -> None:
+        return None
+
+
 def init_middleware(app: Flask) -> None:
     configure_logging(app)
+    app.session_interface = NoCookieSessions()
     app.before_request(_start_request)
     app.before_request(_reject_malformed_json)
     app.before_request(_reject_control_characters)
