@@ -133,8 +133,9 @@ def subcategory_courses(subcategory_id: int):
     filters = args.filters()
     filters["subcategory_id"] = sub.id
     return {"subcategory": sub.to_dict(),
-            **course_service.course_page(catalog_service.course_query(**filters), args.page,
-                                         args.per_page)}
+            **course_service.catalog_page(catalog_service.catalog_shape(**filters),
+                                          catalog_service.bound_course_query, args.page,
+                                          args.per_page)}
 
 
 @bp.get("/get-courses")
@@ -146,8 +147,9 @@ def courses():
     """Published courses: `category_id`, `subcategory_id`, `search`, `difficulty`,
     `min_price`, `max_price`, `is_free`, `language`, `mode_of_conduct`, `sort`."""
     args = query_args()
-    return course_service.course_page(catalog_service.course_query(**args.filters()), args.page,
-                                      args.per_page)
+    return course_service.catalog_page(catalog_service.catalog_shape(**args.filters()),
+                                       catalog_service.bound_course_query, args.page,
+                                       args.per_page)
 
 
 @bp.get("/courses/<int:course_id>")
@@ -168,8 +170,9 @@ def course(course_id: int):
 
 def _search(text: str, page: int, per_page: int):
     per_page = min(per_page, 100)
-    query = catalog_service.course_query(search=text, sort="newest")
-    return {"query": text, **course_service.course_page(query, page, per_page)}
+    shaped = catalog_service.catalog_shape(search=text, sort="newest")
+    return {"query": text, **course_service.catalog_page(
+        shaped, catalog_service.bound_course_query, page, per_page)}
 
 
 @bp.get("/courses/search")

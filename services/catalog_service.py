@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
-from sqlalchemy import and_, false, func, literal_column, or_, select
+from sqlalchemy import String, and_, bindparam, false, func, literal_column, or_, select
 
 from models import COURSE_SEARCH_VECTOR, Course, Enrollment, MasterCategory, Subcategory, db
 
@@ -29,19 +29,35 @@ def search_words(query: str) -> list[str]:
 def search_condition(query: str):
     """A WHERE clause matching every word of `query` in the title or descriptions; a query
     without any word (only punctuation) matches nothing."""
+    form, values = _search_form(query)
+    return _search_clause(form).params(values)
+
+
+def _search_form(query: str) -> tuple[object, dict]:
+    """How `query` is searched (the statement's shape: "none" for a query without words,
+    "tsquery" on PostgreSQL, else the number of words LIKE matches) and the values bound."""
     words = search_words(query)
     if not words:
-        return false()
+        return "none", {}
     if db.engine.dialect.name == "postgresql":
-        tsquery = " & ".join(f"{word}:*" for word in words)
+        return "tsquery", {"search": " & ".join(f"{word}:*" for word in words)}
+    return len(words), {
+        f"search_{n}": "%" + word.replace("\\", "\\\\").replace("%", "\\%")
+        .replace("_", "\\_") + "%" for n, word in enumerate(words)}
+
+
+def _search_clause(form):
+    if form == "none":
+        return false()
+    if form == "tsquery":
         return literal_column(_SEARCH_VECTOR).op("@@")(
-            func.to_tsquery(literal_column("'simple'::regconfig"), tsquery))
-    clauses = []
-    for word in words:
-        pattern = "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        clauses.append(or_(*(func.lower(column).like(pattern, escape="\\") for column in
-                             (Course.title, Course.short_description, Course.description))))
-    return and_(*clauses)
+            func.to_tsquery(literal_column("'simple'::regconfig"),
+                            bindparam("search", type_=String)))
+    return and_(*(or_(*(func.lower(column).like(bindparam(f"search_{n}", type_=String),
+                                                escape="\\")
+                        for column in (Course.title, Course.short_description,
+                                       Course.description)))
+                  for n in range(form)))
 
 
 def _order(sort: str):
@@ -67,37 +83,72 @@ def teaching_query(user, status: str | None, filters: dict):
                         instructor_id=None if user.role == "admin" else user.id, **filters)
 
 
-def course_query(*, statuses=("published",), category_id: int | None = None,
-                 subcategory_id: int | None = None, search: str | None = None,
-                 difficulty: str | None = None, min_price: Decimal | None = None,
-                 max_price: Decimal | None = None, language: str | None = None,
-                 mode_of_conduct: str | None = None, is_free: bool | None = None,
-                 instructor_id: int | None = None, sort: str = "newest"):
-    query = select(Course)
+def catalog_shape(*, statuses=("published",), category_id: int | None = None,
+                  subcategory_id: int | None = None, search: str | None = None,
+                  difficulty: str | None = None, min_price: Decimal | None = None,
+                  max_price: Decimal | None = None, language: str | None = None,
+                  mode_of_conduct: str | None = None, is_free: bool | None = None,
+                  instructor_id: int | None = None, sort: str = "newest"
+                  ) -> tuple[tuple, dict]:
+    """A catalog query as (shape, values): the shape says which filters it has, `is_free`,
+    how it searches and its sort (`bound_course_query` builds it, the values bound later);
+    the values are those of its bind parameters. A list's statement is built once per shape
+    (course_service.catalog_page)."""
+    values: dict = {}
     if statuses:
-        query = query.where(Course.status.in_(statuses))
-    if instructor_id is not None:
-        query = query.where(Course.instructor_id == instructor_id)
-    if subcategory_id is not None:
-        query = query.where(Course.subcategory_id == subcategory_id)
-    if category_id is not None:
-        query = query.where(Course.subcategory_id.in_(
-            select(Subcategory.id).where(Subcategory.master_category_id == category_id)))
+        values["statuses"] = tuple(statuses)
+    for name, value in (("instructor_id", instructor_id), ("subcategory_id", subcategory_id),
+                        ("category_id", category_id), ("min_price", min_price),
+                        ("max_price", max_price)):
+        if value is not None:
+            values[name] = value
     if difficulty:
-        query = query.where(Course.difficulty == difficulty)
-    if min_price is not None:
-        query = query.where(Course.price >= min_price)
-    if max_price is not None:
-        query = query.where(Course.price <= max_price)
+        values["difficulty"] = difficulty
+    if language:
+        values["language"] = language.lower()
+    if mode_of_conduct:
+        values["mode_of_conduct"] = mode_of_conduct.upper()
+    search_form = None
+    if search is not None and search.strip():
+        search_form, searched = _search_form(search)
+        values.update(searched)
+    return (tuple(values), is_free, search_form, sort), values
+
+
+def bound_course_query(shape: tuple):
+    """The select of Course for a `catalog_shape`, its values as named bind parameters."""
+    names, is_free, search_form, sort = shape
+    query = select(Course)
+    if "statuses" in names:
+        query = query.where(Course.status.in_(bindparam("statuses", expanding=True)))
+    for name, column in (("instructor_id", Course.instructor_id),
+                         ("subcategory_id", Course.subcategory_id),
+                         ("difficulty", Course.difficulty),
+                         ("mode_of_conduct", Course.mode_of_conduct)):
+        if name in names:
+            query = query.where(column == bindparam(name))
+    if "category_id" in names:
+        query = query.where(Course.subcategory_id.in_(
+            select(Subcategory.id).where(Subcategory.master_category_id ==
+                                         bindparam("category_id"))))
+    if "min_price" in names:
+        query = query.where(Course.price >= bindparam("min_price"))
+    if "max_price" in names:
+        query = query.where(Course.price <= bindparam("max_price"))
     if is_free is not None:
         query = query.where(Course.price == 0 if is_free else Course.price > 0)
-    if language:
-        query = query.where(func.lower(Course.language) == language.lower())
-    if mode_of_conduct:
-        query = query.where(Course.mode_of_conduct == mode_of_conduct.upper())
-    if search is not None and search.strip():
-        query = query.where(search_condition(search))
+    if "language" in names:
+        query = query.where(func.lower(Course.language) == bindparam("language"))
+    if search_form is not None:
+        query = query.where(_search_clause(search_form))
     return query.order_by(*_order(sort))
+
+
+def course_query(**filters):
+    """The select of Course for the catalog's filters (`catalog_shape`'s keywords), with
+    their values."""
+    shape, values = catalog_shape(**filters)
+    return bound_course_query(shape).params(values)
 
 
 def public_subcategories(master_category_id: int | None = None):

@@ -9,6 +9,7 @@ database change is committed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from sqlalchemy import bindparam, delete, exists, func, or_, select, true, update
 from sqlalchemy.orm import joinedload
@@ -33,7 +34,7 @@ from models import (
 from services import file_service
 from utils.errors import Conflict, Forbidden, NotFound, ValidationError
 from utils.helpers import Columns, utcnow
-from utils.pagination import paginate_rows
+from utils.pagination import PageStatement, paginate_rows
 from utils.validators import slugify
 
 # --- access -----------------------------------------------------------------------------------
@@ -825,12 +826,33 @@ def course_summary(course: Course | CourseCard) -> dict:
     return data
 
 
+def _cards(query):
+    """A select of Course (filters, order) read as cards."""
+    return query.with_only_columns(*CARD_COLUMNS, maintain_column_froms=False) \
+        .select_from(_CARD_FROM)
+
+
 def course_page(query, page: int, per_page: int) -> dict:
     """One page of a course list (`query`: a select of Course with its filters and order),
     each course as its summary, read as cards."""
-    cards = query.with_only_columns(*CARD_COLUMNS, maintain_column_froms=False) \
-        .select_from(_CARD_FROM)
-    rows, meta = paginate_rows(cards, page, per_page)
+    rows, meta = paginate_rows(_cards(query), page, per_page)
+    return {"courses": [course_summary(card_of_row(row)) for row in rows], "pagination": meta}
+
+
+@lru_cache(maxsize=64)
+def _list_statement(build, shape: tuple) -> PageStatement:
+    return PageStatement(_cards(build(shape)))
+
+
+def catalog_page(shaped: tuple[tuple, dict], build, page: int, per_page: int) -> dict:
+    """`course_page` of a catalog list given as its shape and values (`shaped`:
+    catalog_service.catalog_shape) and the function that builds a shape's select of Course
+    with its values as bind parameters (`build`: catalog_service.bound_course_query). The
+    page's statement is built once per shape (which filters are set, the sort), the values
+    bound at each call: building the list's select per request cost more CPU than running it.
+    The 64 shapes used last are kept."""
+    shape, values = shaped
+    rows, meta = _list_statement(build, shape).page(values, page, per_page)
     return {"courses": [course_summary(card_of_row(row)) for row in rows], "pagination": meta}
 
 

@@ -25,6 +25,10 @@ API = "/api/v1"
 LEARNER_LISTS = ("/notifications", "/notifications?unread=true", "/users/certificates",
                  "/users/enrolled-courses", "/users/completed-courses",
                  "/enrollments?status=active", "/enrollments")
+# Signed in, the catalog is not cached: each shape of filters has its statement.
+CATALOG_LISTS = ("/courses", "/public/get-courses?sort=title&min_price=1",
+                 "/public/courses/search?q=data+models", "/public/get-courses?search=%25_%5C",
+                 "/public/get-courses?is_free=true&language=EN&difficulty=beginner")
 
 
 def add_notifications(app, user_id: int, count: int, read_every: int = 0) -> None:
@@ -55,13 +59,46 @@ def constructed(monkeypatch):
 def test_learner_lists_build_no_statement_per_request(client, make_user, auth_headers,
                                                       constructed):
     headers = auth_headers(make_user())
-    for path in LEARNER_LISTS:
+    for path in LEARNER_LISTS + CATALOG_LISTS:
         ok(client.get(API + path, headers=headers))  # whatever the first request sets up
     del constructed[:]
-    for path in LEARNER_LISTS:
+    for path in LEARNER_LISTS + CATALOG_LISTS:
         body = ok(client.get(API + path, headers=headers))
         assert body["pagination"]["total"] == 0
+    # Other values of the same filters: the same statements.
+    for path in ("/public/get-courses?sort=title&min_price=7.5", "/public/courses/search?q=x+y",
+                 "/public/get-courses?is_free=true&language=fr&difficulty=advanced"):
+        assert ok(client.get(API + path, headers=headers))["pagination"]["total"] == 0
     assert constructed == []
+
+
+def test_a_built_catalog_page_binds_each_request_s_values(app, client, make_user,
+                                                          auth_headers):
+    """The catalog's statements are kept by shape; the values are each request's own: a price
+    bound, the search words (LIKE's wildcards taken literally), the language lowered."""
+    from models import Course
+    instructor = make_user("instructor")
+    with app.app_context():
+        for n, (title, price, language) in enumerate((
+                ("Data models", "10.00", "en"), ("Data_100% models", "0.00", "EN"),
+                ("Cooking", "50.00", "fr"))):
+            db.session.add(Course(title=title, slug=f"c{n}", price=price, language=language,
+                                  status="published", instructor_id=instructor))
+        db.session.commit()
+    headers = auth_headers(make_user())
+
+    def titles(query: str) -> list[str]:
+        return [c["title"] for c in ok(client.get(f"{API}/public/get-courses?{query}",
+                                                  headers=headers))["courses"]]
+
+    assert titles("sort=title&min_price=5") == ["Cooking", "Data models"]
+    assert titles("sort=title&min_price=20") == ["Cooking"]
+    assert titles("sort=title&language=En") == ["Data models", "Data_100% models"]
+    assert titles("sort=title&language=FR") == ["Cooking"]
+    assert titles("sort=title&search=data") == ["Data models", "Data_100% models"]
+    assert titles("sort=title&search=cook") == ["Cooking"]
+    assert titles("sort=title&search=%25") == []  # no word: nothing
+    assert titles("sort=title&is_free=true") == ["Data_100% models"]
 
 
 def test_a_built_page_answers_each_user_their_own_rows_and_totals(app, client, make_user,
