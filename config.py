@@ -375,6 +375,10 @@ class Config:
     # mode (PgBouncer `pool_mode = transaction`), where a statement prepared on one server
     # connection is not there on the next.
     DATABASE_PREPARED_STATEMENTS = env_bool("DATABASE_PREPARED_STATEMENTS", True)
+    # A progress heartbeat that only reports watch time commits without waiting for the WAL
+    # flush on PostgreSQL (services/enrollment_service.py): a crash can lose its last moments,
+    # which the player's next heartbeat writes again. Completions always wait.
+    HEARTBEAT_ASYNC_COMMIT = env_bool("HEARTBEAT_ASYNC_COMMIT", True)
 
     # Admin dashboard and analytics: read from this replica when set, and kept in Redis this
     # many seconds (0: computed on every request).
