@@ -177,8 +177,7 @@ def list_courses():
     """Published courses, with the same filters and sorts as /public/get-courses."""
     args = query_args()
     return course_service.catalog_page(catalog_service.catalog_shape(**args.filters()),
-                                       catalog_service.bound_course_query, args.page,
-                                       args.per_page)
+                                       args.page, args.per_page)
 
 
 @bp.get("/<int:course_id>")

@@ -133,8 +133,7 @@ def subcategory_courses(subcategory_id: int):
     filters = args.filters()
     filters["subcategory_id"] = sub.id
     return {"subcategory": sub.to_dict(),
-            **course_service.catalog_page(catalog_service.catalog_shape(**filters),
-                                          catalog_service.bound_course_query, args.page,
+            **course_service.catalog_page(catalog_service.catalog_shape(**filters), args.page,
                                           args.per_page)}
 
 
@@ -148,8 +147,7 @@ def courses():
     `min_price`, `max_price`, `is_free`, `language`, `mode_of_conduct`, `sort`."""
     args = query_args()
     return course_service.catalog_page(catalog_service.catalog_shape(**args.filters()),
-                                       catalog_service.bound_course_query, args.page,
-                                       args.per_page)
+                                       args.page, args.per_page)
 
 
 @bp.get("/courses/<int:course_id>")
@@ -170,9 +168,8 @@ def course(course_id: int):
 
 def _search(text: str, page: int, per_page: int):
     per_page = min(per_page, 100)
-    shaped = catalog_service.catalog_shape(search=text, sort="newest")
-    return {"query": text, **course_service.catalog_page(
-        shaped, catalog_service.bound_course_query, page, per_page)}
+    query = catalog_service.catalog_shape(search=text, sort="newest")
+    return {"query": text, **course_service.catalog_page(query, page, per_page)}
 
 
 @bp.get("/courses/search")

@@ -9,9 +9,11 @@ three fields on SQLite.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from decimal import Decimal
+from typing import NamedTuple
 
-from sqlalchemy import String, and_, bindparam, false, func, literal_column, or_, select
+from sqlalchemy import Select, String, and_, bindparam, false, func, literal_column, or_, select
 
 from models import COURSE_SEARCH_VECTOR, Course, Enrollment, MasterCategory, Subcategory, db
 
@@ -24,13 +26,6 @@ _SEARCH_VECTOR = re.sub(r"COALESCE\((\w+),", r"COALESCE(courses.\1,", COURSE_SEA
 
 def search_words(query: str) -> list[str]:
     return _WORD.findall(query.lower())[:10]
-
-
-def search_condition(query: str):
-    """A WHERE clause matching every word of `query` in the title or descriptions; a query
-    without any word (only punctuation) matches nothing."""
-    form, values = _search_form(query)
-    return _search_clause(form).params(values)
 
 
 def _search_form(query: str) -> tuple[object, dict]:
@@ -88,12 +83,10 @@ def catalog_shape(*, statuses=("published",), category_id: int | None = None,
                   difficulty: str | None = None, min_price: Decimal | None = None,
                   max_price: Decimal | None = None, language: str | None = None,
                   mode_of_conduct: str | None = None, is_free: bool | None = None,
-                  instructor_id: int | None = None, sort: str = "newest"
-                  ) -> tuple[tuple, dict]:
-    """A catalog query as (shape, values): the shape says which filters it has, `is_free`,
-    how it searches and its sort (`bound_course_query` builds it, the values bound later);
-    the values are those of its bind parameters. A list's statement is built once per shape
-    (course_service.catalog_page)."""
+                  instructor_id: int | None = None, sort: str = "newest") -> CatalogQuery:
+    """A catalog query as its shape and values (`CatalogQuery`): the shape says which filters
+    it has, `is_free`, how it searches and its sort; the values are those of its bind
+    parameters. A list's statement is built once per shape (course_service.catalog_page)."""
     values: dict = {}
     if statuses:
         values["statuses"] = tuple(statuses)
@@ -112,10 +105,10 @@ def catalog_shape(*, statuses=("published",), category_id: int | None = None,
     if search is not None and search.strip():
         search_form, searched = _search_form(search)
         values.update(searched)
-    return (tuple(values), is_free, search_form, sort), values
+    return CatalogQuery((tuple(values), is_free, search_form, sort), values)
 
 
-def bound_course_query(shape: tuple):
+def bound_course_query(shape: tuple) -> Select:
     """The select of Course for a `catalog_shape`, its values as named bind parameters."""
     names, is_free, search_form, sort = shape
     query = select(Course)
@@ -144,11 +137,20 @@ def bound_course_query(shape: tuple):
     return query.order_by(*_order(sort))
 
 
-def course_query(**filters):
+class CatalogQuery(NamedTuple):
+    """A catalog list's query: its shape (hashable), the values of its bind parameters, and
+    the function that builds a shape's select of Course with its values as bind parameters."""
+
+    shape: tuple
+    values: dict
+    build: Callable[[tuple], Select] = bound_course_query
+
+
+def course_query(**filters) -> Select:
     """The select of Course for the catalog's filters (`catalog_shape`'s keywords), with
     their values."""
-    shape, values = catalog_shape(**filters)
-    return bound_course_query(shape).params(values)
+    shape, values, build = catalog_shape(**filters)
+    return build(shape).params(values)
 
 
 def public_subcategories(master_category_id: int | None = None):

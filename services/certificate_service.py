@@ -90,8 +90,7 @@ def page(query: Select, page_number: int, per_page: int) -> dict:
 
 
 # A student's own list (their page of certificates), built once.
-_HOLDER_PAGE = PageStatement(select(_C.id).where(_C.user_id == bindparam("user_id"))
-                             .order_by(_C.issued_at.desc(), _C.id.desc()), extra=_LISTED)
+_HOLDER_PAGE = PageStatement(list_query(user_id=bindparam("user_id")), extra=_LISTED)
 
 
 def holder_page(user_id: int, page_number: int, per_page: int) -> dict:

@@ -844,15 +844,12 @@ def _list_statement(build, shape: tuple) -> PageStatement:
     return PageStatement(_cards(build(shape)))
 
 
-def catalog_page(shaped: tuple[tuple, dict], build, page: int, per_page: int) -> dict:
-    """`course_page` of a catalog list given as its shape and values (`shaped`:
-    catalog_service.catalog_shape) and the function that builds a shape's select of Course
-    with its values as bind parameters (`build`: catalog_service.bound_course_query). The
-    page's statement is built once per shape (which filters are set, the sort), the values
-    bound at each call: building the list's select per request cost more CPU than running it.
-    The 64 shapes used last are kept."""
-    shape, values = shaped
-    rows, meta = _list_statement(build, shape).page(values, page, per_page)
+def catalog_page(query, page: int, per_page: int) -> dict:
+    """`course_page` of a catalog list given as its shape, values and builder (`query`:
+    catalog_service.catalog_shape's CatalogQuery). The page's statement is built once per shape
+    (which filters are set, the sort), the values bound at each call: building the list's
+    select per request cost more CPU than running it. The 64 shapes used last are kept."""
+    rows, meta = _list_statement(query.build, query.shape).page(query.values, page, per_page)
     return {"courses": [course_summary(card_of_row(row)) for row in rows], "pagination": meta}
 
 

@@ -72,6 +72,24 @@ def test_only_a_watch_time_heartbeat_commits_without_waiting(app, client, course
         assert watched == 42
 
 
+def test_a_heartbeat_to_another_student_s_enrollment_is_refused(app, client, course, actor,  # noqa: F811
+                                                                commit_modes):
+    """The heartbeat's own statement still finds the enrollment's owner: another student's
+    watch time is 404, writes nothing and commits nothing."""
+    if not app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
+        pytest.skip("the heartbeat's statement is PostgreSQL's")
+    _, enrollment_id, (first, _) = course
+    stranger = actor()
+    del commit_modes[:]
+    body = complete(client, stranger, enrollment_id, first, json={"watch_time_seconds": 99},
+                    status=404)
+    assert body["error"] == "Enrollment not found"
+    assert commit_modes == []
+    with app.app_context():
+        assert db.session.scalar(select(LessonProgress.id).where(
+            LessonProgress.enrollment_id == enrollment_id)) is None
+
+
 def test_turned_off_every_write_waits(app, client, course, commit_modes, monkeypatch):
     if not app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
         pytest.skip("synchronous_commit is PostgreSQL's")
