@@ -23,6 +23,7 @@ from tests.support.gunicorn_server import GunicornServer, production_env, run_fl
 API = "/api/v1"
 PASSWORD = "Multi-w0rker-pass"
 RESET_LIMIT = 6  # RATE_LIMIT_PASSWORD_RESET_REQUEST, per minute
+PUBLIC_LIMIT = 12  # RATE_LIMIT_PUBLIC, per minute
 MAX_ROUNDS = 5  # batches sent, at most, until both workers have answered
 
 
@@ -71,6 +72,7 @@ def server(scratch_database, scratch_redis, tmp_path_factory):
         RATE_LIMIT_REGISTER="100 per minute",
         RATE_LIMIT_LOGIN="1000 per minute",
         RATE_LIMIT_PASSWORD_RESET_REQUEST=f"{RESET_LIMIT} per minute",
+        RATE_LIMIT_PUBLIC=f"{PUBLIC_LIMIT} per minute",
         # A proxy is configured, but these requests come straight from 127.0.0.1: their own
         # forwarded headers must be ignored by gunicorn and the app alike.
         TRUSTED_PROXIES="192.0.2.0/24",
@@ -197,6 +199,32 @@ def test_rate_limit_is_shared_by_every_worker(server):
         _assert_error(answer, 429, "rate_limited")
         _assert_retry_after(answer)
     # Each worker refused once the shared count was spent, also one that let none through.
+    _assert_both_workers(server, refused)
+
+
+def test_a_signed_in_read_limit_is_shared_by_every_worker(server):
+    """A signed-in read with room is counted and allowed by its one Redis round trip, without
+    Flask-Limiter evaluating it (utils/pipeline/round_trip.py), on whichever worker takes it:
+    across both, exactly the limit gets through, and the rest is refused as before."""
+    email = f"reader-{uuid.uuid4().hex[:8]}@example.com"
+    _register(server, email)
+    login = _login(server, email)
+    assert login.status == 200, login.body
+    bearer = {"Authorization": f"Bearer {login.body['access_token']}"}
+    path = f"{API}/public/get-courses?per_page=5"
+    answers = server.send_many(PUBLIC_LIMIT * 3, "GET", path, headers=bearer, tag="signed-in")
+    passed = [a for a in answers if a.status == 200]
+    assert len(passed) == PUBLIC_LIMIT, [(a.status, a.pid) for a in answers]
+    assert all(isinstance(a.body, dict) and a.body["courses"] == [] for a in passed)
+    refused = [a for a in answers if a.status != 200]
+    for _ in range(MAX_ROUNDS):
+        if {a.pid for a in refused} >= server.worker_pids:
+            break
+        refused += server.send_many(4, "GET", path, headers=bearer, tag="signed-in-more")
+    for answer in refused:
+        _assert_error(answer, 429, "rate_limited")
+        _assert_retry_after(answer)
+    _assert_both_workers(server, answers)
     _assert_both_workers(server, refused)
 
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import threading
 import time
 
 import flask_limiter
 import limits
 import pytest
 import redis as redis_lib
+from limits.strategies import FixedWindowRateLimiter
 from redis.connection import AbstractConnection
 
 from app import create_app
@@ -324,3 +326,119 @@ def test_limits_fall_back_to_memory_with_redis_down_and_recover(restartable, tri
     assert len(trips) == 1
     assert [read("198.51.100.23") for _ in range(3)] == [200, 200, 429]
     watcher.close()
+
+
+# --- a signed-in read decided by its round trip ------------------------------------------------
+
+@pytest.fixture
+def evaluated(monkeypatch):
+    """The limits Flask-Limiter itself evaluates: its fixed-window strategy's `hit` and
+    `test` calls, on every instance (init_app makes a new one)."""
+    calls: list[str] = []
+    for name in ("hit", "test"):
+        original = getattr(FixedWindowRateLimiter, name)
+
+        def spy(self, item, *identifiers, cost=1, _name=name, _original=original):
+            calls.append(f"{_name} {item}")
+            return _original(self, item, *identifiers, cost=cost)
+
+        monkeypatch.setattr(FixedWindowRateLimiter, name, spy)
+    return calls
+
+
+def test_a_signed_in_read_with_room_is_decided_by_its_round_trip(
+        app, client, make_user, auth_headers, default_limit, evaluated, trips):
+    """Counted once, in the one round trip, and allowed without the limiter evaluating it;
+    the first count over the limit goes to the limiter, which refuses it as before."""
+    student = auth_headers(make_user())
+    assert client.get(UNREAD, headers=student).status_code == 200  # fills the user mirror
+    default_limit("5 per minute")  # the settings changed: the plan is resolved at once
+    for count in range(1, 6):
+        trips.clear()
+        response = client.get(UNREAD, headers=student)
+        assert response.status_code == 200, response.get_json()
+        assert response.get_json() == {"unread_count": 0}
+        assert len(trips) == 1 and b"EVALSHA" in trips[0]
+        assert counter(app, "unread_count") == count  # counted once, nothing given back
+    assert evaluated == []
+    refused_with_retry_after(client.get(UNREAD, headers=student))
+    assert evaluated == ["hit 5 per 1 minute"]
+    assert counter(app, "unread_count") == 6
+
+
+def test_a_signed_in_read_of_a_decorated_route_is_decided_to_the_same_count(
+        app, client, make_user, auth_headers, monkeypatch, evaluated):
+    student = auth_headers(make_user())
+    monkeypatch.setitem(app.config, "RATE_LIMIT_PUBLIC", "3 per minute")
+    assert [client.get(CATALOG, headers=student).status_code for _ in range(3)] == [200] * 3
+    assert evaluated == []
+    refused_with_retry_after(client.get(CATALOG, headers=student))
+    assert evaluated == ["hit 3 per 1 minute"]
+    assert counter(app, "public.courses") == 4
+    # Changed at run time: the next decided read counts the new limit, the old one keeps the
+    # one count the request before it took.
+    monkeypatch.setitem(app.config, "RATE_LIMIT_PUBLIC", "2 per minute")
+    other = {**student}
+    address = {"REMOTE_ADDR": "198.51.100.30"}
+    assert [client.get(CATALOG, headers=other, environ_base=address).status_code
+            for _ in range(3)] == [200, 200, 429]
+    assert counter(app, "198.51.100.30/public.courses/2/") == 3
+
+
+def test_guests_writes_and_the_fallback_are_still_decided_by_the_limiter(
+        app, client, make_user, auth_headers, default_limit, evaluated, monkeypatch):
+    student = auth_headers(make_user())
+    default_limit("50 per minute")
+    assert client.get(UNREAD, headers=student).status_code == 200
+    assert evaluated == []
+    # A guest: the catalog fast path learns an endpoint's limits from the limiter's record.
+    assert client.get(CATALOG).status_code == 200
+    assert evaluated and all(call.startswith("hit ") for call in evaluated)
+    evaluated.clear()
+    # A write: its X-RateLimit-* headers come from the limiter's record.
+    response = client.put(f"{API}/notifications/read-all", headers=student)
+    assert response.status_code == 200 and response.headers["X-RateLimit-Limit"] == "50"
+    assert evaluated == ["hit 50 per 1 minute"]
+    evaluated.clear()
+    # The limiter on its in-memory fallback: it counts, in memory, and decides.
+    monkeypatch.setattr(limiter, "_storage_dead", True)
+    assert client.get(UNREAD, headers=student).status_code == 200
+    assert evaluated == ["hit 50 per 1 minute"]
+
+
+def test_a_limit_that_only_tests_is_never_decided_by_the_round_trip(
+        app, client, make_user, auth_headers, default_limit, evaluated, monkeypatch):
+    """A limit with deduct_when is tested, not counted, by the limiter: the trip cannot
+    know its answer, so the limiter evaluates the request."""
+    student = auth_headers(make_user())
+    default_limit("50 per minute")
+    assert client.get(UNREAD, headers=student).status_code == 200
+    plans = app.extensions["round_trip_limits"]
+    (key, plan), = [(k, p) for k, p in plans.items() if k[0] == "notifications.unread_count"]
+    assert plan.decidable
+    monkeypatch.setitem(plans, key, plan._replace(decidable=False))
+    assert client.get(UNREAD, headers=student).status_code == 200
+    assert evaluated == ["hit 50 per 1 minute"]
+
+
+def test_concurrent_signed_in_reads_at_the_limit_let_exactly_the_limit_through(
+        app, make_user, auth_headers, default_limit):
+    """Sixteen reads at once against five a minute: five answered, eleven refused, sixteen
+    counted; the decision is the atomic count's, whichever request gets there first."""
+    student = auth_headers(make_user())
+    default_limit("5 per minute")
+    barrier = threading.Barrier(16)
+    statuses: list[int] = []
+
+    def read() -> None:
+        client = app.test_client()
+        barrier.wait()
+        statuses.append(client.get(UNREAD, headers=student).status_code)
+
+    threads = [threading.Thread(target=read) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [200] * 5 + [429] * 11
+    assert counter(app, "unread_count") == 16

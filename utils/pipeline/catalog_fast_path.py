@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 import redis
 from flask import Flask
 from limits.storage import RedisStorage
-from limits.strategies import FixedWindowRateLimiter
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request
 
@@ -79,7 +78,6 @@ class CatalogFastPath:
         self.endpoints: dict[str, Endpoint] = {}
         self.templates: OrderedDict[tuple, list[tuple[str, str]]] = OrderedDict()
         self._adapter = None
-        self._setting_names: tuple[str, ...] | None = None
 
     # --- when it may answer -----------------------------------------------------------------
 
@@ -118,19 +116,11 @@ class CatalogFastPath:
 
     def _settings(self) -> tuple:
         """The app's rate-limit settings (RATE_LIMIT_*, RATELIMIT_*), as they are now."""
-        config = self.app.config
-        if self._setting_names is None:
-            self._setting_names = tuple(sorted(
-                name for name in config if name.startswith(("RATE_LIMIT", "RATELIMIT"))))
-        return tuple(config.get(name) for name in self._setting_names)
+        return round_trip.limit_settings(self.app)
 
     def _storage(self):
-        """The limiter's storage when the fast path can count as Flask-Limiter does (a fixed
-        window, in the Redis of the shared state, not on its in-memory fallback), else None."""
-        if getattr(limiter, "_storage_dead", True) or \
-                type(limiter.limiter) is not FixedWindowRateLimiter:
-            return None
-        return round_trip.storage_beside(self.app.config["REDIS_URL"])
+        """The limiter's storage when the fast path can count as Flask-Limiter does."""
+        return round_trip.counting_storage(self.app.config["REDIS_URL"])
 
     def _answer(self, environ):
         found = self._endpoint(environ["PATH_INFO"])

@@ -29,17 +29,33 @@ decorated view, a 429 of an earlier limit, an exception) is given back when the 
 so the counts end as Flask-Limiter alone leaves them. Nothing is counted ahead while the
 limiter counts in memory (Redis failed), nor when the limits and the shared state live on
 different Redis servers (RATE_LIMIT_STORAGE_URL not REDIS_URL): then each is sent on its own.
+
+A signed-in read whose every counter has room is decided here. Flask-Limiter counts a fixed
+window with `limits`' incr and allows the request when each count is at most its limit's
+amount: with every counter it would hit already counted in the trip, by the same script and
+keys, and each count within its amount, its answer is known. Its checks are then skipped (the
+request filter says so), and the counts stand as its own would have. The limiter still decides
+everything else: a count over its amount (the 429, its Retry-After and the on-breach hooks), a
+write (its X-RateLimit-* headers come from the limiter's record of the request), a guest
+(the catalog fast path learns an endpoint's limits from that record, catalog_cache.py), a
+limit that only tests (`deduct_when`) or has meta limits, headers on every answer
+(RATE_LIMIT_HEADERS=all), the in-memory fallback, any strategy but the fixed window. A kept
+plan is resolved again whenever the app's rate-limit settings change (a limit read from
+config, rate_limits.config_limit) or the endpoint gains a hint (a limited callable that is not
+its view), so a decided request counts what the limiter would count now.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import time
+from typing import NamedTuple
 
 import redis
 from flask import current_app, g, has_request_context, request
 from flask_limiter.util import get_qualified_name
 from limits.storage import RedisStorage
+from limits.strategies import FixedWindowRateLimiter
 
 from utils.extensions import RATE_LIMIT_KEY_PREFIX, limiter
 from utils.pipeline import catalog_cache, redis_client, shared_state
@@ -111,6 +127,25 @@ def storage_beside(redis_url: str | None) -> RoundTripRedisStorage | None:
     return storage if redis_url and storage.url == redis_url else None
 
 
+def counting_storage(redis_url: str | None) -> RoundTripRedisStorage | None:
+    """The limiter's storage when a count made outside Flask-Limiter is the one it would make
+    and decide on: a fixed window, in the Redis of `redis_url`, not on its in-memory fallback;
+    else None. The catalog fast path counts with it, and a signed-in read is decided with it."""
+    if getattr(limiter, "_storage_dead", True) or \
+            type(limiter.limiter) is not FixedWindowRateLimiter:
+        return None
+    return storage_beside(redis_url)
+
+
+def limit_settings(app) -> tuple:
+    """The app's rate-limit settings (RATE_LIMIT_*, RATELIMIT_*) as they are now."""
+    names = app.extensions.get("rate_limit_setting_names")
+    if names is None:
+        names = app.extensions["rate_limit_setting_names"] = tuple(sorted(
+            name for name in app.config if name.startswith(("RATE_LIMIT", "RATELIMIT"))))
+    return tuple(app.config.get(name) for name in names)
+
+
 def _storage() -> RoundTripRedisStorage | None:
     """The limiter's storage, when its counters can travel with the shared state."""
     return storage_beside(current_app.config.get("REDIS_URL"))
@@ -121,23 +156,34 @@ def _by_window(limit):
     return limit.limit
 
 
-def _limits(trip: dict) -> tuple[list, list]:
+class Plan(NamedTuple):
+    """The limits an endpoint's two checks evaluate, and what they were resolved under."""
+    settings: tuple  # limit_settings when resolved
+    hinted: bool  # the endpoint had hints (Flask-Limiter's has_hints)
+    before: list  # its before_request's check, shortest window first
+    in_view: list  # its decorated view's check
+    decidable: bool  # no limit that only tests or has meta limits; no headers on every answer
+
+
+def _limits(trip: dict) -> Plan:
     """The limits Flask-Limiter's two checks of this request evaluate (its before_request's,
     then its decorated view's), in its order: its limit resolution with the arguments its
     checks pass (Limiter.__filter_limits in Flask-Limiter 4.1.1, which
     tests/test_one_round_trip.py pins). Kept per app, endpoint and method: resolving costs
-    about what the saved round trip does; a kept answer the limiter no longer follows (a limit
-    changed at run time) is dropped at the end of the request that shows it (`end_trip`)."""
+    about what the saved round trip does. Resolved again when the settings or the endpoint's
+    hints changed; a kept answer the limiter no longer follows otherwise (a limit changed at
+    run time by hand) is dropped at the end of the request that shows it (`end_trip`)."""
     known = current_app.extensions.setdefault("round_trip_limits", {})
     endpoint = limiter.identify_request()
     trip["limits"] = (endpoint, request.method)
+    manager = limiter.limit_manager
+    settings, hinted = limit_settings(current_app), manager.has_hints(endpoint)
     found = known.get((endpoint, request.method))
-    if found is not None:
+    if found is not None and found.hinted == hinted and found.settings == settings:
         return found
     view = current_app.view_functions.get(endpoint)
     name = get_qualified_name(view) if view else ""
-    marked = name in limiter._marked_for_limiting or limiter.limit_manager.has_hints(endpoint)
-    manager = limiter.limit_manager
+    marked = name in limiter._marked_for_limiting or hinted
     before = list(dict.fromkeys(manager.resolve_limits(
         current_app, endpoint, request.blueprint, name, True, marked)[0]))
     in_view = []
@@ -147,14 +193,19 @@ def _limits(trip: dict) -> tuple[list, list]:
         defaults, decorated = manager.resolve_limits(
             current_app, endpoint, request.blueprint, name, False, marked)
         in_view = [limit for limit in dict.fromkeys(defaults) if limit not in before] + decorated
-    found = known[(endpoint, request.method)] = (sorted(before, key=_by_window),
-                                                  sorted(in_view, key=_by_window))
+    config = current_app.config
+    decidable = not (config.get("RATELIMIT_HEADERS_ENABLED") or config.get("RATELIMIT_META")) \
+        and not any(limit.deduct_when or limit.meta_limits for limit in before + in_view)
+    found = known[(endpoint, request.method)] = Plan(
+        settings, hinted, sorted(before, key=_by_window), sorted(in_view, key=_by_window),
+        decidable)
     return found
 
 
-def _counters(limits: list) -> list[tuple[str, int, int]]:
-    """The counters one check hits, as (key, expiry, cost) (Limiter.__evaluate_limits):
-    skipping what it skips, and what it only tests (deduct_when)."""
+def _counters(limits: list) -> list[tuple[str, int, int, int]]:
+    """The counters one check hits, as (key, expiry, cost, amount allowed)
+    (Limiter.__evaluate_limits): skipping what it skips, and what it only tests
+    (deduct_when)."""
     endpoint = limiter.identify_request()
     counters = []
     for limit in limits:
@@ -163,27 +214,49 @@ def _counters(limits: list) -> list[tuple[str, int, int]]:
         args = [limit.key_func(), limit.scope_for(endpoint, request.method)]
         if all(args):
             counters.append((limit.limit.key_for(RATE_LIMIT_KEY_PREFIX, *args),
-                             limit.limit.get_expiry(), limit.deduction_amount))
+                             limit.limit.get_expiry(), limit.deduction_amount,
+                             limit.limit.amount))
     return counters
+
+
+def _decide(trip: dict, counted: list[tuple[str, int, int, int]]) -> bool:
+    """Whether this request is decided here (see the module's docstring): a decidable signed-in
+    read whose every counter was counted in the trip and is within its amount. Its counts are
+    then taken as the limiter's own, so none is given back."""
+    if not trip.get("decidable"):
+        return False
+    counts, seen = trip["counts"], {}
+    for key, _expiry, _cost, allowed in counted:
+        index = seen[key] = seen.get(key, -1) + 1
+        entries = counts.get(key, ())
+        if index >= len(entries) or entries[index][2] > allowed:
+            return False  # not counted here (an error), or over: the limiter decides
+    trip["counts"], trip["decided"] = {}, True
+    return True
 
 
 def _before_limits() -> bool:
     """The limiter's request filter, called before it evaluates any limit of a check (its
     before_request, then a decorated view's): at the first, plan both checks' counters, and
     send the round trip now if the before_request check counts anything; otherwise leave the
-    view's counters to the pipeline's hook. Never exempts a request."""
-    if "round_trip" in g:
-        return False
+    view's counters to the pipeline's hook. Exempts the request from a check only when the
+    trip decided it (`_decide`)."""
+    trip = g.get("round_trip")
+    if trip is not None:
+        return trip.get("decided", False)
     g.round_trip = trip = {"plan": [], "counts": {}}
     storage = _storage()
     if storage is None:
         return False
-    before, in_view = _limits(trip)
-    now, later = _counters(before), _counters(in_view)
+    plan = _limits(trip)
+    trip["decidable"] = (plan.decidable and request.method in READS
+                         and "Authorization" in request.headers
+                         and counting_storage(storage.url) is not None)
+    now, later = _counters(plan.before), _counters(plan.in_view)
     if now:
         _send(storage, trip, now + later)
-    else:
-        trip["plan"] = later
+        return _decide(trip, now + later)
+    trip["plan"] = later
     return False
 
 
@@ -197,6 +270,7 @@ def read_shared_state() -> None:
             shared_state.prefetch(catalog_cache.prefetch_keys())
             return
         _send(storage, trip, trip["plan"])
+        _decide(trip, trip["plan"])
     shared_state.prefetch(fetched=trip.pop("reply"))
 
 
@@ -208,7 +282,7 @@ def _send(storage: RoundTripRedisStorage, trip: dict, planned) -> None:
     windows = request.method not in READS  # a write's headers say what is left, and when
     pipe = redis_client.get().pipeline(transaction=False)
     pipe.mget(keys)
-    for key, expiry, amount in planned:
+    for key, expiry, amount, _allowed in planned:
         pipe.evalsha(INCR_EXPIRE_SHA, 1, storage.prefixed_key(key), expiry, amount)
         if windows:
             pipe.ttl(storage.prefixed_key(key))
@@ -219,7 +293,7 @@ def _send(storage: RoundTripRedisStorage, trip: dict, planned) -> None:
         return
     trip["reply"] = (keys, replies[0])
     step, now = 1 + windows, time.time()
-    for index, (key, expiry, amount) in enumerate(planned):
+    for index, (key, expiry, amount, _allowed) in enumerate(planned):
         count = replies[1 + index * step]
         if isinstance(count, Exception):  # e.g. NOSCRIPT: the limiter's incr counts it
             continue
