@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from functools import wraps
+from functools import lru_cache, wraps
 
 from flask import g, has_request_context
 from sqlalchemy import event
@@ -64,8 +64,11 @@ def read_only(view):
     return wrapper
 
 
+@lru_cache(maxsize=1024)
 def is_read(statement: str) -> bool:
-    """Whether `statement` only reads and takes no lock."""
+    """Whether `statement` only reads and takes no lock. Kept per statement text: the guard
+    runs on every statement of a read-only view, its patterns scan the whole text (~30 µs for
+    a course outline's), and the texts are SQLAlchemy's compiled ones, a few hundred at most."""
     found = _READ.match(statement)
     if found is None or _LOCKS_OR_SIDE_EFFECTS.search(statement):
         return False
@@ -85,16 +88,17 @@ _UNKNOWN_STATEMENT, _PLAN_CHANGED = "26000", "0A000"  # PostgreSQL's SQLSTATEs
 
 def _prepared(connection, cursor, statement: str, parameters):
     """`statement` as `EXECUTE` of a server-side prepared statement on this connection,
-    preparing it on first use; None where it cannot be (see the module's docstring)."""
+    preparing it on first use; None where it cannot be (see the module's docstring). A
+    connection keeps, per statement, its name and its `EXECUTE` text."""
     kept = connection.info.setdefault(PREPARED, {})
-    name = kept.get(statement, False)
-    if name is None:
+    found = kept.get(statement, False)
+    if found is None:
         return None
-    order = list(dict.fromkeys(_PLACEHOLDER.findall(statement)))  # each parameter once
-    if name is False:
+    if found is False:
         if len(kept) >= PREPARED_KEPT or not isinstance(parameters, dict) or \
                 "%s" in statement:
             return None
+        order = list(dict.fromkeys(_PLACEHOLDER.findall(statement)))  # each parameter once
         position = {parameter: index for index, parameter in enumerate(order, 1)}
         body = _PLACEHOLDER.sub(lambda m: f"${position[m.group(1)]}", statement)
         name = "lms_" + hashlib.sha1(statement.encode()).hexdigest()[:20]
@@ -105,9 +109,10 @@ def _prepared(connection, cursor, statement: str, parameters):
                 raise
             kept[statement] = None  # a parameter PostgreSQL cannot type: sent as it is
             return None
-        kept[statement] = name
-    arguments = ", ".join(f"%({parameter})s" for parameter in order)
-    return f"EXECUTE {name}({arguments})" if order else f"EXECUTE {name}"
+        arguments = ", ".join(f"%({parameter})s" for parameter in order)
+        found = kept[statement] = (name, f"EXECUTE {name}({arguments})" if order
+                                   else f"EXECUTE {name}")
+    return found[1]
 
 
 def attach(engine: Engine, prepare: bool = True) -> None:
@@ -162,7 +167,7 @@ def attach(engine: Engine, prepare: bool = True) -> None:
             code = getattr(exc, "pgcode", None)
             if code not in (_UNKNOWN_STATEMENT, _PLAN_CHANGED):
                 raise
-            name = info[PREPARED].pop(statement)
+            name, _execute = info[PREPARED].pop(statement)
             if code == _PLAN_CHANGED:
                 cursor.execute(f"DEALLOCATE {name}")
             executed = _prepared(connection, cursor, statement, parameters)
