@@ -27,7 +27,7 @@ from models import (
     db,
 )
 from tests.support.assertions import count, error, fetch, ok
-from tests.support.concurrency import fire_together
+from tests.support.concurrency import all_at_once, fire_together
 from tests.support.queries import recorded_statements
 from utils.helpers import iso
 
@@ -464,6 +464,61 @@ def test_simultaneous_completion_of_the_last_lesson_completes_once(race_app):
             assert db.session.scalar(select(func.count()).select_from(LessonProgress).where(
                 LessonProgress.enrollment_id == enrollment["id"],
                 LessonProgress.lesson_id == last)) == 1
+
+
+def test_simultaneous_heartbeats_keep_the_furthest_point_and_never_undo_a_completion(race_app):
+    """Watch-time heartbeats commit without waiting for the WAL flush (HEARTBEAT_ASYNC_COMMIT,
+    on here): sent at once with a completion of the same lesson, on a new row and on a begun
+    one, they leave one row, the furthest point reached and the completion; then, raced with
+    the completion of the last lesson, the course completes once, with one certificate."""
+    assert race_app.config["HEARTBEAT_ASYNC_COMMIT"]
+    client = race_app.test_client()
+    owner = actor_in(race_app, "instructor", 1)
+    built = build_course(client, owner, "Race to watch", modules=(("W1", "W2"),))
+    first, last = built.lesson_ids
+    watched = [70, 10, 80, 30, 60, 20, 50, 40]
+
+    def post(racer, enrollment_id, lesson_id, body):
+        def send():
+            response = race_app.test_client().post(
+                f"{API}/enrollments/{enrollment_id}/lessons/{lesson_id}/complete",
+                json=body, headers=racer.headers)
+            return response.status_code, response.get_json()
+        return send
+
+    for n, begun in ((1, False), (2, True)):
+        racer = actor_in(race_app, "student", 300 + n)
+        enrollment = enroll(client, racer, built.id)["id"]
+        if begun:
+            complete(client, racer, enrollment, first, json={"watch_time_seconds": 5})
+        results = all_at_once(
+            [post(racer, enrollment, first, {"watch_time_seconds": w}) for w in watched]
+            + [post(racer, enrollment, first, {"completed": True})])
+        assert [status for status, _ in results] == [200] * 9, results
+        for sent, (_, body) in zip(watched, results):
+            assert body["lesson_progress"]["watch_time_seconds"] >= sent
+            assert body["course_completed"] is False and body["certificate"] is None
+        with race_app.app_context():
+            rows = db.session.scalars(select(LessonProgress).where(
+                LessonProgress.enrollment_id == enrollment)).all()
+            assert [(r.lesson_id, r.completed, r.watch_time_seconds) for r in rows] == [
+                (first, True, max(watched))]
+            assert rows[0].completed_at is not None
+            assert db.session.get(Enrollment, enrollment).progress_percent == Decimal("50.00")
+
+        results = all_at_once(
+            [post(racer, enrollment, last, {"watch_time_seconds": w}) for w in watched[:5]]
+            + [post(racer, enrollment, last, {"completed": True}) for _ in range(3)])
+        assert [status for status, _ in results] == [200] * 8, results
+        assert [body["course_completed"] for _, body in results].count(True) == 1
+        assert count(race_app, Certificate, Certificate.user_id == racer.id) == 1
+        assert completion_notifications(race_app, racer.id) == 1
+        with race_app.app_context():
+            row = db.session.get(Enrollment, enrollment)
+            assert row.status == "completed" and row.progress_percent == Decimal("100.00")
+            assert db.session.scalar(select(LessonProgress.watch_time_seconds).where(
+                LessonProgress.enrollment_id == enrollment,
+                LessonProgress.lesson_id == last)) == max(watched[:5])
 
 
 # --- 5. progress arithmetic -------------------------------------------------------------------
