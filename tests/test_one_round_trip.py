@@ -378,9 +378,8 @@ def test_a_signed_in_read_of_a_decorated_route_is_decided_to_the_same_count(
     # Changed at run time: the next decided read counts the new limit, the old one keeps the
     # one count the request before it took.
     monkeypatch.setitem(app.config, "RATE_LIMIT_PUBLIC", "2 per minute")
-    other = {**student}
     address = {"REMOTE_ADDR": "198.51.100.30"}
-    assert [client.get(CATALOG, headers=other, environ_base=address).status_code
+    assert [client.get(CATALOG, headers=student, environ_base=address).status_code
             for _ in range(3)] == [200, 200, 429]
     assert counter(app, "198.51.100.30/public.courses/2/") == 3
 
@@ -406,19 +405,37 @@ def test_guests_writes_and_the_fallback_are_still_decided_by_the_limiter(
     assert evaluated == ["hit 50 per 1 minute"]
 
 
-def test_a_limit_that_only_tests_is_never_decided_by_the_round_trip(
+def test_headers_on_every_answer_leave_every_read_to_the_limiter(
         app, client, make_user, auth_headers, default_limit, evaluated, monkeypatch):
-    """A limit with deduct_when is tested, not counted, by the limiter: the trip cannot
-    know its answer, so the limiter evaluates the request."""
+    """With RATE_LIMIT_HEADERS=all each answer carries the limiter's record of the request,
+    so the trip decides nothing: the changed setting is followed from the next request, and
+    back again once it is restored."""
     student = auth_headers(make_user())
     default_limit("50 per minute")
     assert client.get(UNREAD, headers=student).status_code == 200
-    plans = app.extensions["round_trip_limits"]
-    (key, plan), = [(k, p) for k, p in plans.items() if k[0] == "notifications.unread_count"]
-    assert plan.decidable
-    monkeypatch.setitem(plans, key, plan._replace(decidable=False))
+    assert evaluated == []
+    monkeypatch.setitem(app.config, "RATELIMIT_HEADERS_ENABLED", True)
     assert client.get(UNREAD, headers=student).status_code == 200
     assert evaluated == ["hit 50 per 1 minute"]
+    monkeypatch.setitem(app.config, "RATELIMIT_HEADERS_ENABLED", False)
+    assert client.get(UNREAD, headers=student).status_code == 200
+    assert evaluated == ["hit 50 per 1 minute"]
+    assert counter(app, "unread_count") == 3
+
+
+def test_a_junk_token_is_no_way_around_a_decided_limit(
+        app, client, make_user, auth_headers, default_limit):
+    """Any Authorization header makes a read decidable; a forged or garbled token is counted
+    like a real one before the sign-in check refuses it, and the limit still bites."""
+    default_limit("5 per minute")
+    junk = [{"Authorization": value} for value in (
+        "Bearer junk", "Bearer a.b.c", "Basic Zm9vOmJhcg==", "Bearer \x00", "x" * 4000)]
+    statuses = [client.get(UNREAD, headers=headers).status_code for headers in junk]
+    assert statuses == [401] * 5, statuses
+    refused_with_retry_after(client.get(UNREAD, headers={"Authorization": "Bearer junk"}))
+    # A real token from the same address shares the address's window: refused too.
+    refused_with_retry_after(client.get(UNREAD, headers=auth_headers(make_user())))
+    assert counter(app, "unread_count") == 7
 
 
 def test_concurrent_signed_in_reads_at_the_limit_let_exactly_the_limit_through(
