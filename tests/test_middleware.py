@@ -9,6 +9,7 @@ import pytest
 
 from models import MasterCategory, db
 from tests.support.queries import recorded_statements
+from tests.test_one_round_trip import set_default_limit
 from utils.middleware import JsonFormatter, RequestIdFilter
 
 
@@ -52,6 +53,21 @@ def test_request_log_line_is_structured(client, lms_records):
     assert entry["request_id"] == "log-1"
     assert entry["method"] == "GET" and entry["path"] == "/api/v1/health"
     assert entry["status"] == 200 and entry["duration_ms"] >= 0
+
+
+def test_a_default_limits_429_is_traced_and_logged(app, client, lms_records):
+    """A default limit is checked in the limiter's own before_request, ahead of the route's:
+    its 429 still carries the request's id and gets its log line."""
+    set_default_limit(app, "1 per minute")
+    try:
+        path = "/api/v1/notifications/unread-count"
+        client.get(path, headers={"X-Request-ID": "first-1"})  # 401: no token, but counted
+        refused = client.get(path, headers={"X-Request-ID": "over-1"})
+    finally:
+        set_default_limit(app, None)
+    assert refused.status_code == 429 and refused.headers["X-Request-ID"] == "over-1"
+    lines = [r for r in lms_records if r.name == "lms.request" and r.request_id == "over-1"]
+    assert [(line.status, line.path) for line in lines] == [(429, path)]
 
 
 def test_secure_headers(client):

@@ -319,7 +319,9 @@ class NoCookieSessions(SessionInterface):
 def init_middleware(app: Flask) -> None:
     configure_logging(app)
     app.session_interface = NoCookieSessions()
-    app.before_request(_start_request)
+    # Ahead of the limiter's own before_request: a 429 of a default limit carries its
+    # X-Request-ID and gets its request log line too (metrics.init_app puts its timer first).
+    app.before_request_funcs.setdefault(None, []).insert(0, _start_request)
     app.before_request(_reject_malformed_json)
     app.before_request(_reject_control_characters)
     app.after_request(_finish_request)
