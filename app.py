@@ -52,8 +52,9 @@ from utils.extensions import cors, limiter, mail, migrate
 from utils.middleware import init_middleware, log_request
 from utils.pipeline.catalog_fast_path import CatalogFastPath
 from utils.pipeline.client_address import TrustedProxies, parse_networks
+from utils.pipeline.signed_in_fast_path import SignedInFastPath
 from utils.pipeline.hooks import init_pipeline
-from utils.validation import spec
+from utils.validation import answer_body, spec
 
 API_CSP = {"default-src": "'none'", "frame-ancestors": "'none'"}
 VERIFY_CSP = {"default-src": "'none'", "style-src": "'unsafe-inline'", "form-action": "'self'",
@@ -96,10 +97,13 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     # Inside TrustedProxies (the client's address is settled first): a guest's current cached
-    # catalog page is answered here, its limits and checks in one Redis round trip.
+    # catalog page, and a learner's signed-in read, are answered here, their limits and checks
+    # in one Redis round trip.
     app.wsgi_app = TrustedProxies(
-        CatalogFastPath(app.wsgi_app, app, app.config["API_PREFIX"] + "/public/",
-                        on_answer=_fast_answer), proxies)
+        CatalogFastPath(
+            SignedInFastPath(app.wsgi_app, app, app.config["API_PREFIX"] + "/",
+                             shape=answer_body, on_answer=_fast_answer),
+            app, app.config["API_PREFIX"] + "/public/", on_answer=_fast_answer), proxies)
 
     db.init_app(app)
     with app.app_context():
@@ -179,11 +183,13 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
     return app
 
 
-def _fast_answer(environ, status: int, rule: str, started: float, request_id: str) -> None:
-    """An answer of the catalog fast path counted and logged as Flask's are."""
+def _fast_answer(environ, status: int, rule: str, started: float, request_id: str,
+                 user_id: int | None = None) -> None:
+    """An answer of a fast path (the catalog's, the signed-in reads') counted and logged as
+    Flask's are."""
     metrics.count_request("GET", rule, status, started)
     log_request("GET", environ.get("PATH_INFO", ""), status, started, environ.get("REMOTE_ADDR"),
-                request_id=request_id)
+                user_id, request_id=request_id)
 
 
 def _per_view_security(app: Flask) -> None:

@@ -370,6 +370,10 @@ class Config:
     # A current cached copy is sent before Flask runs, its rate limits and the address's block
     # checked in the same single Redis round trip (utils/pipeline/catalog_fast_path.py).
     CATALOG_FAST_PATH = env_bool("CATALOG_FAST_PATH", True)
+    # A learner's signed-in read (a view marked @signed_in_read) is answered before Flask runs,
+    # its token, the shared state and its rate limits checked in the same single Redis round
+    # trip (utils/pipeline/signed_in_fast_path.py).
+    SIGNED_IN_FAST_PATH = env_bool("SIGNED_IN_FAST_PATH", True)
     # The reads of views marked @read_only run as server-side prepared statements on PostgreSQL
     # (planned once per connection, utils/read_only.py). Off behind a pooler in transaction
     # mode (PgBouncer `pool_mode = transaction`), where a statement prepared on one server

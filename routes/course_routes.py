@@ -15,6 +15,7 @@ from services import catalog_service, course_service, enrollment_service, file_s
 from utils.extensions import limiter
 from utils.pagination import paginate
 from utils.pipeline.catalog_cache import cached_public
+from utils.pipeline.signed_in_fast_path import signed_in_read
 from utils.read_only import read_only
 from utils.responses import (
     Access,
@@ -180,16 +181,20 @@ def list_courses():
                                        args.page, args.per_page)
 
 
+def _course(viewer, _args, course_id: int) -> dict:
+    course = course_service.visible_card(course_id, viewer)
+    return {"course": course_service.course_detail(course, viewer)}
+
+
 @bp.get("/<int:course_id>")
+@signed_in_read(_course)  # a signed-in viewer's page; a guest's is the catalog fast path's
 @cached_public
 @validate(resp=Response(HTTP_200=CourseResponse, **errors(404)), **TAGS)
 @read_only
 def get_course(course_id: int):
     """A course with its outline: full content for enrolled students, the owner and admins;
     titles, durations and preview lessons for everyone else."""
-    viewer = optional_user()
-    course = course_service.visible_card(course_id, viewer)
-    return {"course": course_service.course_detail(course, viewer)}
+    return _course(optional_user(), None, course_id)
 
 
 # --- instructors' own courses -----------------------------------------------------------------

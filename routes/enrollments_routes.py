@@ -10,6 +10,7 @@ from typing_extensions import TypedDict
 from auth import current_user, login_required
 from models import ENROLLMENT_STATUSES, db
 from utils.pipeline.idempotency import IdempotencyHeaders, idempotent
+from utils.pipeline.signed_in_fast_path import signed_in_read
 from services import enrollment_service
 from utils.errors import Conflict, NotFound
 from utils.read_only import read_only
@@ -173,13 +174,18 @@ def cancel_enrollment(enrollment_id: int):
     return {"message": "Enrollment cancelled", "enrollment": enrollment.to_dict()}
 
 
+def _progress(caller, _args, enrollment_id: int) -> dict:
+    return enrollment_service.detailed_progress(caller, enrollment_id=enrollment_id)
+
+
 @bp.get("/<int:enrollment_id>/progress")
+@signed_in_read(_progress)
 @login_required
 @validate(resp=Response(HTTP_200=CourseProgressResponse, **errors(401, 404)), **AUTH)
 @read_only
 def enrollment_progress(enrollment_id: int):
     """Progress lesson by lesson."""
-    return enrollment_service.detailed_progress(current_user(), enrollment_id=enrollment_id)
+    return _progress(current_user(), None, enrollment_id)
 
 
 @bp.get("/get-enrollments/<int:course_id>/progress")

@@ -14,6 +14,7 @@ from models import NOTIFICATION_KINDS, ROLES, db
 from services import jobs
 from services import notification_service as notifications
 from utils.read_only import read_only
+from utils.pipeline.signed_in_fast_path import signed_in_read
 from utils.responses import JobAcceptedResponse, MessageResponse, NotificationOut, PaginationOut
 from utils.routing import accepted, sent_changes
 from utils.validation import PageQuery, StrictModel, errors, json_body, query_args, validate
@@ -122,25 +123,34 @@ class NotifiedResponse(TypedDict):
     recipients: int
 
 
+def _page(caller, args) -> dict:
+    return notifications.page(caller, args.unread, args.page, args.per_page)
+
+
+def _unread(caller, _args) -> dict:
+    return {"unread_count": notifications.unread_count(caller.id)}
+
+
 @bp.get("")
 @bp.get("/get-notifications")
+@signed_in_read(_page, query=NotificationQuery)
 @login_required
 @validate(query=NotificationQuery, resp=Response(HTTP_200=NotificationListResponse,
                                                    **errors(401)), **AUTH)
 @read_only
 def list_notifications():
     """My notifications, newest first (`?unread=true` for unread only)."""
-    args = query_args()
-    return notifications.page(current_user(), args.unread, args.page, args.per_page)
+    return _page(current_user(), query_args())
 
 
 @bp.get("/unread-count")
+@signed_in_read(_unread)
 @login_required
 @validate(resp=Response(HTTP_200=UnreadCountResponse, **errors(401)), **AUTH)
 @read_only
 def unread_count():
     """How many of my notifications are unread (the badge)."""
-    return {"unread_count": notifications.unread_count(current_user().id)}
+    return _unread(current_user(), None)
 
 
 @bp.put("/<int:notification_id>/read")

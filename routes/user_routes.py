@@ -12,6 +12,7 @@ from typing_extensions import TypedDict
 from auth import current_user, instructor_required, login_required
 from services import catalog_service, certificate_service, course_service, enrollment_service
 from utils.read_only import read_only
+from utils.pipeline.signed_in_fast_path import signed_in_read
 from utils.responses import (
     AmountOut,
     CertificateListResponse,
@@ -57,25 +58,38 @@ class StudentDashboardResponse(TypedDict):
     recent_activity: Annotated[list[ActivityOut], Field(description="Newest first, at most 10")]
 
 
+def _dashboard(caller, _args) -> dict:
+    return enrollment_service.dashboard(caller)
+
+
+def _enrolled(caller, args) -> dict:
+    return enrollment_service.learner_enrollment_page(
+        caller.id, enrollment_service.OPEN_STATUSES, args.page, args.per_page)
+
+
+def _certificates(caller, args) -> dict:
+    return certificate_service.holder_page(caller.id, args.page, args.per_page)
+
+
 @bp.get("/dashboard")
+@signed_in_read(_dashboard)
 @login_required
 @validate(resp=Response(HTTP_200=StudentDashboardResponse, **errors(401)), **AUTH)
 @read_only
 def dashboard():
     """Counts (enrolled, in progress, completed, certificates, total spent) and recent activity."""
-    return enrollment_service.dashboard(current_user())
+    return _dashboard(current_user(), None)
 
 
 @bp.get("/enrolled-courses")
 @bp.get("/my-courses")
+@signed_in_read(_enrolled, query=PageQuery)
 @login_required
 @validate(query=PageQuery, resp=Response(HTTP_200=EnrollmentListResponse, **errors(401)), **AUTH)
 @read_only
 def enrolled_courses():
     """Courses the user is enrolled in (active or completed), with progress."""
-    args = query_args()
-    return enrollment_service.learner_enrollment_page(
-        current_user().id, enrollment_service.OPEN_STATUSES, args.page, args.per_page)
+    return _enrolled(current_user(), query_args())
 
 
 @bp.get("/completed-courses")
@@ -90,13 +104,13 @@ def completed_courses():
 
 
 @bp.get("/certificates")
+@signed_in_read(_certificates, query=PageQuery)
 @login_required
 @validate(query=PageQuery, resp=Response(HTTP_200=CertificateListResponse, **errors(401)), **AUTH)
 @read_only
 def certificates():
     """Certificates the user has earned."""
-    args = query_args()
-    return certificate_service.holder_page(current_user().id, args.page, args.per_page)
+    return _certificates(current_user(), query_args())
 
 
 @bp.get("/my-teaching-courses")

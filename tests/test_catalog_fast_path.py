@@ -11,13 +11,11 @@ import redis as redis_lib
 from flask import request, request_started
 from prometheus_client import REGISTRY
 
-from app import create_app
-from config import limiter_storage_uri
 from models import db
-from tests.conftest import redis_url, require_service
+from tests.support.fast_apps import redis_app
 from tests.support.queries import recorded_statements
 from utils.extensions import limiter
-from utils.pipeline import blocked_ips, catalog_cache, redis_client, round_trip
+from utils.pipeline import blocked_ips, redis_client, round_trip
 
 API = "/api/v1"
 STUDENTS = "https://students.example.test"
@@ -26,24 +24,8 @@ STUDENTS = "https://students.example.test"
 @pytest.fixture
 def fast_app(app):
     """An app with Redis for the cache and the limits, a small public limit, two origins."""
-    url = require_service("Redis (TEST_REDIS_URL)", redis_url())
-    uri = app.config["SQLALCHEMY_DATABASE_URI"]
-    fast = create_app("testing", overrides={
-        "SQLALCHEMY_DATABASE_URI": uri, "REDIS_URL": url,
-        "RATELIMIT_STORAGE_URI": limiter_storage_uri(url),
-        "UPLOAD_FOLDER": app.config["UPLOAD_FOLDER"], "RATE_LIMIT_PUBLIC": "6 per minute",
-        "FRONTEND_URL_STUDENTS": STUDENTS})
-    with fast.app_context():
-        if uri == "sqlite://":
-            db.create_all()
-        redis_client.get().flushdb()
-    yield fast
-    with fast.app_context():
-        redis_client.get().flushdb()
-        if uri == "sqlite://":
-            db.drop_all()
-        db.session.remove()
-    create_app("testing", overrides={"SQLALCHEMY_DATABASE_URI": uri})  # the shared limiter
+    with redis_app(app, RATE_LIMIT_PUBLIC="6 per minute", FRONTEND_URL_STUDENTS=STUDENTS) as fast:
+        yield fast
 
 
 def _course(app) -> int:

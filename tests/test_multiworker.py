@@ -24,6 +24,7 @@ API = "/api/v1"
 PASSWORD = "Multi-w0rker-pass"
 RESET_LIMIT = 6  # RATE_LIMIT_PASSWORD_RESET_REQUEST, per minute
 PUBLIC_LIMIT = 12  # RATE_LIMIT_PUBLIC, per minute
+READ_LIMIT = 150  # RATELIMIT_DEFAULT, per minute: every route without its own limit
 MAX_ROUNDS = 5  # batches sent, at most, until both workers have answered
 
 
@@ -73,6 +74,7 @@ def server(scratch_database, scratch_redis, tmp_path_factory):
         RATE_LIMIT_LOGIN="1000 per minute",
         RATE_LIMIT_PASSWORD_RESET_REQUEST=f"{RESET_LIMIT} per minute",
         RATE_LIMIT_PUBLIC=f"{PUBLIC_LIMIT} per minute",
+        RATELIMIT_DEFAULT=f"{READ_LIMIT} per minute",
         # A proxy is configured, but these requests come straight from 127.0.0.1: their own
         # forwarded headers must be ignored by gunicorn and the app alike.
         TRUSTED_PROXIES="192.0.2.0/24",
@@ -226,6 +228,41 @@ def test_a_signed_in_read_limit_is_shared_by_every_worker(server):
         _assert_retry_after(answer)
     _assert_both_workers(server, answers)
     _assert_both_workers(server, refused)
+
+
+def test_a_learners_read_before_flask_holds_on_every_worker(server):
+    """The signed-in fast path (utils/pipeline/signed_in_fast_path.py) answers a learner's read
+    once its worker has seen Flask answer one: across both workers exactly the default limit
+    gets through, the rest is refused with Flask's 429, and a logout is honoured by both."""
+    email = f"learner-{uuid.uuid4().hex[:8]}@example.com"
+    _register(server, email)
+    login = _login(server, email)
+    assert login.status == 200, login.body
+    bearer = {"Authorization": f"Bearer {login.body['access_token']}"}
+    path = f"{API}/notifications/unread-count"
+    answers = server.send_many(READ_LIMIT + 30, "GET", path, headers=bearer, tag="learner")
+    passed = [a for a in answers if a.status == 200]
+    assert len(passed) == READ_LIMIT, [(a.status, a.pid) for a in answers]
+    assert all(a.body == {"unread_count": 0} for a in passed)
+    _assert_both_workers(server, passed)
+    for answer in answers:
+        if answer.status != 200:
+            _assert_error(answer, 429, "rate_limited")
+            _assert_retry_after(answer)
+    # A new window's worth on another route, then the token is revoked: both workers, which
+    # have both learned the route, refuse it at once.
+    dashboard = f"{API}/users/dashboard"
+    before = _send_until_both_workers(server, 10, "GET", dashboard, headers=bearer,
+                                      tag="learner-dashboard")
+    assert all(a.status == 200 and a.body["stats"]["enrolled_courses"] == 0 for a in before)
+    _assert_both_workers(server, before)
+    logout = server.send("POST", f"{API}/auth/logout", headers=bearer)
+    assert logout.status == 200, logout.body
+    after = _send_until_both_workers(server, 10, "GET", dashboard, headers=bearer,
+                                     tag="learner-after")
+    for answer in after:
+        _assert_error(answer, 401, "token_revoked")
+    _assert_both_workers(server, after)
 
 
 def test_forwarded_headers_straight_at_gunicorn_are_not_believed(server):

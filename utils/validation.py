@@ -252,6 +252,7 @@ def validate(*, json: type[BaseModel] | None = None, query: type[BaseModel] | No
             return shaped(fn(*args, **kw), resp, media)
 
         wrapper.api_media = media
+        wrapper.api_resp = resp
         return wrapper
 
     return decorator
@@ -303,17 +304,33 @@ def shaped(result, resp: Response | None, media: dict | None = None):
             raise UndeclaredAnswer(f"{request.endpoint} answered {status}, which its "
                                    "declaration (resp=...) does not list with a body model")
         return result
+    data = _shaped_json(body, model, checking, f"{request.endpoint} answered {status}")
+    return current_app.response_class(data, status=status, headers=headers,
+                                      mimetype="application/json")
+
+
+def _shaped_json(body: dict, model: type, checking: bool, answered: str) -> bytes:
     adapter = _adapter(model)
     typed_dict = is_typeddict(model)
     if checking:
         try:
             adapter.validate_python(body, strict=typed_dict, extra="forbid")
         except PydanticValidationError as exc:
-            raise UndeclaredAnswer(f"{request.endpoint} answered {status} with a body that "
+            raise UndeclaredAnswer(f"{answered} with a body that "
                                    f"{model.__name__} does not describe:\n{exc}") from None
-    data = adapter.dump_json(body if typed_dict else adapter.validate_python(body))
-    return current_app.response_class(data, status=status, headers=headers,
-                                      mimetype="application/json")
+    return adapter.dump_json(body if typed_dict else adapter.validate_python(body))
+
+
+def answer_body(view, body) -> bytes:
+    """The JSON body of `view`'s 200 answer with `body`, shaped as `shaped` shapes it, outside a
+    request (the signed-in fast path, in an app context). TypeError for an answer `shaped`
+    would not shape (not a dict, no declared model): Flask then answers."""
+    resp = getattr(view, "api_resp", None)
+    model = resp.find_model(200) if resp is not None else None
+    if model is None or not isinstance(body, dict):
+        raise TypeError(f"{view.__name__}: no JSON body model to shape its answer")
+    return _shaped_json(body, model, current_app.testing or current_app.debug,
+                        f"{view.__name__} answered 200")
 
 
 def _check_document(body: str | bytes, status: int, headers, media: dict) -> None:

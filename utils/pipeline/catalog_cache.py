@@ -86,12 +86,12 @@ def register() -> None:
 
 # --- the decorator ----------------------------------------------------------------------------
 
-def _etag(body: bytes) -> str:
+def etag_of(body: bytes) -> str:
     return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
 
 
 def _conditional(body: bytes, status: int, public: bool, etag: str | None = None):
-    etag = etag or _etag(body)
+    etag = etag or etag_of(body)
     if status == 200 and etag in [tag.strip() for tag in
                                   request.headers.get("If-None-Match", "").split(",")]:
         response = make_response("", 304)
@@ -165,7 +165,7 @@ def cached_public(view):
         if response.status_code != 200:
             return response
         body = response.get_data()
-        etag = _etag(body)
+        etag = etag_of(body)
         if usable:
             try:
                 redis_client.get().set(key, entry_value(version, etag, body),

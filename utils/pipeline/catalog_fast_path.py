@@ -55,6 +55,25 @@ OWN_HEADERS = frozenset({"content-length", "etag", "x-request-id"})
 TEMPLATES_KEPT = 64  # (endpoint, origin, scheme) header sets per process, least recent dropped
 
 
+class HeaderTemplates(OrderedDict):
+    """The headers Flask sent with an endpoint's last 200, per (endpoint, origin, scheme),
+    without the ones each answer sets for itself; the least recently used dropped past
+    TEMPLATES_KEPT. Shared by both fast paths (this one and signed_in_fast_path.py)."""
+
+    def learn(self, key: tuple, headers) -> None:
+        self[key] = [(header, value) for header, value in headers
+                     if header.lower() not in OWN_HEADERS]
+        self.move_to_end(key)
+        while len(self) > TEMPLATES_KEPT:
+            self.popitem(last=False)
+
+    def used(self, key: tuple) -> list[tuple[str, str]] | None:
+        template = self.get(key)
+        if template is not None:
+            self.move_to_end(key)
+        return template
+
+
 @dataclass
 class Endpoint:
     rule: str  # the URL rule, the metrics' label
@@ -76,7 +95,7 @@ class CatalogFastPath:
         self.prefix = prefix
         self.on_answer = on_answer
         self.endpoints: dict[str, Endpoint] = {}
-        self.templates: OrderedDict[tuple, list[tuple[str, str]]] = OrderedDict()
+        self.templates = HeaderTemplates()
         self._adapter = None
 
     # --- when it may answer -----------------------------------------------------------------
@@ -128,7 +147,7 @@ class CatalogFastPath:
             return None
         name, endpoint = found
         template_key = (name, environ.get("HTTP_ORIGIN"), environ.get("wsgi.url_scheme"))
-        template = self.templates.get(template_key)
+        template = self.templates.used(template_key)
         if template is None:
             return None
         client = redis_client.for_url(self.app.config["REDIS_URL"])
@@ -160,7 +179,7 @@ class CatalogFastPath:
             # is refused before its view's limits count it; the mirror brought back in sync),
             # counting what it counts itself: the counts taken here are given back first (a
             # second trip, on refusals only).
-            _give_back(client, keys)
+            give_back(client, keys)
             return None
         if keys:
             environ[COUNTED] = True  # counted, with room: if Flask answers, it counts nothing
@@ -172,7 +191,6 @@ class CatalogFastPath:
         etag, body = copy
         incoming = environ.get("HTTP_X_REQUEST_ID", "")
         request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        self.templates.move_to_end(template_key)
         headers = [*template, ("ETag", etag), ("Content-Length", str(len(body))),
                    ("X-Request-ID", request_id)]
         return endpoint.rule, headers, body, request_id
@@ -203,11 +221,7 @@ class CatalogFastPath:
             kept.append((item, tuple(None if arg == ip else arg for arg in args)))
         self.endpoints[name] = Endpoint(rule, self._settings(), kept)
         key = (name, environ.get("HTTP_ORIGIN"), environ.get("wsgi.url_scheme"))
-        self.templates[key] = [(header, value) for header, value in headers
-                               if header.lower() not in OWN_HEADERS]
-        self.templates.move_to_end(key)
-        while len(self.templates) > TEMPLATES_KEPT:
-            self.templates.popitem(last=False)
+        self.templates.learn(key, headers)
 
 
 def _limit_keys(storage, endpoint: Endpoint, ip: str) -> list[str]:
@@ -219,7 +233,7 @@ def _limit_keys(storage, endpoint: Endpoint, ip: str) -> list[str]:
             for item, args in endpoint.limits]
 
 
-def _give_back(client: redis.Redis, keys: list[str]) -> None:
+def give_back(client: redis.Redis, keys: list[str]) -> None:
     """One count taken from each counter (never below zero, never reviving an expired one)."""
     if not keys:
         return

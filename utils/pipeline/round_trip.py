@@ -64,6 +64,10 @@ log = logging.getLogger("lms.limits")
 
 SCHEME = "lms+"
 READS = ("GET", "HEAD", "OPTIONS")  # no X-RateLimit-* headers (rate_limits.headers_on_writes)
+# In the environ of a signed-in read this trip decided: (the rate-limit settings, the limits
+# counted as (RateLimitItem, key arguments with None for the address, cost)), which the
+# signed-in fast path learns (signed_in_fast_path.py).
+DECIDED = "lms.limits_decided"
 # limits' own counter script, run by its SHA as limits runs it (Redis caches it by that SHA).
 INCR_EXPIRE_SHA = hashlib.sha1(RedisStorage.SCRIPT_INCR_EXPIRE).hexdigest()
 # A counter given back: never below zero, never revived once its window expired (a DECRBY on
@@ -202,36 +206,56 @@ def _limits(trip: dict) -> Plan:
     return found
 
 
-def _counters(limits: list) -> list[tuple[str, int, int, int]]:
-    """The counters one check hits, as (key, expiry, cost, amount allowed)
-    (Limiter.__evaluate_limits): skipping what it skips, and what it only tests
-    (deduct_when)."""
+class Counter(NamedTuple):
+    """One counter a check hits (Limiter.__evaluate_limits)."""
+    key: str
+    expiry: int
+    cost: int
+    allowed: int  # the limit's amount
+    # For the signed-in fast path: the limit and its key's arguments with None for the
+    # caller's address, when the limit is keyed by the address alone and nothing in it is
+    # decided per request (an exemption, a cost function); else None.
+    learnable: tuple | None
+
+
+def _counters(limits: list) -> list[Counter]:
+    """The counters one check hits (Limiter.__evaluate_limits): skipping what it skips, and
+    what it only tests (deduct_when)."""
     endpoint = limiter.identify_request()
     counters = []
+    address = request.remote_addr
     for limit in limits:
         if limit.is_exempt or limit.method_exempt or limit.deduct_when:
             continue
         args = [limit.key_func(), limit.scope_for(endpoint, request.method)]
         if all(args):
-            counters.append((limit.limit.key_for(RATE_LIMIT_KEY_PREFIX, *args),
-                             limit.limit.get_expiry(), limit.deduction_amount,
-                             limit.limit.amount))
+            fixed = (limit.exempt_when is None and not callable(limit.cost)
+                     and args[0] == address and args[1] != address)
+            counters.append(Counter(
+                limit.limit.key_for(RATE_LIMIT_KEY_PREFIX, *args), limit.limit.get_expiry(),
+                limit.deduction_amount, limit.limit.amount,
+                (limit.limit, (None, args[1]), limit.deduction_amount) if fixed else None))
     return counters
 
 
-def _decide(trip: dict, counted: list[tuple[str, int, int, int]]) -> bool:
+def _decide(trip: dict, counted: list[Counter]) -> bool:
     """Whether this request is decided here (see the module's docstring): a decidable signed-in
     read whose every counter was counted in the trip and is within its amount. Its counts are
-    then taken as the limiter's own, so none is given back."""
+    then taken as the limiter's own, so none is given back. The limits it was decided under
+    are left in the environ (`DECIDED`) when the signed-in fast path could count them itself."""
     if not trip.get("decidable"):
         return False
     counts, seen = trip["counts"], {}
-    for key, _expiry, _cost, allowed in counted:
-        index = seen[key] = seen.get(key, -1) + 1
-        entries = counts.get(key, ())
-        if index >= len(entries) or entries[index][2] > allowed:
+    for counter in counted:
+        index = seen[counter.key] = seen.get(counter.key, -1) + 1
+        entries = counts.get(counter.key, ())
+        if index >= len(entries) or entries[index][2] > counter.allowed:
             return False  # not counted here (an error), or over: the limiter decides
     trip["counts"], trip["decided"] = {}, True
+    plan = current_app.extensions["round_trip_limits"].get(trip["limits"])
+    if plan is not None and _repeatable(plan) and all(counter.learnable for counter in counted):
+        request.environ[DECIDED] = (plan.settings,
+                                    tuple(counter.learnable for counter in counted))
     return True
 
 
@@ -257,7 +281,16 @@ def _before_limits() -> bool:
         _send(storage, trip, now + later)
         return _decide(trip, now + later)
     trip["plan"] = later
+    if not later and trip["decidable"] and _repeatable(plan):
+        # Nothing to count: the limiter counts nothing for this read either.
+        request.environ[DECIDED] = (plan.settings, ())
     return False
+
+
+def _repeatable(plan: Plan) -> bool:
+    """Whether every request to the endpoint hits the counters this one does (no limit is
+    exempted per request)."""
+    return not any(limit.exempt_when for limit in plan.before + plan.in_view)
 
 
 def read_shared_state() -> None:
@@ -282,7 +315,7 @@ def _send(storage: RoundTripRedisStorage, trip: dict, planned) -> None:
     windows = request.method not in READS  # a write's headers say what is left, and when
     pipe = redis_client.get().pipeline(transaction=False)
     pipe.mget(keys)
-    for key, expiry, amount, _allowed in planned:
+    for key, expiry, amount, _allowed, _learnable in planned:
         pipe.evalsha(INCR_EXPIRE_SHA, 1, storage.prefixed_key(key), expiry, amount)
         if windows:
             pipe.ttl(storage.prefixed_key(key))
@@ -293,7 +326,7 @@ def _send(storage: RoundTripRedisStorage, trip: dict, planned) -> None:
         return
     trip["reply"] = (keys, replies[0])
     step, now = 1 + windows, time.time()
-    for index, (key, expiry, amount, _allowed) in enumerate(planned):
+    for index, (key, expiry, amount, _allowed, _learnable) in enumerate(planned):
         count = replies[1 + index * step]
         if isinstance(count, Exception):  # e.g. NOSCRIPT: the limiter's incr counts it
             continue

@@ -1,0 +1,278 @@
+"""A learner's signed-in read answered before Flask runs, with every check the full path makes
+for that request, in one Redis round trip and the view's own statements.
+
+The reads a learner's pages make (the dashboard, the enrolled courses, the unread count, ...)
+are views behind `@login_required` that read with the caller and nothing else of the request.
+Flask spent most of such a request's CPU around the view: its request context, eleven
+before/after hooks, Talisman and CORS working out the same headers each time, the
+limiter's bookkeeping, the token's three decodes. A view marked `@signed_in_read(reader)`
+(`reader(caller, args, **view_args)` returns what the view returns; the view itself calls
+the same reader) is answered here instead, when, and only when, this request would pass every
+check Flask makes:
+
+- a `GET` under the API prefix, without a query string (a query is validated by Flask), with
+  one `Authorization: Bearer <JWT>` header and nothing conditional (`If-None-Match`);
+- the token verifies as Flask-JWT-Extended verifies it (its own `decode_token`, with this
+  app's memo of verified tokens: signature, expiry, audience, issuer), is an access token,
+  and passes the app's custom verification;
+- one Redis pipeline: Flask-Limiter's own fixed-window script for each of the endpoint's
+  limits (their keys as Flask-Limiter names them), and one MGET of the shared state's trust
+  marker, the address's block, the token's revocation and the caller's mirrored access fields
+  (shared_state.py, user_mirror.py): every count within its amount, the mirror trusted, the
+  address not blocked, the token not revoked, the account there, active, and the token
+  issued after its `tokens_valid_after`;
+- the view's resolved limits, its answer's headers (security headers, CORS, content type)
+  learned from Flask's own 200 to a signed-in caller of the same endpoint, origin and scheme
+  in this process, under the rate-limit settings of now.
+
+Anything else (a check that fails, a reader that raises, Redis down, the limiter on its
+in-memory fallback, a new endpoint) goes on to Flask, which answers as it always has; the
+counts taken here are given back first when a check failed, and stand (`COUNTED`: Flask does
+not count them again) when only the reader declined. The reader runs in an app context on a
+`@read_only` connection (no transaction block; a write raises), and its answer is shaped by
+the view's declared body model exactly as Flask's is (`shape`, given by app.py). The answer is
+counted in the metrics and logged as Flask's are. Switched off with SIGNED_IN_FAST_PATH=false.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+
+import redis
+from flask import Flask, g, request
+from flask_jwt_extended import decode_token
+from flask_jwt_extended.config import config as jwt_config
+from flask_jwt_extended.internal_utils import get_jwt_manager
+from flask_jwt_extended.utils import get_unverified_jwt_headers
+from werkzeug.exceptions import HTTPException
+
+from utils.extensions import COUNTED, limiter
+from utils.pipeline import redis_client, round_trip, shared_state
+from utils.pipeline.catalog_cache import etag_of
+from utils.pipeline.catalog_fast_path import HeaderTemplates, give_back
+from utils.pipeline.user_mirror import GONE, Caller
+from utils.validators import REQUEST_ID
+
+log = logging.getLogger("lms.fast")
+
+LEARN = "lms.signed_in_read"  # in the environ: the view answered an active, signed-in caller
+INT_MAX = 2**31 - 1  # a larger id in the path is Flask's 404 (middleware)
+_BEARER = re.compile(r"Bearer ([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)")
+
+
+def signed_in_read(reader: Callable, query: type | None = None):
+    """Mark a `@login_required` view that the signed-in fast path may answer with
+    `reader(caller, args, **view_args)`: `args` is the view's query model with its defaults
+    (`query`), or None. Put it directly under the route's decorator, over the view's other
+    decorators; the view returns `reader(current_user(), query_args(), ...)` itself."""
+
+    def decorator(view):
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            answer = view(*args, **kwargs)
+            if g.get("user_id") is not None:
+                request.environ[LEARN] = (request.endpoint, request.url_rule.rule)
+            return answer
+
+        wrapper.signed_in_reader = (reader, query)
+        return wrapper
+
+    return decorator
+
+
+@dataclass
+class Endpoint:
+    rule: str
+    settings: tuple  # the rate-limit settings it was learned under
+    limits: tuple  # (RateLimitItem, key arguments with None for the address, cost)
+    enabled: bool  # whether the limiter counted at all
+
+
+class SignedInFastPath:
+    """WSGI middleware: see the module's docstring. `shape(view, body)` is the view's answer
+    body (bytes) as Flask would send it; `on_answer(environ, status, rule, started,
+    request_id, user_id)` counts and logs an answer sent here."""
+
+    def __init__(self, wsgi_app, app: Flask, prefix: str, shape: Callable,
+                 on_answer: Callable[..., None] | None = None):
+        self.wsgi_app = wsgi_app
+        self.app = app
+        self.prefix = prefix
+        self.shape = shape
+        self.on_answer = on_answer
+        self.endpoints: dict[str, Endpoint] = {}
+        self.templates = HeaderTemplates()
+        self._adapter = None
+
+    def __call__(self, environ, start_response):
+        if (environ.get("REQUEST_METHOD") != "GET" or environ.get("QUERY_STRING")
+                or "HTTP_IF_NONE_MATCH" in environ
+                or not environ.get("PATH_INFO", "").startswith(self.prefix)
+                or not environ.get("HTTP_AUTHORIZATION", "").startswith("Bearer ")
+                or not self.app.config["SIGNED_IN_FAST_PATH"]):
+            return self.wsgi_app(environ, start_response)
+        started = time.perf_counter()
+        try:
+            answer = self._answer(environ)
+        except Exception:  # never worse than Flask's answer: Flask answers it
+            log.exception("signed-in fast path failed; Flask answers")
+            answer = None
+        if answer is None:
+            return self._learning(environ, start_response)
+        rule, headers, body, request_id, user_id = answer
+        start_response("200 OK", headers)
+        if self.on_answer is not None:
+            self.on_answer(environ, 200, rule, started, request_id, user_id)
+        return [body]
+
+    # --- when it may answer -----------------------------------------------------------------
+
+    def _match(self, path: str):
+        if self._adapter is None:
+            self._adapter = self.app.url_map.bind("localhost")
+        try:
+            rule, view_args = self._adapter.match(path, method="GET", return_rule=True)
+        except HTTPException:
+            return None
+        name = rule.endpoint
+        endpoint = self.endpoints.get(rule.rule)
+        if endpoint is None or endpoint.settings != round_trip.limit_settings(self.app):
+            return None
+        if any(isinstance(value, int) and value > INT_MAX for value in view_args.values()):
+            return None
+        return name, endpoint, view_args
+
+    def _answer(self, environ):
+        found = self._match(environ["PATH_INFO"])
+        if found is None:
+            return None
+        name, endpoint, view_args = found
+        template_key = (endpoint.rule, environ.get("HTTP_ORIGIN"),
+                        environ.get("wsgi.url_scheme"))
+        template = self.templates.used(template_key)
+        token = _BEARER.fullmatch(environ["HTTP_AUTHORIZATION"])
+        if template is None or token is None or endpoint.enabled != limiter.enabled:
+            return None
+        storage = None
+        if endpoint.limits:
+            storage = round_trip.counting_storage(self.app.config.get("REDIS_URL"))
+            if storage is None:
+                return None
+        with self.app.app_context():
+            claims = _verified(token.group(1))
+            if claims is None:
+                return None
+            ip = environ.get("REMOTE_ADDR") or "unknown"
+            keys = [storage.prefixed_key(item.key_for(round_trip.RATE_LIMIT_KEY_PREFIX,
+                                                      *(ip if arg is None else arg
+                                                        for arg in args)))
+                    for item, args, _cost in endpoint.limits]
+            caller = self._checked(claims, endpoint, keys, ip)
+            if caller is None:
+                return None
+            if keys:
+                environ[COUNTED] = True  # counted with room: if Flask answers, it counts nothing
+            view = self.app.view_functions[name]
+            reader, query = view.signed_in_reader
+            g.read_only_view = True
+            try:
+                payload = reader(caller, query() if query is not None else None, **view_args)
+                body = self.shape(view, payload)
+            except Exception as exc:  # a 404 of another user's object, say: Flask answers it
+                log.debug("signed-in fast path: %s declined (%r); Flask answers", name, exc)
+                return None
+            finally:
+                g.read_only_view = False
+        incoming = environ.get("HTTP_X_REQUEST_ID", "")
+        request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        headers = [*template, ("Content-Length", str(len(body))), ("X-Request-ID", request_id)]
+        if getattr(view, "catalog_cached", False):  # a signed-in copy's tag, as Flask sends it
+            headers.append(("ETag", etag_of(body)))
+        return endpoint.rule, headers, body, request_id, caller.id
+
+    def _checked(self, claims: dict, endpoint: Endpoint, keys: list[str], ip: str):
+        """The caller when every count has room and the shared state lets this token in
+        (Flask's checks: auth._token_refused, _load_user, _require_active_user,
+        blocked_ips.refuse_blocked_ip); else None, with the counts given back."""
+        jti, subject = claims.get("jti"), claims.get(jwt_config.identity_claim_key)
+        if not isinstance(jti, str) or not isinstance(subject, str) or not subject.isdigit():
+            return None
+        user_id = int(subject)
+        client = redis_client.for_url(self.app.config["REDIS_URL"])
+        pipe = client.pipeline(transaction=False)
+        for (item, _args, cost), key in zip(endpoint.limits, keys):
+            pipe.evalsha(round_trip.INCR_EXPIRE_SHA, 1, key, item.get_expiry(), cost)
+        pipe.mget([shared_state.SYNCED, shared_state.ip_key(ip), shared_state.jti_key(jti),
+                   shared_state.user_key(user_id)])
+        try:
+            *counts, (generation, blocked, revoked, mirrored) = pipe.execute()
+        except redis.RedisError as exc:  # NOSCRIPT included: Flask's limiter loads it again
+            log.warning("signed-in fast path: Redis unavailable, Flask answers: %s", exc)
+            return None
+        caller = None
+        if generation is not None and blocked is None and revoked is None and \
+                mirrored is not None and mirrored.startswith(generation + b"|") and \
+                not any(int(count) > item.amount
+                        for (item, _args, _cost), count in zip(endpoint.limits, counts)):
+            rest = mirrored[len(generation) + 1:]
+            caller = None if rest == GONE else Caller.decode(user_id, rest)
+        if caller is not None and caller.is_active:
+            valid_after = caller.tokens_valid_after_ms
+            issued_ms = claims.get("iat_ms", claims.get("iat", 0) * 1000)
+            if valid_after is None or issued_ms >= valid_after:
+                return caller
+        give_back(client, keys)  # Flask counts (or not) and answers as it always has
+        return None
+
+    # --- learning from the full path ----------------------------------------------------------
+
+    def _learning(self, environ, start_response):
+        def start(status, headers, exc_info=None):
+            if environ.get(LEARN) is not None and status.startswith("200 "):
+                self._learn(environ, headers)
+            return start_response(status, headers, exc_info)
+
+        return self.wsgi_app(environ, start)
+
+    def _learn(self, environ, headers) -> None:
+        name, rule = environ[LEARN]
+        if any(header.lower() == "set-cookie" for header, _ in headers):
+            return
+        view = self.app.view_functions.get(name)
+        if getattr(view, "signed_in_reader", None) is None:
+            return
+        settings = round_trip.limit_settings(self.app)
+        if limiter.enabled:
+            decided = environ.get(round_trip.DECIDED)
+            if decided is None or decided[0] != settings:
+                return  # the limiter decided it (or counted nothing we can repeat): not learned
+            limits = decided[1]
+        else:
+            limits = ()
+        self.endpoints[rule] = Endpoint(rule, settings, limits, limiter.enabled)
+        key = (rule, environ.get("HTTP_ORIGIN"), environ.get("wsgi.url_scheme"))
+        self.templates.learn(key, headers)
+
+
+def _verified(encoded: str) -> dict | None:
+    """The token's claims when Flask-JWT-Extended would accept it as this request's access
+    token (verify_jwt_in_request: headers only, the type, the custom verification); else
+    None."""
+    if list(jwt_config.token_location) != ["headers"] or jwt_config.header_name != \
+            "Authorization" or jwt_config.header_type != "Bearer":
+        return None
+    try:
+        claims = decode_token(encoded)
+        if claims.get("type") != "access":
+            return None
+        if not get_jwt_manager()._token_verification_callback(
+                get_unverified_jwt_headers(encoded), claims):
+            return None
+    except Exception:  # expired, invalid, tampered: Flask says which
+        return None
+    return claims
