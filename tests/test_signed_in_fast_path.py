@@ -194,6 +194,28 @@ def test_every_refusal_is_flasks(fast_app):
     assert handled == [path]
 
 
+def test_a_custom_token_verification_is_honoured(fast_app, monkeypatch):
+    """A token_verification_loader the app registers runs here too (the default, which
+    passes every token, is skipped)."""
+    learner = Learner(fast_app)
+    client = fast_app.test_client()
+    path = f"{API}/users/certificates"
+    _learned(fast_app, learner, path)
+    with fast_app.app_context():
+        manager = fast_app.extensions["flask-jwt-extended"]
+    seen = []
+
+    def refuse(header, claims):
+        seen.append(claims["sub"])
+        return False
+
+    monkeypatch.setattr(manager, "_token_verification_callback", refuse)
+    with flask_handled(fast_app) as handled:
+        error(client.get(path, headers=learner.student.headers), 401, "token_invalid")
+    assert handled == [path]
+    assert seen == [str(learner.student.id)] * 2  # the fast path's check, then Flask's
+
+
 def test_a_blocked_address_an_untrusted_mirror_and_a_query_go_to_flask(fast_app):
     learner = Learner(fast_app)
     client = fast_app.test_client()
