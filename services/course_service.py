@@ -648,11 +648,13 @@ _MODULES, _LESSONS, _RESOURCES = Module.__table__, Lesson.__table__, LessonResou
 class CourseCard(Columns):
     """A course as a list shows it: its columns, `instructor` (their public card) and
     `subcategory` (id, name, master_category_id), each None when absent; `enrolled`: whether
-    the reader it was read for (`course_card`) is its student (None: not asked)."""
+    the reader it was read for (`course_card`) is its student (None: not asked);
+    `has_prerequisites`: whether any course is linked as its prerequisite (None: not asked)."""
 
     is_free = Course.is_free
     to_dict = Course.to_dict
     enrolled = None
+    has_prerequisites = None  # whether it has any (`course_card`); None: not asked
 
 
 class _Instructor(Columns):
@@ -707,8 +709,11 @@ def card_of_row(row) -> CourseCard:
 
 
 # Built once: a statement's construction and cache key cost more than its rows here.
-_CARD = (select(*CARD_COLUMNS).select_from(_CARD_FROM)
-         .where(_COURSES.c.id == bindparam("course_id")))
+# With whether the course has prerequisites at all: most have none, and the course detail then
+# skips the statement that would list them.
+_CARD = (select(*CARD_COLUMNS, exists().where(
+    CoursePrerequisite.course_id == _COURSES.c.id).label("has_prerequisites"))
+         .select_from(_CARD_FROM).where(_COURSES.c.id == bindparam("course_id")))
 _CARD_FOR_READER = _CARD.add_columns(exists().where(
     Enrollment.user_id == bindparam("reader_id"), Enrollment.course_id == _COURSES.c.id,
     Enrollment.status.in_(OPEN_ENROLLMENT_STATUSES)).label("enrolled"))
@@ -728,6 +733,7 @@ def course_card(course_id: int, reader: User | None = None) -> CourseCard:
     if row is None:
         raise NotFound("Course not found")
     card = card_of_row(row)
+    card.has_prerequisites = bool(row[N_CARD])
     if asks:
         card.enrolled = row[-1]
     return card
@@ -855,7 +861,8 @@ def catalog_page(query, page: int, per_page: int) -> dict:
 
 def course_detail(course: CourseCard, viewer: User | None) -> dict:
     """The course with its outline as `viewer` may read it (`course` read for them by
-    `course_card`): three statements with the card, whoever reads."""
+    `course_card`): three statements with the card, whoever reads; two when the card says
+    the course has no prerequisites."""
     level, modules, answered = readable_outline(course, viewer)
     data = course_summary(course)
     data["modules"] = answered
@@ -863,7 +870,8 @@ def course_detail(course: CourseCard, viewer: User | None) -> dict:
     data["prerequisites"] = [
         {"id": c.id, "title": c.title, "slug": c.slug}
         for c in _prerequisites(_PREREQUISITE_LINKS, course.id, viewer, False,
-                                db.session.connection().execute)]
+                                db.session.connection().execute)
+    ] if course.has_prerequisites is not False else []
     data["access"] = level
     data["has_full_access"] = has_full_content(level)
     return data
