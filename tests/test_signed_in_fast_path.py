@@ -10,16 +10,18 @@ from datetime import timedelta
 import pytest
 import redis as redis_lib
 from flask_jwt_extended import create_access_token, create_refresh_token
+from sqlalchemy import select
 
 from models import Notification, User, db
-from tests.support.fast_apps import redis_app
 from tests.support.assertions import error, ok
+from tests.support.fast_apps import redis_app
 from tests.support.queries import recorded_statements
 from tests.test_catalog_fast_path import RoundTrips, flask_handled
 from tests.test_enrollments import Actor, actor_in, add_certificate, build_course
 from utils.extensions import limiter
 from utils.helpers import utcnow
 from utils.pipeline import blocked_ips, redis_client, shared_state
+from utils.pipeline.signed_in_fast_path import ReadSession
 
 API = "/api/v1"
 STUDENTS = "https://students.example.test"
@@ -278,3 +280,21 @@ def test_redis_down_goes_to_flask(fast_app, monkeypatch):
         body = ok(client.get(path, headers=learner.student.headers))
     assert handled == [path]
     assert body["stats"]["enrolled_courses"] == 1
+
+
+def test_a_readers_session_is_one_connection_and_a_real_session_on_demand(fast_app):
+    """ReadSession: `connection()` is one engine connection for the whole read; an ORM call
+    goes to a real session made then; closing it (the app context's teardown) closes both."""
+    learner = Learner(fast_app)
+    with fast_app.app_context():
+        read = ReadSession(db.session.session_factory, db.engine)
+        first = read.connection()
+        assert read.connection() is first
+        assert first.scalar(select(User.email).where(User.id == learner.student.id)) == \
+            "race-student1@example.com"
+        assert read._session is None  # no ORM session yet
+        assert read.get(User, learner.student.id).id == learner.student.id
+        session = read._session
+        assert session is not None and read.connection({"mapper": User}) is not first
+        read.close()
+        assert first.closed and not session.in_transaction()
