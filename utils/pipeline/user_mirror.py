@@ -118,8 +118,13 @@ class Caller:
 
     @classmethod
     def decode(cls, user_id: int, value: bytes) -> Caller | None:
-        role, active, valid_after = value.decode().split("|")
-        return cls(user_id, role, active == "1", int(valid_after) if valid_after else None)
+        """The caller a mirrored value holds; None for a value that is not one (written by
+        something else): the row is read instead."""
+        try:
+            role, active, valid_after = value.decode().split("|")
+            return cls(user_id, role, active == "1", int(valid_after) if valid_after else None)
+        except ValueError:  # UnicodeDecodeError included
+            return None
 
 
 def caller(user_id: int) -> Caller | None:
@@ -133,7 +138,11 @@ def caller(user_id: int) -> Caller | None:
         prefix = generation + b"|"
         if value.startswith(prefix):
             rest = value[len(prefix):]
-            return None if rest == GONE else Caller.decode(user_id, rest)
+            if rest == GONE:
+                return None
+            found = Caller.decode(user_id, rest)
+            if found is not None:
+                return found
     user = db.session.get(User, user_id)
     g.caller_row = user
     found = Caller.of(user) if user is not None else None
