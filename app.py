@@ -54,7 +54,7 @@ from utils.pipeline.catalog_fast_path import CatalogFastPath
 from utils.pipeline.client_address import TrustedProxies, parse_networks
 from utils.pipeline.signed_in_fast_path import SignedInFastPath
 from utils.pipeline.hooks import init_pipeline
-from utils.validation import answer_body, spec
+from utils.validation import answer_body, parsed_query, spec
 
 API_CSP = {"default-src": "'none'", "frame-ancestors": "'none'"}
 VERIFY_CSP = {"default-src": "'none'", "style-src": "'unsafe-inline'", "form-action": "'self'",
@@ -102,7 +102,8 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
     app.wsgi_app = TrustedProxies(
         CatalogFastPath(
             SignedInFastPath(app.wsgi_app, app, app.config["API_PREFIX"] + "/",
-                             shape=answer_body, on_answer=_fast_answer),
+                             shape=answer_body, parse_query=parsed_query,
+                             on_answer=_fast_answer),
             app, app.config["API_PREFIX"] + "/public/", on_answer=_fast_answer), proxies)
 
     db.init_app(app)

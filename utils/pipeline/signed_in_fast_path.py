@@ -10,8 +10,9 @@ limiter's bookkeeping, the token's three decodes. A view marked `@signed_in_read
 the same reader) is answered here instead, when, and only when, this request would pass every
 check Flask makes:
 
-- a `GET` under the API prefix, without a query string (a query is validated by Flask), with
-  one `Authorization: Bearer <JWT>` header and nothing conditional (`If-None-Match`);
+- a `GET` under the API prefix with one `Authorization: Bearer <JWT>` header and nothing
+  conditional (`If-None-Match`), whose query string (if any) the view's query model accepts as
+  Flask's validation would, without a control character in any key or value;
 - the token verifies as Flask-JWT-Extended verifies it (its own `decode_token`, with this
   app's memo of verified tokens: signature, expiry, audience, issuer), is an access token,
   and passes the app's custom verification;
@@ -51,6 +52,7 @@ from flask_jwt_extended.default_callbacks import default_token_verification_call
 from flask_jwt_extended.internal_utils import get_jwt_manager
 from flask_jwt_extended.utils import get_unverified_jwt_headers
 from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Request
 
 from models import db
 from utils.extensions import COUNTED, limiter
@@ -58,7 +60,7 @@ from utils.pipeline import redis_client, round_trip, shared_state
 from utils.pipeline.catalog_cache import etag_of
 from utils.pipeline.catalog_fast_path import HeaderTemplates, give_back
 from utils.pipeline.user_mirror import GONE, Caller
-from utils.validators import REQUEST_ID
+from utils.validators import REQUEST_ID, text_problem
 
 log = logging.getLogger("lms.fast")
 
@@ -69,9 +71,10 @@ _BEARER = re.compile(r"Bearer ([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)")
 
 def signed_in_read(reader: Callable, query: type | None = None):
     """Mark a `@login_required` view that the signed-in fast path may answer with
-    `reader(caller, args, **view_args)`: `args` is the view's query model with its defaults
-    (`query`), or None. Put it directly under the route's decorator, over the view's other
-    decorators; the view returns `reader(current_user(), query_args(), ...)` itself."""
+    `reader(caller, args, **view_args)`: `args` is the view's query model (`query`, the same
+    one its `@validate` declares) parsed from the query string, or None without a model. Put it
+    directly under the route's decorator, over the view's other decorators; the view returns
+    `reader(current_user(), query_args(), ...)` itself."""
 
     def decorator(view):
         @wraps(view)
@@ -101,19 +104,19 @@ class SignedInFastPath:
     request_id, user_id)` counts and logs an answer sent here."""
 
     def __init__(self, wsgi_app, app: Flask, prefix: str, shape: Callable,
-                 on_answer: Callable[..., None] | None = None):
+                 parse_query: Callable, on_answer: Callable[..., None] | None = None):
         self.wsgi_app = wsgi_app
         self.app = app
         self.prefix = prefix
         self.shape = shape
+        self.parse_query = parse_query
         self.on_answer = on_answer
         self.endpoints: dict[str, Endpoint] = {}
         self.templates = HeaderTemplates()
         self._adapter = None
 
     def __call__(self, environ, start_response):
-        if (environ.get("REQUEST_METHOD") != "GET" or environ.get("QUERY_STRING")
-                or "HTTP_IF_NONE_MATCH" in environ
+        if (environ.get("REQUEST_METHOD") != "GET" or "HTTP_IF_NONE_MATCH" in environ
                 or not environ.get("PATH_INFO", "").startswith(self.prefix)
                 or not environ.get("HTTP_AUTHORIZATION", "").startswith("Bearer ")
                 or not self.app.config["SIGNED_IN_FAST_PATH"]):
@@ -161,12 +164,17 @@ class SignedInFastPath:
         token = _BEARER.fullmatch(environ["HTTP_AUTHORIZATION"])
         if template is None or token is None or endpoint.enabled != limiter.enabled:
             return None
+        view = self.app.view_functions[name]
+        reader, query = view.signed_in_reader
         storage = None
         if endpoint.limits:
             storage = round_trip.counting_storage(self.app.config.get("REDIS_URL"))
             if storage is None:
                 return None
         with self.app.app_context():
+            arguments = self._arguments(environ, query)
+            if arguments is None:
+                return None
             claims = _verified(token.group(1))
             if claims is None:
                 return None
@@ -180,13 +188,12 @@ class SignedInFastPath:
                 return None
             if keys:
                 environ[COUNTED] = True  # counted with room: if Flask answers, it counts nothing
-            view = self.app.view_functions[name]
-            reader, query = view.signed_in_reader
             g.read_only_view = True
             if not db.session.registry.has():  # (nothing before has asked for one)
                 db.session.registry.set(ReadSession(db.session.session_factory, db.engine))
             try:
-                payload = reader(caller, query() if query is not None else None, **view_args)
+                payload = reader(caller, arguments if arguments is not False else None,
+                                 **view_args)
                 body = self.shape(view, payload)
             except Exception as exc:  # a 404 of another user's object, say: Flask answers it
                 log.debug("signed-in fast path: %s declined (%r); Flask answers", name, exc)
@@ -199,6 +206,20 @@ class SignedInFastPath:
         if getattr(view, "catalog_cached", False):  # a signed-in copy's tag, as Flask sends it
             headers.append(("ETag", etag_of(body)))
         return endpoint.rule, headers, body, request_id, caller.id
+
+    def _arguments(self, environ, query):
+        """The view's query model from the query string (its defaults without one); False for
+        a view without a model; None where Flask would refuse the query (a control character
+        in any key or value: the middleware's 422; a value the model refuses: 422)."""
+        if not environ.get("QUERY_STRING"):
+            return query() if query is not None else False
+        args = Request(environ).args
+        if any(text_problem(key, single_line=True) or text_problem(value, single_line=True)
+               for key, value in args.items(multi=True)):
+            return None
+        if query is None:
+            return False  # Flask ignores a query its view does not read
+        return self.parse_query(query, args)
 
     def _checked(self, claims: dict, endpoint: Endpoint, keys: list[str], ip: str):
         """The caller when every count has room and the shared state lets this token in
