@@ -133,7 +133,7 @@ def _unread(caller, _args) -> dict:
 
 @bp.get("")
 @bp.get("/get-notifications")
-@signed_in_read(_page, query=NotificationQuery)
+@signed_in_read(_page)
 @login_required
 @validate(query=NotificationQuery, resp=Response(HTTP_200=NotificationListResponse,
                                                    **errors(401)), **AUTH)

@@ -83,7 +83,7 @@ def dashboard():
 
 @bp.get("/enrolled-courses")
 @bp.get("/my-courses")
-@signed_in_read(_enrolled, query=PageQuery)
+@signed_in_read(_enrolled)
 @login_required
 @validate(query=PageQuery, resp=Response(HTTP_200=EnrollmentListResponse, **errors(401)), **AUTH)
 @read_only
@@ -104,7 +104,7 @@ def completed_courses():
 
 
 @bp.get("/certificates")
-@signed_in_read(_certificates, query=PageQuery)
+@signed_in_read(_certificates)
 @login_required
 @validate(query=PageQuery, resp=Response(HTTP_200=CertificateListResponse, **errors(401)), **AUTH)
 @read_only

@@ -113,9 +113,11 @@ spec = SpecTree(
 )
 
 
-def _query_items() -> dict:
-    return {key: values if len(values) > 1 else values[0]
-            for key, values in request.args.lists()}  # as parsed_query reads them
+def _query_items(args=None) -> dict:
+    """A query's values as its model reads them (the request's, or `args`, a MultiDict): a
+    repeated key as a list."""
+    args = request.args if args is None else args
+    return {key: values if len(values) > 1 else values[0] for key, values in args.lists()}
 
 
 # Failures of structured values (a number, an e-mail, a choice, a pattern, a date): an
@@ -207,8 +209,7 @@ def _parse(model: type[BaseModel], data, errors: list[dict]):
 def parsed_query(model: type[BaseModel], args) -> Any:
     """`model` from a query's `args` (a MultiDict) as `validate(query=model)` parses it, outside
     a request (the signed-in fast path); None where that would answer 422 (Flask then does)."""
-    items = {key: values if len(values) > 1 else values[0] for key, values in args.lists()}
-    return _parse(model, items, [])
+    return _parse(model, _query_items(args), [])
 
 
 def _raise_invalid(errors: list[dict]) -> None:
@@ -259,7 +260,7 @@ def validate(*, json: type[BaseModel] | None = None, query: type[BaseModel] | No
             return shaped(fn(*args, **kw), resp, media)
 
         wrapper.api_media = media
-        wrapper.api_resp = resp
+        wrapper.api_query, wrapper.api_resp = query, resp  # for the signed-in fast path
         return wrapper
 
     return decorator

@@ -60,20 +60,19 @@ from utils.pipeline import redis_client, round_trip, shared_state
 from utils.pipeline.catalog_cache import etag_of
 from utils.pipeline.catalog_fast_path import HeaderTemplates, give_back
 from utils.pipeline.user_mirror import GONE, Caller
-from utils.validators import REQUEST_ID, text_problem
+from utils.validators import INT_MAX, REQUEST_ID, text_problem
 
 log = logging.getLogger("lms.fast")
 
 LEARN = "lms.signed_in_read"  # in the environ: the view answered an active, signed-in caller
-INT_MAX = 2**31 - 1  # a larger id in the path is Flask's 404 (middleware)
 _BEARER = re.compile(r"Bearer ([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)")
 
 
-def signed_in_read(reader: Callable, query: type | None = None):
+def signed_in_read(reader: Callable):
     """Mark a `@login_required` view that the signed-in fast path may answer with
-    `reader(caller, args, **view_args)`: `args` is the view's query model (`query`, the same
-    one its `@validate` declares) parsed from the query string, or None without a model. Put it
-    directly under the route's decorator, over the view's other decorators; the view returns
+    `reader(caller, args, **view_args)`: `args` is the query model its `@validate` declares,
+    parsed from the query string, or None without one. Put it directly under the route's
+    decorator, over the view's other decorators; the view returns
     `reader(current_user(), query_args(), ...)` itself."""
 
     def decorator(view):
@@ -84,7 +83,7 @@ def signed_in_read(reader: Callable, query: type | None = None):
                 request.environ[LEARN] = (request.endpoint, request.url_rule.rule)
             return answer
 
-        wrapper.signed_in_reader = (reader, query)
+        wrapper.signed_in_reader = reader
         return wrapper
 
     return decorator
@@ -150,7 +149,7 @@ class SignedInFastPath:
             return None
         if any(value > INT_MAX if isinstance(value, int) else not str(value).isprintable()
                for value in view_args.values()):
-            return None  # Flask's own 404, or its control-character rule (middleware)
+            return None  # past an Integer column (Flask's 404), or a control character
         return name, endpoint, view_args
 
     def _answer(self, environ):
@@ -165,7 +164,7 @@ class SignedInFastPath:
         if template is None or token is None or endpoint.enabled != limiter.enabled:
             return None
         view = self.app.view_functions[name]
-        reader, query = view.signed_in_reader
+        reader, query = view.signed_in_reader, getattr(view, "api_query", None)
         storage = None
         if endpoint.limits:
             storage = round_trip.counting_storage(self.app.config.get("REDIS_URL"))
