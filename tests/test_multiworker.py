@@ -130,6 +130,15 @@ def _login(server, email, password=PASSWORD):
     return server.send("POST", f"{API}/auth/login", json={"email": email, "password": password})
 
 
+def _bearer(server, who: str) -> dict:
+    """The Authorization header of a new account, registered and signed in."""
+    email = f"{who}-{uuid.uuid4().hex[:8]}@example.com"
+    _register(server, email)
+    login = _login(server, email)
+    assert login.status == 200, login.body
+    return {"Authorization": f"Bearer {login.body['access_token']}"}
+
+
 def test_revoked_token_is_refused_by_every_worker(server):
     email = f"revoked-{uuid.uuid4().hex[:8]}@example.com"
     _register(server, email)
@@ -208,11 +217,7 @@ def test_a_signed_in_read_limit_is_shared_by_every_worker(server):
     """A signed-in read with room is counted and allowed by its one Redis round trip, without
     Flask-Limiter evaluating it (utils/pipeline/round_trip.py), on whichever worker takes it:
     across both, exactly the limit gets through, and the rest is refused as before."""
-    email = f"reader-{uuid.uuid4().hex[:8]}@example.com"
-    _register(server, email)
-    login = _login(server, email)
-    assert login.status == 200, login.body
-    bearer = {"Authorization": f"Bearer {login.body['access_token']}"}
+    bearer = _bearer(server, "reader")
     path = f"{API}/public/get-courses?per_page=5"
     answers = server.send_many(PUBLIC_LIMIT * 3, "GET", path, headers=bearer, tag="signed-in")
     passed = [a for a in answers if a.status == 200]
@@ -234,11 +239,7 @@ def test_a_learners_read_before_flask_holds_on_every_worker(server):
     """The signed-in fast path (utils/pipeline/signed_in_fast_path.py) answers a learner's read
     once its worker has seen Flask answer one: across both workers exactly the default limit
     gets through, the rest is refused with Flask's 429, and a logout is honoured by both."""
-    email = f"learner-{uuid.uuid4().hex[:8]}@example.com"
-    _register(server, email)
-    login = _login(server, email)
-    assert login.status == 200, login.body
-    bearer = {"Authorization": f"Bearer {login.body['access_token']}"}
+    bearer = _bearer(server, "learner")
     path = f"{API}/notifications/unread-count"
     answers = server.send_many(READ_LIMIT + 30, "GET", path, headers=bearer, tag="learner")
     passed = [a for a in answers if a.status == 200]

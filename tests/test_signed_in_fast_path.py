@@ -18,7 +18,7 @@ from tests.support.assertions import error, ok
 from tests.support.fast_apps import redis_app
 from tests.support.queries import recorded_statements
 from tests.test_catalog_fast_path import RoundTrips, flask_handled
-from tests.test_enrollments import Actor, actor_in, add_certificate, build_course
+from tests.test_enrollments import actor_in, add_certificate, build_course
 from utils.extensions import limiter
 from utils.helpers import utcnow
 from utils.pipeline import blocked_ips, redis_client, shared_state
@@ -65,9 +65,10 @@ class Learner:
         with app.app_context():
             db.session.add(Notification(user_id=self.student.id, title="Hello", message="Hi"))
             db.session.commit()
-        redis_client.for_url(app.config["REDIS_URL"]).delete(
-            *redis_client.for_url(app.config["REDIS_URL"]).keys("LIMITS*")
-            or ["none"])
+        store = redis_client.for_url(app.config["REDIS_URL"])
+        counted = store.keys("LIMITS*")
+        if counted:
+            store.delete(*counted)
 
     def paths(self) -> list[str]:
         return [f"{API}/notifications/unread-count", f"{API}/notifications",
@@ -144,11 +145,36 @@ def test_another_learner_gets_their_own_answer(fast_app):
     assert handled == [progress]
 
 
-def _token(app, user_id: int, **kwargs) -> dict:
+def test_a_deleted_account_and_an_id_past_the_column_go_to_flask(fast_app):
+    learner = Learner(fast_app)
+    client = fast_app.test_client()
+    headers = learner.student.headers
+    progress = f"{API}/enrollments/{learner.enrollment}/progress"
+    _learned(fast_app, learner, progress)
+    with flask_handled(fast_app) as handled:
+        error(client.get(f"{API}/enrollments/{2**31}/progress", headers=headers), 404)
+        error(client.get(f"{API}/enrollments/{10**30}/progress", headers=headers), 404)
+    assert len(handled) == 2
+    # A stranger whose account was deleted after signing in: the mirror's tombstone.
+    stranger = actor_in(fast_app, "student", 7)
+    dashboard = f"{API}/users/dashboard"
+    ok(client.get(dashboard, headers=stranger.headers))
+    with fast_app.app_context():
+        db.session.delete(db.session.get(User, stranger.id))
+        db.session.commit()
+    with flask_handled(fast_app) as handled:
+        error(client.get(dashboard, headers=stranger.headers), 401, "token_invalid")
+    assert handled == [dashboard]
+
+
+def _token(app, user_id: int, refresh: bool = False,
+           expires: timedelta | None = None) -> dict:
+    """conftest's auth_headers for `app` (on SQLite, its in-memory database is its own)."""
     with app.app_context():
         user = db.session.get(User, user_id)
-        maker = kwargs.pop("maker", create_access_token)
-        return {"Authorization": f"Bearer {maker(user, **kwargs)}"}
+        kwargs = {"expires_delta": expires} if expires is not None else {}
+        token = (create_refresh_token if refresh else create_access_token)(user, **kwargs)
+    return {"Authorization": f"Bearer {token}"}
 
 
 def test_every_refusal_is_flasks(fast_app):
@@ -161,12 +187,13 @@ def test_every_refusal_is_flasks(fast_app):
     signature_flipped = good["Authorization"][:-2] + (
         "AA" if not good["Authorization"].endswith("AA") else "BB")
     cases = [
-        ("expired", _token(fast_app, student.id, expires_delta=timedelta(seconds=-5)), 401,
+        ("expired", _token(fast_app, student.id, expires=timedelta(seconds=-5)), 401,
          "token_expired"),
         ("tampered", {"Authorization": signature_flipped}, 401, "token_invalid"),
-        ("refresh token", _token(fast_app, student.id, maker=create_refresh_token), 401, None),
-        ("two tokens", {"Authorization": f"{good['Authorization']}, Bearer x.y.z"}, 401, None),
-        ("junk", {"Authorization": "Bearer \x00.a.b"}, 401, None),
+        ("refresh token", _token(fast_app, student.id, refresh=True), 401, "token_invalid"),
+        ("two tokens", {"Authorization": f"{good['Authorization']}, Bearer x.y.z"}, 401,
+         "token_missing"),
+        ("junk", {"Authorization": "Bearer \x00.a.b"}, 401, "token_invalid"),
     ]
     for n, (name, headers, status, code) in enumerate(cases):
         with flask_handled(fast_app) as handled:
@@ -188,16 +215,17 @@ def test_every_refusal_is_flasks(fast_app):
         user.tokens_valid_after = utcnow() + timedelta(seconds=1)
         db.session.commit()
     with flask_handled(fast_app) as handled:
-        error(client.get(path, headers=good, environ_base={"REMOTE_ADDR": "203.0.113.23"}), 401)
+        error(client.get(path, headers=good, environ_base={"REMOTE_ADDR": "203.0.113.23"}), 401,
+              "token_revoked")
     assert handled == [path]
-    fresh = Actor(student.id, _token(fast_app, student.id))
+    fresh = _token(fast_app, student.id)
     with fast_app.app_context():
         user = db.session.get(User, student.id)
         user.tokens_valid_after = None
         user.is_active = False
         db.session.commit()
     with flask_handled(fast_app) as handled:
-        error(client.get(path, headers=fresh.headers,
+        error(client.get(path, headers=fresh,
                          environ_base={"REMOTE_ADDR": "203.0.113.24"}), 401, "account_inactive")
     assert handled == [path]
 
