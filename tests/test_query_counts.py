@@ -655,7 +655,7 @@ HOT_READS = {
     "users.enrolled_courses": 1,  # the page with its count and each row's lesson counts
     "users.completed_courses": 1,
     "enrollments.my_enrollments": 1,
-    "users.dashboard": 3,  # counts (with certificates), money by currency, recent activity
+    "users.dashboard": 1,  # the counts with, as rows, money by currency and recent activity
     "notifications.list_notifications": 1,  # the page, its count and the unread count
     "users.certificates": 1,
     "enrollments.enrollment_progress": 1,  # the enrollment with its lessons' columns
