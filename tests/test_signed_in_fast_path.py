@@ -6,6 +6,7 @@ object), in one Redis round trip; anything it cannot vouch for goes to Flask."""
 from __future__ import annotations
 
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 import redis as redis_lib
@@ -87,6 +88,22 @@ def _counter(app, path: str, ip: str = "127.0.0.1") -> int:
     client = redis_client.for_url(app.config["REDIS_URL"])
     keys = [key for key in client.keys("LIMITS*") if f"/{ip}/".encode() in key]
     return sum(int(client.get(key) or 0) for key in keys)
+
+
+def test_every_marked_read_is_in_the_byte_for_byte_comparison(app):
+    """A view marked @signed_in_read whose reader reads `request` or `g` would silently always
+    go to Flask; the comparison below catches that only for the paths it reads. Each GET rule
+    of a marked view is among them, so a new marked route fails here until it is added."""
+    adapter = app.url_map.bind("localhost")
+    compared = {adapter.match(path, method="GET", return_rule=True)[0].rule
+                for path in Learner.paths(SimpleNamespace(enrollment=1, course=SimpleNamespace(
+                    id=1)))}
+    marked = {rule.rule for rule in app.url_map.iter_rules()
+              if "GET" in rule.methods
+              and getattr(app.view_functions[rule.endpoint], "signed_in_reader", None)}
+    assert marked, "no view is marked @signed_in_read"
+    assert marked == compared, f"marked but not compared: {sorted(marked - compared)}; " \
+                               f"compared but not marked: {sorted(compared - marked)}"
 
 
 def test_each_learner_read_is_flasks_answer_without_flask(fast_app, monkeypatch):
