@@ -33,7 +33,7 @@ from models import (
 )
 from services import course_service
 from tests.support.assertions import ok
-from tests.support.queries import recorded_statements
+from tests.support.queries import recorded_statements, sent_queries
 from tests.test_enrollments import (  # noqa: F401 (actor: a fixture)
     actor,
     add_certificate,
@@ -316,6 +316,22 @@ def test_every_outline_says_what_its_student_completed(client, learner):
             one = ok(client.get(f"{API}/modules/{module_id}", headers=who.headers))
             assert one["module"] == module and one["access"] == listed["access"]
 
+
+def test_each_learner_read_runs_prepared_on_postgresql(app, client, learner):
+    """Every statement of the learner's reads runs as a prepared statement (a bound constant
+    PostgreSQL cannot type would send one as text, planned at every request: the dashboard's
+    counts were, until their constants were written inline)."""
+    if not app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
+        pytest.skip("prepared statements are PostgreSQL's (psycopg2); the SQLite pass has none")
+    headers = learner.me.headers
+    for path in ("/users/dashboard", "/users/enrolled-courses", "/users/certificates",
+                 "/notifications", "/notifications/unread-count",
+                 f"/enrollments/{learner.paid_eid}/progress", f"/courses/{learner.paid.id}"):
+        for _ in range(2):  # the first fills the caller's mirror and prepares
+            ok(client.get(f"{API}{path}", headers=headers))
+        with sent_queries(app) as sent:
+            ok(client.get(f"{API}{path}", headers=headers))
+        assert sent and all(query.startswith("EXECUTE lms_") for query in sent), (path, sent)
 
 # --- the write ----------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from sqlalchemy import event, insert, select, text
 
 from models import Notification, db
 from tests.support.assertions import ok
+from tests.support.queries import sent_queries
 from utils.read_only import ReadOnlyViolation, is_read
 
 API = "/api/v1"
@@ -119,18 +120,8 @@ def postgres_only(app) -> None:
 @pytest.fixture
 def executed(app):
     """What psycopg2 actually sent for each statement (its cursor's `query`)."""
-    sent: list[str] = []
-
-    def record(_connection, cursor, *_args):
-        query = getattr(cursor, "query", None)
-        if query is not None:
-            sent.append(query.decode())
-
-    with app.app_context():
-        engine = db.engine
-    event.listen(engine, "after_cursor_execute", record)
-    yield sent
-    event.remove(engine, "after_cursor_execute", record)
+    with sent_queries(app) as sent:
+        yield sent
 
 
 def test_a_marked_read_runs_prepared_and_answers_the_same(app, client, make_user, auth_headers,

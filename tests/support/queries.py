@@ -29,6 +29,26 @@ def recorded_statements(app) -> Iterator[list[str]]:
         event.remove(engine, "before_cursor_execute", record)
 
 
+
+@contextmanager
+def sent_queries(app) -> Iterator[list[str]]:
+    """What psycopg2 actually sent for each statement while the block runs (its cursor's
+    `query`: an `EXECUTE` where the statement ran prepared)."""
+    with app.app_context():
+        engine = db.engine
+    sent: list[str] = []
+
+    def record(_connection, cursor, *_args):
+        query = getattr(cursor, "query", None)
+        if query is not None:
+            sent.append(query.decode())
+
+    event.listen(engine, "after_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "after_cursor_execute", record)
+
 def extra_statements(few: list[str], many: list[str]) -> str:
     """What `many` ran more often than `few`, most repeated first: the N+1 to look for."""
     extra = Counter(many) - Counter(few)
