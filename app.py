@@ -104,7 +104,8 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
             SignedInFastPath(app.wsgi_app, app, app.config["API_PREFIX"] + "/",
                              shape=answer_body, parse_query=parsed_query,
                              on_answer=_fast_answer),
-            app, app.config["API_PREFIX"] + "/public/", on_answer=_fast_answer), proxies)
+            app, app.config["API_PREFIX"] + "/public/", on_answer=_fast_answer,
+            shape=answer_body, parse_query=parsed_query), proxies)
 
     db.init_app(app)
     with app.app_context():

@@ -10,7 +10,7 @@ from auth import optional_user
 from services import catalog_service, category_service, course_service
 from utils.errors import NotFound
 from utils.pagination import page_of, paginate
-from utils.pipeline.catalog_cache import cached_public
+from utils.pipeline.catalog_cache import cached_public, guest_read
 from utils.pipeline.rate_limits import config_limit
 from utils.read_only import read_only
 from utils.responses import (
@@ -137,7 +137,13 @@ def subcategory_courses(subcategory_id: int):
                                           args.per_page)}
 
 
+def _courses(_viewer, args) -> dict:
+    return course_service.catalog_page(catalog_service.catalog_shape(**args.filters()),
+                                       args.page, args.per_page)
+
+
 @bp.get("/get-courses")
+@guest_read(_courses)  # a guest's page no current copy holds: the catalog fast path's
 @config_limit("RATE_LIMIT_PUBLIC")
 @cached_public
 @validate(query=CourseListQuery, resp=Response(HTTP_200=CourseListResponse, **errors(429)), **TAGS)
@@ -145,13 +151,19 @@ def subcategory_courses(subcategory_id: int):
 def courses():
     """Published courses: `category_id`, `subcategory_id`, `search`, `difficulty`,
     `min_price`, `max_price`, `is_free`, `language`, `mode_of_conduct`, `sort`."""
-    args = query_args()
-    return course_service.catalog_page(catalog_service.catalog_shape(**args.filters()),
-                                       args.page, args.per_page)
+    return _courses(None, query_args())
+
+
+def _course(viewer, _args, course_id: int) -> dict:
+    course = course_service.course_card(course_id, viewer)
+    if course.status != "published":
+        raise NotFound("Course not found")
+    return {"course": course_service.course_detail(course, viewer)}
 
 
 @bp.get("/courses/<int:course_id>")
 @bp.get("/get-courses/<int:course_id>")
+@guest_read(_course)
 @config_limit("RATE_LIMIT_PUBLIC")
 @cached_public
 @validate(resp=Response(HTTP_200=CourseResponse, **errors(404, 429)), **TAGS)
@@ -159,11 +171,7 @@ def courses():
 def course(course_id: int):
     """A published course with its outline (no video URLs or lesson bodies, except previews,
     unless the caller is enrolled, the owner or an admin)."""
-    viewer = optional_user()
-    course = course_service.course_card(course_id, viewer)
-    if course.status != "published":
-        raise NotFound("Course not found")
-    return {"course": course_service.course_detail(course, viewer)}
+    return _course(optional_user(), None, course_id)
 
 
 def _search(text: str, page: int, per_page: int):
@@ -172,15 +180,19 @@ def _search(text: str, page: int, per_page: int):
     return {"query": text, **course_service.catalog_page(query, page, per_page)}
 
 
+def _searched(_viewer, args) -> dict:
+    return _search(args.q, args.page, args.per_page)
+
+
 @bp.get("/courses/search")
+@guest_read(_searched)
 @config_limit("RATE_LIMIT_SEARCH")
 @cached_public
 @validate(query=SearchQuery, resp=Response(HTTP_200=CourseSearchResponse, **errors(429)), **TAGS)
 @read_only
 def search():
     """Search published courses by title, short description and description (`q`)."""
-    args = query_args()
-    return _search(args.q, args.page, args.per_page)
+    return _searched(None, query_args())
 
 
 @bp.post("/search")

@@ -23,7 +23,7 @@ from tests.test_enrollments import actor_in, add_certificate, build_course
 from utils.extensions import limiter
 from utils.helpers import utcnow
 from utils.pipeline import blocked_ips, redis_client, shared_state
-from utils.pipeline.signed_in_fast_path import ReadSession
+from utils.pipeline.fast_reads import ReadSession
 
 API = "/api/v1"
 STUDENTS = "https://students.example.test"

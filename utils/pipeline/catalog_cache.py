@@ -138,6 +138,19 @@ def prefetch_keys() -> tuple[str, ...]:
     return (VERSION_KEY, entry_key(request.path, request.args)) if view is not None else ()
 
 
+def guest_read(reader):
+    """Mark a `@cached_public` view that the catalog fast path may compute itself for a guest
+    whose page no current copy holds (or with the cache off): `reader(None, args,
+    **view_args)` returns what the view returns to a guest (`args`: the query model its
+    `@validate` declares, parsed from the query string; None without one). Put it directly
+    under the route's decorator; the view returns `reader(...)` itself."""
+
+    def decorator(view):
+        view.guest_reader = reader
+        return view
+
+    return decorator
+
 def cached_public(view):
     """Cache a public catalog view's guest answers (the decorated view must not depend on
     anything but its path and query string when the caller is a guest). A copy is stored with

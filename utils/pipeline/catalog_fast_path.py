@@ -1,23 +1,31 @@
-"""A guest's cached catalog page answered before Flask runs, with every check the full path
-makes for that request, in one Redis round trip.
+"""A guest's catalog page answered before Flask runs, with every check the full path makes for
+that request, in one Redis round trip.
 
 A guest `GET` of a cached public catalog view (utils/pipeline/catalog_cache.py) whose copy is
 current needs no view, no database and no token: only its rate limits counted, the shared
 state's trust and the address's block read, and the stored body sent with the headers the full
-path adds. This WSGI layer (inside `TrustedProxies`, so the client's address is the one the
-limits and blocks use) does exactly that:
+path adds. One whose copy is missing or stale (or any, with the cache off:
+CATALOG_CACHE_SECONDS=0) of a view marked `@guest_read(reader)` needs the view's reader and
+nothing else of Flask. This WSGI layer (inside `TrustedProxies`, so the client's address is the
+one the limits and blocks use) does exactly that:
 
 - one Redis pipeline: Flask-Limiter's own fixed-window script (`limits`' incr/expire, by its
   SHA) for each limit the endpoint has, with the keys Flask-Limiter uses, and one `MGET` of
-  the shared state's trust marker, the address's block, the catalog version and the copy;
+  the shared state's trust marker, the address's block and, with the cache on, the catalog
+  version and the copy;
 - the answer only when every limit still has room, the mirror is trusted and the address is
-  not blocked, and the copy was made under the current catalog version; anything else (a
-  breached limit, a block, no trust, a miss, Redis down, the limiter on its in-memory
-  fallback, `If-None-Match`, a token, `HEAD`) goes on to Flask, which answers it as it always
-  has; a request counted here with room left is not counted again there (`COUNTED` in the
-  environ, a Flask-Limiter request filter: utils/extensions.py); for one over its limit, from a
-  blocked address or read while the mirror is not trusted, the counts are given back and
-  Flask counts (or not) and answers as it always has;
+  not blocked: the copy when it was made under the current catalog version; else, for a
+  marked view whose query string the view's query model accepts as Flask's validation would
+  (fast_reads.py), the reader's answer, computed on a read-only connection and shaped as Flask
+  shapes it, and with the cache on kept as the page's copy under the version read before it
+  ran (as `cached_public` keeps it; a second Redis trip, on a miss only);
+- anything else (a breached limit, a block, no trust, a miss of an unmarked view, a reader
+  that declines, such as an unpublished course's 404, a query Flask refuses, Redis down, the
+  limiter on its in-memory fallback, `If-None-Match`, a token, `HEAD`) goes on to Flask, which
+  answers it as it always has; a request counted here with room left is not counted again
+  there (`COUNTED` in the environ, a Flask-Limiter request filter: utils/extensions.py); for
+  one over its limit, from a blocked address or read while the mirror is not trusted, the
+  counts are given back and Flask counts (or not) and answers as it always has;
 - the headers are the ones Flask sent to the last guest of the same endpoint, origin and
   scheme (security headers, CORS, caching), learned from that response, with this answer's
   own `ETag`, `Content-Length` and `X-Request-ID`; the endpoint's limits are learned from
@@ -25,8 +33,8 @@ limits and blocks use) does exactly that:
   its requests go to Flask.
 
 It counts the request in the metrics and logs it as the full path does. Switched off with
-CATALOG_FAST_PATH=false (and whenever the catalog cache is off or the limiter's headers are
-sent on every answer, `RATE_LIMIT_HEADERS=all`, which vary per request).
+CATALOG_FAST_PATH=false (and whenever the limiter's headers are sent on every answer,
+`RATE_LIMIT_HEADERS=all`, which vary per request).
 """
 from __future__ import annotations
 
@@ -45,6 +53,7 @@ from werkzeug.wrappers import Request
 
 from utils.extensions import COUNTED, limiter
 from utils.pipeline import catalog_cache, redis_client, round_trip
+from utils.pipeline.fast_reads import query_arguments, run_reader, usable_view_args
 from utils.pipeline.shared_state import SYNCED, ip_key
 from utils.validators import REQUEST_ID
 
@@ -89,11 +98,14 @@ class CatalogFastPath:
     request_id)` is called for each answer it sends (the metrics and the request log)."""
 
     def __init__(self, wsgi_app, app: Flask, prefix: str,
-                 on_answer: Callable[..., None] | None = None):
+                 on_answer: Callable[..., None] | None = None, shape: Callable | None = None,
+                 parse_query: Callable | None = None):
         self.wsgi_app = wsgi_app
         self.app = app
         self.prefix = prefix
         self.on_answer = on_answer
+        self.shape = shape
+        self.parse_query = parse_query
         self.endpoints: dict[str, Endpoint] = {}
         self.templates = HeaderTemplates()
         self._adapter = None
@@ -102,8 +114,8 @@ class CatalogFastPath:
 
     def _enabled(self) -> bool:
         config = self.app.config
-        return (config["CATALOG_FAST_PATH"] and config["CATALOG_CACHE_SECONDS"] > 0
-                and config["RATE_LIMIT_HEADERS"] != "all" and bool(config.get("REDIS_URL")))
+        return (config["CATALOG_FAST_PATH"] and config["RATE_LIMIT_HEADERS"] != "all"
+                and bool(config.get("REDIS_URL")))
 
     def __call__(self, environ, start_response):
         if (environ.get("REQUEST_METHOD") != "GET"
@@ -112,7 +124,11 @@ class CatalogFastPath:
                 or not self._enabled()):
             return self.wsgi_app(environ, start_response)
         started = time.perf_counter()
-        answer = self._answer(environ)
+        try:
+            answer = self._answer(environ)
+        except Exception:  # never worse than Flask's answer: Flask answers it
+            log.exception("catalog fast path failed; Flask answers")
+            answer = None
         if answer is None:
             return self._learning(environ, start_response)
         rule, headers, body, request_id = answer
@@ -121,17 +137,17 @@ class CatalogFastPath:
             self.on_answer(environ, 200, rule, started, request_id)
         return [body]
 
-    def _endpoint(self, path: str) -> tuple[str, Endpoint] | None:
+    def _endpoint(self, path: str) -> tuple[str, Endpoint, dict] | None:
         if self._adapter is None:
             self._adapter = self.app.url_map.bind("localhost")
         try:
-            name, _ = self._adapter.match(path, method="GET")
+            name, view_args = self._adapter.match(path, method="GET")
         except HTTPException:  # not found, method not allowed, redirect: Flask answers it
             return None
         known = self.endpoints.get(name)
         if known is None or known.settings != self._settings():
             return None
-        return name, known
+        return name, known, view_args
 
     def _settings(self) -> tuple:
         """The app's rate-limit settings (RATE_LIMIT_*, RATELIMIT_*), as they are now."""
@@ -145,24 +161,38 @@ class CatalogFastPath:
         found = self._endpoint(environ["PATH_INFO"])
         if found is None:
             return None
-        name, endpoint = found
+        name, endpoint, view_args = found
         template_key = (name, environ.get("HTTP_ORIGIN"), environ.get("wsgi.url_scheme"))
         template = self.templates.used(template_key)
         if template is None:
             return None
+        seconds = self.app.config["CATALOG_CACHE_SECONDS"]
+        view = self.app.view_functions[name]
+        reader = getattr(view, "guest_reader", None) if self.shape is not None else None
+        if reader is not None:
+            arguments = query_arguments(environ, getattr(view, "api_query", None),
+                                        self.parse_query)
+            if arguments is None or not usable_view_args(view_args):
+                reader = None  # a query or an id Flask refuses: Flask says so
+        if seconds <= 0 and reader is None:
+            return None  # nothing to serve but what Flask computes
         client = redis_client.for_url(self.app.config["REDIS_URL"])
         storage = self._storage() if endpoint.limits else None
         if endpoint.limits and storage is None:
             return None
         ip = environ.get("REMOTE_ADDR") or "unknown"
         keys = _limit_keys(storage, endpoint, ip)
-        entry = catalog_cache.entry_key(environ["PATH_INFO"], Request(environ).args)
         pipe = client.pipeline(transaction=False)
         for (item, _), key in zip(endpoint.limits, keys):
             pipe.evalsha(round_trip.INCR_EXPIRE_SHA, 1, key, item.get_expiry(), 1)
-        pipe.mget([SYNCED, ip_key(ip), catalog_cache.VERSION_KEY, entry])
+        if seconds > 0:
+            entry = catalog_cache.entry_key(environ["PATH_INFO"], Request(environ).args)
+            pipe.mget([SYNCED, ip_key(ip), catalog_cache.VERSION_KEY, entry])
+        else:
+            entry = None
+            pipe.mget([SYNCED, ip_key(ip)])
         try:
-            *counts, (synced, blocked, version, value) = pipe.execute()
+            *counts, (synced, blocked, *cached) = pipe.execute()
         except redis.exceptions.NoScriptError:
             try:  # a Redis that lost its scripts: load it for the next request
                 client.script_load(RedisStorage.SCRIPT_INCR_EXPIRE)
@@ -183,17 +213,43 @@ class CatalogFastPath:
             return None
         if keys:
             environ[COUNTED] = True  # counted, with room: if Flask answers, it counts nothing
-        if value is None:
-            return None
-        copy = catalog_cache.read_entry(value, version)
+        version, value = cached or (None, None)
+        copy = catalog_cache.read_entry(value, version) if value is not None else None
         if copy is None:
-            return None
+            if reader is None:
+                return None
+            copy = self._computed(client, view, reader, arguments, view_args, entry, version,
+                                  seconds)
+            if copy is None:
+                return None
         etag, body = copy
         incoming = environ.get("HTTP_X_REQUEST_ID", "")
         request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
         headers = [*template, ("ETag", etag), ("Content-Length", str(len(body))),
                    ("X-Request-ID", request_id)]
         return endpoint.rule, headers, body, request_id
+
+    def _computed(self, client, view, reader, arguments, view_args, entry, version,
+                  seconds) -> tuple[str, bytes] | None:
+        """(etag, body) of a guest's answer no current copy holds, from the view's reader, as
+        the view would answer it (catalog_cache.cached_public), and kept as its copy when the
+        cache is on, under the catalog version read before reading (a write that lands in
+        between bumps the version: the copy is never served). None where the reader
+        declines (an unpublished course's 404): Flask answers."""
+        with self.app.app_context():
+            try:
+                body = run_reader(view, reader, None, arguments, view_args, self.shape)
+            except Exception as exc:
+                log.debug("catalog fast path: %s declined (%r); Flask answers",
+                          view.__name__, exc)
+                return None
+        etag = catalog_cache.etag_of(body)
+        if entry is not None:
+            try:
+                client.set(entry, catalog_cache.entry_value(version, etag, body), ex=seconds)
+            except redis.RedisError as exc:
+                log.warning("catalog cache not written: %s", exc)
+        return etag, body
 
     # --- learning from the full path ----------------------------------------------------------
 
