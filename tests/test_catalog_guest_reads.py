@@ -210,3 +210,26 @@ def test_the_limit_is_counted_once_and_breached_with_flasks_429(app):
         assert handled == [path, path, path]  # the learning one, then each refusal
         refused = client.get(path, **sent)
         assert refused.json["code"] == "rate_limited" and refused.headers["Retry-After"]
+
+
+def test_a_hit_reads_no_query_model(cached_app, monkeypatch):
+    """A current copy answers most guests: the query string is parsed for the reader only on a
+    miss (parsing it on every hit cost the cached list 0.27 -> 0.32 ms of CPU)."""
+    course_id = _course(cached_app)
+    fast_path = cached_app.wsgi_app.app
+    parsed: list[str] = []
+    real = fast_path.parse_query
+
+    def counted(model, args):
+        parsed.append(model.__name__)
+        return real(model, args)
+
+    monkeypatch.setattr(fast_path, "parse_query", counted)
+    for client, _n, path, sent in _learned(cached_app, _paths(course_id)):
+        parsed.clear()
+        with flask_handled(cached_app) as handled:
+            assert client.get(path, **sent).status_code == 200  # the copy Flask kept
+        assert handled == [] and parsed == [], path
+        _forget_copies(cached_app)
+        assert client.get(path, **sent).status_code == 200  # a miss: computed here
+        assert len(parsed) == (1 if "?" in path else 0), path  # once, and only with a query

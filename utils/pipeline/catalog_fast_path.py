@@ -169,13 +169,13 @@ class CatalogFastPath:
         seconds = self.app.config["CATALOG_CACHE_SECONDS"]
         view = self.app.view_functions[name]
         reader = getattr(view, "guest_reader", None) if self.shape is not None else None
-        if reader is not None:
-            arguments = query_arguments(environ, getattr(view, "api_query", None),
-                                        self.parse_query)
-            if arguments is None or not usable_view_args(view_args):
-                reader = None  # a query or an id Flask refuses: Flask says so
-        if seconds <= 0 and reader is None:
-            return None  # nothing to serve but what Flask computes
+        arguments = None
+        if seconds <= 0:  # no copy to serve: only what the reader computes
+            if reader is None:
+                return None
+            arguments = self._arguments(environ, view, view_args)
+            if arguments is None:
+                return None  # a query or an id Flask refuses (and counts, or not)
         client = redis_client.for_url(self.app.config["REDIS_URL"])
         storage = self._storage() if endpoint.limits else None
         if endpoint.limits and storage is None:
@@ -218,6 +218,10 @@ class CatalogFastPath:
         if copy is None:
             if reader is None:
                 return None
+            if arguments is None:  # read only now: a copy answers most requests
+                arguments = self._arguments(environ, view, view_args)
+                if arguments is None:
+                    return None  # counted: Flask refuses it without counting it again
             copy = self._computed(client, view, reader, arguments, view_args, entry, version,
                                   seconds)
             if copy is None:
@@ -228,6 +232,13 @@ class CatalogFastPath:
         headers = [*template, ("ETag", etag), ("Content-Length", str(len(body))),
                    ("X-Request-ID", request_id)]
         return endpoint.rule, headers, body, request_id
+
+    def _arguments(self, environ, view, view_args: dict):
+        """The reader's `args` (fast_reads.query_arguments), or None where Flask refuses the
+        request: its query, or an id past the column."""
+        if not usable_view_args(view_args):
+            return None
+        return query_arguments(environ, getattr(view, "api_query", None), self.parse_query)
 
     def _computed(self, client, view, reader, arguments, view_args, entry, version,
                   seconds) -> tuple[str, bytes] | None:
