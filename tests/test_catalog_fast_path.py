@@ -273,7 +273,7 @@ def test_what_it_cannot_vouch_for_goes_to_flask(fast_app, make_user, auth_header
 
 
 def test_hostile_queries_and_many_origins_go_to_flask_counted_once(fast_app):
-    from utils.pipeline.catalog_fast_path import TEMPLATES_KEPT
+    from utils.pipeline.fast_reads import TEMPLATES_KEPT
 
     course_id = _course(fast_app)
     client = fast_app.test_client()

@@ -208,7 +208,7 @@ def _parse(model: type[BaseModel], data, errors: list[dict]):
 
 def parsed_query(model: type[BaseModel], args) -> Any:
     """`model` from a query's `args` (a MultiDict) as `validate(query=model)` parses it, outside
-    a request (the signed-in fast path); None where that would answer 422 (Flask then does)."""
+    a request (the fast paths); None where that would answer 422 (Flask then does)."""
     return _parse(model, _query_items(args), [])
 
 
@@ -260,7 +260,7 @@ def validate(*, json: type[BaseModel] | None = None, query: type[BaseModel] | No
             return shaped(fn(*args, **kw), resp, media)
 
         wrapper.api_media = media
-        wrapper.api_query, wrapper.api_resp = query, resp  # for the signed-in fast path
+        wrapper.api_query, wrapper.api_resp = query, resp  # for the fast paths
         return wrapper
 
     return decorator
@@ -331,7 +331,7 @@ def _shaped_json(body: dict, model: type, checking: bool, answered: str) -> byte
 
 def answer_body(view, body) -> bytes:
     """The JSON body of `view`'s 200 answer with `body`, shaped as `shaped` shapes it, outside a
-    request (the signed-in fast path, in an app context). TypeError for an answer `shaped`
+    request (the fast paths, in an app context). TypeError for an answer `shaped`
     would not shape (not a dict, no declared model): Flask then answers."""
     resp = getattr(view, "api_resp", None)
     model = resp.find_model(200) if resp is not None else None

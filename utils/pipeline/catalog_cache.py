@@ -151,6 +151,7 @@ def guest_read(reader):
 
     return decorator
 
+
 def cached_public(view):
     """Cache a public catalog view's guest answers (the decorated view must not depend on
     anything but its path and query string when the caller is a guest). A copy is stored with

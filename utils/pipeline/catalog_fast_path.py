@@ -39,49 +39,25 @@ CATALOG_FAST_PATH=false (and whenever the limiter's headers are sent on every an
 from __future__ import annotations
 
 import logging
-import time
-import uuid
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
-from flask import Flask
 from limits.storage import RedisStorage
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request
 
-from utils.extensions import COUNTED, limiter
+from utils.extensions import COUNTED
 from utils.pipeline import catalog_cache, redis_client, round_trip
-from utils.pipeline.fast_reads import query_arguments, run_reader, usable_view_args
+from utils.pipeline.fast_reads import (
+    FastPath,
+    give_back,
+    query_arguments,
+    run_reader,
+    usable_view_args,
+)
 from utils.pipeline.shared_state import SYNCED, ip_key
-from utils.validators import REQUEST_ID
 
 log = logging.getLogger("lms.cache")
-
-# Headers each answer sets for itself; the rest are the endpoint's, learned.
-OWN_HEADERS = frozenset({"content-length", "etag", "x-request-id"})
-TEMPLATES_KEPT = 64  # (endpoint, origin, scheme) header sets per process, least recent dropped
-
-
-class HeaderTemplates(OrderedDict):
-    """The headers Flask sent with an endpoint's last 200, per (endpoint, origin, scheme),
-    without the ones each answer sets for itself; the least recently used dropped past
-    TEMPLATES_KEPT. Shared by both fast paths (this one and signed_in_fast_path.py)."""
-
-    def learn(self, key: tuple, headers) -> None:
-        self[key] = [(header, value) for header, value in headers
-                     if header.lower() not in OWN_HEADERS]
-        self.move_to_end(key)
-        while len(self) > TEMPLATES_KEPT:
-            self.popitem(last=False)
-
-    def used(self, key: tuple) -> list[tuple[str, str]] | None:
-        template = self.get(key)
-        if template is not None:
-            self.move_to_end(key)
-        return template
-
 
 @dataclass
 class Endpoint:
@@ -93,55 +69,24 @@ class Endpoint:
     limits: list[tuple] = field(default_factory=list)
 
 
-class CatalogFastPath:
-    """WSGI middleware: see the module's docstring. `on_answer(environ, status, rule, started,
-    request_id)` is called for each answer it sends (the metrics and the request log)."""
+class CatalogFastPath(FastPath):
+    """WSGI middleware: see the module's docstring (and fast_reads.FastPath, the frame)."""
 
-    def __init__(self, wsgi_app, app: Flask, prefix: str,
-                 on_answer: Callable[..., None] | None = None, shape: Callable | None = None,
-                 parse_query: Callable | None = None):
-        self.wsgi_app = wsgi_app
-        self.app = app
-        self.prefix = prefix
-        self.on_answer = on_answer
-        self.shape = shape
-        self.parse_query = parse_query
-        self.endpoints: dict[str, Endpoint] = {}
-        self.templates = HeaderTemplates()
-        self._adapter = None
+    label = "catalog fast path"
+    learn_key = catalog_cache.LEARN  # (endpoint, URL rule, the limits it was counted against)
 
     # --- when it may answer -----------------------------------------------------------------
 
-    def _enabled(self) -> bool:
+    def takes(self, environ) -> bool:
+        """A guest's request, with the fast path on and the limiter's headers not on every
+        answer (they vary per request)."""
         config = self.app.config
-        return (config["CATALOG_FAST_PATH"] and config["RATE_LIMIT_HEADERS"] != "all"
-                and bool(config.get("REDIS_URL")))
-
-    def __call__(self, environ, start_response):
-        if (environ.get("REQUEST_METHOD") != "GET"
-                or not environ.get("PATH_INFO", "").startswith(self.prefix)
-                or "HTTP_AUTHORIZATION" in environ or "HTTP_IF_NONE_MATCH" in environ
-                or not self._enabled()):
-            return self.wsgi_app(environ, start_response)
-        started = time.perf_counter()
-        try:
-            answer = self._answer(environ)
-        except Exception:  # never worse than Flask's answer: Flask answers it
-            log.exception("catalog fast path failed; Flask answers")
-            answer = None
-        if answer is None:
-            return self._learning(environ, start_response)
-        rule, headers, body, request_id = answer
-        start_response("200 OK", headers)
-        if self.on_answer is not None:
-            self.on_answer(environ, 200, rule, started, request_id)
-        return [body]
+        return ("HTTP_AUTHORIZATION" not in environ and config["CATALOG_FAST_PATH"]
+                and config["RATE_LIMIT_HEADERS"] != "all" and bool(config.get("REDIS_URL")))
 
     def _endpoint(self, path: str) -> tuple[str, Endpoint, dict] | None:
-        if self._adapter is None:
-            self._adapter = self.app.url_map.bind("localhost")
         try:
-            name, view_args = self._adapter.match(path, method="GET")
+            name, view_args = self._url_adapter().match(path, method="GET")
         except HTTPException:  # not found, method not allowed, redirect: Flask answers it
             return None
         known = self.endpoints.get(name)
@@ -227,11 +172,7 @@ class CatalogFastPath:
             if copy is None:
                 return None
         etag, body = copy
-        incoming = environ.get("HTTP_X_REQUEST_ID", "")
-        request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        headers = [*template, ("ETag", etag), ("Content-Length", str(len(body))),
-                   ("X-Request-ID", request_id)]
-        return endpoint.rule, headers, body, request_id
+        return endpoint.rule, [*template, ("ETag", etag)], body, None
 
     def _arguments(self, environ, view, view_args: dict):
         """The reader's `args` (fast_reads.query_arguments), or None where Flask refuses the
@@ -264,22 +205,10 @@ class CatalogFastPath:
 
     # --- learning from the full path ----------------------------------------------------------
 
-    def _learning(self, environ, start_response):
-        """Flask answers; a guest's 200 from a cached view teaches the endpoint's headers and
-        limits (set in environ by the view: catalog_cache.cached_public)."""
-
-        def start(status, headers, exc_info=None):
-            learned = environ.get(catalog_cache.LEARN)
-            if learned is not None and status.startswith("200 "):
-                self._learn(environ, learned, headers)
-            return start_response(status, headers, exc_info)
-
-        return self.wsgi_app(environ, start)
-
     def _learn(self, environ, learned, headers) -> None:
+        """A guest's 200 from a cached view: the endpoint's headers and limits (set in the
+        environ by the view: catalog_cache.cached_public)."""
         name, rule, limits = learned
-        if any(header.lower() == "set-cookie" for header, _ in headers):
-            return
         ip = environ.get("REMOTE_ADDR") or "unknown"
         kept = []
         for item, args, shared in limits:
@@ -299,15 +228,3 @@ def _limit_keys(storage, endpoint: Endpoint, ip: str) -> list[str]:
     return [storage.prefixed_key(item.key_for(*(ip if arg is None else arg for arg in args)))
             for item, args in endpoint.limits]
 
-
-def give_back(client: redis.Redis, keys: list[str]) -> None:
-    """One count taken from each counter (never below zero, never reviving an expired one)."""
-    if not keys:
-        return
-    pipe = client.pipeline(transaction=False)
-    for key in keys:
-        pipe.eval(round_trip.GIVE_BACK, 1, key, 1)
-    try:
-        pipe.execute()
-    except redis.RedisError as exc:  # the window's expiry ends the extra count anyway
-        log.warning("catalog fast path: counts not given back: %s", exc)

@@ -1,6 +1,8 @@
-"""What both fast paths (signed_in_fast_path.py, catalog_fast_path.py) need to answer a read
-themselves, before Flask runs: the query string read as Flask's validation reads it, and the
-view's reader run on a read-only connection, its answer shaped as Flask shapes it.
+"""What both fast paths (signed_in_fast_path.py, catalog_fast_path.py) share to answer a read
+themselves, before Flask runs: the WSGI frame (`FastPath`: which requests it looks at, the
+answer sent with the headers Flask sent last, a failure handed to Flask, learning from Flask's
+200), the query string read as Flask's validation reads it, and the view's reader run on a
+read-only connection, its answer shaped as Flask shapes it.
 
 A reader is `reader(caller, args, **view_args)`: the caller (None for a guest), the view's
 query model parsed from the query string (None for a view without one) and the URL's
@@ -8,13 +10,134 @@ arguments; it returns what the view returns, and the view itself calls the same 
 """
 from __future__ import annotations
 
+import logging
+import time
+import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 
-from flask import g
+import redis
+from flask import Flask, g
 from werkzeug.wrappers import Request
 
 from models import db
-from utils.validators import INT_MAX, text_problem
+from utils.pipeline import round_trip
+from utils.validators import INT_MAX, REQUEST_ID, text_problem
+
+log = logging.getLogger("lms.fast")
+
+# Headers each answer sets for itself; the rest are the endpoint's, learned.
+OWN_HEADERS = frozenset({"content-length", "etag", "x-request-id"})
+TEMPLATES_KEPT = 64  # (endpoint, origin, scheme) header sets per process, least recent dropped
+
+
+class HeaderTemplates(OrderedDict):
+    """The headers Flask sent with an endpoint's last 200, per (endpoint, origin, scheme),
+    without the ones each answer sets for itself; the least recently used dropped past
+    TEMPLATES_KEPT."""
+
+    def learn(self, key: tuple, headers) -> None:
+        self[key] = [(header, value) for header, value in headers
+                     if header.lower() not in OWN_HEADERS]
+        self.move_to_end(key)
+        while len(self) > TEMPLATES_KEPT:
+            self.popitem(last=False)
+
+    def used(self, key: tuple) -> list[tuple[str, str]] | None:
+        template = self.get(key)
+        if template is not None:
+            self.move_to_end(key)
+        return template
+
+
+class FastPath:
+    """A WSGI layer that answers some GETs under `prefix` before Flask. A subclass says which
+    requests it looks at (`takes`), answers one (`_answer(environ)`: the URL rule, the
+    endpoint's headers, the body and the caller's id, or None to hand it to Flask) and learns
+    from Flask's 200 to one its view marked (`_learn(environ, marked, headers)`, where
+    `marked` is what the view left in the environ under `learn_key`). Each answer gets its own
+    `Content-Length` and `X-Request-ID` (the client's, when it is a usable one) and is counted
+    and logged by `on_answer(environ, status, rule, started, request_id, user_id)`. A request
+    with `If-None-Match` is Flask's (a 304 is its to decide); so is one the subclass fails on:
+    never worse than Flask's answer."""
+
+    label = "fast path"  # in the log
+    learn_key = ""  # the environ key a marked view's answer leaves for `_learn`
+
+    def __init__(self, wsgi_app, app: Flask, prefix: str, *, shape: Callable | None = None,
+                 parse_query: Callable | None = None,
+                 on_answer: Callable[..., None] | None = None):
+        self.wsgi_app = wsgi_app
+        self.app = app
+        self.prefix = prefix
+        self.shape = shape  # validation.answer_body
+        self.parse_query = parse_query  # validation.parsed_query
+        self.on_answer = on_answer
+        self.endpoints: dict = {}
+        self.templates = HeaderTemplates()
+        self._adapter = None
+
+    def takes(self, environ) -> bool:
+        raise NotImplementedError
+
+    def _answer(self, environ):
+        raise NotImplementedError
+
+    def _learn(self, environ, marked, headers) -> None:
+        raise NotImplementedError
+
+    def __call__(self, environ, start_response):
+        if (environ.get("REQUEST_METHOD") != "GET" or "HTTP_IF_NONE_MATCH" in environ
+                or not environ.get("PATH_INFO", "").startswith(self.prefix)
+                or not self.takes(environ)):
+            return self.wsgi_app(environ, start_response)
+        started = time.perf_counter()
+        try:
+            answer = self._answer(environ)
+        except Exception:  # never worse than Flask's answer: Flask answers it
+            log.exception("%s failed; Flask answers", self.label)
+            answer = None
+        if answer is None:
+            return self._learning(environ, start_response)
+        rule, headers, body, user_id = answer
+        incoming = environ.get("HTTP_X_REQUEST_ID", "")
+        request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        start_response("200 OK", [*headers, ("Content-Length", str(len(body))),
+                                  ("X-Request-ID", request_id)])
+        if self.on_answer is not None:
+            self.on_answer(environ, 200, rule, started, request_id, user_id)
+        return [body]
+
+    def _url_adapter(self):
+        if self._adapter is None:
+            self._adapter = self.app.url_map.bind("localhost")
+        return self._adapter
+
+    def _learning(self, environ, start_response):
+        """Flask answers; its 200 to a request a marked view answered teaches `_learn` (not
+        one that sets a cookie: that answer is someone's own)."""
+
+        def start(status, headers, exc_info=None):
+            marked = environ.get(self.learn_key)
+            if marked is not None and status.startswith("200 ") and not any(
+                    header.lower() == "set-cookie" for header, _ in headers):
+                self._learn(environ, marked, headers)
+            return start_response(status, headers, exc_info)
+
+        return self.wsgi_app(environ, start)
+
+
+def give_back(client: redis.Redis, keys: list[str]) -> None:
+    """One count taken from each counter (never below zero, never reviving an expired one)."""
+    if not keys:
+        return
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.eval(round_trip.GIVE_BACK, 1, key, 1)
+    try:
+        pipe.execute()
+    except redis.RedisError as exc:  # the window's expiry ends the extra count anyway
+        log.warning("fast path: counts not given back: %s", exc)
 
 
 def usable_view_args(view_args: dict) -> bool:

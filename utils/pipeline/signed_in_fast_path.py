@@ -38,14 +38,12 @@ from __future__ import annotations
 
 import logging
 import re
-import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
 
 import redis
-from flask import Flask, g, request
+from flask import g, request
 from flask_jwt_extended import decode_token
 from flask_jwt_extended.config import config as jwt_config
 from flask_jwt_extended.default_callbacks import default_token_verification_callback
@@ -56,10 +54,14 @@ from werkzeug.exceptions import HTTPException
 from utils.extensions import COUNTED, limiter
 from utils.pipeline import redis_client, round_trip, shared_state
 from utils.pipeline.catalog_cache import etag_of
-from utils.pipeline.catalog_fast_path import HeaderTemplates, give_back
-from utils.pipeline.fast_reads import query_arguments, run_reader, usable_view_args
+from utils.pipeline.fast_reads import (
+    FastPath,
+    give_back,
+    query_arguments,
+    run_reader,
+    usable_view_args,
+)
 from utils.pipeline.user_mirror import GONE, Caller
-from utils.validators import REQUEST_ID
 
 log = logging.getLogger("lms.fast")
 
@@ -96,50 +98,21 @@ class Endpoint:
     enabled: bool  # whether the limiter counted at all
 
 
-class SignedInFastPath:
-    """WSGI middleware: see the module's docstring. `shape(view, body)` is the view's answer
-    body (bytes) as Flask would send it; `on_answer(environ, status, rule, started,
-    request_id, user_id)` counts and logs an answer sent here."""
+class SignedInFastPath(FastPath):
+    """WSGI middleware: see the module's docstring (and fast_reads.FastPath, the frame)."""
 
-    def __init__(self, wsgi_app, app: Flask, prefix: str, shape: Callable,
-                 parse_query: Callable, on_answer: Callable[..., None] | None = None):
-        self.wsgi_app = wsgi_app
-        self.app = app
-        self.prefix = prefix
-        self.shape = shape
-        self.parse_query = parse_query
-        self.on_answer = on_answer
-        self.endpoints: dict[str, Endpoint] = {}
-        self.templates = HeaderTemplates()
-        self._adapter = None
+    label = "signed-in fast path"
+    learn_key = LEARN  # (endpoint, URL rule)
 
-    def __call__(self, environ, start_response):
-        if (environ.get("REQUEST_METHOD") != "GET" or "HTTP_IF_NONE_MATCH" in environ
-                or not environ.get("PATH_INFO", "").startswith(self.prefix)
-                or not environ.get("HTTP_AUTHORIZATION", "").startswith("Bearer ")
-                or not self.app.config["SIGNED_IN_FAST_PATH"]):
-            return self.wsgi_app(environ, start_response)
-        started = time.perf_counter()
-        try:
-            answer = self._answer(environ)
-        except Exception:  # never worse than Flask's answer: Flask answers it
-            log.exception("signed-in fast path failed; Flask answers")
-            answer = None
-        if answer is None:
-            return self._learning(environ, start_response)
-        rule, headers, body, request_id, user_id = answer
-        start_response("200 OK", headers)
-        if self.on_answer is not None:
-            self.on_answer(environ, 200, rule, started, request_id, user_id)
-        return [body]
+    def takes(self, environ) -> bool:
+        return (environ.get("HTTP_AUTHORIZATION", "").startswith("Bearer ")
+                and self.app.config["SIGNED_IN_FAST_PATH"])
 
     # --- when it may answer -----------------------------------------------------------------
 
     def _match(self, path: str):
-        if self._adapter is None:
-            self._adapter = self.app.url_map.bind("localhost")
         try:
-            rule, view_args = self._adapter.match(path, method="GET", return_rule=True)
+            rule, view_args = self._url_adapter().match(path, method="GET", return_rule=True)
         except HTTPException:
             return None
         name = rule.endpoint
@@ -190,12 +163,9 @@ class SignedInFastPath:
             except Exception as exc:  # a 404 of another user's object, say: Flask answers it
                 log.debug("signed-in fast path: %s declined (%r); Flask answers", name, exc)
                 return None
-        incoming = environ.get("HTTP_X_REQUEST_ID", "")
-        request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        headers = [*template, ("Content-Length", str(len(body))), ("X-Request-ID", request_id)]
         if getattr(view, "catalog_cached", False):  # a signed-in copy's tag, as Flask sends it
-            headers.append(("ETag", etag_of(body)))
-        return endpoint.rule, headers, body, request_id, caller.id
+            template = [*template, ("ETag", etag_of(body))]
+        return endpoint.rule, template, body, caller.id
 
     def _checked(self, claims: dict, endpoint: Endpoint, keys: list[str], ip: str):
         """The caller when every count has room and the shared state lets this token in
@@ -233,18 +203,10 @@ class SignedInFastPath:
 
     # --- learning from the full path ----------------------------------------------------------
 
-    def _learning(self, environ, start_response):
-        def start(status, headers, exc_info=None):
-            if environ.get(LEARN) is not None and status.startswith("200 "):
-                self._learn(environ, headers)
-            return start_response(status, headers, exc_info)
-
-        return self.wsgi_app(environ, start)
-
-    def _learn(self, environ, headers) -> None:
-        name, rule = environ[LEARN]
-        if any(header.lower() == "set-cookie" for header, _ in headers):
-            return
+    def _learn(self, environ, marked, headers) -> None:
+        """Flask's 200 to an active, signed-in caller of a marked view: the endpoint's headers
+        and the limits its round trip decided (or none, with the limiter off)."""
+        name, rule = marked
         view = self.app.view_functions.get(name)
         if getattr(view, "signed_in_reader", None) is None:
             return
