@@ -6,6 +6,9 @@ anything Flask would refuse (a query, an unpublished course, an id past the colu
 Flask."""
 from __future__ import annotations
 
+import json
+import threading
+
 import pytest
 from sqlalchemy import update
 
@@ -233,3 +236,72 @@ def test_a_hit_reads_no_query_model(cached_app, monkeypatch):
         _forget_copies(cached_app)
         assert client.get(path, **sent).status_code == 200  # a miss: computed here
         assert len(parsed) == (1 if "?" in path else 0), path  # once, and only with a query
+
+
+HOSTILE = [
+    "/public/get-courses?per_page=" + "9" * 40, "/public/get-courses?page=" + "9" * 40,
+    "/public/get-courses?page=0", "/public/get-courses?page=1&page=2",
+    "/public/get-courses?difficulty=" + "x" * 5000, "/public/get-courses?search=%C0%AF",
+    "/public/get-courses?search=%E2%80%AEevil", "/public/get-courses?min_price=1e400",
+    "/public/get-courses?min_price=NaN", "/public/get-courses?max_price=-0",
+    "/public/get-courses?is_free=maybe", "/public/get-courses?sort=newest%0A",
+    "/public/get-courses?language=%00", "/public/get-courses?category_id=" + "9" * 30,
+    "/public/courses/007", "/public/courses/0", "/public/courses/-1",
+    "/public/courses/1%00", "/public/courses/" + "9" * 30,
+    "/public/courses/search?q=%F0%9F%98%80", "/public/courses/search?q=" + "%F0%9F%98%80" * 60,
+    "/public/courses/search?q=%25%5F%5C", "/public/courses/search?q=a&q=b",
+    "/public/courses/search?q=%20%20", "/public/courses/search?q=x&per_page=" + "9" * 40,
+]
+
+
+def test_hostile_requests_get_flasks_answer_counted_as_flask_counts(uncached_app):
+    """Each hostile path, sent with the fast path on and then off: the same status and body,
+    and the same count taken from the address's window."""
+    course_id = _course(uncached_app)
+    client = uncached_app.test_client()
+    for n, path in enumerate(_paths(course_id)):  # every marked endpoint learned
+        client.get(path, environ_base={"REMOTE_ADDR": f"198.51.100.{n + 1}"})
+    computed = 0  # answered by the fast path itself
+    for n, path in enumerate(HOSTILE):
+        answers, counted = [], []
+        for on, address in ((True, f"203.0.113.{n + 1}"), (False, f"203.0.114.{n + 1}")):
+            uncached_app.config["CATALOG_FAST_PATH"] = on
+            try:
+                before = _window(uncached_app, address)
+                with flask_handled(uncached_app) as handled:
+                    answer = client.get(API + path, environ_base={"REMOTE_ADDR": address})
+                counted.append(_window(uncached_app, address) - before)
+            finally:
+                uncached_app.config["CATALOG_FAST_PATH"] = True
+            answers.append((answer.status_code, answer.get_data()))
+            computed += on and not handled
+        assert answers[0] == answers[1], path
+        assert answers[0][0] < 500, path
+        assert counted[0] == counted[1] <= 1, (path, counted)
+    assert computed >= 8, computed  # the ones Flask answers 200 were answered without it
+
+
+def test_concurrent_misses_answer_alike_keep_one_copy_and_count_each_once(cached_app):
+    course_id = _course(cached_app)
+    path = f"{API}/public/get-courses?per_page=5"
+    address = {"REMOTE_ADDR": "203.0.113.90"}
+    cached_app.test_client().get(path, environ_base=address)  # learned
+    _forget_copies(cached_app)
+    barrier, answers = threading.Barrier(8), []
+
+    def read() -> None:
+        client = cached_app.test_client()
+        barrier.wait()
+        response = client.get(path, environ_base=address)
+        answers.append((response.status_code, response.get_data()))
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(answers) == 8 and len(set(answers)) == 1 and answers[0][0] == 200
+    kept = _copies(cached_app)
+    assert len(kept) == 1 and next(iter(kept.values())).endswith(answers[0][1])
+    assert _window(cached_app, "203.0.113.90") == 9  # the learning read and the eight
+    assert course_id in [c["id"] for c in json.loads(answers[0][1])["courses"]]
