@@ -35,6 +35,7 @@ from services import file_service
 from utils.errors import Conflict, Forbidden, NotFound, ValidationError
 from utils.helpers import Columns, utcnow
 from utils.pagination import PageStatement, paginate_rows
+from utils.pipeline import catalog_cache
 from utils.validators import slugify
 
 # --- access -----------------------------------------------------------------------------------
@@ -854,8 +855,10 @@ def catalog_page(query, page: int, per_page: int) -> dict:
     """`course_page` of a catalog list given as its shape, values and builder (`query`:
     catalog_service.catalog_shape's CatalogQuery). The page's statement is built once per shape
     (which filters are set, the sort), the values bound at each call: building the list's
-    select per request cost more CPU than running it. The 64 shapes used last are kept."""
-    rows, meta = _list_statement(query.build, query.shape).page(query.values, page, per_page)
+    select per request cost more CPU than running it. The 64 shapes used last are kept. The
+    list is counted once per catalog version this request read (catalog_cache.version)."""
+    rows, meta = _list_statement(query.build, query.shape).page(
+        query.values, page, per_page, catalog_cache.version())
     return {"courses": [course_summary(card_of_row(row)) for row in rows], "pagination": meta}
 
 

@@ -27,7 +27,7 @@ from utils.pipeline import redis_client, shared_state
 
 log = logging.getLogger("lms.cache")
 
-VERSION_KEY = "lms:catalog:version"
+VERSION_KEY = shared_state.CATALOG_VERSION
 ENTRY_PREFIX = "lms:catalog:page:"  # + path?sorted query; the value: `entry_value`
 # In the WSGI environ of a guest's request for a cached view: what the catalog fast path learns
 # from it (utils/pipeline/catalog_fast_path.py): endpoint, URL rule, the limits it was counted
@@ -39,13 +39,30 @@ CATALOG_TABLES = frozenset({"courses", "modules", "lessons", "lesson_resources",
                             "course_prerequisites", "master_categories", "subcategories"})
 
 
+# A missing version (a new or emptied Redis) starts from the clock, not from 1 (as the shared
+# state's sync sets it): a process that kept something under a version seen before Redis lost
+# it (a list's count: utils/pagination.py's PageStatement) never sees that number come back.
+_BUMP = ("if redis.call('exists', KEYS[1]) == 0 then redis.call('set', KEYS[1], ARGV[1]) end "
+         "return redis.call('incr', KEYS[1])")
+
+
 def bump() -> None:
     client = redis_client.get()
     if client is not None:
         try:
-            client.incr(VERSION_KEY)
+            client.eval(_BUMP, 1, VERSION_KEY, shared_state.catalog_version_start())
         except redis.RedisError as exc:
             log.warning("catalog cache version not bumped: %s", exc)
+
+
+def version() -> int | None:
+    """The catalog version this request read in its one Redis round trip (the catalog fast
+    path's, or the pipeline's for a catalog view); None when it was not read, or is not set
+    (Redis lost it: the shared state's next sync sets it)."""
+    seen = g.get("catalog_version", shared_state.NOT_READ)
+    if seen is shared_state.NOT_READ:
+        seen = shared_state.cached(VERSION_KEY)
+    return None if seen is None or seen is shared_state.NOT_READ else int(seen)
 
 
 # --- invalidation: any commit that wrote a catalog table --------------------------------------
@@ -58,7 +75,7 @@ def _note_flush(session, flush_context, instances) -> None:
 
 
 def _note_bulk(state) -> None:
-    if (state.is_update or state.is_delete) and state.is_orm_statement:
+    if (state.is_insert or state.is_update or state.is_delete) and state.is_orm_statement:
         table = getattr(state.statement, "table", None)
         if getattr(table, "name", None) in CATALOG_TABLES:
             state.session.info["catalog_changed"] = True
@@ -128,14 +145,17 @@ def read_entry(value: bytes, version) -> tuple[str, bytes] | None:
 
 
 def prefetch_keys() -> tuple[str, ...]:
-    """The keys a guest's request for a cached catalog view reads (in the request's one Redis
-    round trip, utils/pipeline/shared_state.py): the catalog version and this page's copy."""
-    if "Authorization" in request.headers or current_app.config["CATALOG_CACHE_SECONDS"] <= 0:
-        return ()
+    """The keys a request for a cached catalog view reads (in the request's one Redis round
+    trip, utils/pipeline/shared_state.py): the catalog version (`version`), and a guest's
+    this page's copy while the cache is on."""
     view = current_app.view_functions.get(request.endpoint or "")
     while view is not None and not getattr(view, "catalog_cached", False):
         view = getattr(view, "__wrapped__", None)
-    return (VERSION_KEY, entry_key(request.path, request.args)) if view is not None else ()
+    if view is None:
+        return ()
+    if "Authorization" in request.headers or current_app.config["CATALOG_CACHE_SECONDS"] <= 0:
+        return (VERSION_KEY,)
+    return VERSION_KEY, entry_key(request.path, request.args)
 
 
 def guest_read(reader):
@@ -162,9 +182,10 @@ def cached_public(view):
     def wrapper(*args, **kwargs):
         guest = "Authorization" not in request.headers
         key = entry_key(request.path, request.args) if guest else None
-        # Not prefetched: a signed-in caller, the cache off, no Redis or Redis down.
-        version = shared_state.cached(VERSION_KEY) if guest else shared_state.NOT_READ
-        usable = version is not shared_state.NOT_READ
+        # Not prefetched: no Redis or Redis down. Not kept: a signed-in caller, the cache off.
+        version = shared_state.cached(VERSION_KEY)
+        usable = (guest and version is not shared_state.NOT_READ
+                  and current_app.config["CATALOG_CACHE_SECONDS"] > 0)
         if guest and not request.environ.get(COUNTED):  # counted by the fast path: no limits seen
             request.environ[LEARN] = (request.endpoint, request.url_rule.rule, [
                 (limit.limit, limit.request_args, limit.shared)

@@ -11,8 +11,8 @@ one the limits and blocks use) does exactly that:
 
 - one Redis pipeline: Flask-Limiter's own fixed-window script (`limits`' incr/expire, by its
   SHA) for each limit the endpoint has, with the keys Flask-Limiter uses, and one `MGET` of
-  the shared state's trust marker, the address's block and, with the cache on, the catalog
-  version and the copy;
+  the shared state's trust marker, the address's block, the catalog version (which the reader
+  may trust: catalog_cache.version) and, with the cache on, the copy;
 - the answer only when every limit still has room, the mirror is trusted and the address is
   not blocked: the copy when it was made under the current catalog version; else, for a
   marked view whose query string the view's query model accepts as Flask's validation would
@@ -42,6 +42,7 @@ import logging
 from dataclasses import dataclass, field
 
 import redis
+from flask import g
 from limits.storage import RedisStorage
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request
@@ -130,14 +131,11 @@ class CatalogFastPath(FastPath):
         pipe = client.pipeline(transaction=False)
         for (item, _), key in zip(endpoint.limits, keys):
             pipe.evalsha(round_trip.INCR_EXPIRE_SHA, 1, key, item.get_expiry(), 1)
-        if seconds > 0:
-            entry = catalog_cache.entry_key(environ["PATH_INFO"], Request(environ).args)
-            pipe.mget([SYNCED, ip_key(ip), catalog_cache.VERSION_KEY, entry])
-        else:
-            entry = None
-            pipe.mget([SYNCED, ip_key(ip)])
+        entry = (catalog_cache.entry_key(environ["PATH_INFO"], Request(environ).args)
+                 if seconds > 0 else None)
+        pipe.mget([SYNCED, ip_key(ip), catalog_cache.VERSION_KEY, *([entry] if entry else [])])
         try:
-            *counts, (synced, blocked, *cached) = pipe.execute()
+            *counts, (synced, blocked, version, *cached) = pipe.execute()
         except redis.exceptions.NoScriptError:
             try:  # a Redis that lost its scripts: load it for the next request
                 client.script_load(RedisStorage.SCRIPT_INCR_EXPIRE)
@@ -158,7 +156,7 @@ class CatalogFastPath(FastPath):
             return None
         if keys:
             environ[COUNTED] = True  # counted, with room: if Flask answers, it counts nothing
-        version, value = cached or (None, None)
+        value = cached[0] if cached else None
         copy = catalog_cache.read_entry(value, version) if value is not None else None
         if copy is None:
             if reader is None:
@@ -189,6 +187,7 @@ class CatalogFastPath(FastPath):
         between bumps the version: the copy is never served). None where the reader
         declines (an unpublished course's 404): Flask answers."""
         with self.app.app_context():
+            g.catalog_version = version  # catalog_cache.version(): what the reader may trust
             try:
                 body = run_reader(view, reader, None, arguments, view_args, self.shape)
             except Exception as exc:

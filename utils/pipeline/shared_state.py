@@ -22,6 +22,7 @@ import base64
 import json
 import logging
 import secrets
+import time
 from datetime import datetime, timezone
 
 import redis
@@ -40,6 +41,14 @@ EPOCH = "lms:shared:epoch"     # no TTL: the last revoked_tokens id mirrored; go
 LOCK = "lms:shared:syncing"
 OVERLAP = 1000  # ids re-mirrored before the epoch: rows that committed out of id order
 NOT_READ = object()  # what `cached` returns for a key this request did not read
+# The catalog's version (utils/pipeline/catalog_cache.py), which a sync sets where it is missing.
+CATALOG_VERSION = "lms:catalog:version"
+
+
+def catalog_version_start() -> int:
+    """A missing catalog version's first value: the clock in microseconds, so a Redis that lost
+    the version never gives an earlier value again."""
+    return time.time_ns() // 1000
 
 
 def ip_key(ip: str) -> str:
@@ -171,6 +180,7 @@ def sync(client=None) -> bool:
                      ex=seconds_until(until) if until is not None else None)
         newest = max([row[0] for row in tokens], default=int(epoch or 0))
         pipe.set(EPOCH, max(newest, int(epoch or 0)))
+        pipe.set(CATALOG_VERSION, catalog_version_start(), nx=True)
         # A new generation each time: the user mirror's values of the last one stop counting.
         pipe.set(SYNCED, secrets.token_hex(8), ex=current_app.config["SHARED_SYNC_SECONDS"])
         pipe.delete(LOCK)
