@@ -48,6 +48,7 @@ from models import (
     Payment,
     Subcategory,
     User,
+    as_text,
     db,
 )
 from services import certificate_service, course_service
@@ -360,9 +361,9 @@ def _lessons_of(where) -> Select:
     course order, the lesson's and the enrollment's progress row's columns (one row of NULLs
     for a course without lessons)."""
     enrollments, modules, lessons = Enrollment.__table__, Module.__table__, Lesson.__table__
-    return (select(*_ENROLLMENT, _CO.instructor_id, _L.id, _L.title, _M.id, _M.title,
-                   _LPC.id, _LPC.completed, _LPC.completed_at, _LPC.watch_time_seconds,
-                   _LPC.last_accessed_at)
+    return (select(*as_text(_ENROLLMENT), _CO.instructor_id, _L.id, _L.title, _M.id, _M.title,
+                   _LPC.id, _LPC.completed, *as_text((_LPC.completed_at,)),
+                   _LPC.watch_time_seconds, *as_text((_LPC.last_accessed_at,)))
             .select_from(enrollments.join(_COURSES, _CO.id == _E.course_id)
                          .outerjoin(modules, _M.course_id == _E.course_id)
                          .outerjoin(lessons, _L.module_id == _M.id)

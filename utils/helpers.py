@@ -14,10 +14,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def iso(value: datetime | None) -> str | None:
-    """ISO-8601 in UTC with an explicit offset, the API's one time format."""
-    if value is None:
-        return None
+def iso(value: datetime | str | None) -> str | None:
+    """ISO-8601 in UTC with an explicit offset, the API's one time format (a value read as
+    that text already, models.iso_text, as it is)."""
+    if value is None or value.__class__ is str:
+        return value
     if value.tzinfo is None:  # SQLite hands back naive values; they were stored as UTC
         value = value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc).isoformat(timespec="seconds")
