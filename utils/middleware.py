@@ -150,9 +150,29 @@ def _rollback_session() -> None:
         db.session.rollback()
     except SQLAlchemyError:
         try:
-            db.session.invalidate()
+            db.session().invalidate()
         except SQLAlchemyError:
             pass
+
+
+def _close_session(_exc) -> None:
+    """teardown_appcontext, ahead of Flask-SQLAlchemy's own (registered after it): the
+    request's session closed here. A connection the database dropped after the view's last
+    statement (a restart, a failover: seen in tests/test_postgres_restart.py) made the close's
+    ROLLBACK raise out of the app, and the server sent its own HTML 500 in place of the
+    answer the view had made. The connection is invalidated instead (the pool opens a new one)
+    and the session dropped: what the view committed was committed before this, and what it
+    did not, the server has rolled back with the connection."""
+    try:
+        db.session.remove()
+    except SQLAlchemyError as exc:
+        log.warning("session closed on a lost database connection: %s",
+                    type(getattr(exc, "orig", None) or exc).__name__)
+        try:
+            db.session().invalidate()
+        except SQLAlchemyError:
+            pass
+        db.session.registry.clear()
 
 
 def _sqlstate(exc: DBAPIError) -> str | None:
@@ -325,6 +345,7 @@ def init_middleware(app: Flask) -> None:
     app.before_request(_reject_malformed_json)
     app.before_request(_reject_control_characters)
     app.after_request(_finish_request)
+    app.teardown_appcontext(_close_session)  # runs before db's own (teardowns run in reverse)
     app.register_error_handler(APIError, _handle_api_error)
     app.register_error_handler(HTTPException, _handle_http_exception)
     app.register_error_handler(IntegrityError, _handle_integrity_error)

@@ -78,3 +78,15 @@ def me():
 @roles_required("admin")
 def admin_only():
     return {"ok": True}
+
+
+@bp.post("/lost-connection")
+def lost_connection():
+    """Writes, commits, reads again, then loses its database connection (PostgreSQL ends the
+    backend, as a restart does) before the request's teardown closes the session."""
+    db.session.add(MasterCategory(name="Kept", slug="kept-before-the-loss"))
+    db.session.commit()
+    pid = db.session.execute(db.text("SELECT pg_backend_pid()")).scalar()
+    with db.engine.connect() as other:
+        other.execute(db.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    return {"backend": pid}
