@@ -188,3 +188,28 @@ def test_a_kept_count_is_recounted_once_it_is_old(uncached_app, monkeypatch):
     with recorded_statements(app) as statements:
         assert ok(client.get(LIST))["pagination"]["total"] == 3
     assert _counted(statements)
+
+
+def test_a_page_past_the_written_limits_binds_its_limit_and_a_list_value_is_counted(app):
+    """An internal caller's page of more than 100 rows keeps a bound LIMIT; values that cannot
+    be hashed (a list) are never kept, only counted."""
+    from sqlalchemy import bindparam, select
+
+    from models import MasterCategory
+    with app.app_context():
+        db.session.add_all([MasterCategory(name=f"C{n}", slug=f"c-{n}") for n in range(130)])
+        db.session.commit()
+        table = MasterCategory.__table__
+        statement = pagination.PageStatement(
+            select(table.c.id).where(table.c.slug.in_(bindparam("slugs", expanding=True)))
+            .order_by(table.c.id))
+        slugs = [f"c-{n}" for n in range(130)]
+        with recorded_statements(app) as statements:
+            rows, meta = statement.page({"slugs": slugs}, 1, 150, version=7)
+            later, later_meta = statement.page({"slugs": slugs}, 2, 120, version=7)
+        assert len(rows) == 130 and (meta["total"], meta["pages"]) == (130, 1)
+        assert len(later) == 10 and later_meta["total"] == 130 and later_meta["has_prev"]
+        assert [row[0] for row in rows][120:] == [row[0] for row in later]
+        assert all("LIMIT 1" not in s and "LIMIT" in s for s in statements), statements
+        assert all("count(*)" in s for s in statements)  # a list value: nothing kept
+        assert statement.totals == {}

@@ -191,7 +191,10 @@ class PageStatement:
         key = total = None
         if version is not None:
             key = (connection.engine, *sorted(params.items()))
-            kept = self.totals.get(key)
+            try:
+                kept = self.totals.get(key)
+            except TypeError:  # a value that cannot be hashed (a list): counted each time
+                key = kept = None
             if kept is not None and kept[0] == version and \
                     time.monotonic() - kept[1] < TOTAL_SECONDS:
                 total = kept[2]
