@@ -361,9 +361,12 @@ def _lessons_of(where) -> Select:
     course order, the lesson's and the enrollment's progress row's columns (one row of NULLs
     for a course without lessons)."""
     enrollments, modules, lessons = Enrollment.__table__, Module.__table__, Lesson.__table__
-    return (select(*as_text(_ENROLLMENT), _CO.instructor_id, _L.id, _L.title, _M.id, _M.title,
-                   _LPC.id, _LPC.completed, *as_text((_LPC.completed_at,)),
-                   _LPC.watch_time_seconds, *as_text((_LPC.last_accessed_at,)))
+    # Read by position; the timestamps as the answer's text, under names of SQLAlchemy's own
+    # (the enrollment's and the progress row's `completed_at` would share one).
+    return (select(*as_text((*_ENROLLMENT, _CO.instructor_id, _L.id, _L.title, _M.id, _M.title,
+                             _LPC.id, _LPC.completed, _LPC.completed_at,
+                             _LPC.watch_time_seconds, _LPC.last_accessed_at),
+                            lambda column: None))
             .select_from(enrollments.join(_COURSES, _CO.id == _E.course_id)
                          .outerjoin(modules, _M.course_id == _E.course_id)
                          .outerjoin(lessons, _L.module_id == _M.id)

@@ -149,10 +149,15 @@ def _rollback_session() -> None:
     try:
         db.session.rollback()
     except SQLAlchemyError:
-        try:
-            db.session().invalidate()
-        except SQLAlchemyError:
-            pass
+        _invalidate_session()
+
+
+def _invalidate_session() -> None:
+    """Drop the session's connection (the pool opens a new one), whatever state it is in."""
+    try:
+        db.session().invalidate()
+    except SQLAlchemyError:
+        pass
 
 
 def _close_session(_exc) -> None:
@@ -168,10 +173,7 @@ def _close_session(_exc) -> None:
     except SQLAlchemyError as exc:
         log.warning("session closed on a lost database connection: %s",
                     type(getattr(exc, "orig", None) or exc).__name__)
-        try:
-            db.session().invalidate()
-        except SQLAlchemyError:
-            pass
+        _invalidate_session()
         db.session.registry.clear()
 
 

@@ -154,14 +154,14 @@ class PageStatement:
     page (the rows past `per_page` are dropped here), and a first page has no OFFSET at all.
     PostgreSQL plans a prepared statement once (utils/read_only.py) without its parameters'
     values; with a bound LIMIT it assumes a tenth of the rows are wanted, and for a public
-    list of 334 matching courses it joined and sorted all of them (0.86 ms a page) where
-    walking the ordered index for 20 took 0.13 ms. With the LIMIT known it plans the walk.
+    list of 334 matching courses it joined and sorted all of them (0.86 ms a page). With the
+    LIMIT known it plans the walk of the ordered index (0.47 ms).
 
     A list whose tables carry a version number that every write to them moves (the catalog's,
     in Redis: utils/pipeline/catalog_cache.py) is counted once per version: the capped count
-    is kept in the process with the version it was read under (after it), and a page of the
-    same list and values asked under that same version runs the statement without the count
-    (a public list's count was 0.17 ms of its 0.3 ms). Kept TOTAL_SECONDS at most, so a write
+    is kept in the process with the version read before counting, and a page of the same list
+    and values asked under that same version runs the statement without the count (a public
+    list's count was 0.18 ms of its 0.35 ms). Kept TOTAL_SECONDS at most, so a write
     whose bump was lost (Redis down) is counted within a minute, as an estimate is."""
 
     LIMIT, OFFSET, CAP = "page_limit", "page_offset", "page_count_cap"
