@@ -213,3 +213,26 @@ def test_a_page_past_the_written_limits_binds_its_limit_and_a_list_value_is_coun
         assert all("LIMIT 1" not in s and "LIMIT" in s for s in statements), statements
         assert all("count(*)" in s for s in statements)  # a list value: nothing kept
         assert statement.totals == {}
+
+
+def test_hostile_searches_cannot_grow_the_kept_counts_past_their_bound(uncached_app,
+                                                                        monkeypatch):
+    """Each search text is a list of its own: a client sending a new one each time (long,
+    hostile or not) adds one kept count each, and past TOTAL_KEYS they are all forgotten at
+    once; every answer is still counted right."""
+    from services import catalog_service, course_service
+
+    app = uncached_app
+    client = app.test_client()
+    _published(app, 2)
+    ok(client.get(f"{LIST}?sort=title"))  # the sync: a version from now on
+    monkeypatch.setattr(pagination, "TOTAL_KEYS", 3)
+    texts = ["counted", "absent", "absent " + "x" * 150, "absent two", "absent three",
+             "absent ' OR 1=1 --"]
+    for text in texts:
+        body = ok(client.get(f"{API}/public/courses/search", query_string={"q": text}))
+        assert body["pagination"]["total"] == (2 if text == "counted" else 0), text
+    with app.app_context():
+        shape = catalog_service.catalog_shape(search="counted", sort="newest")
+        kept = course_service._list_statement(shape.build, shape.shape).totals
+    assert 1 <= len(kept) <= 3

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import select
 
-from models import Course, Lesson, Module, User, as_text, db, iso_text
+from models import Course, Lesson, Module, as_text, db, iso_text
 from tests.support.assertions import ok
 from tests.support.queries import recorded_statements
 from utils.helpers import iso
@@ -25,16 +25,11 @@ MOMENTS = (
 )
 
 
-def _course_at(app, moments) -> int:
+def _course_at(app, teacher_id: int, moments) -> int:
     """A published course whose four timestamps, and its module's and lesson's, are `moments`."""
     created, updated, published, review = moments
     with app.app_context():
-        teacher = User(email="times-teacher@example.com", role="instructor", first_name="T",
-                       last_name="Times")
-        teacher.set_password("Passw0rd!")
-        db.session.add(teacher)
-        db.session.flush()
-        course = Course(title="Times", slug="times", instructor_id=teacher.id,
+        course = Course(title="Times", slug="times", instructor_id=teacher_id,
                         status="published", price=0, created_at=created, updated_at=updated,
                         published_at=published, review_requested_at=review)
         db.session.add(course)
@@ -51,9 +46,10 @@ def _course_at(app, moments) -> int:
 
 
 @pytest.mark.parametrize("shift", range(len(MOMENTS)))
-def test_a_list_and_a_course_page_write_each_timestamp_as_the_entity_does(app, client, shift):
+def test_a_list_and_a_course_page_write_each_timestamp_as_the_entity_does(app, client, make_user,
+                                                                          shift):
     moments = MOMENTS[shift:] + MOMENTS[:shift]
-    course_id = _course_at(app, moments)
+    course_id = _course_at(app, make_user("instructor"), moments)
     listed = ok(client.get(f"{API}/public/get-courses"))["courses"][0]
     page = ok(client.get(f"{API}/public/courses/{course_id}"))["course"]
     with app.app_context():
@@ -73,13 +69,10 @@ def test_a_list_and_a_course_page_write_each_timestamp_as_the_entity_does(app, c
         assert answered_lesson[field] == lesson_dict[field], field
 
 
-def test_iso_text_reads_null_as_none_and_leaves_other_columns_alone(app):
+def test_iso_text_reads_null_as_none_and_leaves_other_columns_alone(app, make_user):
+    teacher_id = make_user("instructor")
     with app.app_context():
-        teacher = User(email="null-times@example.com", role="instructor", first_name="N")
-        teacher.set_password("Passw0rd!")
-        db.session.add(teacher)
-        db.session.flush()
-        db.session.add(Course(title="No dates", slug="no-dates", instructor_id=teacher.id))
+        db.session.add(Course(title="No dates", slug="no-dates", instructor_id=teacher_id))
         db.session.commit()
         columns = as_text((Course.__table__.c.id, Course.__table__.c.published_at,
                            Course.__table__.c.created_at))
@@ -96,7 +89,7 @@ def test_only_reads_that_return_every_row_they_read_take_the_text(app, client, m
     """Below a sort cut by a LIMIT, PostgreSQL would write the text of every row it sorts (a
     search matching 1,000 courses: 4,000 to_char calls). The lists keep their datetimes; one
     course's card and its outline take the text."""
-    course_id = _course_at(app, MOMENTS)
+    course_id = _course_at(app, make_user("instructor"), MOMENTS)
     headers = auth_headers(make_user())
     postgres = app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql")
     for path, listed in ((f"{API}/public/get-courses", True),
