@@ -10,7 +10,7 @@ from sqlalchemy import event, insert, select, text
 from models import Notification, db
 from tests.support.assertions import ok
 from tests.support.queries import sent_queries
-from utils.read_only import ReadOnlyViolation, is_read
+from utils.read_only import PREPARE, ReadOnlyViolation, is_read, statement_commits_alone
 
 API = "/api/v1"
 UNREAD = f"{API}/notifications/unread-count"
@@ -153,7 +153,8 @@ def test_prepared_reads_fall_back_and_recover(app, make_user):
         # A parameter PostgreSQL cannot type: sent as it is, and remembered so.
         assert connection.execute(text("SELECT :x IS NULL"), {"x": None}).scalar() is True
         kept = connection.info["lms_prepared"]
-        assert [name for sql, name in kept.items() if "IS NULL" in sql] == [None]
+        assert [name for sql, name in kept.items() if sql.startswith("SELECT %(x)s IS NULL")] \
+            == [None]
         count = text("SELECT count(*) FROM users WHERE id > :low")
         assert connection.execute(count, {"low": 0}).scalar() == 1
         assert [name for sql, name in kept.items() if "count(*) FROM users" in sql][0]
@@ -244,3 +245,36 @@ def test_hostile_search_text_reads_the_same_prepared(app, client, make_user, aut
         assert any(q.startswith("EXECUTE lms_") for q in executed), executed
     with app.app_context():
         assert db.session.scalar(select(Course.id).where(Course.slug == "hostile-probe"))
+
+
+def test_a_statement_that_commits_alone(app, make_user, executed):
+    """`statement_commits_alone`: a pooled connection in autocommit, where a statement marked
+    PREPARE runs prepared and an unmarked one as sent; each is committed as it returns (another
+    connection sees it at once); the switch is undone before the connection goes back. Marked
+    inside a transaction block, a statement is sent as it is (a failed EXECUTE would abort the
+    block)."""
+    postgres_only(app)
+    user = make_user()
+    rename = text("UPDATE users SET first_name = :name WHERE id = :id RETURNING first_name")
+    with app.app_context():
+        with statement_commits_alone(db.engine) as connection:
+            dbapi_connection = connection.connection.dbapi_connection
+            assert dbapi_connection.autocommit is True
+            for name in ("Ada", "Grace"):
+                assert connection.execute(rename.execution_options(**{PREPARE: True}),
+                                          {"name": name, "id": user}).scalar() == name
+            assert executed[-1].startswith("EXECUTE lms_"), executed
+            with db.engine.connect() as other:  # committed already: no transaction is open
+                assert other.execute(text("SELECT first_name FROM users WHERE id = :id"),
+                                     {"id": user}).scalar() == "Grace"
+            connection.execute(rename, {"name": "Edsger", "id": user})
+            assert executed[-1].startswith("UPDATE users"), executed
+        assert dbapi_connection.autocommit is False
+
+        executed.clear()
+        db.session.execute(rename.execution_options(**{PREPARE: True}),
+                           {"name": "Barbara", "id": user})
+        assert executed[-1].startswith("UPDATE users"), executed
+        db.session.rollback()
+        assert db.session.execute(text("SELECT first_name FROM users WHERE id = :id"),
+                                  {"id": user}).scalar() == "Edsger"

@@ -26,11 +26,17 @@ PREPARED_KEPT statements a connection. Event listeners still see the statement i
 swap happens where the dialect executes (`do_execute`). A statement PostgreSQL cannot prepare
 is sent as it is from then on; one the server lost or whose plan no longer fits its tables is
 prepared again. Turn it off behind a pooler in transaction mode (config.py).
+
+A write that is a single statement needs no block either: `statement_commits_alone` lends a
+pooled connection of its own in autocommit mode, where that statement is its own transaction
+(atomic as any statement is) and, marked with the execution option `PREPARE`, runs prepared as
+the reads do. The progress heartbeat is such a write (services/enrollment_service.py).
 """
 from __future__ import annotations
 
 import hashlib
 import re
+from contextlib import contextmanager
 from functools import lru_cache, wraps
 
 from flask import g, has_app_context
@@ -84,6 +90,7 @@ _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 PREPARED = "lms_prepared"  # in a pooled connection's `info`: {statement: its name, or None}
 PREPARED_KEPT = 100  # per connection; past it, statements run as sent
 _UNKNOWN_STATEMENT, _PLAN_CHANGED = "26000", "0A000"  # PostgreSQL's SQLSTATEs
+PREPARE = "lms_prepare"  # an execution option: prepare this statement on an autocommit connection
 
 
 def _prepared(connection, cursor, statement: str, parameters):
@@ -113,6 +120,27 @@ def _prepared(connection, cursor, statement: str, parameters):
         found = kept[statement] = (name, f"EXECUTE {name}({arguments})" if order
                                    else f"EXECUTE {name}")
     return found[1]
+
+
+@contextmanager
+def statement_commits_alone(engine: Engine):
+    """A pooled connection, outside the request's session, on which each statement commits on
+    its own (psycopg2's autocommit; other drivers: as they are, the caller commits). For one
+    write that is a whole transaction in itself; the switch is undone before the connection goes
+    back to the pool (and at the next checkout, should that fail)."""
+    with engine.connect() as connection:
+        dbapi_connection = connection.connection.dbapi_connection
+        psycopg2 = engine.dialect.driver == "psycopg2"
+        if psycopg2:
+            _switch(dbapi_connection, True)
+        try:
+            yield connection
+        finally:
+            if psycopg2:
+                try:
+                    _switch(dbapi_connection, False)
+                except Exception:  # a broken connection: dropped rather than pooled
+                    connection.invalidate()
 
 
 def attach(engine: Engine, prepare: bool = True) -> None:
@@ -147,15 +175,19 @@ def attach(engine: Engine, prepare: bool = True) -> None:
                 + " ".join(statement.split())[:80])
 
     def execute(cursor, statement, parameters, context) -> bool | None:
-        """The dialect's execute, for a read on a read-only connection: as its prepared
-        statement (event listeners, which ran before, saw the statement itself)."""
+        """The dialect's execute, for a read on a read-only connection or a statement marked
+        `PREPARE` on an autocommit one: as its prepared statement (event listeners, which ran
+        before, saw the statement itself)."""
         connection = context.root_connection
         try:
             info = connection.info
         except NotImplementedError:  # the dialect's first connection, before any checkout
             return None
-        if not info.get(FLAG) or statement.lstrip()[:6].upper() != "SELECT":
-            return None
+        if info.get(FLAG):
+            if statement.lstrip()[:6].upper() != "SELECT":
+                return None
+        elif not (context.execution_options.get(PREPARE) and cursor.connection.autocommit):
+            return None  # inside a block, a failed EXECUTE would abort the transaction
         executed = _prepared(connection, cursor, statement, parameters)
         if executed is None:
             return None
