@@ -54,7 +54,7 @@ from utils.pipeline.catalog_fast_path import CatalogFastPath
 from utils.pipeline.client_address import TrustedProxies, parse_networks
 from utils.pipeline.signed_in_fast_path import SignedInFastPath
 from utils.pipeline.hooks import init_pipeline
-from utils.validation import answer_body, parsed_query, spec
+from utils.validation import answer_body, parsed_body, parsed_query, spec
 
 API_CSP = {"default-src": "'none'", "frame-ancestors": "'none'"}
 VERIFY_CSP = {"default-src": "'none'", "style-src": "'unsafe-inline'", "form-action": "'self'",
@@ -103,7 +103,7 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
         CatalogFastPath(
             SignedInFastPath(app.wsgi_app, app, app.config["API_PREFIX"] + "/",
                              shape=answer_body, parse_query=parsed_query,
-                             on_answer=_fast_answer),
+                             parse_body=parsed_body, on_answer=_fast_answer),
             app, app.config["API_PREFIX"] + "/public/", on_answer=_fast_answer,
             shape=answer_body, parse_query=parsed_query), proxies)
 
@@ -187,10 +187,11 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
 
 def _fast_answer(environ, status: int, rule: str, started: float, request_id: str,
                  user_id: int | None = None) -> None:
-    """An answer of a fast path (the catalog's, the signed-in reads') counted and logged as
-    Flask's are."""
-    metrics.count_request("GET", rule, status, started)
-    log_request("GET", environ.get("PATH_INFO", ""), status, started, environ.get("REMOTE_ADDR"),
+    """An answer of a fast path (the catalog's, the signed-in reads' and writes') counted and
+    logged as Flask's are."""
+    method = environ.get("REQUEST_METHOD", "GET")
+    metrics.count_request(method, rule, status, started)
+    log_request(method, environ.get("PATH_INFO", ""), status, started, environ.get("REMOTE_ADDR"),
                 user_id, request_id=request_id)
 
 

@@ -10,7 +10,7 @@ from typing_extensions import TypedDict
 from auth import current_user, login_required
 from models import ENROLLMENT_STATUSES, db
 from utils.pipeline.idempotency import IdempotencyHeaders, idempotent
-from utils.pipeline.signed_in_fast_path import signed_in_read
+from utils.pipeline.signed_in_fast_path import signed_in_read, signed_in_write
 from services import enrollment_service
 from utils.errors import Conflict, NotFound
 from utils.read_only import read_only
@@ -196,21 +196,40 @@ def course_progress(course_id: int):
     return enrollment_service.detailed_progress(current_user(), course_id=course_id)
 
 
-def _record(lesson_id: int, default_completed: bool | None, **enrollment):
-    """`default_completed` applies only to a request that says nothing: a body carrying just
-    watch time records watch time. `enrollment`: its id, or its course's."""
-    body = json_body() if request.content_length else None
+def _completion(body, default_completed: bool | None) -> bool | None:
+    """What a progress write does to the lesson's completion: what the body says, else
+    `default_completed` for a body that says nothing (a body carrying just watch time records
+    watch time: None)."""
     sent = body.model_fields_set if body else set()
-    completed = body.completed if "completed" in sent else (default_completed if not sent else None)
-    watch = body.watch_time_seconds if body else None
+    return body.completed if "completed" in sent else (default_completed if not sent else None)
+
+
+def _record(lesson_id: int, default_completed: bool | None, **enrollment):
+    """`enrollment`: its id, or its course's."""
+    body = json_body() if request.content_length else None
     answer = enrollment_service.record_progress(
-        current_user().id, lesson_id, completed=completed, watch_time_seconds=watch,
-        **enrollment)
+        current_user().id, lesson_id, completed=_completion(body, default_completed),
+        watch_time_seconds=body.watch_time_seconds if body else None, **enrollment)
     db.session.commit()
     return answer
 
 
+def _heartbeat(default_completed: bool | None):
+    """The signed-in fast path's writer for a progress route: a heartbeat (no completion
+    changed) in its one statement, committed as it returns; None for any other write, or one
+    the statement leaves to the full path (enrollment_service.heartbeat)."""
+
+    def writer(caller, body, lesson_id: int, **enrollment):
+        if _completion(body, default_completed) is not None:
+            return None
+        return enrollment_service.heartbeat(caller.id, lesson_id, body.watch_time_seconds,
+                                            enrollment)
+
+    return writer
+
+
 @bp.post("/<int:enrollment_id>/lessons/<int:lesson_id>/complete")
+@signed_in_write(_heartbeat(True))
 @login_required
 @validate(json=ProgressIn, resp=Response(HTTP_200=ProgressRecordedResponse,
                                          **errors(401, 403, 404)), **AUTH)
@@ -231,6 +250,7 @@ def read_lesson_progress(course_id: int, lesson_id: int):
 
 @bp.post("/get-enrollments/<int:course_id>/lessons/<int:lesson_id>/progress")
 @bp.put("/get-enrollments/<int:course_id>/lessons/<int:lesson_id>/progress")
+@signed_in_write(_heartbeat(None))
 @login_required
 @validate(json=ProgressIn, resp=Response(HTTP_200=ProgressRecordedResponse,
                                          **errors(401, 403, 404)), **AUTH)

@@ -629,8 +629,8 @@ def record_progress(user_id: int, lesson_id: int, *, completed: bool | None,
     enrollment is 404, as a missing one is; a closed one 403; a lesson of another course 404."""
     where = {"enrollment_id": enrollment_id} if enrollment_id is not None else \
         {"user_id": user_id, "course_id": course_id}
-    if completed is None and db.engine.dialect.name == "postgresql":
-        answer = _heartbeat_in_one_statement(user_id, lesson_id, watch_time_seconds, where)
+    if completed is None:
+        answer = heartbeat(user_id, lesson_id, watch_time_seconds, where)
         if answer is not None:
             return answer
     connection = db.session.connection()
@@ -665,15 +665,19 @@ def _check_target(found, user_id: int, enrollment_id: int | None) -> None:
         raise NotFound("This lesson is not part of the course")
 
 
-def _heartbeat_in_one_statement(user_id: int, lesson_id: int, watch_time_seconds: int | None,
-                                where: dict) -> dict | None:
-    """The heartbeat's one statement (`_heartbeat`), on a connection of its own. None where it
+def heartbeat(user_id: int, lesson_id: int, watch_time_seconds: int | None,
+              where: dict) -> dict | None:
+    """A heartbeat (watch time, no completion: `record_progress`'s answer) by its one statement
+    (`_heartbeat`) on a connection of its own, on PostgreSQL; `where`: the enrollment's id
+    (`enrollment_id`) or its course's (`course_id`). None on another database, and where it
     leaves something to write that its snapshot cannot decide: a stored percentage that differs
     from its counts (the course's lessons changed, or a completion of another lesson committed
     while the statement waited for the enrollment's row: its counts predate that completion), a
     course whose lessons are all done, or a progress row gone between its snapshot and its
     write. The caller's statements then decide, each with a snapshot of its own; rewriting the
     heartbeat there changes nothing (the furthest point is kept)."""
+    if db.engine.dialect.name != "postgresql":
+        return None
     if "enrollment_id" in where:
         statement, parameters = _HEARTBEAT_BY_ID, {"enrollment": where["enrollment_id"]}
     else:

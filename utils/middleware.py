@@ -20,12 +20,12 @@ from utils.errors import APIError, BadRequest, NotFound, ServiceUnavailable, Val
 from utils.extensions import limiter
 from utils.validators import (
     INT_MAX,
-    JSON_MAX_DEPTH,
     REQUEST_ID,
+    JsonTooDeep,
     json_has_nul,
     nul_paths,
     one_line,
-    json_too_deep,
+    read_json_body,
     text_problem,
 )
 
@@ -252,12 +252,10 @@ def _reject_malformed_json():
         if not raw:
             return
         try:
-            text = raw.decode("utf-8")
-            if json_too_deep(text):
-                raise BadRequest(f"Request body nests deeper than {JSON_MAX_DEPTH} levels",
-                                 code="json_too_deep")
-            document = json.loads(text)
-        except (UnicodeDecodeError, ValueError, RecursionError):
+            document, text = read_json_body(raw)
+        except JsonTooDeep as exc:
+            raise BadRequest(str(exc), code="json_too_deep")
+        except (ValueError, RecursionError):  # UnicodeDecodeError included
             raise BadRequest("Request body is not valid JSON", code="malformed_json")
         if json_has_nul(text):  # in any string or key, read by a model or not
             raise ValidationError("Invalid input", details=nul_paths(document))

@@ -47,7 +47,9 @@ from utils.validators import (
     date_problem,
     detect_sql_injection,
     detect_xss,
+    json_has_nul,
     number_problem,
+    read_json_body,
     text_problem,
 )
 
@@ -212,6 +214,22 @@ def parsed_query(model: type[BaseModel], args) -> Any:
     return _parse(model, _query_items(args), [])
 
 
+def parsed_body(model: type[BaseModel], raw: bytes) -> Any:
+    """`model` from a JSON body's bytes as the middleware (utils/middleware.py) and
+    `validate(json=model)` read it, outside a request (the signed-in fast path; in an app
+    context): UTF-8, not too deep, valid JSON without NUL, the app's JSON provider's document
+    (`request.get_json`), the model and the rules every input keeps to; None where either
+    would refuse it (Flask then does)."""
+    try:
+        _document, text = read_json_body(raw)
+        if json_has_nul(text):
+            return None
+        document = current_app.json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return _parse(model, document or {}, [])
+
+
 def _raise_invalid(errors: list[dict]) -> None:
     """422 for `errors`; an injection pattern is recorded as a security event: in a structured
     field it counts towards blocking the address, in free text (`unsafe_input` from SafeText)
@@ -261,6 +279,7 @@ def validate(*, json: type[BaseModel] | None = None, query: type[BaseModel] | No
 
         wrapper.api_media = media
         wrapper.api_query, wrapper.api_resp = query, resp  # for the fast paths
+        wrapper.api_json = json
         return wrapper
 
     return decorator

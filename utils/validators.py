@@ -8,6 +8,7 @@ ORM and everything rendered is escaped. They are tuned to let ordinary prose thr
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 import unicodedata
@@ -112,6 +113,21 @@ def json_too_deep(text: str, limit: int = JSON_MAX_DEPTH) -> bool:
         else:
             depth -= 1
     return False
+
+
+class JsonTooDeep(ValueError):
+    """A JSON body nested deeper than JSON_MAX_DEPTH."""
+
+
+def read_json_body(raw: bytes):
+    """(document, text) of a request body that claims to be JSON, read by the rules every such
+    body keeps to: UTF-8 (UnicodeDecodeError), nested at most JSON_MAX_DEPTH, checked before
+    parsing (JsonTooDeep), valid JSON (ValueError, RecursionError). NUL is the caller's to
+    look for in `text` (`json_has_nul`)."""
+    text = raw.decode("utf-8")
+    if json_too_deep(text):
+        raise JsonTooDeep(f"Request body nests deeper than {JSON_MAX_DEPTH} levels")
+    return json.loads(text), text
 
 
 # NUL in JSON text can only be the escape \u0000 (a raw control character is malformed JSON);

@@ -27,7 +27,8 @@ from utils.validators import INT_MAX, REQUEST_ID, text_problem
 log = logging.getLogger("lms.fast")
 
 # Headers each answer sets for itself; the rest are the endpoint's, learned.
-OWN_HEADERS = frozenset({"content-length", "etag", "x-request-id"})
+OWN_HEADERS = frozenset({"content-length", "etag", "x-request-id", "x-ratelimit-limit",
+                         "x-ratelimit-remaining", "x-ratelimit-reset"})
 TEMPLATES_KEPT = 64  # (endpoint, origin, scheme) header sets per process, least recent dropped
 
 
@@ -51,8 +52,9 @@ class HeaderTemplates(OrderedDict):
 
 
 class FastPath:
-    """A WSGI layer that answers some GETs under `prefix` before Flask. A subclass says which
-    requests it looks at (`takes`), answers one (`_answer(environ)`: the URL rule, the
+    """A WSGI layer that answers some requests under `prefix` before Flask (GETs, or the
+    `methods` a subclass names). A subclass says which requests it looks at (`takes`), answers
+    one (`_answer(environ)`: the URL rule, the
     endpoint's headers, the body and the caller's id, or None to hand it to Flask) and learns
     from Flask's 200 to one its view marked (`_learn(environ, marked, headers)`, where
     `marked` is what the view left in the environ under `learn_key`). Each answer gets its own
@@ -62,16 +64,18 @@ class FastPath:
     never worse than Flask's answer."""
 
     label = "fast path"  # in the log
+    methods = frozenset({"GET"})  # the requests it looks at
     learn_key = ""  # the environ key a marked view's answer leaves for `_learn`
 
     def __init__(self, wsgi_app, app: Flask, prefix: str, *, shape: Callable | None = None,
-                 parse_query: Callable | None = None,
+                 parse_query: Callable | None = None, parse_body: Callable | None = None,
                  on_answer: Callable[..., None] | None = None):
         self.wsgi_app = wsgi_app
         self.app = app
         self.prefix = prefix
         self.shape = shape  # validation.answer_body
         self.parse_query = parse_query  # validation.parsed_query
+        self.parse_body = parse_body  # validation.parsed_body
         self.on_answer = on_answer
         self.endpoints: dict = {}
         self.templates = HeaderTemplates()
@@ -87,7 +91,7 @@ class FastPath:
         raise NotImplementedError
 
     def __call__(self, environ, start_response):
-        if (environ.get("REQUEST_METHOD") != "GET" or "HTTP_IF_NONE_MATCH" in environ
+        if (environ.get("REQUEST_METHOD") not in self.methods or "HTTP_IF_NONE_MATCH" in environ
                 or not environ.get("PATH_INFO", "").startswith(self.prefix)
                 or not self.takes(environ)):
             return self.wsgi_app(environ, start_response)

@@ -8,7 +8,7 @@ import logging
 from flask import current_app, request
 
 from utils.extensions import limiter
-from utils.pipeline.round_trip import READS
+from utils.pipeline.round_trip import HEADER_LIMIT, READS
 
 log = logging.getLogger("lms.limits")
 
@@ -29,6 +29,7 @@ def headers_on_writes(response):
             response.headers["X-RateLimit-Limit"] = str(current.limit.amount)
             response.headers["X-RateLimit-Remaining"] = str(current.remaining)
             response.headers["X-RateLimit-Reset"] = str(current.reset_at)
+            request.environ[HEADER_LIMIT] = (current.limit, current.request_args[-1])
         except Exception as exc:  # the storage is down: the answer stands without them
             log.warning("rate limit headers skipped: %s", exc)
     return response

@@ -64,10 +64,14 @@ log = logging.getLogger("lms.limits")
 
 SCHEME = "lms+"
 READS = ("GET", "HEAD", "OPTIONS")  # no X-RateLimit-* headers (rate_limits.headers_on_writes)
-# In the environ of a signed-in read this trip decided: (the rate-limit settings, the limits
-# counted as (RateLimitItem, key arguments with None for the address, cost)), which the
-# signed-in fast path learns (signed_in_fast_path.py).
+# In the environ of a signed-in read this trip decided, or of a signed-in write whose counters
+# it made (the limiter still decides a write: its X-RateLimit-* headers): (the rate-limit
+# settings, the limits counted as (RateLimitItem, key arguments with None for the address,
+# cost)), which the signed-in fast path learns (signed_in_fast_path.py).
 DECIDED = "lms.limits_decided"
+# In the environ of a write: (RateLimitItem, scope) of the limit its X-RateLimit-* headers
+# describe (rate_limits.headers_on_writes), for the signed-in fast path to say the same.
+HEADER_LIMIT = "lms.header_limit"
 # limits' own counter script, run by its SHA as limits runs it (Redis caches it by that SHA).
 INCR_EXPIRE_SHA = hashlib.sha1(RedisStorage.SCRIPT_INCR_EXPIRE).hexdigest()
 # A counter given back: never below zero, never revived once its window expired (a DECRBY on
@@ -273,18 +277,33 @@ def _before_limits() -> bool:
     if storage is None:
         return False
     plan = _limits(trip)
-    trip["decidable"] = (plan.decidable and request.method in READS
-                         and "Authorization" in request.headers
-                         and counting_storage(storage.url) is not None)
+    signed_in = (plan.decidable and "Authorization" in request.headers
+                 and counting_storage(storage.url) is not None)
+    trip["decidable"] = signed_in and request.method in READS
+    trip["learnable_write"] = signed_in and request.method not in READS
     now, later = _counters(plan.before), _counters(plan.in_view)
     if now:
         _send(storage, trip, now + later)
+        _offer_write(trip, now + later)
         return _decide(trip, now + later)
     trip["plan"] = later
-    if not later and trip["decidable"] and _repeatable(plan):
+    if not later and (trip["decidable"] or trip["learnable_write"]) and _repeatable(plan):
         # Nothing to count: the limiter counts nothing for this read either.
         request.environ[DECIDED] = (plan.settings, ())
     return False
+
+
+def _offer_write(trip: dict, counted: list[Counter]) -> None:
+    """A signed-in write whose every counter this trip made, each keyed by the address alone
+    and the same for every request to the endpoint: its limits are left in the environ
+    (`DECIDED`) for the signed-in fast path to learn, should the write's view let it. The
+    limiter still counts (from the trip's counts) and decides this request."""
+    if not trip.get("learnable_write"):
+        return
+    plan = current_app.extensions["round_trip_limits"].get(trip["limits"])
+    if plan is not None and _repeatable(plan) and all(counter.learnable for counter in counted):
+        request.environ[DECIDED] = (plan.settings,
+                                    tuple(counter.learnable for counter in counted))
 
 
 def _repeatable(plan: Plan) -> bool:
@@ -303,6 +322,7 @@ def read_shared_state() -> None:
             shared_state.prefetch(catalog_cache.prefetch_keys())
             return
         _send(storage, trip, trip["plan"])
+        _offer_write(trip, trip["plan"])
         _decide(trip, trip["plan"])
     shared_state.prefetch(fetched=trip.pop("reply"))
 

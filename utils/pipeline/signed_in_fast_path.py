@@ -36,8 +36,10 @@ counted in the metrics and logged as Flask's are. Switched off with SIGNED_IN_FA
 """
 from __future__ import annotations
 
+import io
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
@@ -50,6 +52,7 @@ from flask_jwt_extended.default_callbacks import default_token_verification_call
 from flask_jwt_extended.internal_utils import get_jwt_manager
 from flask_jwt_extended.utils import get_unverified_jwt_headers
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import parse_options_header
 
 from utils.extensions import COUNTED, limiter
 from utils.pipeline import redis_client, round_trip, shared_state
@@ -75,7 +78,21 @@ def signed_in_read(reader: Callable):
     parsed from the query string, or None without one. Put it directly under the route's
     decorator, over the view's other decorators; the view returns
     `reader(current_user(), query_args(), ...)` itself."""
+    return _marked("signed_in_reader", reader)
 
+
+def signed_in_write(writer: Callable):
+    """Mark a `@login_required` write view (POST or PUT) that the signed-in fast path may
+    answer with `writer(caller, body, **view_args)`: `body` is the model its
+    `@validate(json=...)` declares, parsed from a JSON body that is not empty. The writer returns
+    the view's 200 answer, or None where the view must write it itself (Flask then answers,
+    counted once). Its write must be whole when it returns (committed by the writer) and
+    harmless to repeat: should anything after it fail, Flask answers the request again. Put it
+    directly under the route's decorators."""
+    return _marked("signed_in_writer", writer)
+
+
+def _marked(attribute: str, function: Callable):
     def decorator(view):
         @wraps(view)
         def wrapper(*args, **kwargs):
@@ -84,7 +101,7 @@ def signed_in_read(reader: Callable):
                 request.environ[LEARN] = (request.endpoint, request.url_rule.rule)
             return answer
 
-        wrapper.signed_in_reader = reader
+        setattr(wrapper, attribute, function)
         return wrapper
 
     return decorator
@@ -96,12 +113,17 @@ class Endpoint:
     settings: tuple  # the rate-limit settings it was learned under
     limits: tuple  # (RateLimitItem, key arguments with None for the address, cost)
     enabled: bool  # whether the limiter counted at all
+    header: int | None = None  # a write's: the limit its X-RateLimit-* headers describe
+
+
+WRITE_BODY_MAX = 4096  # the longest JSON body a write answered here reads; longer: Flask's
 
 
 class SignedInFastPath(FastPath):
     """WSGI middleware: see the module's docstring (and fast_reads.FastPath, the frame)."""
 
     label = "signed-in fast path"
+    methods = frozenset({"GET", "POST", "PUT"})
     learn_key = LEARN  # (endpoint, URL rule)
 
     def takes(self, environ) -> bool:
@@ -110,13 +132,13 @@ class SignedInFastPath(FastPath):
 
     # --- when it may answer -----------------------------------------------------------------
 
-    def _match(self, path: str):
+    def _match(self, path: str, method: str):
         try:
-            rule, view_args = self._url_adapter().match(path, method="GET", return_rule=True)
+            rule, view_args = self._url_adapter().match(path, method=method, return_rule=True)
         except HTTPException:
             return None
         name = rule.endpoint
-        endpoint = self.endpoints.get(rule.rule)
+        endpoint = self.endpoints.get((rule.rule, method))
         if endpoint is None or endpoint.settings != round_trip.limit_settings(self.app):
             return None
         if not usable_view_args(view_args):
@@ -124,25 +146,33 @@ class SignedInFastPath(FastPath):
         return name, endpoint, view_args
 
     def _answer(self, environ):
-        found = self._match(environ["PATH_INFO"])
+        method = environ["REQUEST_METHOD"]
+        found = self._match(environ["PATH_INFO"], method)
         if found is None:
             return None
         name, endpoint, view_args = found
-        template_key = (endpoint.rule, environ.get("HTTP_ORIGIN"),
+        template_key = (endpoint.rule, method, environ.get("HTTP_ORIGIN"),
                         environ.get("wsgi.url_scheme"))
         template = self.templates.used(template_key)
         token = _BEARER.fullmatch(environ["HTTP_AUTHORIZATION"])
         if template is None or token is None or endpoint.enabled != limiter.enabled:
             return None
         view = self.app.view_functions[name]
-        reader, query = view.signed_in_reader, getattr(view, "api_query", None)
+        write = method != "GET"
+        raw = _json_body(environ, self.app.config.get("MAX_CONTENT_LENGTH")) if write else None
+        if write and raw is None:
+            return None
         storage = None
         if endpoint.limits:
             storage = round_trip.counting_storage(self.app.config.get("REDIS_URL"))
             if storage is None:
                 return None
         with self.app.app_context():
-            arguments = query_arguments(environ, query, self.parse_query)
+            if write:
+                arguments = self.parse_body(view.api_json, raw)
+            else:
+                arguments = query_arguments(environ, getattr(view, "api_query", None),
+                                            self.parse_query)
             if arguments is None:
                 return None
             claims = _verified(token.group(1))
@@ -153,13 +183,18 @@ class SignedInFastPath(FastPath):
                                                       *(ip if arg is None else arg
                                                         for arg in args)))
                     for item, args, _cost in endpoint.limits]
-            caller = self._checked(claims, endpoint, keys, ip)
-            if caller is None:
+            checked = self._checked(claims, endpoint, keys, ip, windows=write)
+            if checked is None:
                 return None
+            caller, windows = checked
+            if write:
+                return self._write(view, name, endpoint, template, caller, arguments,
+                                   view_args, keys, windows)
             if keys:
                 environ[COUNTED] = True  # counted with room: if Flask answers, it counts nothing
             try:
-                body = run_reader(view, reader, caller, arguments, view_args, self.shape)
+                body = run_reader(view, view.signed_in_reader, caller, arguments, view_args,
+                                  self.shape)
             except Exception as exc:  # a 404 of another user's object, say: Flask answers it
                 log.debug("signed-in fast path: %s declined (%r); Flask answers", name, exc)
                 return None
@@ -167,10 +202,37 @@ class SignedInFastPath(FastPath):
             template = [*template, ("ETag", etag_of(body))]
         return endpoint.rule, template, body, caller.id
 
-    def _checked(self, claims: dict, endpoint: Endpoint, keys: list[str], ip: str):
-        """The caller when every count has room and the shared state lets this token in
-        (Flask's checks: auth._token_refused, _load_user, _require_active_user,
-        blocked_ips.refuse_blocked_ip); else None, with the counts given back."""
+    def _write(self, view, name: str, endpoint: Endpoint, template: list, caller, body,
+               view_args: dict, keys: list[str], windows: list):
+        """A marked write's answer from its writer, with the X-RateLimit-* headers Flask's
+        limiter would send (rate_limits.headers_on_writes) from this request's counts. Where
+        the writer declines or raises, the counts are given back and Flask answers (and
+        counts) as it always has."""
+        try:
+            payload = view.signed_in_writer(caller, body, **view_args)
+            answer = None if payload is None else self.shape(view, payload)
+        except Exception as exc:  # a 404 of another user's enrollment, say
+            log.debug("signed-in fast path: %s declined (%r); Flask answers", name, exc)
+            answer = None
+        if answer is None:
+            if keys:
+                give_back(redis_client.for_url(self.app.config["REDIS_URL"]), keys)
+            return None
+        headers = list(template)
+        if endpoint.header is not None:
+            item = endpoint.limits[endpoint.header][0]
+            count, ends = windows[endpoint.header]
+            headers += [("X-RateLimit-Limit", str(item.amount)),
+                        ("X-RateLimit-Remaining", str(max(0, item.amount - count))),
+                        ("X-RateLimit-Reset", str(int(ends + 1)))]
+        return endpoint.rule, headers, answer, caller.id
+
+    def _checked(self, claims: dict, endpoint: Endpoint, keys: list[str], ip: str,
+                 windows: bool = False):
+        """(the caller, each count's (count, window end) when `windows`, else None) when every
+        count has room and the shared state lets this token in (Flask's checks:
+        auth._token_refused, _load_user, _require_active_user, blocked_ips.refuse_blocked_ip);
+        else None, with the counts given back."""
         jti, subject = claims.get("jti"), claims.get(jwt_config.identity_claim_key)
         if not isinstance(jti, str) or not isinstance(subject, str) or not subject.isdigit():
             return None
@@ -179,13 +241,17 @@ class SignedInFastPath(FastPath):
         pipe = client.pipeline(transaction=False)
         for (item, _args, cost), key in zip(endpoint.limits, keys):
             pipe.evalsha(round_trip.INCR_EXPIRE_SHA, 1, key, item.get_expiry(), cost)
+            if windows:  # a write's headers say what is left, and when
+                pipe.ttl(key)
         pipe.mget([shared_state.SYNCED, shared_state.ip_key(ip), shared_state.jti_key(jti),
                    shared_state.user_key(user_id)])
         try:
-            *counts, (generation, blocked, revoked, mirrored) = pipe.execute()
+            *counted, (generation, blocked, revoked, mirrored) = pipe.execute()
         except redis.RedisError as exc:  # NOSCRIPT included: Flask's limiter loads it again
             log.warning("signed-in fast path: Redis unavailable, Flask answers: %s", exc)
             return None
+        now = time.time()
+        counts = counted[::2] if windows else counted
         caller = None
         if generation is not None and blocked is None and revoked is None and \
                 mirrored is not None and mirrored.startswith(generation + b"|") and \
@@ -197,7 +263,9 @@ class SignedInFastPath(FastPath):
             valid_after = caller.tokens_valid_after_ms
             issued_ms = claims.get("iat_ms", claims.get("iat", 0) * 1000)
             if valid_after is None or issued_ms >= valid_after:
-                return caller
+                return caller, ([(int(count), max(ttl, 0) + now)
+                                 for count, ttl in zip(counts, counted[1::2])]
+                                if windows else None)
         give_back(client, keys)  # Flask counts (or not) and answers as it always has
         return None
 
@@ -205,22 +273,51 @@ class SignedInFastPath(FastPath):
 
     def _learn(self, environ, marked, headers) -> None:
         """Flask's 200 to an active, signed-in caller of a marked view: the endpoint's headers
-        and the limits its round trip decided (or none, with the limiter off)."""
+        and the limits its round trip decided or, for a write, counted (or none, with the
+        limiter off), with the limit a write's X-RateLimit-* headers describe."""
         name, rule = marked
+        method = environ.get("REQUEST_METHOD")
         view = self.app.view_functions.get(name)
-        if getattr(view, "signed_in_reader", None) is None:
+        marker = "signed_in_reader" if method == "GET" else "signed_in_writer"
+        if getattr(view, marker, None) is None:
             return
         settings = round_trip.limit_settings(self.app)
+        header = None
         if limiter.enabled:
             decided = environ.get(round_trip.DECIDED)
             if decided is None or decided[0] != settings:
                 return  # the limiter decided it (or counted nothing we can repeat): not learned
             limits = decided[1]
+            if method != "GET" and limits:
+                described = environ.get(round_trip.HEADER_LIMIT)
+                header = next((index for index, (item, args, _cost) in enumerate(limits)
+                               if described is not None and item == described[0]
+                               and args[1] == described[1]), None)
+                if header is None:
+                    return  # headers the fast path could not say: not learned
         else:
             limits = ()
-        self.endpoints[rule] = Endpoint(rule, settings, limits, limiter.enabled)
-        key = (rule, environ.get("HTTP_ORIGIN"), environ.get("wsgi.url_scheme"))
+        self.endpoints[(rule, method)] = Endpoint(rule, settings, limits, limiter.enabled, header)
+        key = (rule, method, environ.get("HTTP_ORIGIN"), environ.get("wsgi.url_scheme"))
         self.templates.learn(key, headers)
+
+
+def _json_body(environ, most: int | None) -> bytes | None:
+    """A write's JSON body, read whole, when Flask would read it as this path does: a JSON
+    content type, a length given (no chunked transfer), not empty, at most WRITE_BODY_MAX bytes
+    (and MAX_CONTENT_LENGTH), no query string; else None. The stream is put back for Flask."""
+    if environ.get("QUERY_STRING") or "HTTP_TRANSFER_ENCODING" in environ:
+        return None
+    mimetype = parse_options_header(environ.get("CONTENT_TYPE", ""))[0].lower()
+    if mimetype != "application/json" and not (
+            mimetype.startswith("application/") and mimetype.endswith("+json")):
+        return None
+    length = environ.get("CONTENT_LENGTH", "")
+    if not length.isdigit() or not 0 < int(length) <= min(WRITE_BODY_MAX, most or WRITE_BODY_MAX):
+        return None
+    raw = environ["wsgi.input"].read(int(length))
+    environ["wsgi.input"] = io.BytesIO(raw)  # Flask reads it again, if it answers
+    return raw if len(raw) == int(length) else None
 
 
 def _verified(encoded: str) -> dict | None:
