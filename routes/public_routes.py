@@ -155,7 +155,7 @@ def courses():
 
 
 def _course(viewer, _args, course_id: int) -> dict:
-    course = course_service.course_card(course_id, viewer)
+    course = course_service.course_card(course_id, viewer, with_outline=True)
     if course.status != "published":
         raise NotFound("Course not found")
     return {"course": course_service.course_detail(course, viewer)}

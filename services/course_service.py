@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from sqlalchemy import bindparam, delete, exists, func, or_, select, true, update
+from sqlalchemy import Select, bindparam, delete, exists, func, or_, select, true, update
 from sqlalchemy.orm import joinedload
 
 from models import (
@@ -96,8 +96,8 @@ def visible_course(course_id: int, user: User | None) -> Course:
 
 
 def visible_card(course_id: int, user: User | None) -> CourseCard:
-    """`visible_course` as a card (`course_card`), for the course detail."""
-    return _visible(course_card(course_id, user), user)
+    """`visible_course` as a card (`course_card`) with its outline, for the course detail."""
+    return _visible(course_card(course_id, user, with_outline=True), user)
 
 
 def _visible(course, user: User | None):
@@ -651,12 +651,14 @@ class CourseCard(Columns):
     """A course as a list shows it: its columns, `instructor` (their public card) and
     `subcategory` (id, name, master_category_id), each None when absent; `enrolled`: whether
     the reader it was read for (`course_card`) is its student (None: not asked);
-    `has_prerequisites`: whether any course is linked as its prerequisite (None: not asked)."""
+    `has_prerequisites`: whether any course is linked as its prerequisite (None: not asked);
+    `outline`: its modules, when read with the card (`course_card(..., with_outline=True)`)."""
 
     is_free = Course.is_free
     to_dict = Course.to_dict
     enrolled = None
     has_prerequisites = None  # whether it has any (`course_card`); None: not asked
+    outline = None
 
 
 class _Instructor(Columns):
@@ -725,13 +727,22 @@ _CARD_FOR_READER = _CARD.add_columns(exists().where(
     Enrollment.status.in_(OPEN_ENROLLMENT_STATUSES)).label("enrolled"))
 
 
-def course_card(course_id: int, reader: User | None = None) -> CourseCard:
+def course_card(course_id: int, reader: User | None = None, *,
+                with_outline: bool = False) -> CourseCard:
     """The course as a card, in one statement; read for a signed-in reader who is not an
     admin, it also says whether their enrollment is open (`enrolled`), which `access_level`
-    then reads instead of asking again."""
+    then reads instead of asking again. `with_outline`: the same statement also reads the
+    course's outline (`_WITH_OUTLINE`), kept on the card (`outline`) for `readable_outline`,
+    with each lesson's completion by the reader (shown only if they prove to be its student)."""
     asks = reader is not None and reader.role != "admin"
     connection = db.session.connection()  # table columns: no ORM result handling
-    if asks:
+    if with_outline:
+        statement = _WITH_OUTLINE[asks]
+        parameters = {"course_id": course_id, "reader_id": reader.id, "student_id": reader.id} \
+            if asks else {"course_id": course_id}
+        rows = connection.execute(statement, parameters).all()
+        row = rows[0] if rows else None
+    elif asks:
         row = connection.execute(_CARD_FOR_READER, {"course_id": course_id,
                                                     "reader_id": reader.id}).first()
     else:
@@ -741,7 +752,9 @@ def course_card(course_id: int, reader: User | None = None) -> CourseCard:
     card = card_of_row(row)
     card.has_prerequisites = bool(row[N_CARD])
     if asks:
-        card.enrolled = row[-1]
+        card.enrolled = row[N_CARD + 1]
+    if with_outline:
+        card.outline = _outline_modules(rows, N_CARD + 1 + asks, asks)
     return card
 
 
@@ -774,28 +787,56 @@ def load_outline(course_id: int, student: User | None = None) -> list[_Module]:
     else:
         rows = connection.execute(_OUTLINE_FOR_STUDENT, {"course_id": course_id,
                                                          "student_id": student.id}).all()
-    lesson_end = _N_MODULE + _N_LESSON
+    return _outline_modules(rows, 0, student is not None)
+
+
+def _outline_modules(rows, start: int, completion: bool) -> list[_Module]:
+    """The modules of outline rows whose outline columns begin at `start` (a row whose module
+    is NULL: none), with each lesson's `completed` from the row's last column if `completion`."""
+    module_end, lesson_end = start + _N_MODULE, start + _N_MODULE + _N_LESSON
     modules: list[_Module] = []
     module = lesson = None
     for row in rows:
-        if module is None or module.id != row[0]:
-            module = _Module(_MODULE_NAMES, row[:_N_MODULE])
+        if row[start] is None:
+            continue  # a course without modules: its card's row alone
+        if module is None or module.id != row[start]:
+            module = _Module(_MODULE_NAMES, row[start:module_end])
             module.lessons = []
             modules.append(module)
             lesson = None
-        values = row[_N_MODULE:lesson_end]
+        values = row[module_end:lesson_end]
         if values[0] is None:
             continue
         if lesson is None or lesson.id != values[0]:
             lesson = _Lesson(_LESSON_NAMES, values)
             lesson.resources = []
-            if student is not None:
+            if completion:
                 lesson.completed = row[-1]
             module.lessons.append(lesson)
         values = row[lesson_end:lesson_end + _N_RESOURCE]
         if values[0] is not None:
             lesson.resources.append(_Resource(_RESOURCE_NAMES, values))
     return modules
+
+
+def _with_outline(card: Select, outline: Select) -> Select:
+    """`card`'s one row beside each row of `outline` (both bound to `course_id`), in the
+    outline's order; a course without modules is its card's row with NULLs after it. One
+    statement for a course's page instead of two: the card's columns repeat on each row."""
+    card_rows, outline_rows = card.subquery("card"), outline.order_by(None).subquery("outline")
+    columns = list(outline_rows.c)
+    order = [columns[index] for index in (
+        _MODULE_NAMES.index("position"), _MODULE_NAMES.index("id"),
+        _N_MODULE + _LESSON_NAMES.index("position"), _N_MODULE + _LESSON_NAMES.index("id"),
+        _N_MODULE + _N_LESSON + _RESOURCE_NAMES.index("position"),
+        _N_MODULE + _N_LESSON + _RESOURCE_NAMES.index("id"))]
+    return (select(card_rows, outline_rows)
+            .select_from(card_rows.outerjoin(outline_rows, true())).order_by(*order))
+
+
+# By whether the reader is asked about (`course_card`): a guest's or an admin's, a learner's.
+_WITH_OUTLINE = {False: _with_outline(_CARD, _OUTLINE),
+                 True: _with_outline(_CARD_FOR_READER, _OUTLINE_FOR_STUDENT)}
 
 
 def outline(modules: list[_Module], level: str) -> list[dict]:
@@ -824,7 +865,9 @@ def readable_outline(course: Course | CourseCard, viewer: User | None
     (one statement, with each lesson's completion for the course's student) and the outline
     answered."""
     level = access_level(course, viewer)
-    modules = load_outline(course.id, viewer if level == "enrolled" else None)
+    modules = course.outline if isinstance(course, CourseCard) else None
+    if modules is None:
+        modules = load_outline(course.id, viewer if level == "enrolled" else None)
     return level, modules, outline(modules, level)
 
 
@@ -870,7 +913,7 @@ def catalog_page(query, page: int, per_page: int) -> dict:
 def course_detail(course: CourseCard, viewer: User | None) -> dict:
     """The course with its outline as `viewer` may read it (`course` read for them by
     `course_card`): three statements with the card, whoever reads; two when the card says
-    the course has no prerequisites."""
+    the course has no prerequisites; one less for a card read `with_outline`."""
     level, modules, answered = readable_outline(course, viewer)
     data = course_summary(course)
     data["modules"] = answered
