@@ -5,7 +5,7 @@ detail still reads them apart), for a course without modules, a module without l
 lesson without resources, and each reader's completion."""
 from __future__ import annotations
 
-from models import LessonResource, db
+from models import Course, LessonResource, db
 from tests.support.assertions import ok
 from tests.support.queries import recorded_statements
 from tests.test_enrollments import (  # noqa: F401 (actor, instructor, student: fixtures)
@@ -42,6 +42,10 @@ def test_the_page_is_what_the_two_statements_gave(app, client, instructor, stude
     later = add_lesson(client, instructor, built.module_ids[0], "A3", is_preview=True)
     eid = enroll(client, student, built.id)["id"]
     complete(client, student, eid, built.lesson_ids[1])
+    outcomes = ["Read SQL", 'Quote "this"', "ünïcode ✓", ""]
+    with app.app_context():  # a JSON column: read as its text beside the outline, decoded once
+        db.session.get(Course, built.id).learning_outcomes = outcomes
+        db.session.commit()
 
     apart = ok(client.get(f"{API}/courses/get-courses/{built.id}",
                           headers=instructor.headers))["course"]
@@ -50,6 +54,7 @@ def test_the_page_is_what_the_two_statements_gave(app, client, instructor, stude
                                  headers=instructor.headers))["course"]
     assert len(statements) == 1, "\n".join(statements)  # no prerequisites: the card's row says
     assert together == apart
+    assert together["learning_outcomes"] == outcomes
     titles = [[lesson["title"] for lesson in module["lessons"]] for module in together["modules"]]
     assert titles == [["A1", "A2", "A3"], ["B1"], []]
     assert together["modules"][2]["id"] == empty
@@ -64,6 +69,7 @@ def test_the_page_is_what_the_two_statements_gave(app, client, instructor, stude
     stranger = actor()
     theirs = ok(client.get(f"{API}/courses/{built.id}", headers=stranger.headers))["course"]
     guest = ok(client.get(f"{API}/public/courses/{built.id}"))["course"]
+    assert guest["learning_outcomes"] == mine["learning_outcomes"] == outcomes
     for seen in (theirs, guest):
         assert seen["access"] == "guest"
         assert [lesson["completed"] for m in seen["modules"] for lesson in m["lessons"]] == \
