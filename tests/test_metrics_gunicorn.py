@@ -168,3 +168,20 @@ def test_metrics_are_not_served_on_the_app_port(metrics_server):
 
     assert answer.status == 404
     assert "lms_http_requests_total" not in str(answer.body)
+
+
+def test_each_workers_heartbeat_file_is_in_memory(metrics_server):
+    """gunicorn.conf.py's worker_tmp_dir: a sync worker touches its heartbeat file once a
+    request, and on a disk-backed /tmp that metadata write now and then waits for the journal,
+    stalling every worker at once (the latency's tail under `make bench`)."""
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm on this host: gunicorn keeps its default")
+    master = metrics_server._process.pid
+    with open(f"/proc/{master}/task/{master}/children") as children:
+        workers = [int(pid) for pid in children.read().split()]
+    assert workers, metrics_server.log_tail()
+    for pid in workers:
+        targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        heartbeat = [target for target in targets if "wgunicorn-" in target]
+        assert len(heartbeat) == 1, targets
+        assert heartbeat[0].startswith("/dev/shm/"), heartbeat
