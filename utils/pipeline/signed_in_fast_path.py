@@ -33,6 +33,15 @@ not count them again) when only the reader declined. The reader runs in an app c
 `@read_only` connection (no transaction block; a write raises), and its answer is shaped by
 the view's declared body model exactly as Flask's is (`shape`, given by app.py). The answer is
 counted in the metrics and logged as Flask's are. Switched off with SIGNED_IN_FAST_PATH=false.
+
+One write is answered here too: a view marked `@signed_in_write(writer)` (the progress
+heartbeat), for a `POST` or `PUT` with a JSON body of at most WRITE_BODY_MAX bytes, no query
+string, that the middleware's JSON rules and the view's model accept as Flask's path would
+(`parse_body`, given by app.py). Its limits are learned from Flask's own write, whose round
+trip counted them; the pipeline here also reads each counter's TTL, so the answer carries the
+X-RateLimit-* headers Flask's limiter sends for the limit it names (rate_limits.py). The
+writer commits its write itself and must be harmless to repeat; where it declines or raises,
+the counts are given back and Flask answers from the body, which is put back in the environ.
 """
 from __future__ import annotations
 
