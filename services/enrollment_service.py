@@ -629,7 +629,9 @@ def record_progress(user_id: int, lesson_id: int, *, completed: bool | None,
     enrollment is 404, as a missing one is; a closed one 403; a lesson of another course 404."""
     where = {"enrollment_id": enrollment_id} if enrollment_id is not None else \
         {"user_id": user_id, "course_id": course_id}
-    if completed is None:
+    # The one statement runs on a connection of its own: inside a transaction of this session
+    # (a caller that wrote first), it could wait for that transaction's own row locks.
+    if completed is None and not db.session().in_transaction():
         answer = heartbeat(user_id, lesson_id, watch_time_seconds, where)
         if answer is not None:
             return answer
@@ -675,7 +677,10 @@ def heartbeat(user_id: int, lesson_id: int, watch_time_seconds: int | None,
     while the statement waited for the enrollment's row: its counts predate that completion), a
     course whose lessons are all done, or a progress row gone between its snapshot and its
     write. The caller's statements then decide, each with a snapshot of its own; rewriting the
-    heartbeat there changes nothing (the furthest point is kept)."""
+    heartbeat there changes nothing (the furthest point is kept). Not for a caller inside a
+    transaction that may have written the enrollment or its progress: the statement runs on
+    another connection and would wait for that transaction's locks (`record_progress` checks).
+    """
     if db.engine.dialect.name != "postgresql":
         return None
     if "enrollment_id" in where:

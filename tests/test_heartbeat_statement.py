@@ -6,12 +6,14 @@ lessons are all done), and the values it keeps. Every test runs on both database
 takes the full path, and the answers and rows must be the same."""
 from __future__ import annotations
 
+import threading
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text, update
 
 from models import Certificate, Enrollment, LessonProgress, db
+from services import enrollment_service
 from tests.support.assertions import count, error, ok
 from tests.support.queries import recorded_statements
 from tests.test_enrollments import (  # noqa: F401 (actor, instructor, student: fixtures)
@@ -195,3 +197,47 @@ def test_a_heartbeat_completes_a_course_whose_other_lessons_went(app, client, in
     with app.app_context():
         row = db.session.get(Enrollment, eid)
         assert row.status == "completed" and row.progress_percent == Decimal("100.00")
+
+
+def test_inside_a_transaction_that_wrote_the_enrollment_the_full_path_writes(app, client,  # noqa: F811
+                                                                          student, begun):
+    """The one statement runs on a connection of its own: inside a transaction that holds the
+    enrollment's row lock it would wait for its own caller. `record_progress` then takes the
+    full path, in that transaction. (Run in a thread: should it wait, the test cancels the
+    waiting statement and fails instead of hanging.)"""
+    if not _postgres(app):
+        pytest.skip("the one statement is PostgreSQL's")
+    built, eid = begun
+    outcome = {}
+
+    def write():
+        with app.app_context():
+            db.session.execute(update(Enrollment).where(Enrollment.id == eid)
+                               .values(last_accessed_at=Enrollment.last_accessed_at))
+            with recorded_statements(app) as statements:
+                try:
+                    outcome["answer"] = enrollment_service.record_progress(
+                        student.id, built.lesson_ids[1], completed=None, watch_time_seconds=77,
+                        enrollment_id=eid)
+                    db.session.commit()
+                except Exception as exc:
+                    outcome["error"] = exc
+                    db.session.rollback()
+            outcome["statements"] = statements
+            db.session.remove()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    writer.join(15)
+    if writer.is_alive():
+        with app.app_context():
+            db.session.execute(text(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"))
+            db.session.commit()
+        writer.join(15)
+        pytest.fail("the heartbeat waited for its own transaction's lock")
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["answer"]["lesson_progress"]["watch_time_seconds"] == 77
+    assert not any("WITH target" in s for s in outcome["statements"]), outcome["statements"]
+    assert _progress_rows(app, eid)[1] == (built.lesson_ids[1], False, 77)
