@@ -54,9 +54,9 @@ from models import (
     db,
 )
 from services import certificate_service, course_service
+from utils import read_only
 from utils.errors import Conflict, Forbidden, NotFound, PaymentRequired
 from utils.helpers import Columns, iso, money, utcnow
-from utils import read_only
 from utils.pagination import PageStatement
 
 log = logging.getLogger("lms.enrollment")
@@ -459,13 +459,13 @@ def lesson_progress(enrollment: Enrollment, lesson_id: int) -> dict:
     return record.to_dict()
 
 
-# A progress write (issue 21) in three statements and no ORM entity: the enrollment with the lesson's place in its course, its progress row's id and its
-# certificate; the progress row written (an UPDATE, or for a lesson's first write an INSERT that
-# a parallel first write turns into the same UPDATE) and returned; the enrollment's times set,
-# returning it with its lesson counts. A fourth stores a changed percentage; completing the
-# course goes through the entities (`_complete_if_finished`), as enrolling does. The write a
-# video player sends every few seconds, a heartbeat, is one statement on PostgreSQL
-# (`_heartbeat`, below).
+# A progress write (issue 21) in three statements and no ORM entity: the enrollment with the
+# lesson's place in its course, its progress row's id and its certificate; the progress row
+# written (an UPDATE, or for a lesson's first write an INSERT that a parallel first write turns
+# into the same UPDATE) and returned; the enrollment's times set, returning it with its lesson
+# counts. A fourth stores a changed percentage; completing the course goes through the entities
+# (`_complete_if_finished`), as enrolling does. The write a video player sends every few
+# seconds, a heartbeat, is one statement on PostgreSQL (`_heartbeat`, below).
 _RECORD = (_LPC.lesson_id, _LPC.completed, _LPC.completed_at, _LPC.watch_time_seconds,
            _LPC.started_at, _LPC.last_accessed_at)
 _RECORD_NAMES = tuple(column.key for column in _RECORD)
@@ -552,8 +552,8 @@ _RECORD_UPDATES = {
 # that); each heartbeat carries the furthest point reached and the next one writes it again.
 # Completions, whose loss would not heal, commit synchronously in the session.
 _COMMIT_MODE = func.set_config(
-    "synchronous_commit",
-    func.coalesce(bindparam("commit_mode", type_=String), func.current_setting("synchronous_commit")),
+    "synchronous_commit", func.coalesce(bindparam("commit_mode", type_=String),
+                                        func.current_setting("synchronous_commit")),
     True).label("commit_mode")
 
 

@@ -256,10 +256,7 @@ def _decide(trip: dict, counted: list[Counter]) -> bool:
         if index >= len(entries) or entries[index][2] > counter.allowed:
             return False  # not counted here (an error), or over: the limiter decides
     trip["counts"], trip["decided"] = {}, True
-    plan = current_app.extensions["round_trip_limits"].get(trip["limits"])
-    if plan is not None and _repeatable(plan) and all(counter.learnable for counter in counted):
-        request.environ[DECIDED] = (plan.settings,
-                                    tuple(counter.learnable for counter in counted))
+    _leave_learnable(trip, counted)
     return True
 
 
@@ -294,12 +291,17 @@ def _before_limits() -> bool:
 
 
 def _offer_write(trip: dict, counted: list[Counter]) -> None:
-    """A signed-in write whose every counter this trip made, each keyed by the address alone
-    and the same for every request to the endpoint: its limits are left in the environ
-    (`DECIDED`) for the signed-in fast path to learn, should the write's view let it. The
-    limiter still counts (from the trip's counts) and decides this request."""
-    if not trip.get("learnable_write"):
-        return
+    """A signed-in write whose counters this trip made: its limits are left for the signed-in
+    fast path to learn (`_leave_learnable`), should the write's view let it. The limiter still
+    counts (from the trip's counts) and decides this request."""
+    if trip.get("learnable_write"):
+        _leave_learnable(trip, counted)
+
+
+def _leave_learnable(trip: dict, counted: list[Counter]) -> None:
+    """The limits this request was counted against, left in the environ (`DECIDED`) when the
+    signed-in fast path could count them itself: each keyed by the address alone and the same
+    for every request to the endpoint."""
     plan = current_app.extensions["round_trip_limits"].get(trip["limits"])
     if plan is not None and _repeatable(plan) and all(counter.learnable for counter in counted):
         request.environ[DECIDED] = (plan.settings,
