@@ -7,13 +7,15 @@ body intact, counted once."""
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 import pytest
 import redis as redis_lib
 from sqlalchemy import select
 
-from models import LessonProgress, db
+from models import Enrollment, LessonProgress, db
 from tests.support.assertions import error, ok
+from tests.support.concurrency import all_at_once
 from tests.support.queries import recorded_statements
 from tests.test_catalog_fast_path import RoundTrips, flask_handled
 from tests.test_signed_in_fast_path import (  # noqa: F401 (fast_app: a fixture)
@@ -26,6 +28,8 @@ from tests.test_signed_in_fast_path import (  # noqa: F401 (fast_app: a fixture)
     _without_own,
     fast_app,
 )
+from tests.test_enrollments import actor_in, build_course
+from utils.extensions import limiter
 from utils.pipeline.signed_in_fast_path import WRITE_BODY_MAX
 
 PER_REQUEST = ("X-Request-ID", "X-RateLimit-Remaining", "X-RateLimit-Reset")
@@ -154,6 +158,9 @@ def test_what_the_fast_path_cannot_vouch_for_goes_to_flask_with_its_body(fast_ap
         ("too deep", dict(raw=b"[" * 40 + b"]" * 40), 400, "json_too_deep"),
         ("a watch time past ten days", dict(body={"watch_time_seconds": 864001}), 422, None),
         ("a fraction for a number", dict(body={"watch_time_seconds": 5.5}), 422, None),
+        ("a negative number", dict(body={"watch_time_seconds": -1}), 422, None),
+        ("a number past any column", dict(body={"watch_time_seconds": 10 ** 30}), 422, None),
+        ("NUL in a value", dict(raw=b'{"watch_time_seconds": "3\\u0000"}'), 422, None),
         ("not an object", dict(body=[1, 2]), 422, None),
         ("not JSON by its type", dict(body={"watch_time_seconds": 3},
                                       content_type="text/plain"), 415, None),
@@ -268,3 +275,50 @@ def test_a_write_on_sqlite_is_flasks(fast_app):
     assert handled == [beat.path]
     assert body["lesson_progress"]["watch_time_seconds"] == 40
     assert beat.counted() == 2
+
+
+def test_heartbeats_at_once_with_a_completion_keep_the_furthest_point_and_the_completion(
+        fast_app):
+    """Eight heartbeats of one lesson and its completion sent at once, each from an address of
+    its own (the limit is per address): one progress row, the furthest point, the completion
+    and its time, the stored percentage the completion's, whichever path answered each."""
+    _postgres_only(fast_app)
+    client = fast_app.test_client()
+    teacher, racer = actor_in(fast_app, "instructor", 160), actor_in(fast_app, "student", 61)
+    limiter.enabled = False
+    try:
+        course = build_course(client, teacher, "Raced heartbeats", modules=(("R1", "R2", "R3"),))
+        enrollment = ok(client.post(f"{API}/enrollments", json={"course_id": course.id},
+                                    headers=racer.headers), 201)["enrollment"]["id"]
+    finally:
+        limiter.enabled = True
+    lesson = course.lesson_ids[0]
+    path = f"{API}/enrollments/{enrollment}/lessons/{lesson}/complete"
+
+    def post(n: int, body: dict):
+        def send():
+            response = fast_app.test_client().post(
+                path, json=body, headers=racer.headers,
+                environ_base={"REMOTE_ADDR": f"198.18.0.{n}"})
+            return response.status_code, response.get_json()
+        return send
+
+    ok(fast_app.test_client().post(path, json={"watch_time_seconds": 1}, headers=racer.headers,
+                                   environ_base={"REMOTE_ADDR": "198.18.0.99"}))  # learns
+    watched = [70, 10, 80, 30, 60, 20, 50, 40]
+    with flask_handled(fast_app) as handled:
+        results = all_at_once([post(n + 1, {"watch_time_seconds": w})
+                               for n, w in enumerate(watched)]
+                              + [post(20, {"completed": True})])
+    assert [status for status, _ in results] == [200] * 9, results
+    assert path in handled  # the completion is Flask's
+    for sent, (_, body) in zip(watched, results):
+        assert body["lesson_progress"]["watch_time_seconds"] >= sent
+    assert results[-1][1]["lesson_progress"]["completed"] is True
+    with fast_app.app_context():
+        rows = db.session.scalars(select(LessonProgress).where(
+            LessonProgress.enrollment_id == enrollment)).all()
+        assert [(r.lesson_id, r.completed, r.watch_time_seconds) for r in rows] == [
+            (lesson, True, max(watched))]
+        assert rows[0].completed_at is not None
+        assert db.session.get(Enrollment, enrollment).progress_percent == Decimal("33.33")
