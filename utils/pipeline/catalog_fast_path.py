@@ -38,6 +38,7 @@ CATALOG_FAST_PATH=false (and whenever the limiter's headers are sent on every an
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 
@@ -128,23 +129,27 @@ class CatalogFastPath(FastPath):
             return None
         ip = environ.get("REMOTE_ADDR") or "unknown"
         keys = _limit_keys(storage, endpoint, ip)
-        pipe = client.pipeline(transaction=False)
-        for (item, _), key in zip(endpoint.limits, keys):
-            pipe.evalsha(round_trip.INCR_EXPIRE_SHA, 1, key, item.get_expiry(), 1)
-        entry = (catalog_cache.entry_key(environ["PATH_INFO"], Request(environ).args)
+        commands = [("EVALSHA", round_trip.INCR_EXPIRE_SHA, 1, key, item.get_expiry(), 1)
+                    for (item, _), key in zip(endpoint.limits, keys)]
+        entry = (_entry_key(environ["PATH_INFO"], environ.get("QUERY_STRING", ""))
                  if seconds > 0 else None)
-        pipe.mget([SYNCED, ip_key(ip), catalog_cache.VERSION_KEY, *([entry] if entry else [])])
+        commands.append(("MGET", SYNCED, ip_key(ip), catalog_cache.VERSION_KEY,
+                         *([entry] if entry else [])))
         try:
-            *counts, (synced, blocked, version, *cached) = pipe.execute()
-        except redis.exceptions.NoScriptError:
-            try:  # a Redis that lost its scripts: load it for the next request
-                client.script_load(RedisStorage.SCRIPT_INCR_EXPIRE)
-            except redis.RedisError:
-                pass
-            return None
+            *counts, shared = redis_client.one_trip(client, commands)
         except redis.RedisError as exc:
             log.warning("catalog fast path: Redis unavailable, Flask answers: %s", exc)
             return None
+        if any(isinstance(reply, redis.ResponseError) for reply in (*counts, shared)):
+            if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in counts):
+                try:  # a Redis that lost its scripts: load it for the next request
+                    client.script_load(RedisStorage.SCRIPT_INCR_EXPIRE)
+                except redis.RedisError:
+                    pass
+            give_back(client, [key for key, count in zip(keys, counts)
+                               if not isinstance(count, Exception)])
+            return None
+        synced, blocked, version, *cached = shared
         over = any(int(count) > item.amount
                    for (item, _), count in zip(endpoint.limits, counts))
         if over or synced is None or blocked is not None:
@@ -217,6 +222,13 @@ class CatalogFastPath(FastPath):
         self.endpoints[name] = Endpoint(rule, self._settings(), kept)
         key = (name, environ.get("HTTP_ORIGIN"), environ.get("wsgi.url_scheme"))
         self.templates.learn(key, headers)
+
+
+@functools.lru_cache(maxsize=1024)
+def _entry_key(path: str, query: str) -> str:
+    """The copy's key of a page (catalog_cache.entry_key, from the query string as Flask reads
+    it), remembered per path and query string: a hit builds no Request."""
+    return catalog_cache.entry_key(path, Request({"QUERY_STRING": query}).args)
 
 
 def _limit_keys(storage, endpoint: Endpoint, ip: str) -> list[str]:

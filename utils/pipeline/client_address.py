@@ -12,6 +12,7 @@ server cannot choose the address its limits count against, nor the host of a red
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -53,7 +54,10 @@ def parse_networks(values: Iterable[str] | str | None) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address in `value` (with or without a port; IPv4-mapped IPv6 as IPv4), else None;
+    remembered per string (the addresses are immutable): a peer's is parsed once."""
     value = value.strip()
     if value.startswith("[") and "]" in value:  # [v6]:port
         value = value[1:value.index("]")]

@@ -2,7 +2,8 @@
 in a request's one round trip travel on this one, utils/pipeline/round_trip.py).
 
 `get()` returns None when REDIS_URL is not configured, so callers fall back to the database;
-one client per URL per process, created lazily (after gunicorn forks)."""
+one client per URL per process, created lazily (after gunicorn forks). `one_trip` sends a hot
+request's commands in one write and reads their raw replies, without a pipeline object."""
 from __future__ import annotations
 
 import logging
@@ -30,6 +31,32 @@ def for_url(url: str) -> redis.Redis:
         )
         _clients[url] = client
     return client
+
+
+def one_trip(client: redis.Redis, commands: list[tuple]) -> list:
+    """The raw replies of `commands` (each a tuple of a command's name and arguments), sent in
+    one write on one of the client's pooled connections: what `pipeline(transaction=False)`
+    does, without building a pipeline and its per-reply callbacks on each request (the fast
+    paths' hot reads: an integer stays an integer, a string stays bytes, a missing key None).
+    An error reply is returned in its place as the exception redis-py makes of it (NOSCRIPT is
+    a NoScriptError); a lost connection raises its redis-py error after the connection is
+    dropped, as a pipeline drops it. No retry: a caller's fallback is Flask's own path."""
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        connection.send_packed_command(connection.pack_commands(commands))
+        replies = []
+        for _ in commands:
+            try:
+                replies.append(connection.read_response())
+            except redis.ResponseError as exc:
+                replies.append(exc)
+        return replies
+    except BaseException:
+        connection.disconnect()  # a reply may be half read: the connection is not reused
+        raise
+    finally:
+        pool.release(connection)
 
 
 def ping() -> bool:

@@ -335,14 +335,14 @@ def _send(storage: RoundTripRedisStorage, trip: dict, planned) -> None:
     `trip["reply"]` for `read_shared_state`."""
     keys = shared_state.request_keys(catalog_cache.prefetch_keys())
     windows = request.method not in READS  # a write's headers say what is left, and when
-    pipe = redis_client.get().pipeline(transaction=False)
-    pipe.mget(keys)
+    commands = [("MGET", *keys)]
     for key, expiry, amount, _allowed, _learnable in planned:
-        pipe.evalsha(INCR_EXPIRE_SHA, 1, storage.prefixed_key(key), expiry, amount)
+        commands.append(("EVALSHA", INCR_EXPIRE_SHA, 1, storage.prefixed_key(key), expiry,
+                         amount))
         if windows:
-            pipe.ttl(storage.prefixed_key(key))
+            commands.append(("TTL", storage.prefixed_key(key)))
     try:
-        replies = pipe.execute(raise_on_error=False)
+        replies = redis_client.one_trip(redis_client.get(), commands)
     except redis.RedisError as exc:
         trip["reply"] = (keys, exc)
         return

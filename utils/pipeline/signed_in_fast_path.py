@@ -247,18 +247,26 @@ class SignedInFastPath(FastPath):
             return None
         user_id = int(subject)
         client = redis_client.for_url(self.app.config["REDIS_URL"])
-        pipe = client.pipeline(transaction=False)
+        commands = []
         for (item, _args, cost), key in zip(endpoint.limits, keys):
-            pipe.evalsha(round_trip.INCR_EXPIRE_SHA, 1, key, item.get_expiry(), cost)
+            commands.append(("EVALSHA", round_trip.INCR_EXPIRE_SHA, 1, key, item.get_expiry(),
+                             cost))
             if windows:  # a write's headers say what is left, and when
-                pipe.ttl(key)
-        pipe.mget([shared_state.SYNCED, shared_state.ip_key(ip), shared_state.jti_key(jti),
-                   shared_state.user_key(user_id)])
+                commands.append(("TTL", key))
+        commands.append(("MGET", shared_state.SYNCED, shared_state.ip_key(ip),
+                         shared_state.jti_key(jti), shared_state.user_key(user_id)))
         try:
-            *counted, (generation, blocked, revoked, mirrored) = pipe.execute()
-        except redis.RedisError as exc:  # NOSCRIPT included: Flask's limiter loads it again
+            *counted, shared = redis_client.one_trip(client, commands)
+        except redis.RedisError as exc:
             log.warning("signed-in fast path: Redis unavailable, Flask answers: %s", exc)
             return None
+        if any(isinstance(reply, redis.ResponseError) for reply in (*counted, shared)):
+            # NOSCRIPT among them: Flask's limiter loads the script again and counts
+            given = counted[::2] if windows else counted
+            give_back(client, [key for key, count in zip(keys, given)
+                               if not isinstance(count, Exception)])
+            return None
+        generation, blocked, revoked, mirrored = shared
         now = time.time()
         counts = counted[::2] if windows else counted
         caller = None
