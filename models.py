@@ -30,6 +30,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    literal,
     text,
     types,
 )
@@ -627,6 +628,13 @@ class LessonResource(TimestampMixin, db.Model):
 ENROLLMENT_STATUSES = ("active", "completed", "cancelled", "refunded")
 # An enrollment in one of these opens its course's content to the student.
 OPEN_ENROLLMENT_STATUSES = ("active", "completed")
+
+
+def is_open_enrollment(status):
+    """`status IN ('active', 'completed')` (OPEN_ENROLLMENT_STATUSES) with each value its own
+    bound parameter: a built statement's SQL is then rendered once, where an IN of a list
+    (an "expanding" parameter) is rendered again at every run."""
+    return status.in_([literal(value) for value in OPEN_ENROLLMENT_STATUSES])
 
 
 class Enrollment(TimestampMixin, db.Model):

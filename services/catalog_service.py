@@ -88,7 +88,9 @@ def catalog_shape(*, statuses=("published",), category_id: int | None = None,
     it has, `is_free`, how it searches and its sort; the values are those of its bind
     parameters. A list's statement is built once per shape (course_service.catalog_page)."""
     values: dict = {}
-    if statuses:
+    if statuses and len(statuses) == 1:  # the catalog's: one status, a plain comparison
+        values["status"] = statuses[0]
+    elif statuses:
         values["statuses"] = tuple(statuses)
     for name, value in (("instructor_id", instructor_id), ("subcategory_id", subcategory_id),
                         ("category_id", category_id), ("min_price", min_price),
@@ -112,7 +114,9 @@ def bound_course_query(shape: tuple) -> Select:
     """The select of Course for a `catalog_shape`, its values as named bind parameters."""
     names, is_free, search_form, sort = shape
     query = select(Course)
-    if "statuses" in names:
+    if "status" in names:
+        query = query.where(Course.status == bindparam("status"))
+    if "statuses" in names:  # an IN of a list renders the statement's SQL again at each run
         query = query.where(Course.status.in_(bindparam("statuses", expanding=True)))
     for name, column in (("instructor_id", Course.instructor_id),
                          ("subcategory_id", Course.subcategory_id),

@@ -29,7 +29,6 @@ from sqlalchemy import (
 from sqlalchemy.orm import joinedload
 
 from models import (
-    OPEN_ENROLLMENT_STATUSES,
     Certificate,
     Course,
     CoursePrerequisite,
@@ -45,6 +44,7 @@ from models import (
     User,
     as_text,
     db,
+    is_open_enrollment,
 )
 from services import file_service
 from utils.errors import Conflict, Forbidden, NotFound, ValidationError
@@ -61,7 +61,7 @@ from utils.validators import slugify
 def is_enrolled(user_id: int, course_id: int) -> bool:
     return db.session.scalar(select(exists().where(
         Enrollment.user_id == user_id, Enrollment.course_id == course_id,
-        Enrollment.status.in_(OPEN_ENROLLMENT_STATUSES)))) or False
+        is_open_enrollment(Enrollment.status)))) or False
 
 
 def access_level(course: Course | CourseCard, user: User | None) -> str:
@@ -88,7 +88,7 @@ def full_content_readable_by(user: User):
     if user.role == "admin":
         return true()
     enrolled = select(Enrollment.course_id).where(
-        Enrollment.user_id == user.id, Enrollment.status.in_(OPEN_ENROLLMENT_STATUSES))
+        Enrollment.user_id == user.id, is_open_enrollment(Enrollment.status))
     return or_(Course.instructor_id == user.id, Course.id.in_(enrolled))
 
 
@@ -738,7 +738,7 @@ _CARD = (select(*_ONE_CARD_COLUMNS, exists().where(
          .select_from(_CARD_FROM).where(_COURSES.c.id == bindparam("course_id")))
 _CARD_FOR_READER = _CARD.add_columns(exists().where(
     Enrollment.user_id == bindparam("reader_id"), Enrollment.course_id == _COURSES.c.id,
-    Enrollment.status.in_(OPEN_ENROLLMENT_STATUSES)).label("enrolled"))
+    is_open_enrollment(Enrollment.status)).label("enrolled"))
 
 
 def course_card(course_id: int, reader: User | None = None, *,
@@ -790,7 +790,7 @@ _OUTLINE_FOR_STUDENT = _OUTLINE.add_columns(exists().where(
     LessonProgress.enrollment_id.in_(select(Enrollment.id).where(
         Enrollment.user_id == bindparam("student_id"),
         Enrollment.course_id == bindparam("course_id"),
-        Enrollment.status.in_(OPEN_ENROLLMENT_STATUSES)))).label("completed"))
+        is_open_enrollment(Enrollment.status)))).label("completed"))
 
 
 def load_outline(course_id: int, student: User | None = None) -> list[_Module]:

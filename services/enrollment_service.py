@@ -52,6 +52,7 @@ from models import (
     User,
     as_text,
     db,
+    is_open_enrollment,
 )
 from services import certificate_service, course_service
 from utils import read_only
@@ -563,7 +564,7 @@ def _heartbeat(where) -> Select:
     lesson_id = bindparam("lesson", type_=Integer)
     target = _write_target(where, lesson_id).add_columns(_COMMIT_MODE).cte("target")
     t = target.c
-    allowed = and_(t.user_id == bindparam("learner"), t.status.in_(OPEN_STATUSES),
+    allowed = and_(t.user_id == bindparam("learner"), is_open_enrollment(t.status),
                    t.lesson_found.is_not(None))
     # NULL watch (a body without it) keeps the furthest point: greatest() skips NULLs.
     furthest = func.greatest(_LPC.watch_time_seconds, bindparam("watch", type_=Integer))
@@ -768,7 +769,7 @@ _DASHBOARD_COUNTS = (
            func.sum(case((and_(_E.status == literal_column("'active'"),
                                _E.started_at.is_not(None)), _ONE), else_=_ZERO))
            .label("in_progress"))
-    .where(_E.user_id == bindparam("user_id"), _E.status.in_(OPEN_STATUSES))
+    .where(_E.user_id == bindparam("user_id"), is_open_enrollment(_E.status))
     .subquery("counts"))
 _DASHBOARD_CERTIFICATES = (
     select(func.count(_CE.id))
