@@ -116,7 +116,8 @@ class iso_text(FunctionElement):  # noqa: N801 (named as the SQL function it sta
     for a fraction of what parsing it into a datetime and formatting that again cost here (a
     course's outline of 20 lessons read 124 timestamps). Only for a statement that returns
     every row it reads: below a sort cut by a LIMIT, PostgreSQL writes the text of every row
-    it sorts, before the LIMIT."""
+    it sorts, before the LIMIT (a list's page reads it in a projection over the limited page:
+    utils/pagination._page_read_as)."""
 
     type = IsoText()
     inherit_cache = True

@@ -702,9 +702,10 @@ _PEOPLE_COLUMNS = (
     *(column.label(f"instructor__{column.key}") for column in _INSTRUCTOR_COLUMNS),
     *(column.label(f"subcategory__{column.key}") for column in _SUBCATEGORY_COLUMNS))
 CARD_COLUMNS = (*_COURSE_COLUMNS, *_PEOPLE_COLUMNS)
-# One course's card, its timestamps read as the answer's text (models.as_text). Not a list's:
-# where a page's plan sorts its matches, PostgreSQL writes the text of every match before the
-# LIMIT (a search matching 1,000 courses: 4,000 to_char calls, 2.8 ms against 1.1).
+# One course's card, its timestamps read as the answer's text (models.as_text). Not inside a
+# list's page: where a page's plan sorts its matches, PostgreSQL writes the text of every match
+# before the LIMIT (a search matching 1,000 courses: 4,000 to_char calls, 2.8 ms against 1.1);
+# a catalog page reads it over the limited page instead (`_card_page_as_text`).
 _ONE_CARD_COLUMNS = (*as_text(_COURSE_COLUMNS), *_PEOPLE_COLUMNS)
 _CARD_FROM = (_COURSES.outerjoin(_USERS, _USERS.c.id == _COURSES.c.instructor_id)
               .outerjoin(_SUBCATEGORIES, _SUBCATEGORIES.c.id == _COURSES.c.subcategory_id))
@@ -716,11 +717,16 @@ _INSTRUCTOR_NAMES = tuple(column.key for column in _INSTRUCTOR_COLUMNS)
 _SUBCATEGORY_NAMES = tuple(column.key for column in _SUBCATEGORY_COLUMNS)
 
 
-def card_of_row(row) -> CourseCard:
+def card_of_row(row, json_text: bool = False) -> CourseCard:
     """A card from a row that begins with `CARD_COLUMNS` (columns after them are the
     caller's): the lists here and a learner's enrollments (enrollment_service) read courses
-    this way."""
-    card = CourseCard(_COURSE_NAMES, row[:_N_COURSE])
+    this way. `json_text`: the row's JSON columns came as their text (`_card_page_as_text`)."""
+    values = row[:_N_COURSE]
+    if json_text:
+        values = list(values)
+        for index in _CARD_JSON_INDEXES:
+            values[index] = None if values[index] is None else _json_of(values[index])
+    card = CourseCard(_COURSE_NAMES, values)
     instructor = row[_N_COURSE:_N_COURSE + _N_INSTRUCTOR]
     card.instructor = _Instructor(_INSTRUCTOR_NAMES, instructor) if instructor[0] is not None \
         else None
@@ -728,6 +734,27 @@ def card_of_row(row) -> CourseCard:
     card.subcategory = Columns(_SUBCATEGORY_NAMES, subcategory) if subcategory[0] is not None \
         else None
     return card
+
+
+def _card_page_as_text(columns) -> list:
+    """How a page of cards is read (utils/pagination.PageStatement's `read_as`): timestamps as
+    the API's text (models.as_text) and the JSON column as its text, decoded by
+    `card_of_row(row, json_text=True)`. psycopg2 decodes JSON as it fetches, each row's again;
+    the outcomes of a catalog's courses repeat."""
+    return [cast(column, Text) if column.key in _CARD_JSON else column
+                    for column in as_text(columns)]
+
+
+@lru_cache(maxsize=1024)
+def _decoded(text: str):
+    return json.loads(text)
+
+
+def _json_of(text: str):
+    """A JSON column's value from its text, decoded once per distinct text; a list is the
+    caller's own copy (the outcomes are a list of strings, which no answer can change)."""
+    value = _decoded(text)
+    return list(value) if isinstance(value, list) else value
 
 
 # Built once: a statement's construction and cache key cost more than its rows here.
@@ -858,6 +885,7 @@ def _with_outline(card: Select, outline: Select) -> Select:
 
 # By whether the reader is asked about (`course_card`): a guest's or an admin's, a learner's.
 _CARD_JSON = frozenset(column.key for column in _COURSE_COLUMNS if isinstance(column.type, JSON))
+_CARD_JSON_INDEXES = tuple(_COURSE_NAMES.index(name) for name in sorted(_CARD_JSON))
 _WITH_OUTLINE = {False: _with_outline(_CARD, _OUTLINE),
                  True: _with_outline(_CARD_FOR_READER, _OUTLINE_FOR_STUDENT)}
 
@@ -919,7 +947,7 @@ def course_page(query, page: int, per_page: int) -> dict:
 
 @lru_cache(maxsize=64)
 def _list_statement(build, shape: tuple) -> PageStatement:
-    return PageStatement(_cards(build(shape)))
+    return PageStatement(_cards(build(shape)), read_as=_card_page_as_text)
 
 
 def catalog_page(query, page: int, per_page: int) -> dict:
@@ -930,7 +958,8 @@ def catalog_page(query, page: int, per_page: int) -> dict:
     list is counted once per catalog version this request read (catalog_cache.version)."""
     rows, meta = _list_statement(query.build, query.shape).page(
         query.values, page, per_page, catalog_cache.version())
-    return {"courses": [course_summary(card_of_row(row)) for row in rows], "pagination": meta}
+    return {"courses": [course_summary(card_of_row(row, json_text=True)) for row in rows],
+            "pagination": meta}
 
 
 def course_detail(course: CourseCard, viewer: User | None) -> dict:
