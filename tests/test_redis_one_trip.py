@@ -116,3 +116,72 @@ def test_the_signed_in_read_of_a_lost_script_is_flasks_counted_once(app, monkeyp
         with flask_handled(fast) as handled:
             answer = ok(client.get(path, headers=learner.student.headers))
         assert handled == [path] and counted() == 4 and answer == first
+
+
+@pytest.fixture
+def renewing_app(app):
+    from tests.support.fast_apps import redis_app
+
+    with redis_app(app, RATE_LIMIT_PUBLIC="100 per minute", CATALOG_CACHE_SECONDS=30) as fast:
+        yield fast
+
+
+def test_a_copy_about_to_expire_is_renewed_by_one_request(renewing_app):
+    """Refresh ahead (catalog_cache.REFRESH_AHEAD): in the last sixth of a copy's life, one
+    hit renews it (the reader computes it again, the copy gets a full life), once per window
+    on every worker; the others, and every hit before the window, are served the copy."""
+    from tests.support.queries import recorded_statements
+    from utils.pipeline import catalog_cache
+
+    course_id = _course(renewing_app)
+    client = renewing_app.test_client()
+    path = f"{API}/public/courses/{course_id}"
+    store = redis_client.for_url(renewing_app.config["REDIS_URL"])
+    first = ok(client.get(path))  # Flask computes, keeps the copy; the fast path learns
+    ok(client.get(path))
+    (key,) = store.keys(f"{catalog_cache.ENTRY_PREFIX}*")
+    claim = catalog_cache.REFRESH_PREFIX + key.decode()
+
+    with recorded_statements(renewing_app) as statements, \
+            flask_handled(renewing_app) as handled:
+        assert ok(client.get(path)) == first  # early in its life: served, not renewed
+    assert statements == [] and handled == [] and not store.exists(claim)
+    assert store.pttl(key) > 25_000
+
+    store.pexpire(key, 2_000)  # inside the window (5 s of 30)
+    with recorded_statements(renewing_app) as statements, \
+            flask_handled(renewing_app) as handled:
+        assert ok(client.get(path)) == first  # renewed: computed by the reader, before Flask
+    assert statements and handled == []
+    assert store.pttl(key) > 25_000 and 0 < store.pttl(claim) <= 5_000
+
+    store.pexpire(key, 2_000)  # the window again, its claim still held: one renewal a window
+    with recorded_statements(renewing_app) as statements:
+        assert ok(client.get(path)) == first
+    assert statements == [] and store.pttl(key) <= 2_000
+    store.delete(claim)
+
+
+def test_a_renewal_sees_a_write_and_a_declined_one_leaves_flask_to_answer(renewing_app):
+    from models import Course, db
+    from utils.pipeline import catalog_cache
+
+    course_id = _course(renewing_app)
+    client = renewing_app.test_client()
+    path = f"{API}/public/courses/{course_id}"
+    store = redis_client.for_url(renewing_app.config["REDIS_URL"])
+    ok(client.get(path))
+    ok(client.get(path))
+    (key,) = store.keys(f"{catalog_cache.ENTRY_PREFIX}*")
+    with renewing_app.app_context():
+        db.session.get(Course, course_id).title = "Renamed"
+        db.session.commit()  # the version moves: the copy is stale, whatever its life
+    store.pexpire(key, 2_000)
+    assert ok(client.get(path))["course"]["title"] == "Renamed"
+    with renewing_app.app_context():
+        db.session.get(Course, course_id).status = "draft"
+        db.session.commit()
+    store.pexpire(key, 2_000)
+    with flask_handled(renewing_app) as handled:
+        assert client.get(path).status_code == 404  # the reader declines: Flask's answer
+    assert handled == [path]

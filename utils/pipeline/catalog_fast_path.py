@@ -12,7 +12,10 @@ one the limits and blocks use) does exactly that:
 - one Redis pipeline: Flask-Limiter's own fixed-window script (`limits`' incr/expire, by its
   SHA) for each limit the endpoint has, with the keys Flask-Limiter uses, and one `MGET` of
   the shared state's trust marker, the address's block, the catalog version (which the reader
-  may trust: catalog_cache.version) and, with the cache on, the copy;
+  may trust: catalog_cache.version) and, with the cache on, the copy; for a marked view, a
+  script that claims the copy's renewal when it is in the last sixth of its life (one request
+  a window, on every host: catalog_cache.REFRESH_AHEAD), which then computes the page as a
+  miss does while every other request is served the copy;
 - the answer only when every limit still has room, the mirror is trusted and the address is
   not blocked: the copy when it was made under the current catalog version; else, for a
   marked view whose query string the view's query model accepts as Flask's validation would
@@ -135,11 +138,18 @@ class CatalogFastPath(FastPath):
                  if seconds > 0 else None)
         commands.append(("MGET", SYNCED, ip_key(ip), catalog_cache.VERSION_KEY,
                          *([entry] if entry else [])))
+        renews = entry is not None and reader is not None
+        if renews:  # claims the copy's renewal when it is about to expire (catalog_cache)
+            commands.append(("EVAL", catalog_cache.REFRESH_AHEAD, 2, entry,
+                             catalog_cache.REFRESH_PREFIX + entry,
+                             catalog_cache.refresh_window_ms(seconds)))
         try:
-            *counts, shared = redis_client.one_trip(client, commands)
+            replies = redis_client.one_trip(client, commands)
         except redis.RedisError as exc:
             log.warning("catalog fast path: Redis unavailable, Flask answers: %s", exc)
             return None
+        renew = replies.pop() if renews else 0  # an error reply: no renewal, as if not due
+        *counts, shared = replies
         if any(isinstance(reply, redis.ResponseError) for reply in (*counts, shared)):
             if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in counts):
                 try:  # a Redis that lost its scripts: load it for the next request
@@ -163,17 +173,16 @@ class CatalogFastPath(FastPath):
             environ[COUNTED] = True  # counted, with room: if Flask answers, it counts nothing
         value = cached[0] if cached else None
         copy = catalog_cache.read_entry(value, version) if value is not None else None
-        if copy is None:
+        if copy is None or renew == 1:  # a miss, or this request renews the copy
             if reader is None:
                 return None
             if arguments is None:  # read only now: a copy answers most requests
                 arguments = self._arguments(environ, view, view_args)
-                if arguments is None:
-                    return None  # counted: Flask refuses it without counting it again
-            copy = self._computed(client, view, reader, arguments, view_args, entry, version,
-                                  seconds)
+            computed = None if arguments is None else self._computed(
+                client, view, reader, arguments, view_args, entry, version, seconds)
+            copy = computed or copy  # a renewal the reader declines: the current copy
             if copy is None:
-                return None
+                return None  # counted: Flask refuses it, or answers what the reader declined
         etag, body = copy
         return endpoint.rule, [*template, ("ETag", etag)], body, None
 
