@@ -174,10 +174,11 @@ def commands_of(app, client, path: str, headers: dict | None = None) -> list[str
 
 def test_hot_reads_cost_at_most_two_redis_round_trips(app, client, make_user, auth_headers):
     student = auth_headers(make_user())
-    # A guest's cached catalog page: the limit's script and the one MGET (state, version, copy),
-    # sent together by the catalog fast path (tests/test_catalog_fast_path.py counts the trips).
+    # A guest's cached catalog page: the limit's script, the one MGET (state, version, copy) and
+    # the copy's renewal claim (catalog_cache.REFRESH_AHEAD), sent together in one write by the
+    # catalog fast path (tests/test_catalog_fast_path.py counts the trips).
     assert commands_of(app, client, f"{API}/public/get-courses?per_page=20") == [
-        "evalsha", "mget"]
+        "evalsha", "mget", "eval"]
     # A signed-in read: the MGET alone (address, revocation), no limiter headers.
     assert commands_of(app, client, f"{API}/notifications/unread-count", student) == ["mget"]
     assert commands_of(app, client, f"{API}/health") == ["mget"]
