@@ -736,13 +736,18 @@ def card_of_row(row, json_text: bool = False) -> CourseCard:
     return card
 
 
+def _json_as_text(columns) -> list:
+    """`columns` with the card's JSON column read as its text, which `card_of_row(row,
+    json_text=True)` decodes: psycopg2 decodes JSON as it fetches, each row's again (a course's
+    page repeats its card on every outline row; a catalog's outcomes repeat across courses)."""
+    return [cast(column, Text).label(column.key) if column.key in _CARD_JSON else column
+            for column in columns]
+
+
 def _card_page_as_text(columns) -> list:
     """How a page of cards is read (utils/pagination.PageStatement's `read_as`): timestamps as
-    the API's text (models.as_text) and the JSON column as its text, decoded by
-    `card_of_row(row, json_text=True)`. psycopg2 decodes JSON as it fetches, each row's again;
-    the outcomes of a catalog's courses repeat."""
-    return [cast(column, Text) if column.key in _CARD_JSON else column
-                    for column in as_text(columns)]
+    the API's text (models.as_text), the JSON column as its text (`_json_as_text`)."""
+    return _json_as_text(as_text(columns))
 
 
 @lru_cache(maxsize=1024)
@@ -790,14 +795,11 @@ def course_card(course_id: int, reader: User | None = None, *,
         row = connection.execute(_CARD, {"course_id": course_id}).first()
     if row is None:
         raise NotFound("Course not found")
-    card = card_of_row(row)
+    card = card_of_row(row, json_text=with_outline)
     card.has_prerequisites = bool(row[N_CARD])
     if asks:
         card.enrolled = row[N_CARD + 1]
     if with_outline:
-        for name in _CARD_JSON:
-            text = getattr(card, name)
-            setattr(card, name, None if text is None else json.loads(text))
         card.outline = _outline_modules(rows, N_CARD + 1 + asks, asks)
     return card
 
@@ -867,12 +869,11 @@ def _with_outline(card: Select, outline: Select) -> Select:
     """`card`'s one row beside each row of `outline` (both bound to `course_id`), in the
     outline's order; a course without modules is its card's row with NULLs after it. One
     statement for a course's page instead of two: the card's columns repeat on each row (sent
-    on the first row only, by a row number, it cost PostgreSQL more than it saved here). A JSON
-    column comes as its text, decoded once by `course_card`: psycopg2 decodes JSON as it
-    fetches, 20 times for a 20-lesson outline (85 us a page under cProfile)."""
+    on the first row only, by a row number, it cost PostgreSQL more than it saved here). The
+    JSON column comes as its text (`_json_as_text`), decoded once: psycopg2 decoded it on each
+    of a 20-lesson outline's rows (85 us a page under cProfile)."""
     card_rows, outline_rows = card.subquery("card"), outline.order_by(None).subquery("outline")
-    card_columns = [cast(column, Text).label(column.key) if column.key in _CARD_JSON else column
-                    for column in card_rows.c]
+    card_columns = _json_as_text(card_rows.c)
     columns = list(outline_rows.c)
     order = [columns[index] for index in (
         _MODULE_NAMES.index("position"), _MODULE_NAMES.index("id"),

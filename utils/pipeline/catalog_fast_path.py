@@ -57,6 +57,7 @@ from utils.pipeline.fast_reads import (
     FastPath,
     give_back,
     query_arguments,
+    refused_by_redis,
     run_reader,
     usable_view_args,
 )
@@ -150,14 +151,12 @@ class CatalogFastPath(FastPath):
             return None
         renew = replies.pop() if renews else 0  # an error reply: no renewal, as if not due
         *counts, shared = replies
-        if any(isinstance(reply, redis.ResponseError) for reply in (*counts, shared)):
+        if refused_by_redis(client, keys, counts, shared):
             if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in counts):
                 try:  # a Redis that lost its scripts: load it for the next request
                     client.script_load(RedisStorage.SCRIPT_INCR_EXPIRE)
                 except redis.RedisError:
                     pass
-            give_back(client, [key for key, count in zip(keys, counts)
-                               if not isinstance(count, Exception)])
             return None
         synced, blocked, version, *cached = shared
         over = any(int(count) > item.amount

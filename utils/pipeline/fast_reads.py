@@ -145,6 +145,17 @@ def give_back(client: redis.Redis, keys: list[str]) -> None:
         log.warning("fast path: counts not given back: %s", exc)
 
 
+def refused_by_redis(client: redis.Redis, keys: list[str], counts: list, *others) -> bool:
+    """Whether a reply of a fast path's round trip is an error (NOSCRIPT: a Redis that lost the
+    limiter's script); if so, the counts the other scripts made (`counts`, one a key) are given
+    back, and Flask answers, counting itself."""
+    if not any(isinstance(reply, redis.ResponseError) for reply in (*counts, *others)):
+        return False
+    give_back(client, [key for key, count in zip(keys, counts)
+                       if not isinstance(count, Exception)])
+    return True
+
+
 def usable_view_args(view_args: dict) -> bool:
     """Whether the URL's arguments can reach the database as Flask would send them: an id past
     an Integer column is Flask's 404 (the database would refuse the statement), a control

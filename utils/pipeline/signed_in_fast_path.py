@@ -70,6 +70,7 @@ from utils.pipeline.fast_reads import (
     FastPath,
     give_back,
     query_arguments,
+    refused_by_redis,
     run_reader,
     usable_view_args,
 )
@@ -260,15 +261,11 @@ class SignedInFastPath(FastPath):
         except redis.RedisError as exc:
             log.warning("signed-in fast path: Redis unavailable, Flask answers: %s", exc)
             return None
-        if any(isinstance(reply, redis.ResponseError) for reply in (*counted, shared)):
-            # NOSCRIPT among them: Flask's limiter loads the script again and counts
-            given = counted[::2] if windows else counted
-            give_back(client, [key for key, count in zip(keys, given)
-                               if not isinstance(count, Exception)])
-            return None
+        counts, ttls = (counted[::2], counted[1::2]) if windows else (counted, [])
+        if refused_by_redis(client, keys, counts, *ttls, shared):
+            return None  # NOSCRIPT among them: Flask's limiter loads the script again
         generation, blocked, revoked, mirrored = shared
         now = time.time()
-        counts = counted[::2] if windows else counted
         caller = None
         if generation is not None and blocked is None and revoked is None and \
                 mirrored is not None and mirrored.startswith(generation + b"|") and \
@@ -281,7 +278,7 @@ class SignedInFastPath(FastPath):
             issued_ms = claims.get("iat_ms", claims.get("iat", 0) * 1000)
             if valid_after is None or issued_ms >= valid_after:
                 return caller, ([(int(count), max(ttl, 0) + now)
-                                 for count, ttl in zip(counts, counted[1::2])]
+                                 for count, ttl in zip(counts, ttls)]
                                 if windows else None)
         give_back(client, keys)  # Flask counts (or not) and answers as it always has
         return None
