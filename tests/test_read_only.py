@@ -10,10 +10,19 @@ from sqlalchemy import event, insert, select, text
 from models import Notification, db
 from tests.support.assertions import ok
 from tests.support.queries import sent_queries
+from utils import read_only
 from utils.read_only import PREPARE, ReadOnlyViolation, is_read, statement_commits_alone
 
 API = "/api/v1"
 UNREAD = f"{API}/notifications/unread-count"
+
+
+@pytest.fixture(autouse=True)
+def room_to_prepare(monkeypatch):
+    """The session's pooled connections keep what the tests before prepared, and past
+    PREPARED_KEPT a statement runs as sent: these tests, which look for their statements
+    prepared, get room for them whatever ran before."""
+    monkeypatch.setattr(read_only, "PREPARED_KEPT", read_only.PREPARED_KEPT + 10_000)
 
 
 @pytest.fixture
