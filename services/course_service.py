@@ -959,8 +959,26 @@ def catalog_page(query, page: int, per_page: int) -> dict:
     list is counted once per catalog version this request read (catalog_cache.version)."""
     rows, meta = _list_statement(query.build, query.shape).page(
         query.values, page, per_page, catalog_cache.version())
-    return {"courses": [course_summary(card_of_row(row, json_text=True)) for row in rows],
-            "pagination": meta}
+    return {"courses": [_page_summary(row) for row in rows], "pagination": meta}
+
+
+@lru_cache(maxsize=512)
+def _summary_of(values: tuple) -> dict:
+    """The summary of a catalog page's row, kept by the row's values: a pure function of them
+    (the row is the card's every column, as `_card_page_as_text` reads it), so a course whose
+    row has not changed is summarised once a process, and a changed row is a new key."""
+    return course_summary(card_of_row(values, json_text=True))
+
+
+def _page_summary(row) -> dict:
+    """`_summary_of` the row, as the caller's own copy: its nested dicts and list too."""
+    kept = _summary_of(tuple(row))
+    summary = dict(kept)
+    summary["learning_outcomes"] = list(kept["learning_outcomes"])
+    for name in ("instructor", "subcategory"):
+        if kept[name] is not None:
+            summary[name] = dict(kept[name])
+    return summary
 
 
 def course_detail(course: CourseCard, viewer: User | None) -> dict:

@@ -1,0 +1,138 @@
+"""A catalog page's summaries are kept by their row's values (services/course_service
+`_summary_of`), and a long list's estimate is asked on the page's own connection, without an
+ORM session (utils/pagination `_estimate`).
+
+The memo is a pure function of the row: a course whose row did not change is summarised once
+a process, a change to any column the row reads (the course's, its instructor's, its
+subcategory's) is a new key, and each answer is the caller's own to change."""
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from flask import g
+from sqlalchemy import text
+
+from models import Course, MasterCategory, Subcategory, db
+from services import catalog_service, course_service
+from tests.support.queries import recorded_statements
+from utils import pagination
+from utils.pipeline.fast_reads import ReadSession
+
+
+@pytest.fixture
+def catalog(app, make_user):
+    """Three published courses of one instructor, two in a subcategory, with outcomes."""
+    teacher = make_user("instructor")
+    with app.app_context():
+        master = MasterCategory(name="Memo master", slug="memo-master")
+        db.session.add(master)
+        db.session.flush()
+        subcategory = Subcategory(name="Memo sub", slug="memo-sub", master_category_id=master.id)
+        db.session.add(subcategory)
+        db.session.flush()
+        ids = []
+        for n in range(3):
+            course = Course(title=f"Memo {n}", slug=f"memo-{n}", instructor_id=teacher,
+                            status="published", price=Decimal("12.50") * n,
+                            subcategory_id=subcategory.id if n else None,
+                            learning_outcomes=[f"Outcome {n}", "Shared"])
+            db.session.add(course)
+            db.session.flush()
+            ids.append(course.id)
+        db.session.commit()
+    return teacher, ids
+
+
+def _page(app) -> dict:
+    with app.test_request_context("/"):
+        return course_service.catalog_page(catalog_service.catalog_shape(sort="oldest"), 1, 20)
+
+
+def _expected(app) -> list[dict]:
+    with app.app_context():
+        courses = db.session.scalars(catalog_service.course_query(sort="oldest")).all()
+        return [course_service.course_summary(course) for course in courses]
+
+
+def test_a_row_seen_before_is_summarised_once_and_answers_what_the_entity_does(app, catalog):
+    course_service._summary_of.cache_clear()
+    first = _page(app)
+    assert first["courses"] == _expected(app)
+    seen = len(first["courses"])
+    assert course_service._summary_of.cache_info().misses == seen
+    second = _page(app)
+    info = course_service._summary_of.cache_info()
+    assert second == first
+    assert (info.hits, info.misses) == (seen, seen)  # not one summary made again
+    assert info.maxsize == 512
+
+
+def test_each_answer_is_the_caller_s_own(app, catalog):
+    _teacher, ids = catalog
+    first = {course["id"]: course for course in _page(app)["courses"]}
+    mine = first[ids[1]]
+    mine["title"] = "Changed"
+    mine["learning_outcomes"].append("Changed")
+    mine["instructor"]["first_name"] = "Changed"
+    mine["subcategory"]["name"] = "Changed"
+    again = {course["id"]: course for course in _page(app)["courses"]}
+    assert again[ids[1]] == {course["id"]: course for course in _expected(app)}[ids[1]]
+    assert again[ids[1]]["learning_outcomes"] == ["Outcome 1", "Shared"]
+    assert again[ids[1]]["instructor"]["first_name"] != "Changed"
+    assert again[ids[1]]["subcategory"]["name"] == "Memo sub"
+    assert again[ids[0]]["subcategory"] is None
+    assert again[ids[1]]["title"] == "Memo 1"
+    # Two answers of one kept summary are two objects, down to their lists.
+    third = {course["id"]: course for course in _page(app)["courses"]}
+    assert third[ids[1]] is not again[ids[1]]
+    assert third[ids[1]]["learning_outcomes"] is not again[ids[1]]["learning_outcomes"]
+    assert third[ids[1]]["instructor"] is not again[ids[1]]["instructor"]
+
+
+def test_any_change_to_what_the_row_reads_is_answered_at_once(app, catalog):
+    """Written in SQL, around the ORM and its version bump: the memo needs neither, as the
+    changed row is another key."""
+    teacher, ids = catalog
+    _page(app)
+    with app.app_context():
+        db.session.execute(text("UPDATE users SET first_name = 'Renamed' WHERE id = :id"),
+                           {"id": teacher})
+        db.session.execute(text("UPDATE courses SET price = 99.99, learning_outcomes = "
+                                "'[\"New\"]' WHERE id = :id"), {"id": ids[0]})
+        db.session.execute(text("UPDATE subcategories SET name = 'Renamed sub'"))
+        db.session.commit()
+    answers = {course["id"]: course for course in _page(app)["courses"]}
+    assert all(answers[i]["instructor"]["first_name"] == "Renamed" for i in ids)
+    assert answers[ids[0]]["price"] == 99.99 and answers[ids[0]]["is_free"] is False
+    assert answers[ids[0]]["learning_outcomes"] == ["New"]
+    assert answers[ids[2]]["subcategory"]["name"] == "Renamed sub"
+    assert [answers[i] for i in ids] == _expected(app)
+
+
+def test_a_long_list_s_estimate_needs_no_orm_session(app, catalog, monkeypatch):
+    """As the fast paths read (fast_reads.run_reader: a ReadSession over one connection),
+    a list past EXACT_COUNT_LIMIT: its estimate (PostgreSQL) or exact count (SQLite) is asked
+    on the page's own connection, and the session never makes a real ORM session."""
+    monkeypatch.setattr(pagination, "EXACT_COUNT_LIMIT", 2)
+    shape = catalog_service.catalog_shape(sort="newest")
+    postgres = app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql")
+    for attempt in range(2):
+        with app.test_request_context("/"), recorded_statements(app) as statements:
+            g.read_only_view = True
+            session = ReadSession(db.session.session_factory, db.engine)
+            db.session.registry.set(session)
+            try:
+                answer = course_service.catalog_page(shape, 1, 2)
+                assert session._session is None  # no ORM session was made
+            finally:
+                db.session.remove()
+        meta = answer["pagination"]
+        assert len(answer["courses"]) == 2 and meta["has_next"] is True
+        if postgres:
+            assert meta["total_is_estimate"] is True and meta["total"] >= 3
+        else:
+            assert meta["total"] == 3 and "total_is_estimate" not in meta
+        explained = [s for s in statements if s.startswith("EXPLAIN")]
+        # PostgreSQL: the plan asked once, then kept; the page's statement alone after it.
+        assert len(explained) == (postgres and attempt == 0), statements
