@@ -1,11 +1,12 @@
 """A course's page reads its card and its outline in one statement
-(services/course_service._with_outline): the card's row beside each outline row, in the
-outline's order. Its answer must be the one the two statements gave (the instructor's own
+(services/course_service._with_outline): the card's row first, then the outline's rows in the
+outline's order, each with NULLs where the other's columns are. Its answer must be the one the two statements gave (the instructor's own
 detail still reads them apart), for a course without modules, a module without lessons, a
 lesson without resources, and each reader's completion."""
 from __future__ import annotations
 
 from models import Course, LessonResource, db
+from services import course_service
 from tests.support.assertions import ok
 from tests.support.queries import recorded_statements
 from tests.test_enrollments import (  # noqa: F401 (actor, instructor, student: fixtures)
@@ -92,3 +93,37 @@ def test_a_course_without_modules_is_its_card_alone(app, client, instructor, stu
         assert course["modules"] == [] and course["lesson_count"] == 0
         assert course["title"] == "Bare"
     assert client.get(f"{API}/courses/{2**31 - 1}", headers=student.headers).status_code == 404
+
+
+def test_the_card_is_read_on_its_own_row_and_the_outline_keeps_its_types(
+        app, client, instructor, student):  # noqa: F811
+    """The card's columns come once, on the first row; each outline row holds NULLs there.
+    A UNION's result is read by its first SELECT's types: the outline's booleans and
+    integers must still be booleans and integers on SQLite, where the driver gives 0 and 1
+    (JSON `1` would equal `true` in a Python comparison of the two answers)."""
+    built = build_course(client, instructor, "Typed", modules=(("T1", "T2"),))
+    preview = add_lesson(client, instructor, built.module_ids[0], "T3", is_preview=True)
+    eid = enroll(client, student, built.id)["id"]
+    complete(client, student, eid, built.lesson_ids[0])
+    with app.app_context():
+        rows = db.session.connection().execute(
+            course_service._WITH_OUTLINE[True],
+            {"course_id": built.id, "reader_id": student.id, "student_id": student.id}).all()
+    card_width = course_service.N_CARD + 2  # has_prerequisites, enrolled
+    assert len(rows) == 4  # the card, then three lessons
+    assert rows[0][0] == built.id and rows[0][card_width] == 0
+    assert all(value is None for value in rows[0][card_width + 1:])
+    for row in rows[1:]:
+        assert all(value is None for value in row[:card_width]) and row[card_width] == 1
+    for headers in (student.headers, None):
+        course = ok(client.get(f"{API}/courses/{built.id}", headers=headers)
+                    if headers else client.get(f"{API}/public/courses/{built.id}"))["course"]
+        lessons = course["modules"][0]["lessons"]
+        assert [lesson["id"] for lesson in lessons] == [*built.lesson_ids, preview]
+        assert [lesson["is_preview"] for lesson in lessons] == [False, False, True]
+        assert all(type(lesson["is_preview"]) is bool and type(lesson["position"]) is int
+                   for lesson in lessons)
+        assert course["is_free"] in (True, False) and type(course["is_free"]) is bool
+        completed = [lesson["completed"] for lesson in lessons]
+        assert completed == ([True, False, False] if headers else [None] * 3)
+        assert all(value is None or type(value) is bool for value in completed)
