@@ -988,9 +988,21 @@ def _summary_of(values: tuple) -> dict:
     return course_summary(card_of_row(values, json_text=True))
 
 
+# The row's columns of unbounded text (a description, the outcomes, the instructor's bio), and
+# how much of them a kept row may hold: 512 rows of at most 16,384 characters of them (a
+# description may be 50,000), so the memo stays a few MB a worker whatever the catalog holds.
+_LONG_TEXT = tuple(index for index, column in enumerate(CARD_COLUMNS)
+                   if isinstance(column.type, (Text, JSON)))
+_KEPT_TEXT = 16_384
+
+
 def _page_summary(row) -> dict:
-    """`_summary_of` the row, as the caller's own copy: its nested dicts and list too."""
-    kept = _summary_of(tuple(row))
+    """`_summary_of` the row, as the caller's own copy: its nested dicts and list too. A row
+    with more long text than `_KEPT_TEXT` is summarised each time instead of kept."""
+    values = tuple(row)
+    if sum(len(values[index]) for index in _LONG_TEXT if values[index]) > _KEPT_TEXT:
+        return course_summary(card_of_row(values, json_text=True))
+    kept = _summary_of(values)
     summary = dict(kept)
     summary["learning_outcomes"] = list(kept["learning_outcomes"])
     for name in ("instructor", "subcategory"):

@@ -136,3 +136,22 @@ def test_a_long_list_s_estimate_needs_no_orm_session(app, catalog, monkeypatch):
         explained = [s for s in statements if s.startswith("EXPLAIN")]
         # PostgreSQL: the plan asked once, then kept; the page's statement alone after it.
         assert len(explained) == (postgres and attempt == 0), statements
+
+
+def test_a_row_of_long_text_is_summarised_each_time_not_kept(app, catalog):
+    """The memo's weight is bounded: a row with more unbounded text (description, outcomes,
+    the instructor's bio) than _KEPT_TEXT is answered as well, but never kept."""
+    _teacher, ids = catalog
+    long = "x" * (course_service._KEPT_TEXT + 1)
+    with app.app_context():
+        db.session.get(Course, ids[2]).description = long
+        db.session.commit()
+    course_service._summary_of.cache_clear()
+    for _ in range(2):
+        answers = {course["id"]: course for course in _page(app)["courses"]}
+        assert answers[ids[2]]["description"] == long
+        assert [answers[i] for i in ids] == _expected(app)
+    info = course_service._summary_of.cache_info()
+    # The two short rows kept once and found the second time; the long one never kept.
+    assert (info.currsize, info.misses, info.hits) == (len(ids) - 1, len(ids) - 1,
+                                                       len(ids) - 1)
