@@ -59,8 +59,22 @@ CATALOG_TABLES = frozenset({"courses", "modules", "lessons", "lesson_resources",
 # A missing version (a new or emptied Redis) starts from the clock, not from 1 (as the shared
 # state's sync sets it): a process that kept something under a version seen before Redis lost
 # it (a list's count: utils/pagination.py's PageStatement) never sees that number come back.
-_BUMP = ("if redis.call('exists', KEYS[1]) == 0 then redis.call('set', KEYS[1], ARGV[1]) end "
+# A stored value that is not a number INCR takes (`parse_version`) is replaced the same way:
+# INCR refused it, and the version stayed unusable until someone fixed it by hand.
+_BUMP = ("local stored = redis.call('get', KEYS[1]) "
+         "local digits = stored and string.match(stored, '^%-?(%d+)$') "
+         "if not digits or string.len(digits) > 18 then redis.call('set', KEYS[1], ARGV[1]) end "
          "return redis.call('incr', KEYS[1])")
+# The catalog version `value` read from Redis as a number; None where it is missing or is not
+# one: the catalog then answers as if the version were unknown, from the database, and the
+# next catalog write replaces it (`bump`).
+parse_version = shared_state.stored_int
+
+
+def usable_version(value) -> bool:
+    """Whether copies may be served and stored under the version `value` read from Redis:
+    missing (tagged 0, stale once a write sets one) or a number; never one that is not."""
+    return value is None or parse_version(value) is not None
 
 
 def bump() -> None:
@@ -79,7 +93,7 @@ def version() -> int | None:
     seen = g.get("catalog_version", shared_state.NOT_READ)
     if seen is shared_state.NOT_READ:
         seen = shared_state.cached(VERSION_KEY)
-    return None if seen is None or seen is shared_state.NOT_READ else int(seen)
+    return None if seen is shared_state.NOT_READ else parse_version(seen)
 
 
 # --- invalidation: any commit that wrote a catalog table --------------------------------------
@@ -148,14 +162,18 @@ def entry_key(path: str, args: MultiDict) -> str:
 
 
 def entry_value(version, etag: str, body: bytes) -> bytes:
-    """A copy as stored: the catalog version it was made under, its ETag, its body."""
-    return f"{int(version or 0)}\n{etag}\n".encode() + body
+    """A copy as stored: the catalog version it was made under, its ETag, its body (`version`
+    missing or a number: see `usable_version`)."""
+    return f"{parse_version(version) or 0}\n{etag}\n".encode() + body
 
 
 def read_entry(value: bytes, version) -> tuple[str, bytes] | None:
-    """(etag, body) of a stored copy made under the catalog `version` now current, else None."""
+    """(etag, body) of a stored copy made under the catalog `version` now current, else None
+    (always None under a version that is not a number)."""
+    if not usable_version(version):
+        return None
     stored, _, rest = value.partition(b"\n")
-    if stored != str(int(version or 0)).encode():
+    if stored != str(parse_version(version) or 0).encode():
         return None
     etag, _, body = rest.partition(b"\n")
     return etag.decode(), body
@@ -201,7 +219,7 @@ def cached_public(view):
         key = entry_key(request.path, request.args) if guest else None
         # Not prefetched: no Redis or Redis down. Not kept: a signed-in caller, the cache off.
         version = shared_state.cached(VERSION_KEY)
-        usable = (guest and version is not shared_state.NOT_READ
+        usable = (guest and version is not shared_state.NOT_READ and usable_version(version)
                   and current_app.config["CATALOG_CACHE_SECONDS"] > 0)
         if guest and not request.environ.get(COUNTED):  # counted by the fast path: no limits seen
             request.environ[LEARN] = (request.endpoint, request.url_rule.rule, [

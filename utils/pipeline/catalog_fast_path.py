@@ -208,7 +208,7 @@ class CatalogFastPath(FastPath):
                           view.__name__, exc)
                 return None
         etag = catalog_cache.etag_of(body)
-        if entry is not None:
+        if entry is not None and catalog_cache.usable_version(version):
             try:
                 client.set(entry, catalog_cache.entry_value(version, etag, body), ex=seconds)
             except redis.RedisError as exc:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import secrets
 import time
 from datetime import datetime, timezone
@@ -53,6 +54,20 @@ def catalog_version_start() -> int:
 
 def ip_key(ip: str) -> str:
     return f"lms:blocked-ip:{ip}"
+
+
+# A number as Redis keeps one for INCR (18 digits at most), nothing around it.
+_STORED_INT = re.compile(rb"-?[0-9]{1,18}")
+
+
+def stored_int(value) -> int | None:
+    """`value` read from Redis (bytes, or already a number) as a number; None where it is
+    missing or is not one (an operator's typo, a restore of the wrong key, a hostile write to
+    a shared Redis): the caller treats it as missing, never as a reason to fail a request."""
+    if value is None or isinstance(value, int):
+        return value
+    raw = value.encode() if isinstance(value, str) else bytes(value)
+    return int(raw) if _STORED_INT.fullmatch(raw) else None
 
 
 def jti_key(jti: str) -> str:
@@ -157,8 +172,8 @@ def sync(client=None) -> bool:
     try:
         if not client.set(LOCK, "1", nx=True, ex=30):
             return False
-        epoch = client.get(EPOCH)
-        after = max(int(epoch) - OVERLAP, 0) if epoch is not None else 0
+        epoch = stored_int(client.get(EPOCH))  # not a number: as if lost, a full rebuild
+        after = max(epoch - OVERLAP, 0) if epoch is not None else 0
         now = utcnow()
         tokens = db.session.execute(
             select(RevokedToken.id, RevokedToken.jti, RevokedToken.expires_at)
@@ -178,8 +193,8 @@ def sync(client=None) -> bool:
         for ip, (reason, until) in blocks.items():
             pipe.set(ip_key(ip), reason or "blocked",
                      ex=seconds_until(until) if until is not None else None)
-        newest = max([row[0] for row in tokens], default=int(epoch or 0))
-        pipe.set(EPOCH, max(newest, int(epoch or 0)))
+        newest = max([row[0] for row in tokens], default=epoch or 0)
+        pipe.set(EPOCH, max(newest, epoch or 0))
         pipe.set(CATALOG_VERSION, catalog_version_start(), nx=True)
         # A new generation each time: the user mirror's values of the last one stop counting.
         pipe.set(SYNCED, secrets.token_hex(8), ex=current_app.config["SHARED_SYNC_SECONDS"])
