@@ -760,10 +760,16 @@ def _decoded(text: str):
     return json.loads(text)
 
 
+# The longest JSON text `_decoded` keeps: course outcomes are up to 50 of 300 characters (about
+# 15,000 as JSON), and 1,024 kept at that length would be tens of MB a worker.
+_KEPT_JSON = 2_048
+
+
 def _json_of(text: str):
-    """A JSON column's value from its text, decoded once per distinct text; a list is the
-    caller's own copy (the outcomes are a list of strings, which no answer can change)."""
-    value = _decoded(text)
+    """A JSON column's value from its text, decoded once per distinct text up to `_KEPT_JSON`
+    characters (a longer one each time); a list is the caller's own copy (the outcomes are a
+    list of strings, which no answer can change)."""
+    value = _decoded(text) if len(text) <= _KEPT_JSON else json.loads(text)
     return list(value) if isinstance(value, list) else value
 
 

@@ -155,3 +155,20 @@ def test_a_row_of_long_text_is_summarised_each_time_not_kept(app, catalog):
     # The two short rows kept once and found the second time; the long one never kept.
     assert (info.currsize, info.misses, info.hits) == (len(ids) - 1, len(ids) - 1,
                                                        len(ids) - 1)
+
+
+def test_long_outcomes_are_decoded_each_time_not_kept(app, catalog):
+    """The outcomes' decoded texts are kept too (`_decoded`), bounded the same way: 50
+    outcomes of 300 characters (the most a course takes) are answered but never kept."""
+    _teacher, ids = catalog
+    longest = [f"{n:02d}" + "é" * 298 for n in range(50)]
+    with app.app_context():
+        db.session.get(Course, ids[0]).learning_outcomes = longest
+        db.session.commit()
+    course_service._decoded.cache_clear()
+    course_service._summary_of.cache_clear()
+    answers = {course["id"]: course for course in _page(app)["courses"]}
+    assert answers[ids[0]]["learning_outcomes"] == longest
+    assert [answers[i] for i in ids] == _expected(app)
+    kept = course_service._decoded.cache_info()
+    assert kept.currsize == len(ids) - 1  # the two short texts; not the long one

@@ -170,10 +170,11 @@ def entry_value(version, etag: str, body: bytes) -> bytes:
 def read_entry(value: bytes, version) -> tuple[str, bytes] | None:
     """(etag, body) of a stored copy made under the catalog `version` now current, else None
     (always None under a version that is not a number)."""
-    if not usable_version(version):
+    number = parse_version(version)
+    if number is None and version is not None:
         return None
     stored, _, rest = value.partition(b"\n")
-    if stored != str(parse_version(version) or 0).encode():
+    if stored != str(number or 0).encode():
         return None
     etag, _, body = rest.partition(b"\n")
     return etag.decode(), body
