@@ -9,6 +9,7 @@ database change is committed.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -671,13 +672,15 @@ class CourseCard(Columns):
     `subcategory` (id, name, master_category_id), each None when absent; `enrolled`: whether
     the reader it was read for (`course_card`) is its student (None: not asked);
     `has_prerequisites`: whether any course is linked as its prerequisite (None: not asked);
-    `outline`: its modules, when read with the card (`course_card(..., with_outline=True)`)."""
+    `outline`: its modules, when read with the card (`course_card(..., with_outline=True)`),
+    and `completed_lessons`: the ids of the lessons the reader's open enrollment completed."""
 
     is_free = Course.is_free
     to_dict = Course.to_dict
     enrolled = None
     has_prerequisites = None  # whether it has any (`course_card`); None: not asked
     outline = None
+    completed_lessons = frozenset()
 
 
 class _Instructor(Columns):
@@ -691,7 +694,6 @@ class _Module(Columns):
 
 class _Lesson(Columns):
     to_dict = Lesson.to_dict
-    completed = None
 
 
 class _Resource(Columns):
@@ -790,30 +792,86 @@ def course_card(course_id: int, reader: User | None = None, *,
     admin, it also says whether their enrollment is open (`enrolled`), which `access_level`
     then reads instead of asking again. `with_outline`: the same statement also reads the
     course's outline (`_WITH_OUTLINE`), kept on the card (`outline`) for `readable_outline`,
-    with each lesson's completion by the reader (shown only if they prove to be its student)."""
+    with the lessons the reader completed (`completed_lessons`: shown only if they prove to
+    be its student). An outline read under the catalog version this request saw is kept
+    (`_kept_outline`): the card is then read with the reader's completions alone."""
     asks = reader is not None and reader.role != "admin"
     connection = db.session.connection()  # table columns: no ORM result handling
-    if with_outline:
-        statement = _WITH_OUTLINE[asks]
-        parameters = {"course_id": course_id, "reader_id": reader.id, "student_id": reader.id} \
-            if asks else {"course_id": course_id}
-        rows = connection.execute(statement, parameters).all()
-        # The card's row first (`_with_outline`); none: no such course.
-        row = rows[0] if rows and rows[0][N_CARD + 1 + asks] == 0 else None
-    elif asks:
+    if not with_outline:
         row = connection.execute(_CARD_FOR_READER, {"course_id": course_id,
-                                                    "reader_id": reader.id}).first()
-    else:
-        row = connection.execute(_CARD, {"course_id": course_id}).first()
-    if row is None:
+                                                    "reader_id": reader.id}).first() \
+            if asks else connection.execute(_CARD, {"course_id": course_id}).first()
+        if row is None:
+            raise NotFound("Course not found")
+        return _card(row, asks, json_text=False)
+    key = _outline_key(connection, course_id)
+    modules = _kept_outline(key)
+    parameters = {"course_id": course_id, "reader_id": reader.id, "student_id": reader.id} \
+        if asks else {"course_id": course_id}
+    statement = _WITH_OUTLINE[asks] if modules is None else _WITH_COMPLETIONS[asks]
+    rows = connection.execute(statement, parameters).all()
+    # The card's row first (`_with_outline`); none: no such course.
+    if not rows or rows[0][N_CARD + 1 + asks] != 0:
         raise NotFound("Course not found")
-    card = card_of_row(row, json_text=with_outline)
+    card = _card(rows[0], asks, json_text=True)
+    start = N_CARD + 2 + asks
+    if modules is None:
+        modules, card.completed_lessons, text = _outline_modules(rows[1:], start, asks)
+        _keep_outline(key, modules, text)
+    else:
+        card.completed_lessons = frozenset(row[start] for row in rows[1:])
+    card.outline = modules
+    return card
+
+
+def _card(row, asks: bool, json_text: bool) -> CourseCard:
+    """The card of `course_card`'s row: the card's columns, whether the course has
+    prerequisites, and (`asks`) whether the reader's enrollment is open."""
+    card = card_of_row(row, json_text=json_text)
     card.has_prerequisites = bool(row[N_CARD])
     if asks:
         card.enrolled = row[N_CARD + 1]
-    if with_outline:
-        card.outline = _outline_modules(rows[1:], N_CARD + 2 + asks, asks)
     return card
+
+
+# --- a course's outline, kept by course and catalog version -----------------------------------
+# The outline (modules, lessons, resources) is written far less often than a course's page is
+# read, and every write of it through the app bumps the catalog version in Redis
+# (utils/pipeline/catalog_cache.py), which each request reads in its one round trip. An outline
+# read under the version a request saw is kept in the process under it, and a later request
+# that saw the same version reads the card and the reader's completions alone: the outline's
+# join, its order and ~20 rows of text were most of the page's statement (PostgreSQL ~0.22 ms
+# of CPU a page). Kept at most OUTLINE_SECONDS, so a write made around the app (psql), which
+# bumps nothing, shows within that time, as a list's kept count does (utils/pagination.py);
+# never kept without a version (no Redis, Redis down, a version that is not a number).
+OUTLINE_SECONDS = 60
+OUTLINE_KEYS = 256  # outlines a process keeps; past it, all are forgotten at once
+# The most text a kept outline may hold (lesson bodies, descriptions: unbounded columns), so
+# the memo stays within a few MB a worker; a longer outline is read each time.
+KEPT_OUTLINE_TEXT = 32_768
+_outlines: dict[tuple, tuple[float, tuple]] = {}
+
+
+def _outline_key(connection, course_id: int) -> tuple | None:
+    """The memo's key for the course under the catalog version this request read; None
+    without one. The engine too: one process may serve two databases (the tests do)."""
+    version = catalog_cache.version()
+    return None if version is None else (connection.engine, course_id, version)
+
+
+def _kept_outline(key: tuple | None) -> tuple | None:
+    kept = _outlines.get(key) if key is not None else None
+    if kept is None or time.monotonic() - kept[0] >= OUTLINE_SECONDS:
+        return None
+    return kept[1]
+
+
+def _keep_outline(key: tuple | None, modules: tuple, text: int) -> None:
+    if key is None or text > KEPT_OUTLINE_TEXT:
+        return
+    if len(_outlines) >= OUTLINE_KEYS:
+        _outlines.clear()
+    _outlines[key] = (time.monotonic(), modules)
 
 
 _N_MODULE, _N_LESSON, _N_RESOURCE = len(_MODULES.c), len(_LESSONS.c), len(_RESOURCES.c)
@@ -834,29 +892,38 @@ _OUTLINE_FOR_STUDENT = _OUTLINE.add_columns(exists().where(
         is_open_enrollment(Enrollment.status)))).label("completed"))
 
 
-def load_outline(course_id: int, student: User | None = None) -> list[_Module]:
+def load_outline(course_id: int, student: User | None = None
+                 ) -> tuple[tuple[_Module, ...], frozenset]:
     """Modules with their lessons and each lesson's resources, in order, in one statement (the
     three tables joined: a module without lessons, a lesson without resources, is one row
-    with NULLs after it). For a `student`, each lesson also says whether their open
-    enrollment completed it (`completed`; else None)."""
+    with NULLs after it); and for a `student`, the ids of the lessons their open enrollment
+    completed (else none)."""
     connection = db.session.connection()  # table columns: no ORM result handling
     if student is None:
         rows = connection.execute(_OUTLINE, {"course_id": course_id}).all()
     else:
         rows = connection.execute(_OUTLINE_FOR_STUDENT, {"course_id": course_id,
                                                          "student_id": student.id}).all()
-    return _outline_modules(rows, 0, student is not None)
+    modules, completed, _text = _outline_modules(rows, 0, student is not None)
+    return modules, completed
 
 
-def _outline_modules(rows, start: int, completion: bool) -> list[_Module]:
+def _outline_modules(rows, start: int, completion: bool
+                     ) -> tuple[tuple[_Module, ...], frozenset, int]:
     """The modules of outline rows whose outline columns begin at `start` (a row whose module
-    is NULL: none), with each lesson's `completed` from the row's last column if `completion`."""
+    is NULL: none); the lessons completed, from each row's last column if `completion`; and
+    how many characters of text the outline holds (`_keep_outline`). The modules and their
+    lists are tuples: a kept outline is shared by every request that reads it."""
     module_end, lesson_end = start + _N_MODULE, start + _N_MODULE + _N_LESSON
-    modules: list[_Module] = []
+    modules: list = []
+    completed = set()
+    text = 0
     module = lesson = None
     for row in rows:
         if row[start] is None:
             continue  # a course without modules: its card's row alone
+        text += sum(len(value) for value in row[start:lesson_end + _N_RESOURCE]
+                    if isinstance(value, str))
         if module is None or module.id != row[start]:
             module = _Module(_MODULE_NAMES, row[start:module_end])
             module.lessons = []
@@ -868,13 +935,17 @@ def _outline_modules(rows, start: int, completion: bool) -> list[_Module]:
         if lesson is None or lesson.id != values[0]:
             lesson = _Lesson(_LESSON_NAMES, values)
             lesson.resources = []
-            if completion:
-                lesson.completed = row[-1]
+            if completion and row[-1]:
+                completed.add(lesson.id)
             module.lessons.append(lesson)
         values = row[lesson_end:lesson_end + _N_RESOURCE]
         if values[0] is not None:
             lesson.resources.append(_Resource(_RESOURCE_NAMES, values))
-    return modules
+    for module in modules:
+        for lesson in module.lessons:
+            lesson.resources = tuple(lesson.resources)
+        module.lessons = tuple(module.lessons)
+    return tuple(modules), frozenset(completed), text
 
 
 def _with_outline(card: Select, outline: Select) -> Select:
@@ -915,9 +986,34 @@ _WITH_OUTLINE = {False: _with_outline(_CARD, _OUTLINE),
                  True: _with_outline(_CARD_FOR_READER, _OUTLINE_FOR_STUDENT)}
 
 
-def outline(modules: list[_Module], level: str) -> list[dict]:
+def _with_completions(card: Select, learner: bool) -> Select:
+    """`card`'s one row as `_with_outline` reads it, then (for a learner) one row for each
+    lesson their open enrollment in the course completed, its id just after `_PART`: a
+    course's page whose outline is kept (`_kept_outline`)."""
+    card_rows = card.subquery("card")
+    card_columns = _json_as_text(card_rows.c)
+    first = select(*card_columns, literal_column("0", Integer).label(_PART),
+                   type_coerce(null(), Integer).label("completed_lesson"))
+    if not learner:
+        return first  # a guest's or an admin's page: nobody's completions
+    rest = select(*(null() for _ in card_columns), literal_column("1", Integer),
+                  LessonProgress.lesson_id).where(
+        LessonProgress.completed.is_(True), LessonProgress.enrollment_id.in_(
+            select(Enrollment.id).where(Enrollment.user_id == bindparam("student_id"),
+                                        Enrollment.course_id == bindparam("course_id"),
+                                        is_open_enrollment(Enrollment.status))))
+    both = union_all(first, rest)
+    return both.order_by(both.selected_columns[_PART])
+
+
+_WITH_COMPLETIONS = {False: _with_completions(_CARD, False),
+                     True: _with_completions(_CARD_FOR_READER, True)}
+
+
+def outline(modules, level: str, completed: frozenset = frozenset()) -> list[dict]:
     """Modules and their lessons as `level` may read them; each lesson says whether the reader
-    completed it (read by `load_outline` for its student; null for readers not enrolled)."""
+    completed it (its id in `completed`, read for the course's student; null for readers not
+    enrolled)."""
     full = has_full_content(level)
     enrolled = level == "enrolled"
     result = []
@@ -927,7 +1023,7 @@ def outline(modules: list[_Module], level: str) -> list[dict]:
             item = lesson.to_dict(full_content=full)
             item["resources"] = ([r.to_dict() for r in lesson.resources]
                                  if full or lesson.is_preview else [])
-            item["completed"] = bool(lesson.completed) if enrolled else None
+            item["completed"] = lesson.id in completed if enrolled else None
             lessons.append(item)
         entry = module.to_dict()
         entry["lessons"] = lessons
@@ -936,15 +1032,17 @@ def outline(modules: list[_Module], level: str) -> list[dict]:
 
 
 def readable_outline(course: Course | CourseCard, viewer: User | None
-                     ) -> tuple[str, list[_Module], list[dict]]:
+                     ) -> tuple[str, tuple[_Module, ...], list[dict]]:
     """What `viewer` may read of the course's outline: their access level, the modules as read
     (one statement, with each lesson's completion for the course's student) and the outline
     answered."""
     level = access_level(course, viewer)
     modules = course.outline if isinstance(course, CourseCard) else None
     if modules is None:
-        modules = load_outline(course.id, viewer if level == "enrolled" else None)
-    return level, modules, outline(modules, level)
+        modules, completed = load_outline(course.id, viewer if level == "enrolled" else None)
+    else:
+        completed = course.completed_lessons
+    return level, modules, outline(modules, level, completed)
 
 
 def course_summary(course: Course | CourseCard) -> dict:

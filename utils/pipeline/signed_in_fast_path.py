@@ -193,10 +193,13 @@ class SignedInFastPath(FastPath):
                                                       *(ip if arg is None else arg
                                                         for arg in args)))
                     for item, args, _cost in endpoint.limits]
-            checked = self._checked(claims, endpoint, keys, ip, windows=write)
+            catalog = getattr(view, "catalog_cached", False)
+            checked = self._checked(claims, endpoint, keys, ip, windows=write, catalog=catalog)
             if checked is None:
                 return None
-            caller, windows = checked
+            caller, windows, version = checked
+            if catalog:  # catalog_cache.version(): what a catalog view's reader may trust
+                g.catalog_version = version
             if write:
                 return self._write(view, name, endpoint, template, caller, arguments,
                                    view_args, keys, windows)
@@ -238,11 +241,13 @@ class SignedInFastPath(FastPath):
         return endpoint.rule, headers, answer, caller.id
 
     def _checked(self, claims: dict, endpoint: Endpoint, keys: list[str], ip: str,
-                 windows: bool = False):
-        """(the caller, each count's (count, window end) when `windows`, else None) when every
-        count has room and the shared state lets this token in (Flask's checks:
-        auth._token_refused, _load_user, _require_active_user, blocked_ips.refuse_blocked_ip);
-        else None, with the counts given back."""
+                 windows: bool = False, catalog: bool = False):
+        """(the caller, each count's (count, window end) when `windows`, else None, the
+        catalog version as stored when `catalog`, else None) when every count has room and
+        the shared state lets this token in (Flask's checks: auth._token_refused, _load_user,
+        _require_active_user, blocked_ips.refuse_blocked_ip); else None, with the counts
+        given back. The catalog version rides in the same MGET, as a catalog view's does on
+        Flask's path (catalog_cache.prefetch_keys)."""
         jti, subject = claims.get("jti"), claims.get(jwt_config.identity_claim_key)
         if not isinstance(jti, str) or not isinstance(subject, str) or not subject.isdigit():
             return None
@@ -255,7 +260,8 @@ class SignedInFastPath(FastPath):
             if windows:  # a write's headers say what is left, and when
                 commands.append(("TTL", key))
         commands.append(("MGET", shared_state.SYNCED, shared_state.ip_key(ip),
-                         shared_state.jti_key(jti), shared_state.user_key(user_id)))
+                         shared_state.jti_key(jti), shared_state.user_key(user_id),
+                         *((shared_state.CATALOG_VERSION,) if catalog else ())))
         try:
             *counted, shared = redis_client.one_trip(client, commands)
         except redis.RedisError as exc:
@@ -264,7 +270,7 @@ class SignedInFastPath(FastPath):
         counts, ttls = (counted[::2], counted[1::2]) if windows else (counted, [])
         if refused_by_redis(client, keys, counts, *ttls, shared):
             return None  # NOSCRIPT among them: Flask's limiter loads the script again
-        generation, blocked, revoked, mirrored = shared
+        generation, blocked, revoked, mirrored, *version = shared
         now = time.time()
         caller = None
         if generation is not None and blocked is None and revoked is None and \
@@ -279,7 +285,7 @@ class SignedInFastPath(FastPath):
             if valid_after is None or issued_ms >= valid_after:
                 return caller, ([(int(count), max(ttl, 0) + now)
                                  for count, ttl in zip(counts, ttls)]
-                                if windows else None)
+                                if windows else None), (version[0] if version else None)
         give_back(client, keys)  # Flask counts (or not) and answers as it always has
         return None
 
