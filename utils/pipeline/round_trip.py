@@ -82,6 +82,19 @@ local left = redis.call('decrby', KEYS[1], ARGV[1])
 if left <= 0 then redis.call('del', KEYS[1]) end
 return left
 """
+# A counter Redis holds as something INCRBY refuses (not an integer, or past 64 bits: an
+# operator's typo, a restore of the wrong key, a hostile write to a shared Redis) is removed,
+# so the next count starts it afresh with its window. Left, every count of it failed: the
+# limiter fell back to counting in each process's memory (limits no longer shared by the
+# workers and hosts), and the key, without a TTL, kept it so for good.
+REPAIR = """
+local stored = redis.call('get', KEYS[1])
+if not stored then return 0 end
+local digits = string.match(stored, '^%-?(%d+)$')
+if digits and string.len(digits) <= 18 then return 0 end
+redis.call('del', KEYS[1])
+return 1
+"""
 
 
 class RoundTripRedisStorage(RedisStorage):
@@ -95,13 +108,20 @@ class RoundTripRedisStorage(RedisStorage):
         super().__init__(self.url, **options)
         self.failing = False  # the last call failed: the limiter counts in memory until check()
         self.give_back = self.get_connection().register_script(GIVE_BACK)
+        self.repair = self.get_connection().register_script(REPAIR)
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
         counted = _take(key, expiry, amount)
         if counted is not None:
             return counted
         try:
-            value = super().incr(key, expiry, amount)
+            try:
+                value = super().incr(key, expiry, amount)
+            except redis.ResponseError:
+                if not self.repair(keys=[self.prefixed_key(key)]):
+                    raise
+                log.warning("rate limit counter %s was not a number: counted afresh", key)
+                value = super().incr(key, expiry, amount)
         except self.base_exceptions:
             self.failing = True
             raise
