@@ -202,8 +202,12 @@ class PaymentLifecycle(RuleBasedStateMachine):
     def _send(self, method: str, path: str, who: int | None, *, allowed: set[int],
               json_body=None, key: str | None = None, headers: dict | None = None):
         headers = {**(self.auth[who] if who else {}), **(headers or {})}
+        sent = (method, path, json.dumps(json_body, sort_keys=True))
         if key is not None:
             headers["Idempotency-Key"] = key
+            first = self.key_answers.get((who, key))
+            if first is not None:  # a key answered before: its first answer, or 422 (`_check_key`)
+                allowed = {first[1]} if first[0] == sent else {422}
         response = self.client.open(path, method=method, json=json_body, headers=headers)
         body = response.get_json(silent=True)
         reached(f"{method} {request_route(path)} -> {response.status_code}"
@@ -212,8 +216,7 @@ class PaymentLifecycle(RuleBasedStateMachine):
         if response.status_code >= 400:
             assert set(body) <= {"error", "code", "details"} and body["error"], body
         if key is not None:
-            self._check_key(who, key, (method, path, json.dumps(json_body, sort_keys=True)),
-                            response, body)
+            self._check_key(who, key, sent, response, body)
         return response.status_code, body
 
     def _check_key(self, who: int, key: str, request: tuple, response, body) -> None:
