@@ -1,5 +1,6 @@
 """Shared state holds across gunicorn workers: a revoked token, a locked account and a rate
-limit are refused by every worker, not only by the one that recorded them.
+limit are refused by every worker, not only by the one that recorded them; a course's outline
+that each worker keeps under the catalog version shows a change made through either at once.
 
 gunicorn runs the production configuration with two sync workers on a scratch PostgreSQL
 database (schema from `flask db upgrade`) and a Redis database of its own. Each request goes on
@@ -281,3 +282,65 @@ def test_forwarded_headers_straight_at_gunicorn_are_not_believed(server):
         assert log[answer.request_id]["remote_addr"] == "127.0.0.1", log[answer.request_id]
     # Plain HTTP stays plain HTTP: no HSTS for a request gunicorn was told is HTTPS.
     assert "Strict-Transport-Security" not in forged.headers
+
+
+def _instructor_bearer(server, database_url: str) -> dict:
+    """A new account made an instructor in the database (as an admin would), then signed in."""
+    email = f"teacher-{uuid.uuid4().hex[:8]}@example.com"
+    _register(server, email)
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE users SET role = 'instructor' WHERE email = :email"),
+                         {"email": email})
+    finally:
+        engine.dispose()
+    login = _login(server, email)
+    assert login.status == 200, login.body
+    return {"Authorization": f"Bearer {login.body['access_token']}"}
+
+
+def _created(answer, status: int = 201) -> dict:
+    assert answer.status == status, answer.body
+    return answer.body
+
+
+def test_an_outline_change_shows_on_every_worker_at_once(server, scratch_database):
+    """Each worker keeps a course's outline under the catalog version its request read
+    (services/course_service `_kept_outline`): a lesson added through either worker shows on
+    the next page from both, and so does a lesson the learner completed (read fresh)."""
+    teacher = _instructor_bearer(server, scratch_database)
+    learner = _bearer(server, "outline-learner")
+    course = _created(server.send("POST", f"{API}/courses", json={"title": "Kept outline"},
+                                  headers=teacher))["course"]["id"]
+    module = _created(server.send("POST", f"{API}/courses/{course}/modules",
+                                  json={"title": "Only module"}, headers=teacher))["module"]["id"]
+    first = _created(server.send("POST", f"{API}/lessons/create-lessons/{module}",
+                                 json={"title": "L1", "content": "One"},
+                                 headers=teacher))["lesson"]["id"]
+    published = server.send("PUT", f"{API}/courses/{course}", json={"status": "published"},
+                            headers=teacher)
+    assert published.status == 200, published.body
+    enrollment = _created(server.send("POST", f"{API}/enrollments", json={"course_id": course},
+                                      headers=learner))["enrollment"]["id"]
+    page = f"{API}/courses/{course}"
+
+    def lessons(answer):
+        assert answer.status == 200, answer.body
+        return [(lesson["title"], lesson["completed"])
+                for module in answer.body["course"]["modules"] for lesson in module["lessons"]]
+
+    # Both workers read the outline, keep it, and learn the route (the fast path).
+    before = _send_until_both_workers(server, 8, "GET", page, headers=learner,
+                                      tag="outline-before")
+    _assert_both_workers(server, before)
+    assert {tuple(lessons(a)) for a in before} == {(("L1", False),)}
+    _created(server.send("POST", f"{API}/lessons/create-lessons/{module}",
+                         json={"title": "L2", "content": "Two"}, headers=teacher))
+    done = server.send("POST", f"{API}/enrollments/{enrollment}/lessons/{first}/complete",
+                       headers=learner)
+    assert done.status == 200, done.body
+    after = _send_until_both_workers(server, 8, "GET", page, headers=learner,
+                                     tag="outline-after")
+    _assert_both_workers(server, after)
+    assert {tuple(lessons(a)) for a in after} == {(("L1", True), ("L2", False))}
