@@ -61,9 +61,8 @@ CATALOG_TABLES = frozenset({"courses", "modules", "lessons", "lesson_resources",
 # it (a list's count: utils/pagination.py's PageStatement) never sees that number come back.
 # A stored value that is not a number INCR takes (`parse_version`) is replaced the same way:
 # INCR refused it, and the version stayed unusable until someone fixed it by hand.
-_BUMP = ("local stored = redis.call('get', KEYS[1]) "
-         "local digits = stored and string.match(stored, '^%-?(%d+)$') "
-         "if not digits or string.len(digits) > 18 then redis.call('set', KEYS[1], ARGV[1]) end "
+_BUMP = (f"if not {shared_state.IS_STORED_INT}(redis.call('get', KEYS[1])) then "
+         "redis.call('set', KEYS[1], ARGV[1]) end "
          "return redis.call('incr', KEYS[1])")
 # The catalog version `value` read from Redis as a number; None where it is missing or is not
 # one: the catalog then answers as if the version were unknown, from the database, and the

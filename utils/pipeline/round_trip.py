@@ -87,11 +87,9 @@ return left
 # so the next count starts it afresh with its window. Left, every count of it failed: the
 # limiter fell back to counting in each process's memory (limits no longer shared by the
 # workers and hosts), and the key, without a TTL, kept it so for good.
-REPAIR = """
+REPAIR = f"""
 local stored = redis.call('get', KEYS[1])
-if not stored then return 0 end
-local digits = string.match(stored, '^%-?(%d+)$')
-if digits and string.len(digits) <= 18 then return 0 end
+if not stored or {shared_state.IS_STORED_INT}(stored) then return 0 end
 redis.call('del', KEYS[1])
 return 1
 """

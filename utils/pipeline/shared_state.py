@@ -56,8 +56,12 @@ def ip_key(ip: str) -> str:
     return f"lms:blocked-ip:{ip}"
 
 
-# A number as Redis keeps one for INCR (18 digits at most), nothing around it.
+# A number as Redis keeps one for INCR (18 digits at most), nothing around it; and the same
+# rule as a Lua function, for the scripts that check a stored value before they count on it
+# (catalog_cache._BUMP, round_trip.REPAIR): `IS_STORED_INT .. "(value)"` is true or false.
 _STORED_INT = re.compile(rb"-?[0-9]{1,18}")
+IS_STORED_INT = ("(function(v) local d = v and string.match(v, '^%-?(%d+)$') "
+                 "if not d then return false end return string.len(d) <= 18 end)")
 
 
 def stored_int(value) -> int | None:
