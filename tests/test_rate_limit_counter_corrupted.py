@@ -19,7 +19,19 @@ from utils.extensions import limiter
 from utils.pipeline import redis_client
 
 LIMIT = 3
-BAD = (b"garbage", b"1e3", b"", b"-", b"9" * 40, "é".encode(), b"12 ")
+BAD = (b"garbage", b"1e3", b"", b"-", b"9" * 40, "é".encode(), b"12 ", "a list", "a hash")
+
+
+def _corrupt(store, key: bytes, bad) -> None:
+    """The counter replaced by `bad`, without a TTL, as a hand-written key has: a value, or a
+    key of another type (INCRBY answers WRONGTYPE)."""
+    store.delete(key)
+    if bad == "a list":
+        store.rpush(key, b"1")
+    elif bad == "a hash":
+        store.hset(key, "count", b"1")
+    else:
+        store.set(key, bad)
 
 
 @pytest.fixture
@@ -47,7 +59,7 @@ def test_a_corrupted_counter_is_counted_afresh_in_redis(limited, bad, caplog):
     for path, headers, endpoint in reads:
         assert client.get(path, headers=headers).status_code == 200, path
         (key,) = _counters(store, endpoint)
-        store.set(key, bad)  # no TTL, as a hand-written key has
+        _corrupt(store, key, bad)
         caplog.clear()
         with caplog.at_level(logging.WARNING):
             for n in range(1, LIMIT + 1):
@@ -73,5 +85,7 @@ def test_a_counter_that_is_a_number_is_never_removed(limited):
         assert store.get("LIMITS:probe") == value
     store.delete("LIMITS:probe")
     assert storage.repair(keys=["LIMITS:probe"]) == 0  # missing: nothing to do
-    store.set("LIMITS:probe", b"x")
-    assert storage.repair(keys=["LIMITS:probe"]) == 1 and store.get("LIMITS:probe") is None
+    for bad in BAD:
+        _corrupt(store, "LIMITS:probe", bad)
+        assert storage.repair(keys=["LIMITS:probe"]) == 1
+        assert not store.exists("LIMITS:probe"), bad

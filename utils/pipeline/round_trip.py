@@ -82,14 +82,17 @@ local left = redis.call('decrby', KEYS[1], ARGV[1])
 if left <= 0 then redis.call('del', KEYS[1]) end
 return left
 """
-# A counter Redis holds as something INCRBY refuses (not an integer, or past 64 bits: an
-# operator's typo, a restore of the wrong key, a hostile write to a shared Redis) is removed,
-# so the next count starts it afresh with its window. Left, every count of it failed: the
-# limiter fell back to counting in each process's memory (limits no longer shared by the
-# workers and hosts), and the key, without a TTL, kept it so for good.
+# A counter Redis holds as something INCRBY refuses (not an integer, past 64 bits, not a
+# string at all: an operator's typo, a restore of the wrong key, a hostile write to a shared
+# Redis) is removed, so the next count starts it afresh with its window. Left, every count of
+# it failed: the limiter fell back to counting in each process's memory (limits no longer
+# shared by the workers and hosts), and the key, without a TTL, kept it so for good.
 REPAIR = f"""
-local stored = redis.call('get', KEYS[1])
-if not stored or {shared_state.IS_STORED_INT}(stored) then return 0 end
+local kind = redis.call('type', KEYS[1])['ok']
+if kind == 'none' then return 0 end
+if kind == 'string' and {shared_state.IS_STORED_INT}(redis.call('get', KEYS[1])) then
+  return 0
+end
 redis.call('del', KEYS[1])
 return 1
 """
@@ -116,9 +119,10 @@ class RoundTripRedisStorage(RedisStorage):
             try:
                 value = super().incr(key, expiry, amount)
             except redis.ResponseError:
-                if not self.repair(keys=[self.prefixed_key(key)]):
-                    raise
-                log.warning("rate limit counter %s was not a number: counted afresh", key)
+                if self.repair(keys=[self.prefixed_key(key)]):
+                    log.warning("rate limit counter %s was not a number: counted afresh", key)
+                # Counted again even where this repair found nothing to remove: another worker
+                # may have repaired the key since; a count that fails again raises.
                 value = super().incr(key, expiry, amount)
         except self.base_exceptions:
             self.failing = True
