@@ -42,9 +42,21 @@ def _publish(app, teacher: int, title: str) -> int:
         return course.id
 
 
+def _corrupt(store, key: str, bad) -> None:
+    """`key` replaced by `bad`: a value, or a key of another type ("a list", "a hash")."""
+    store.delete(key)
+    if bad == "a list":
+        store.rpush(key, b"1")
+    elif bad == "a hash":
+        store.hset(key, "n", b"1")
+    else:
+        store.set(key, bad)
+
+
 @pytest.mark.parametrize("seconds", [0, 30])
+@pytest.mark.parametrize("last", ["é", "a list"])
 def test_a_version_that_is_not_a_number_is_read_as_unknown(app, make_user, auth_headers,
-                                                           seconds):
+                                                           seconds, last):
     with redis_app(app, CATALOG_CACHE_SECONDS=seconds, RATE_LIMIT_PUBLIC="1000 per minute",
                    RATE_LIMIT_SEARCH="1000 per minute") as fast:
         client = fast.test_client()
@@ -57,8 +69,7 @@ def test_a_version_that_is_not_a_number_is_read_as_unknown(app, make_user, auth_
         copies = f"{catalog_cache.ENTRY_PREFIX}*"
         for key in store.keys(copies):
             store.delete(key)
-        for bad in BAD:
-            store.set(catalog_cache.VERSION_KEY, bad)
+        def read_all(bad) -> None:
             for headers in ({}, reader):
                 for path in (LIST, f"{LIST}?per_page=1", f"{API}/public/courses/{first}",
                              f"{API}/public/courses/search?q=version"):
@@ -67,7 +78,16 @@ def test_a_version_that_is_not_a_number_is_read_as_unknown(app, make_user, auth_
             body = ok(client.get(LIST))
             assert [c["id"] for c in body["courses"]] == [first]
             assert body["pagination"]["total"] == 1
+
+        for bad in BAD:
+            _corrupt(store, catalog_cache.VERSION_KEY, bad)
+            read_all(bad)
         assert store.keys(copies) == []  # nothing kept under a version that is not one
+        # A key of another type reads as missing (MGET answers nil): copies are tagged 0, as
+        # under a missing version, and are stale once a write sets a number.
+        for bad in ("a hash", last):
+            _corrupt(store, catalog_cache.VERSION_KEY, bad)
+            read_all(bad)
         # A write while the version is garbage: a fresh number (the clock's) replaces it, and
         # the next pages see the new course at once, kept again when the cache is on.
         second = _publish(fast, teacher, "Version two")
@@ -96,8 +116,8 @@ def test_an_epoch_that_is_not_a_number_is_rebuilt_by_the_next_sync(app):
                                expires_at=utcnow() + timedelta(hours=1))
         db.session.add(revoked)
         db.session.commit()
-        for bad in (b"garbage", b"12abc", b"9" * 40):
-            store.set(shared_state.EPOCH, bad)
+        for bad in (b"garbage", b"12abc", b"9" * 40, "a list", "a hash"):
+            _corrupt(store, shared_state.EPOCH, bad)
             store.delete(shared_state.jti_key(revoked.jti), shared_state.LOCK)
             assert shared_state.sync(store) is True
             epoch = store.get(shared_state.EPOCH)

@@ -59,9 +59,11 @@ CATALOG_TABLES = frozenset({"courses", "modules", "lessons", "lesson_resources",
 # A missing version (a new or emptied Redis) starts from the clock, not from 1 (as the shared
 # state's sync sets it): a process that kept something under a version seen before Redis lost
 # it (a list's count: utils/pagination.py's PageStatement) never sees that number come back.
-# A stored value that is not a number INCR takes (`parse_version`) is replaced the same way:
-# INCR refused it, and the version stayed unusable until someone fixed it by hand.
-_BUMP = (f"if not {shared_state.IS_STORED_INT}(redis.call('get', KEYS[1])) then "
+# A stored value that is not a number INCR takes (`parse_version`), or a key of another type,
+# is replaced the same way: INCR refused it, and the version stayed unusable until someone
+# fixed it by hand.
+_BUMP = ("if redis.call('type', KEYS[1])['ok'] ~= 'string' or "
+         f"not {shared_state.IS_STORED_INT}(redis.call('get', KEYS[1])) then "
          "redis.call('set', KEYS[1], ARGV[1]) end "
          "return redis.call('incr', KEYS[1])")
 # The catalog version `value` read from Redis as a number; None where it is missing or is not

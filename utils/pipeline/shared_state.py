@@ -176,7 +176,10 @@ def sync(client=None) -> bool:
     try:
         if not client.set(LOCK, "1", nx=True, ex=30):
             return False
-        epoch = stored_int(client.get(EPOCH))  # not a number: as if lost, a full rebuild
+        try:  # not a number, or a key of another type (WRONGTYPE): as if lost, a full rebuild
+            epoch = stored_int(client.get(EPOCH))
+        except redis.ResponseError:
+            epoch = None  # the SET below replaces it whatever its type
         after = max(epoch - OVERLAP, 0) if epoch is not None else 0
         now = utcnow()
         tokens = db.session.execute(
