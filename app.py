@@ -10,6 +10,7 @@ from functools import wraps
 
 from flask import Flask
 from flask_talisman import Talisman
+from sqlalchemy.orm import configure_mappers
 
 from auth import jwt
 from config import CONFIGS, ConfigError, config_name_from_env, ping_when_idle
@@ -182,6 +183,14 @@ def create_app(config_name: str | None = None, overrides: dict | None = None) ->
     _per_view_security(app)
 
     register_commands(app)
+    # The models' mappers, set up now rather than by the first ORM statement a process runs:
+    # under gunicorn (preload_app) once in the master, before the fork, instead of in every
+    # worker. A worker whose guest reads all came from the catalog copy ran its first ORM
+    # statement only when the shared state's trust lapsed (every SHARED_SYNC_SECONDS) and its
+    # requests went to Flask, which reads blocks from the database meanwhile: all four workers
+    # then set up the mappers at the same moment, 100-240 ms of CPU each on two cores, and
+    # the cached catalog's p99 went to 3-14x its p50.
+    configure_mappers()
     return app
 
 

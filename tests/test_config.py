@@ -201,3 +201,22 @@ def test_testing_config(app):
     assert app.config["TESTING"] is True
     assert app.config["OTP_REQUIRED"] is False
     assert app.config["CONFIG_NAME"] == "testing"
+
+
+def test_the_models_mappers_are_set_up_when_the_app_is_built():
+    """Under gunicorn the app is built once in the master (preload_app): the mappers set up
+    there are every worker's from the fork, not set up by each worker's first ORM statement,
+    which all four workers of a cached catalog once ran at the same moment."""
+    result = _run_python(
+        "from models import db\n"
+        "before = sum(not m.configured for m in db.Model.registry.mappers)\n"
+        "from app import create_app\n"
+        "create_app('testing')\n"
+        "after = sum(not m.configured for m in db.Model.registry.mappers)\n"
+        "print(len(db.Model.registry.mappers), before, after)")
+
+    assert result.returncode == 0, result.stderr
+    mappers, before, after = map(int, _last_line(result.stdout).split())
+    assert mappers > 30  # every model of models.py
+    assert before == mappers  # importing the models sets up none
+    assert after == 0
