@@ -22,26 +22,17 @@ from models import (
     db,
 )
 from tests.support.assertions import count, error, ok
+from tests.support.learning import (  # noqa: F401 (actor, instructor, student: fixtures)
+    Actor,
+    actor,
+    instructor,
+    student,
+)
 
 API = "/api/v1"
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Actor:
-    id: int
-    headers: dict
-
-
-@pytest.fixture
-def actor(make_user, auth_headers):
-    def _actor(role: str) -> Actor:
-        user_id = make_user(role)
-        return Actor(user_id, auth_headers(user_id))
-
-    return _actor
-
 
 @pytest.fixture
 def admin(actor):
@@ -49,18 +40,8 @@ def admin(actor):
 
 
 @pytest.fixture
-def instructor(actor):
-    return actor("instructor")
-
-
-@pytest.fixture
 def other_instructor(actor):
     return actor("instructor")
-
-
-@pytest.fixture
-def student(actor):
-    return actor("student")
 
 
 def new_master(client, admin: Actor, name: str = "Data Science", **fields) -> dict:

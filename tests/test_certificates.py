@@ -22,6 +22,7 @@ from sqlalchemy import delete, select
 from models import AuditLog, Certificate, Enrollment, User, db
 from tests.support.assertions import count, error, fetch, ok
 from tests.support.concurrency import fire_together
+from tests.support.learning import Actor, actor, actor_in  # noqa: F401 (actor: a fixture)
 
 API = "/api/v1"
 CERTS = f"{API}/certificates"
@@ -30,12 +31,6 @@ PRIVATE_KEYS = {"email", "user_id", "course_id", "enrollment_id"}
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Actor:
-    id: int
-    headers: dict
-
 
 @dataclass
 class Built:
@@ -136,15 +131,6 @@ def check_upload(client, number: str, data: bytes, ip: str = "192.0.2.30"):
     return client.post(f"/verify/{number}", environ_base={"REMOTE_ADDR": ip},
                        data={"file": (io.BytesIO(data), "certificate.pdf", "application/pdf")},
                        content_type="multipart/form-data")
-
-
-@pytest.fixture
-def actor(make_user, auth_headers):
-    def _actor(role: str = "student", **fields) -> Actor:
-        user_id = make_user(role, **fields)
-        return Actor(user_id, auth_headers(user_id))
-
-    return _actor
 
 
 @pytest.fixture
@@ -730,28 +716,15 @@ def race_app(postgres_app):
     return postgres_app
 
 
-def actor_in(app, role: str, n: int) -> Actor:
-    """A user of `app` (which may not be the session app) with its auth headers."""
-    from flask_jwt_extended import create_access_token
-
-    with app.app_context():
-        user = User(email=f"cert-race-{role}{n}@example.com", first_name=role.capitalize(),
-                    last_name=f"Racer{n}", role=role, is_active=True, is_email_verified=True)
-        user.set_password("Passw0rd!")
-        db.session.add(user)
-        db.session.commit()
-        return Actor(user.id, {"Authorization": f"Bearer {create_access_token(user)}"})
-
-
 RACERS = 6
 
 
 def test_simultaneous_generation_gives_one_certificate(race_app):
     client = race_app.test_client()
-    owner = actor_in(race_app, "instructor", 1)
+    owner = actor_in(race_app, "instructor", 1, "cert-race")
     built = build_course(client, owner, "Race Course", lessons=1)
     for round_no in range(3):
-        racer = actor_in(race_app, "student", 10 + round_no)
+        racer = actor_in(race_app, "student", 10 + round_no, "cert-race")
         complete_course(client, racer, built)
         delete_certificate(race_app, racer.id, built.id)
 

@@ -23,7 +23,7 @@ from tests.support.assertions import ok
 from tests.support.fast_apps import redis_app
 from tests.support.queries import recorded_statements
 from tests.test_catalog_fast_path import RoundTrips, flask_handled
-from tests.test_enrollments import (  # noqa: F401 (actor, instructor, student: fixtures)
+from tests.support.learning import (  # noqa: F401 (actor, instructor, student: fixtures)
     API,
     actor,
     actor_in,

@@ -9,7 +9,7 @@ from models import Course, LessonResource, db
 from services import course_service
 from tests.support.assertions import ok
 from tests.support.queries import recorded_statements
-from tests.test_enrollments import (  # noqa: F401 (actor, instructor, student: fixtures)
+from tests.support.learning import (  # noqa: F401 (actor, instructor, student: fixtures)
     API,
     actor,
     add_lesson,

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import event, select
 
 from models import Enrollment, LessonProgress, db
-from tests.test_enrollments import actor, build_course, complete, enroll  # noqa: F401 (actor)
+from tests.support.learning import actor, build_course, complete, enroll  # noqa: F401 (actor)
 
 
 @pytest.fixture

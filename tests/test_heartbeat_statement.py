@@ -16,7 +16,7 @@ from models import Certificate, Enrollment, LessonProgress, db
 from services import enrollment_service
 from tests.support.assertions import count, error, ok
 from tests.support.queries import recorded_statements
-from tests.test_enrollments import (  # noqa: F401 (actor, instructor, student: fixtures)
+from tests.support.learning import (  # noqa: F401 (actor, instructor, student: fixtures)
     API,
     actor,
     add_lesson,

@@ -34,7 +34,7 @@ from models import (
 from services import course_service
 from tests.support.assertions import ok
 from tests.support.queries import recorded_statements, sent_queries
-from tests.test_enrollments import (  # noqa: F401 (actor: a fixture)
+from tests.support.learning import (  # noqa: F401 (actor: a fixture)
     actor,
     add_certificate,
     add_payment,

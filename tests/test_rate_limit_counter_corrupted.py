@@ -14,7 +14,7 @@ import pytest
 from limits.storage import RedisStorage
 
 from tests.support.fast_apps import redis_app
-from tests.test_enrollments import API, actor_in
+from tests.support.learning import API, actor_in
 from utils.extensions import limiter
 from utils.pipeline import redis_client
 

@@ -19,7 +19,7 @@ from tests.support.assertions import error, ok
 from tests.support.fast_apps import redis_app
 from tests.support.queries import recorded_statements
 from tests.test_catalog_fast_path import RoundTrips, flask_handled
-from tests.test_enrollments import actor_in, add_certificate, build_course
+from tests.support.learning import actor_in, add_certificate, build_course
 from utils.extensions import limiter
 from utils.helpers import utcnow
 from utils.pipeline import blocked_ips, redis_client, shared_state

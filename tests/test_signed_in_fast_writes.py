@@ -28,7 +28,7 @@ from tests.test_signed_in_fast_path import (  # noqa: F401 (fast_app: a fixture)
     _without_own,
     fast_app,
 )
-from tests.test_enrollments import actor_in, build_course
+from tests.support.learning import actor_in, build_course
 from utils.extensions import limiter
 from utils.pipeline.signed_in_fast_path import WRITE_BODY_MAX
 
