@@ -112,9 +112,14 @@ def _truncate_all(app) -> None:
 
 @pytest.fixture(autouse=True)
 def clean_state(app):
-    """Every test starts from an empty database, an empty Redis test db and fresh limits."""
+    """Every test starts from an empty database, an empty Redis test db and fresh limits,
+    switched on as the session's app has them."""
     yield
     _truncate_all(app)
+    # Flask-Limiter keeps `enabled` on its one instance (one app per process in production):
+    # an app a test built with RATELIMIT_ENABLED=False (the payment lifecycle's) switched the
+    # limits off for the session's app too, and a later test of a limit saw no refusal.
+    limiter.enabled = bool(app.config.get("RATELIMIT_ENABLED", True))
     with app.app_context():
         limiter.reset()
         from utils.pipeline import redis_client, shared_state
