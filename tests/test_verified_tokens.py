@@ -45,9 +45,13 @@ def test_a_token_sent_again_is_not_decoded_again(client, make_user, auth_headers
 
 
 def test_a_remembered_token_still_expires(client, make_user, auth_headers):
-    headers = auth_headers(make_user(), expires=timedelta(seconds=1))
+    # Long enough for the first read on a loaded machine (a 1-second token had expired before
+    # it in one CI run), then waited out from the token's own `exp`, not a fixed sleep.
+    headers = auth_headers(make_user(), expires=timedelta(seconds=4))
     ok(client.get(UNREAD, headers=headers))
-    time.sleep(1.2)
+    token = headers["Authorization"].removeprefix("Bearer ")
+    expires = pyjwt.decode(token, options={"verify_signature": False})["exp"]
+    time.sleep(max(0.0, expires - time.time()) + 0.2)
     error(client.get(UNREAD, headers=headers), 401, "token_expired")
 
 
