@@ -1,15 +1,17 @@
-"""A catalog page's summaries are kept by their row's values (services/course_service
-`_summary_of`), and a long list's estimate is asked on the page's own connection, without an
-ORM session (utils/pagination `_estimate`).
+"""A catalog page's summaries are kept, written as JSON, by their row's values
+(services/course_service `_kept_summary_json`), and a long list's estimate is asked on the
+page's own connection, without an ORM session (utils/pagination `_estimate`).
 
 The memo is a pure function of the row: a course whose row did not change is summarised once
 a process, a change to any column the row reads (the course's, its instructor's, its
-subcategory's) is a new key, and each answer is the caller's own to change."""
+subcategory's) is a new key, and each answer is the caller's own to change (its summaries are
+made from the row when read, not kept)."""
 from __future__ import annotations
 
 from decimal import Decimal
 
 import pytest
+from pydantic import TypeAdapter
 from flask import g
 from sqlalchemy import text
 
@@ -17,6 +19,7 @@ from models import Course, MasterCategory, Subcategory, db
 from services import catalog_service, course_service
 from tests.support.queries import recorded_statements
 from utils import pagination
+from utils.responses import CourseListResponse
 from utils.pipeline.fast_reads import ReadSession
 
 
@@ -56,13 +59,18 @@ def _expected(app) -> list[dict]:
 
 
 def test_a_row_seen_before_is_summarised_once_and_answers_what_the_entity_does(app, catalog):
-    course_service._summary_of.cache_clear()
+    course_service._kept_summary_json.cache_clear()
     first = _page(app)
     assert first["courses"] == _expected(app)
+    # What the answer joins: each summary as the list's body model writes it.
+    writer = TypeAdapter(CourseListResponse)
+    assert first["courses"].json() == writer.dump_json(
+        {"courses": _expected(app), "pagination": first["pagination"]}).split(
+        b'"courses":', 1)[1].rsplit(b',"pagination"', 1)[0]
     seen = len(first["courses"])
-    assert course_service._summary_of.cache_info().misses == seen
+    assert course_service._kept_summary_json.cache_info().misses == seen
     second = _page(app)
-    info = course_service._summary_of.cache_info()
+    info = course_service._kept_summary_json.cache_info()
     assert second == first
     assert (info.hits, info.misses) == (seen, seen)  # not one summary made again
     assert info.maxsize == 512
@@ -146,12 +154,12 @@ def test_a_row_of_long_text_is_summarised_each_time_not_kept(app, catalog):
     with app.app_context():
         db.session.get(Course, ids[2]).description = long
         db.session.commit()
-    course_service._summary_of.cache_clear()
+    course_service._kept_summary_json.cache_clear()
     for _ in range(2):
         answers = {course["id"]: course for course in _page(app)["courses"]}
         assert answers[ids[2]]["description"] == long
         assert [answers[i] for i in ids] == _expected(app)
-    info = course_service._summary_of.cache_info()
+    info = course_service._kept_summary_json.cache_info()
     # The two short rows kept once and found the second time; the long one never kept.
     assert (info.currsize, info.misses, info.hits) == (len(ids) - 1, len(ids) - 1,
                                                        len(ids) - 1)
@@ -166,7 +174,7 @@ def test_long_outcomes_are_decoded_each_time_not_kept(app, catalog):
         db.session.get(Course, ids[0]).learning_outcomes = longest
         db.session.commit()
     course_service._decoded.cache_clear()
-    course_service._summary_of.cache_clear()
+    course_service._kept_summary_json.cache_clear()
     answers = {course["id"]: course for course in _page(app)["courses"]}
     assert answers[ids[0]]["learning_outcomes"] == longest
     assert [answers[i] for i in ids] == _expected(app)

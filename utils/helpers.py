@@ -3,6 +3,7 @@ block. Imports nothing of ours: models.py stands on it."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -76,3 +77,46 @@ class Columns:
 
     def __init__(self, names: tuple[str, ...], values) -> None:
         self.__dict__.update(zip(names, values))
+
+
+class Written(Sequence):
+    """A list in an answer whose items are already written as JSON (`fragments`: each item's
+    JSON, in order), read as the items themselves only by what reads them (`make()` returns
+    them, called once, on the first read). An answer's body then joins the fragments instead of
+    writing the items again: utils/validation.py for a view that declares its body model
+    (where tests and the debugger check the join against the model's own writing),
+    utils/json_provider.py for any other answer."""
+
+    __slots__ = ("fragments", "_make", "_items")
+
+    def __init__(self, fragments: list[bytes], make: Callable[[], list]) -> None:
+        self.fragments = fragments
+        self._make = make
+        self._items: list | None = None
+
+    def made(self) -> list:
+        if self._items is None:
+            self._items = self._make()
+        return self._items
+
+    def json(self) -> bytes:
+        return b"[" + b",".join(self.fragments) + b"]"
+
+    def __len__(self) -> int:
+        return len(self.fragments)
+
+    def __getitem__(self, index):
+        return self.made()[index]
+
+    def __iter__(self):
+        return iter(self.made())
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, Written):
+            other = other.made()
+        return self.made() == other if isinstance(other, list) else NotImplemented
+
+    __hash__ = None  # a list's
+
+    def __repr__(self) -> str:
+        return f"Written({self.made()!r})"

@@ -22,12 +22,17 @@ from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.http import http_date
 
+from utils.helpers import Written
+
 _OPTIONS = (orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
             | orjson.OPT_NON_STR_KEYS)
 
 
 def _default(value: Any) -> Any:
-    """What Flask's provider does for the types the encoder does not know."""
+    """What Flask's provider does for the types the encoder does not know; a list whose items
+    are already written (utils.helpers.Written) as those items' JSON."""
+    if isinstance(value, Written):
+        return orjson.Fragment(value.json())
     if isinstance(value, date):
         return http_date(value)
     if isinstance(value, (decimal.Decimal, uuid.UUID)):

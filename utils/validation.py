@@ -24,6 +24,7 @@ from __future__ import annotations
 from datetime import date
 from decimal import Decimal
 from functools import wraps
+from json import dumps as json_dumps
 from json import loads as json_loads
 from types import SimpleNamespace
 from typing import Annotated, Any, get_args, get_origin
@@ -39,6 +40,7 @@ from spectree.models import SecuritySchemeData, SecureType
 from typing_extensions import is_typeddict
 
 from utils.errors import UnsupportedMediaType, ValidationError
+from utils.helpers import Written
 from utils.pipeline import blocked_ips
 from utils.pipeline.client_address import client_ip
 from utils.responses import ErrorResponse
@@ -339,13 +341,42 @@ def shaped(result, resp: Response | None, media: dict | None = None):
 def _shaped_json(body: dict, model: type, checking: bool, answered: str) -> bytes:
     adapter = _adapter(model)
     typed_dict = is_typeddict(model)
+    written = [key for key, value in body.items() if isinstance(value, Written)]
+    joined = _joined(adapter, body, written) if written and typed_dict else None
+    if joined is not None and not checking:
+        return joined
+    if written:
+        body = {**body, **{key: body[key].made() for key in written}}
     if checking:
         try:
             adapter.validate_python(body, strict=typed_dict, extra="forbid")
         except PydanticValidationError as exc:
             raise UndeclaredAnswer(f"{answered} with a body that "
                                    f"{model.__name__} does not describe:\n{exc}") from None
-    return adapter.dump_json(body if typed_dict else adapter.validate_python(body))
+    data = adapter.dump_json(body if typed_dict else adapter.validate_python(body))
+    if joined is not None and joined != data:
+        raise UndeclaredAnswer(f"{answered} with items written ahead that {model.__name__} "
+                               f"writes otherwise:\n{joined!r}\nagainst\n{data!r}")
+    return data
+
+
+def _joined(adapter: TypeAdapter, body: dict, written: list[str]) -> bytes | None:
+    """`body` as `adapter` writes it, each list of already written items (utils.helpers.Written)
+    under `written` joined in place of writing its items again: the body is written with
+    those lists empty, and each `"key":[]` (found exactly once, else None: the caller writes
+    the items) receives its fragments. Such a marker cannot come from inside a string, where
+    every quote is escaped."""
+    data = adapter.dump_json({**body, **{key: [] for key in written}})
+    places = []
+    for key in written:
+        empty = json_dumps(key).encode() + b":[]"
+        if data.count(empty) != 1:
+            return None
+        places.append((data.index(empty), len(empty), key))
+    for start, length, key in sorted(places, reverse=True):
+        data = data[:start] + json_dumps(key).encode() + b":" + body[key].json() + \
+            data[start + length:]
+    return data
 
 
 def answer_body(view, body) -> bytes:
