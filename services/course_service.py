@@ -11,15 +11,19 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from collections import OrderedDict
+from contextlib import suppress
 from functools import lru_cache
 from operator import itemgetter
 
 from pydantic import TypeAdapter
 from sqlalchemy import (
+    ARRAY,
     JSON,
     Integer,
     Select,
     Text,
+    any_,
     bindparam,
     cast,
     delete,
@@ -1072,57 +1076,123 @@ def course_page(query, page: int, per_page: int) -> dict:
 
 
 @lru_cache(maxsize=64)
-def _list_statement(build, shape: tuple) -> PageStatement:
+def _list_statement(build, shape: tuple, versions: bool) -> PageStatement:
+    if versions:
+        return PageStatement(build(shape).with_only_columns(
+            _COURSES.c.id, *_ROW_VERSIONS, maintain_column_froms=False).select_from(_CARD_FROM))
     return PageStatement(_cards(build(shape)), read_as=_card_page_as_text)
 
 
 def catalog_page(query, page: int, per_page: int) -> dict:
     """`course_page` of a catalog list given as its shape, values and builder (`query`:
-    catalog_service.catalog_shape's CatalogQuery), its courses already written as JSON
-    (`_written_summaries`). The page's statement is built once per shape (which filters are
-    set, the sort), the values bound at each call: building the list's select per request cost
-    more CPU than running it. The 64 shapes used last are kept. The list is counted once per
-    catalog version this request read (catalog_cache.version)."""
-    rows, meta = _list_statement(query.build, query.shape).page(
+    catalog_service.catalog_shape's CatalogQuery), its courses already written as JSON. The
+    page's statement is built once per shape (which filters are set, the sort), the values
+    bound at each call: building the list's select per request cost more CPU than running it.
+    The 64 shapes used last are kept. The list is counted once per catalog version this request
+    read (catalog_cache.version).
+
+    On PostgreSQL the page reads each course's id and its rows' versions (`_ROW_VERSIONS`), and
+    the cards only of the courses whose summary no process memo holds for those versions
+    (`_by_version`): a second statement, which a page seen before does not need. Elsewhere the
+    page reads the cards, and a summary is kept by its row's values (`_by_values`)."""
+    connection = db.session.connection()
+    versions = connection.dialect.name == "postgresql"
+    rows, meta = _list_statement(query.build, query.shape, versions).page(
         query.values, page, per_page, catalog_cache.version())
-    return {"courses": _written_summaries(rows), "pagination": meta}
+    fragments = _by_version(connection, rows) if versions else None
+    if fragments is None:  # not PostgreSQL, or a course gone between the two statements
+        if versions:
+            rows, meta = _list_statement(query.build, query.shape, False).page(
+                query.values, page, per_page, catalog_cache.version())
+        fragments = _by_values(rows)
+    return {"courses": Written(fragments, lambda: [json.loads(f) for f in fragments]),
+            "pagination": meta}
 
 
 _SUMMARY_OUT = TypeAdapter(CourseSummaryOut)
 
 
-def _summary_json(values: tuple) -> bytes:
-    """A catalog page's row (the card's every column, as `_card_page_as_text` reads it) as its
+def _summary_json(values) -> bytes:
+    """A catalog row (the card's every column, its timestamps and JSON as text) as its
     summary's JSON, written as the list's body model writes each item."""
     return _SUMMARY_OUT.dump_json(course_summary(card_of_row(values, json_text=True)))
 
 
-# The summary's JSON kept by the row's values: a pure function of them, so a course whose row
-# has not changed is written once a process, and a changed row (any column the row reads: the
-# course's, its instructor's, its subcategory's) is a new key.
-_kept_summary_json = lru_cache(maxsize=512)(_summary_json)
+# A row version on PostgreSQL: the id of the transaction that wrote it (the system column
+# `xmin`), which every UPDATE of the row changes (an UPDATE writes a new version). The summary
+# is a function of the course's, its instructor's and its subcategory's columns alone, so the
+# three rows' versions name it as surely as their values do, for a few bytes instead of the
+# card's every column (its description, the instructor's bio).
+_ROW_VERSIONS = tuple(cast(literal_column(f"{table.name}.xmin"), Text).label(f"{table.name}_xmin")
+                      for table in (_COURSES, _USERS, _SUBCATEGORIES))
+_CARDS_BY_ID = (select(*_json_as_text(as_text(_COURSE_COLUMNS)), *_PEOPLE_COLUMNS,
+                       *_ROW_VERSIONS)
+                .select_from(_CARD_FROM)
+                .where(_COURSES.c.id == any_(bindparam("ids", type_=ARRAY(Integer)))))
 
-# The row's columns of unbounded text (a description, the outcomes, the instructor's bio), and
-# how much of them a kept row may hold: 512 rows of at most 16,384 characters of them (a
-# description may be 50,000), so the memo stays a few MB a worker whatever the catalog holds.
+# The summaries' JSON kept in the process: by (engine, course id, the three rows' versions) on
+# PostgreSQL, by the row's values elsewhere; the 512 used last. The row's columns of unbounded
+# text (a description, the outcomes, the instructor's bio), and how much of them a kept row may
+# hold: 512 rows of at most 16,384 characters of them (a description may be 50,000), so the
+# memo stays a few MB a worker whatever the catalog holds.
+_KEPT: OrderedDict = OrderedDict()
+_KEPT_SIZE = 512
+_KEPT_COUNTS = {"hits": 0, "misses": 0}
 _LONG_TEXT = tuple(index for index, column in enumerate(CARD_COLUMNS)
                    if isinstance(column.type, (Text, JSON)))
 _KEPT_TEXT = 16_384
 _long_text_of = itemgetter(*_LONG_TEXT)  # a tuple: the card has three such columns
 
 
-def _written_summaries(rows) -> Written:
-    """A catalog page's rows as their summaries, each already written as JSON: the answer joins
-    them (utils.helpers.Written), and the summaries themselves are made only for what reads
-    them. The body model's writing of 20 summaries was about a tenth of a worker's CPU for an
-    uncached public page (py-spy, `make bench`'s list). A row with more long text than
-    `_KEPT_TEXT` is written each time instead of kept."""
-    values = [tuple(row) for row in rows]
-    fragments = [_kept_summary_json(row)
-                 if sum(map(len, filter(None, _long_text_of(row)))) <= _KEPT_TEXT
-                 else _summary_json(row) for row in values]
-    return Written(fragments, lambda: [course_summary(card_of_row(row, json_text=True))
-                                       for row in values])
+def _kept(key) -> bytes | None:
+    fragment = _KEPT.get(key)
+    _KEPT_COUNTS["misses" if fragment is None else "hits"] += 1
+    if fragment is not None:
+        with suppress(KeyError):  # dropped by another thread meanwhile
+            _KEPT.move_to_end(key)
+    return fragment
+
+
+def _keep(key, values, fragment: bytes) -> None:
+    if sum(map(len, filter(None, _long_text_of(values)))) > _KEPT_TEXT:
+        return
+    _KEPT[key] = fragment
+    while len(_KEPT) > _KEPT_SIZE:
+        with suppress(KeyError):
+            _KEPT.popitem(last=False)
+
+
+def _by_values(rows) -> list[bytes]:
+    """Each card row's summary JSON, kept by the row's values (a changed row is a new key)."""
+    fragments = []
+    for row in rows:
+        values = tuple(row)[:N_CARD]
+        fragment = _kept(values)
+        if fragment is None:
+            fragment = _summary_json(values)
+            _keep(values, values, fragment)
+        fragments.append(fragment)
+    return fragments
+
+
+def _by_version(connection, rows) -> list[bytes] | None:
+    """Each page row's summary JSON (a row: the course's id, its rows' versions), kept by those
+    versions; the cards of the rest read in one statement and kept by the versions read with
+    them. None when a course of the page is gone by then."""
+    engine = connection.engine
+    keys = [(engine, *row[:4]) for row in rows]
+    fragments = [_kept(key) for key in keys]
+    missing = [key[1] for key, fragment in zip(keys, fragments) if fragment is None]
+    if not missing:
+        return fragments
+    fresh = {}
+    for row in connection.execute(_CARDS_BY_ID, {"ids": missing}):
+        values = tuple(row)
+        fragment = fresh[values[0]] = _summary_json(values)
+        _keep((engine, values[0], *values[N_CARD:]), values, fragment)
+    fragments = [fragment if fragment is not None else fresh.get(key[1])
+                 for key, fragment in zip(keys, fragments)]
+    return None if None in fragments else fragments
 
 
 def course_detail(course: CourseCard, viewer: User | None) -> dict:

@@ -234,5 +234,6 @@ def test_hostile_searches_cannot_grow_the_kept_counts_past_their_bound(uncached_
         assert body["pagination"]["total"] == (2 if text == "counted" else 0), text
     with app.app_context():
         shape = catalog_service.catalog_shape(search="counted", sort="newest")
-        kept = course_service._list_statement(shape.build, shape.shape).totals
+        postgres = db.engine.dialect.name == "postgresql"
+        kept = course_service._list_statement(shape.build, shape.shape, postgres).totals
     assert 1 <= len(kept) <= 3

@@ -92,7 +92,7 @@ def test_timestamps_are_text_and_outcomes_decoded_once_per_text(app, catalog):
         assert courses[catalog[3]]["learning_outcomes"] == ["Read SQL", "Write SQL"]
         # ...and so is a card's: two cards of one stored text hold two lists.
         shape = catalog_service.catalog_shape(sort="oldest")
-        rows, _meta = course_service._list_statement(shape.build, shape.shape).page(
+        rows, _meta = course_service._list_statement(shape.build, shape.shape, False).page(
             shape.values, 1, 20)
         cards = {card.id: card for card in (course_service.card_of_row(row, json_text=True)
                                             for row in rows)}
@@ -104,7 +104,7 @@ def test_postgresql_formats_the_page_rows_only():
     """The text is written in the projection over the page, not inside it, where the sort
     would have PostgreSQL write every match's before the LIMIT."""
     guest = catalog_service.catalog_shape(difficulty="beginner")
-    page = course_service._list_statement(guest.build, guest.shape)
+    page = course_service._list_statement(guest.build, guest.shape, False)
     for key, statement in page.statements.items():
         sql = str(statement.compile(dialect=postgresql.dialect()))
         inner_start = sql.index("FROM (")

@@ -1,11 +1,12 @@
-"""A catalog page's summaries are kept, written as JSON, by their row's values
-(services/course_service `_kept_summary_json`), and a long list's estimate is asked on the
-page's own connection, without an ORM session (utils/pagination `_estimate`).
+"""A catalog page's summaries are kept, written as JSON, by their rows' versions on
+PostgreSQL and by their row's values elsewhere (services/course_service `_KEPT`), and a long
+list's estimate is asked on the page's own connection, without an ORM session
+(utils/pagination `_estimate`).
 
-The memo is a pure function of the row: a course whose row did not change is summarised once
-a process, a change to any column the row reads (the course's, its instructor's, its
+The memo is a pure function of the rows: a course whose rows did not change is summarised once
+a process, a change to any column the summary reads (the course's, its instructor's, its
 subcategory's) is a new key, and each answer is the caller's own to change (its summaries are
-made from the row when read, not kept)."""
+made from their JSON when read, not kept)."""
 from __future__ import annotations
 
 from decimal import Decimal
@@ -13,11 +14,11 @@ from decimal import Decimal
 import pytest
 from pydantic import TypeAdapter
 from flask import g
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from models import Course, MasterCategory, Subcategory, db
 from services import catalog_service, course_service
-from tests.support.queries import recorded_statements
+from tests.support.queries import recorded_statements, sent_queries
 from utils import pagination
 from utils.responses import CourseListResponse
 from utils.pipeline.fast_reads import ReadSession
@@ -52,6 +53,17 @@ def _page(app) -> dict:
         return course_service.catalog_page(catalog_service.catalog_shape(sort="oldest"), 1, 20)
 
 
+def _forget() -> None:
+    course_service._KEPT.clear()
+    course_service._KEPT_COUNTS.update(hits=0, misses=0)
+
+
+def _info() -> tuple[int, int, int]:
+    """(summaries kept, hits, misses) since `_forget`."""
+    counts = course_service._KEPT_COUNTS
+    return len(course_service._KEPT), counts["hits"], counts["misses"]
+
+
 def _expected(app) -> list[dict]:
     with app.app_context():
         courses = db.session.scalars(catalog_service.course_query(sort="oldest")).all()
@@ -59,7 +71,7 @@ def _expected(app) -> list[dict]:
 
 
 def test_a_row_seen_before_is_summarised_once_and_answers_what_the_entity_does(app, catalog):
-    course_service._kept_summary_json.cache_clear()
+    _forget()
     first = _page(app)
     assert first["courses"] == _expected(app)
     # What the answer joins: each summary as the list's body model writes it.
@@ -68,12 +80,11 @@ def test_a_row_seen_before_is_summarised_once_and_answers_what_the_entity_does(a
         {"courses": _expected(app), "pagination": first["pagination"]}).split(
         b'"courses":', 1)[1].rsplit(b',"pagination"', 1)[0]
     seen = len(first["courses"])
-    assert course_service._kept_summary_json.cache_info().misses == seen
+    assert _info() == (seen, 0, seen)
     second = _page(app)
-    info = course_service._kept_summary_json.cache_info()
     assert second == first
-    assert (info.hits, info.misses) == (seen, seen)  # not one summary made again
-    assert info.maxsize == 512
+    assert _info() == (seen, seen, seen)  # not one summary made again
+    assert course_service._KEPT_SIZE == 512
 
 
 def test_each_answer_is_the_caller_s_own(app, catalog):
@@ -154,15 +165,14 @@ def test_a_row_of_long_text_is_summarised_each_time_not_kept(app, catalog):
     with app.app_context():
         db.session.get(Course, ids[2]).description = long
         db.session.commit()
-    course_service._kept_summary_json.cache_clear()
+    _forget()
     for _ in range(2):
         answers = {course["id"]: course for course in _page(app)["courses"]}
         assert answers[ids[2]]["description"] == long
         assert [answers[i] for i in ids] == _expected(app)
-    info = course_service._kept_summary_json.cache_info()
-    # The two short rows kept once and found the second time; the long one never kept.
-    assert (info.currsize, info.misses, info.hits) == (len(ids) - 1, len(ids) - 1,
-                                                       len(ids) - 1)
+    # The two short rows kept once and found the second time; the long one never kept (looked
+    # for, and missed, each time).
+    assert _info() == (len(ids) - 1, len(ids) - 1, len(ids) + 1)
 
 
 def test_long_outcomes_are_decoded_each_time_not_kept(app, catalog):
@@ -174,9 +184,80 @@ def test_long_outcomes_are_decoded_each_time_not_kept(app, catalog):
         db.session.get(Course, ids[0]).learning_outcomes = longest
         db.session.commit()
     course_service._decoded.cache_clear()
-    course_service._kept_summary_json.cache_clear()
+    _forget()
     answers = {course["id"]: course for course in _page(app)["courses"]}
     assert answers[ids[0]]["learning_outcomes"] == longest
     assert [answers[i] for i in ids] == _expected(app)
     kept = course_service._decoded.cache_info()
     assert kept.currsize == len(ids) - 1  # the two short texts; not the long one
+
+
+def _on_postgresql(app) -> None:
+    if not app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
+        pytest.skip("row versions (xmin) are PostgreSQL's; elsewhere the row's values are the key")
+
+
+def test_on_postgresql_a_page_seen_before_reads_versions_not_cards(app, catalog):
+    _on_postgresql(app)
+    _forget()
+    with sent_queries(app) as sent:
+        first = _page(app)
+    # The page's ids and row versions, then the cards of the courses no summary was kept for.
+    assert len(sent) == 2, sent
+    assert "xmin" in sent[0] and "description" not in sent[0] and "ANY" not in sent[0]
+    assert "description" in sent[1] and "ANY" in sent[1]
+    with sent_queries(app) as sent:
+        again = _page(app)
+    assert len(sent) == 1 and "description" not in sent[0], sent
+    assert again == first and again["courses"] == _expected(app)
+
+
+def test_on_postgresql_only_what_changed_is_read_again(app, catalog):
+    """A write in SQL, around the ORM: the course's new row version is a new key, and its card
+    alone is read; a change to the instructor's row, each of their courses."""
+    _on_postgresql(app)
+    teacher, ids = catalog
+    _page(app)
+    with app.app_context():
+        db.session.execute(text("UPDATE courses SET title = 'Retitled' WHERE id = :id"),
+                           {"id": ids[1]})
+        db.session.commit()
+    with sent_queries(app) as sent:
+        answers = {course["id"]: course for course in _page(app)["courses"]}
+    assert len(sent) == 2 and f"ARRAY[{ids[1]}]" in sent[1], sent
+    assert answers[ids[1]]["title"] == "Retitled"
+    assert [answers[i] for i in ids] == _expected(app)
+    with app.app_context():
+        db.session.execute(text("UPDATE users SET headline = 'Changed' WHERE id = :id"),
+                           {"id": teacher})
+        db.session.commit()
+    with sent_queries(app) as sent:
+        answers = {course["id"]: course for course in _page(app)["courses"]}
+    assert len(sent) == 2 and all(str(i) in sent[1].split("ARRAY[")[1] for i in ids), sent
+    assert all(answers[i]["instructor"]["headline"] == "Changed" for i in ids)
+    assert [answers[i] for i in ids] == _expected(app)
+
+
+def test_on_postgresql_a_course_gone_between_the_two_statements_is_not_answered(app, catalog):
+    """Deleted after the page read its id, before its card was read: the page is read again
+    as one statement of cards, counted anew."""
+    _on_postgresql(app)
+    _forget()
+    _teacher, ids = catalog
+    with app.app_context():
+        engine = db.engine
+
+    def delete_first(conn, cursor, statement, parameters, context, executemany):
+        if "ANY" in statement:
+            with engine.connect() as other:
+                other.execute(text("DELETE FROM courses WHERE id = :id"), {"id": ids[0]})
+                other.commit()
+
+    event.listen(engine, "before_cursor_execute", delete_first)
+    try:
+        answer = _page(app)
+    finally:
+        event.remove(engine, "before_cursor_execute", delete_first)
+    assert [course["id"] for course in answer["courses"]] == ids[1:]
+    assert answer["pagination"]["total"] == 2
+    assert answer["courses"] == _expected(app)

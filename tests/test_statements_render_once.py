@@ -27,10 +27,12 @@ def test_hot_statements_hold_no_expanding_parameter(dialect):
         "heartbeat by course": enrollment_service._HEARTBEAT_BY_COURSE,
         "dashboard counts": enrollment_service._DASHBOARD_COUNTS,
     }
+    statements["catalog cards by id"] = course_service._CARDS_BY_ID
     guest = catalog_service.catalog_shape(difficulty="beginner")
-    page = course_service._list_statement(guest.build, guest.shape)
-    statements.update({f"public list {key}": statement
-                       for key, statement in page.statements.items()})
+    for versions in (False, True):
+        page = course_service._list_statement(guest.build, guest.shape, versions)
+        statements.update({f"public list {key} {versions}": statement
+                           for key, statement in page.statements.items()})
     assert {name: _rendered_per_run(statement, dialect)
             for name, statement in statements.items()
             if _rendered_per_run(statement, dialect)} == {}
