@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
+from functools import lru_cache
 
 from flask import current_app
 from sqlalchemy import (
@@ -25,6 +26,7 @@ from sqlalchemy import (
     case,
     false,
     func,
+    literal,
     literal_column,
     null,
     select,
@@ -39,6 +41,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
 from models import (
+    ENROLLMENT_STATUSES,
     OPEN_ENROLLMENT_STATUSES,
     Certificate,
     Course,
@@ -273,12 +276,15 @@ _N_ENROLLMENT = len(_ENROLLMENT)
 _N_LEARNER = _N_ENROLLMENT + course_service.N_CARD  # then the two lesson counts
 
 
-def _learner_page(by_status: bool) -> PageStatement:
-    """The user's enrollments (those whose status is in the bound `statuses`, or all) newest
-    first, each with its progress and its course's summary, in one statement: the lesson
-    counts ride as two correlated scalar subqueries. Table columns throughout: one ORM
-    attribute would send the whole statement through the ORM's compilation and result
-    handling."""
+@lru_cache(maxsize=16)
+def _learner_page(statuses: tuple[str, ...] | None) -> PageStatement:
+    """The user's enrollments (those whose status is one of `statuses`, or all) newest first,
+    each with its progress and its course's summary, in one statement: the lesson counts ride
+    as two correlated scalar subqueries. Table columns throughout: one ORM attribute would send
+    the whole statement through the ORM's compilation and result handling. Built once per set
+    of statuses (a few: the open ones, the completed, each of the statuses a learner filters
+    by), each status its own bound parameter, so the statement's SQL is rendered once; an IN
+    of a bound list is rendered again at every run (as `is_open_enrollment` says)."""
     enrollments, users = Enrollment.__table__, User.__table__
     subcategories = Subcategory.__table__
     query = (select(_E.id)
@@ -287,8 +293,8 @@ def _learner_page(by_status: bool) -> PageStatement:
                           .outerjoin(subcategories, subcategories.c.id == _CO.subcategory_id))
              .where(_E.user_id == bindparam("user_id"))
              .order_by(_E.enrolled_at.desc(), _E.id.desc()))
-    if by_status:
-        query = query.where(_E.status.in_(bindparam("statuses", expanding=True)))
+    if statuses:
+        query = query.where(_E.status.in_([literal(status) for status in statuses]))
     total = (select(func.count(_L.id)).join(Module.__table__, _M.id == _L.module_id)
              .where(_M.course_id == _E.course_id).correlate(enrollments).scalar_subquery())
     done = (select(func.count(_LPC.id)).join(Lesson.__table__, _L.id == _LPC.lesson_id)
@@ -298,17 +304,18 @@ def _learner_page(by_status: bool) -> PageStatement:
                                        done))
 
 
-_LEARNER_PAGES = {by_status: _learner_page(by_status) for by_status in (False, True)}
+# Every set of statuses a caller asks for, built at import (before gunicorn forks): the open
+# ones, and each status alone (the completed courses, a learner's filter).
+for _statuses in (None, OPEN_STATUSES, *((status,) for status in ENROLLMENT_STATUSES)):
+    _learner_page(_statuses)
 
 
 def learner_enrollment_page(user_id: int, statuses: tuple[str, ...] | None, page: int,
                             per_page: int) -> dict:
     """The user's enrollments in `statuses` (or all), newest first, with their progress and
     their courses' summaries: one statement, built once (`_learner_page`)."""
-    params = {"user_id": user_id}
-    if statuses:
-        params["statuses"] = tuple(statuses)
-    rows, meta = _LEARNER_PAGES[bool(statuses)].page(params, page, per_page)
+    rows, meta = _learner_page(tuple(statuses) if statuses else None).page(
+        {"user_id": user_id}, page, per_page)
     return {"enrollments": [_learner_row(row) for row in rows], "pagination": meta}
 
 

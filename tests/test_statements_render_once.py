@@ -28,6 +28,10 @@ def test_hot_statements_hold_no_expanding_parameter(dialect):
         "dashboard counts": enrollment_service._DASHBOARD_COUNTS,
     }
     statements["catalog cards by id"] = course_service._CARDS_BY_ID
+    for statuses in (None, enrollment_service.OPEN_STATUSES, ("completed",)):
+        learner = enrollment_service._learner_page(statuses)
+        statements.update({f"learner page {statuses} {key}": statement
+                           for key, statement in learner.statements.items()})
     guest = catalog_service.catalog_shape(difficulty="beginner")
     for versions in (False, True):
         page = course_service._list_statement(guest.build, guest.shape, versions)
