@@ -1122,7 +1122,10 @@ def _summary_json(values) -> bytes:
 # `xmin`), which every UPDATE of the row changes (an UPDATE writes a new version). The summary
 # is a function of the course's, its instructor's and its subcategory's columns alone, so the
 # three rows' versions name it as surely as their values do, for a few bytes instead of the
-# card's every column (its description, the instructor's bio).
+# card's every column (its description, the instructor's bio). Transaction ids belong to one
+# PostgreSQL cluster (a physical replica shares them): an engine moved to another cluster
+# (a logical replica, a restored dump) could meet an id that cluster gave another version of
+# the same course, so such a move wants the workers restarted, which empties the memo.
 _ROW_VERSIONS = tuple(cast(literal_column(f"{table.name}.xmin"), Text).label(f"{table.name}_xmin")
                       for table in (_COURSES, _USERS, _SUBCATEGORIES))
 _CARDS_BY_ID = (select(*_json_as_text(as_text(_COURSE_COLUMNS)), *_PEOPLE_COLUMNS,
