@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from collections import OrderedDict
 from contextlib import suppress
+from dataclasses import dataclass, field
 from functools import lru_cache
 from operator import itemgetter
 
@@ -1105,8 +1105,7 @@ def catalog_page(query, page: int, per_page: int) -> dict:
             rows, meta = _list_statement(query.build, query.shape, False).page(
                 query.values, page, per_page, catalog_cache.version())
         fragments = _by_values(rows)
-    return {"courses": Written(fragments, lambda: [json.loads(f) for f in fragments]),
-            "pagination": meta}
+    return {"courses": Written(fragments), "pagination": meta}
 
 
 _SUMMARY_OUT = TypeAdapter(CourseSummaryOut)

@@ -2,8 +2,9 @@
 block. Imports nothing of ours: models.py stands on it."""
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -81,22 +82,21 @@ class Columns:
 
 class Written(Sequence):
     """A list in an answer whose items are already written as JSON (`fragments`: each item's
-    JSON, in order), read as the items themselves only by what reads them (`make()` returns
-    them, called once, on the first read). An answer's body then joins the fragments instead of
+    JSON, in order), read as the items themselves (the fragments parsed, once, on the first
+    read) only by what reads them. An answer's body then joins the fragments instead of
     writing the items again: utils/validation.py for a view that declares its body model
     (where tests and the debugger check the join against the model's own writing),
     utils/json_provider.py for any other answer."""
 
-    __slots__ = ("fragments", "_make", "_items")
+    __slots__ = ("fragments", "_items")
 
-    def __init__(self, fragments: list[bytes], make: Callable[[], list]) -> None:
+    def __init__(self, fragments: list[bytes]) -> None:
         self.fragments = fragments
-        self._make = make
         self._items: list | None = None
 
     def made(self) -> list:
         if self._items is None:
-            self._items = self._make()
+            self._items = [json.loads(fragment) for fragment in self.fragments]
         return self._items
 
     def json(self) -> bytes:

@@ -47,6 +47,14 @@ def _default(value: Any) -> Any:
 class OrjsonProvider(DefaultJSONProvider):
     sort_keys = False
 
+    @staticmethod
+    def default(o: Any) -> Any:
+        """The standard encoder's fallback (below): Flask's, and a list of items already
+        written (utils.helpers.Written) as those items."""
+        if isinstance(o, Written):
+            return o.made()
+        return DefaultJSONProvider.default(o)
+
     def _bytes(self, obj: Any, indent: bool) -> bytes:
         try:
             return orjson.dumps(obj, default=_default,
