@@ -40,7 +40,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from utils import passwords
+from utils import passwords, tallies
 from utils.helpers import iso, money, utcnow
 
 NAMING_CONVENTION = {
@@ -1383,3 +1383,29 @@ class LoginThrottle(db.Model):
     failures: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class Tally(db.Model):
+    """A change to one of the admin figures, or several folded into one: the figure `name`'s
+    bucket `bucket` moves by `count` rows and `amount` of money. Written by PostgreSQL
+    triggers on users, enrollments and payments, read and folded by services/admin_service.py;
+    what each figure takes from a row is utils/tallies.py's `TALLIED`. SQLite keeps none."""
+
+    __tablename__ = tallies.TABLE
+    __table_args__ = (Index("ix_tallies_name_bucket", "name", "bucket"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True)
+    name: Mapped[str] = mapped_column(String(40))
+    bucket: Mapped[str] = mapped_column(String(80))
+    count: Mapped[int] = mapped_column(BigInteger)
+    amount: Mapped[Decimal] = mapped_column(Numeric(20, 2))
+
+
+@event.listens_for(db.metadata, "after_create")
+def _tally_triggers(target, connection, **kw):
+    """`create_all` (the tests, `flask db upgrade`'s models) installs the triggers migration
+    0013 installs."""
+    if connection.dialect.name == "postgresql":
+        for statement in tallies.trigger_ddl():
+            connection.exec_driver_sql(statement)

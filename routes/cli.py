@@ -1,6 +1,6 @@
 """Flask CLI commands, registered in one place (app.py calls `register_commands`): create-admin,
-seed-demo, payments reconcile, worker. Like the blueprints beside it, a way in from outside:
-it reads its options and calls services."""
+seed-demo, payments reconcile, figures recount and fold, worker. Like the blueprints beside it,
+a way in from outside: it reads its options and calls services."""
 from __future__ import annotations
 
 import os
@@ -12,7 +12,7 @@ from flask.cli import AppGroup
 from sqlalchemy import select
 
 from models import SigningKey, User, db
-from services import certificate_service, jobs
+from services import admin_service, certificate_service, jobs
 from services.credentials import keys
 from services.payments import reconcile as payments_reconcile
 from services.demo_catalog import DEMO_STUDENT, catalog_is_empty, seed_demo
@@ -72,6 +72,20 @@ def register_commands(app: Flask) -> None:
         """Ask the gateways about payments still pending and settle or expire them."""
         counts = payments_reconcile.reconcile_pending(older_than)
         click.echo(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "nothing pending")
+
+    figures_cli = AppGroup("figures", help="The admin figures' tallies (on PostgreSQL).")
+    app.cli.add_command(figures_cli)
+
+    @figures_cli.command("recount")
+    def recount():
+        """Rebuild the tallies the admin figures read from users, enrollments and payments
+        (after restoring data with its triggers off, say); writers of those tables wait."""
+        click.echo(f"Tally rows written: {admin_service.recount_tallies()}")
+
+    @figures_cli.command("fold")
+    def fold():
+        """Fold the rows the triggers appended into one per bucket (the worker's tick does)."""
+        click.echo(f"Tally rows left: {admin_service.compact_tallies()}")
 
     credentials_cli = AppGroup("credentials", help="Verifiable credentials and their keys.")
     app.cli.add_command(credentials_cli)

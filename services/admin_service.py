@@ -1,12 +1,15 @@
 """Administration: the dashboard, analytics, user management, course moderation, payments.
 
-Every figure is computed by SQL aggregation (the database adds up; Python only fills the months
-that had nothing with zero), the same way on SQLite and PostgreSQL. Revenue counts completed
-payments only: refunded ones are excluded.
+The counts and sums behind the dashboard and analytics (users by role, enrollments by status,
+month and course, revenue by month, currency and course) are read from their tallies
+(utils/tallies.py): on PostgreSQL, running totals its triggers keep as the rows change, so a
+recomputation reads about as many rows as there are buckets, not as many as there are learners;
+on SQLite, the same sums over the tables. Python only shapes them and fills the months that had
+nothing with zero. Revenue counts completed payments only: refunded ones are excluded.
 
-The dashboard and analytics read from DATABASE_REPLICA_URL when it is set (a read replica keeps
-their full scans off the primary) and are kept in Redis for ADMIN_STATS_CACHE_SECONDS: while one
-worker recomputes an expired copy, the others answer from it rather than all scanning at once.
+The dashboard and analytics read from DATABASE_REPLICA_URL when it is set and are kept in Redis
+for ADMIN_STATS_CACHE_SECONDS: while one worker recomputes an expired copy, the others answer
+from it.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from decimal import Decimal
 
 import redis
 from flask import current_app
-from sqlalchemy import case, create_engine, func, or_, select
+from sqlalchemy import create_engine, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from config import database_engine_options, ping_when_idle
@@ -32,15 +35,19 @@ from models import (
     Course,
     Enrollment,
     Payment,
+    Tally,
     User,
     db,
 )
 from services import auth_service, catalog_service, course_service
 from utils.errors import Conflict, NotFound
+from utils import tallies
 from utils.helpers import iso, money, utcnow
 from utils.pipeline import redis_client
 
-REVENUE_STATUSES = ("completed",)
+REVENUE_STATUSES = tallies.REVENUE_STATUSES
+# Appended tally rows a read adds up, beyond two per bucket, before it folds them.
+FOLD_AFTER = 1000
 log = logging.getLogger("lms.admin")
 
 
@@ -111,20 +118,70 @@ def figures(name: str, compute: Callable[[], dict | list], *params) -> dict | li
     return value
 
 
+# --- the tallies the figures read ------------------------------------------------------------
+
+def tallied(names) -> dict[str, dict[str, tuple[int, Decimal]]]:
+    """The buckets of the figures `names` (utils/tallies.py): {name: {bucket: (count,
+    amount)}}, empty buckets left out. PostgreSQL reads the running totals its triggers keep
+    (about as many rows as buckets, whatever the number of learners: folded here once the rows
+    appended since the last folding outnumber them); SQLite adds up the tables."""
+    session = reader()
+    dialect = session.get_bind().dialect.name
+    statement = (tallies.read_sql(names) if dialect == "postgresql"
+                 else tallies.computed_sql(dialect, names))
+    found: dict[str, dict[str, tuple[int, Decimal]]] = {name: {} for name in names}
+    buckets = rows = 0
+    for name, bucket, count, amount, added in session.execute(text(statement)):
+        buckets, rows = buckets + 1, rows + added
+        if count or amount:
+            found[name][bucket] = (int(count), Decimal(amount or 0))
+    if dialect == "postgresql" and rows > 2 * buckets + FOLD_AFTER:
+        compact_tallies()
+    return found
+
+
+def compact_tallies() -> int:
+    """Fold the tallies' appended rows into one per bucket, in a transaction of its own on the
+    primary (PostgreSQL; the worker's tick, and a read that added up many): the rows left."""
+    engine = db.engine
+    if engine.dialect.name != "postgresql":
+        return 0
+    with engine.begin() as conn:
+        conn.execute(text(tallies.compact_sql))
+        return conn.scalar(select(func.count(Tally.id)))
+
+
+def recount_tallies() -> int:
+    """Rebuild the tallies from the tables (`flask figures recount`: after a restore that
+    skipped the triggers, say), writers of users, enrollments and payments waiting meanwhile;
+    the rows written."""
+    engine = db.engine
+    if engine.dialect.name != "postgresql":
+        return 0
+    with engine.begin() as conn:
+        for statement in tallies.recount_sql():
+            conn.execute(text(statement))
+        return conn.scalar(select(func.count(Tally.id)))
+
+
+def _split(bucket: str) -> tuple[str, str]:
+    first, _, second = bucket.rpartition("|")
+    return first, second
+
+
+def _by_currency(buckets) -> list[dict]:
+    """Revenue rows by currency from (currency, (count, amount)) pairs, currency order, the
+    currencies with no payment left out."""
+    totals: dict[str, list] = {}
+    for currency, (count, amount) in buckets:
+        entry = totals.setdefault(currency, [0, Decimal(0)])
+        entry[0] += count
+        entry[1] += amount
+    return [{"currency": currency, "amount": money(amount), "payments": count}
+            for currency, (count, amount) in sorted(totals.items()) if count]
+
+
 # --- months -----------------------------------------------------------------------------------
-
-def month_key(column):
-    """The month of a timestamp, in UTC, to group by: date_trunc on PostgreSQL (much cheaper
-    per row than to_char), 'YYYY-MM' text on SQLite. `month_label` turns either into
-    'YYYY-MM'."""
-    if reader().get_bind().dialect.name == "postgresql":
-        return func.date_trunc("month", func.timezone("UTC", column))
-    return func.strftime("%Y-%m", column)
-
-
-def month_label(value) -> str:
-    return value if isinstance(value, str) else f"{value.year:04d}-{value.month:02d}"
-
 
 def last_months(count: int, today: date | None = None) -> list[str]:
     today = today or utcnow().date()
@@ -138,36 +195,21 @@ def last_months(count: int, today: date | None = None) -> list[str]:
     return list(reversed(keys))
 
 
-def _month_start(key: str) -> datetime:
-    year, month = map(int, key.split("-"))
-    return datetime(year, month, 1, tzinfo=timezone.utc)
-
-
 # --- dashboard --------------------------------------------------------------------------------
 
-def _revenue(since: datetime | None = None) -> list[dict]:
-    query = (select(Payment.currency, func.sum(Payment.amount), func.count(Payment.id))
-             .where(Payment.status.in_(REVENUE_STATUSES)).group_by(Payment.currency)
-             .order_by(Payment.currency))
-    if since is not None:
-        query = query.where(Payment.paid_at >= since)
-    return [{"currency": currency, "amount": money(total), "payments": count}
-            for currency, total, count in reader().execute(query)]
-
-
 def dashboard(recent: int = 5) -> dict:
-    users = reader().execute(
-        select(User.role, func.count(User.id),
-               func.sum(case((User.is_active.is_(True), 1), else_=0)))
-        .group_by(User.role)).all()
+    found = tallied(("users", "enrollments", "revenue"))
+    by_role: dict[str, dict[str, int]] = {}
+    for bucket, (count, _) in found["users"].items():
+        role, state = _split(bucket)
+        entry = by_role.setdefault(role, {"total": 0, "active": 0})
+        entry["total"] += count
+        entry["active"] += count if state == "active" else 0
     courses = dict(reader().execute(
         select(Course.status, func.count(Course.id)).group_by(Course.status)).all())
-    enrollments = reader().execute(
-        select(func.count(Enrollment.id),
-               func.sum(case((Enrollment.status == "completed", 1), else_=0)),
-               func.sum(case((Enrollment.status == "active", 1), else_=0)))).one()
-    month_start = _month_start(last_months(1)[0])
-    by_role = {role: {"total": total, "active": active or 0} for role, total, active in users}
+    statuses = {status: count for status, (count, _) in found["enrollments"].items()}
+    this_month = last_months(1)[0]
+    revenue = [(_split(bucket), figures) for bucket, figures in found["revenue"].items()]
     latest_users = reader().scalars(select(User).order_by(User.created_at.desc(), User.id.desc())
                                       .limit(recent)).all()
     latest_enrollments = reader().execute(
@@ -184,10 +226,17 @@ def dashboard(recent: int = 5) -> dict:
                   "by_role": {role: by_role.get(role, {"total": 0, "active": 0})
                               for role in ("student", "instructor", "admin")}},
         "courses": {"total": sum(courses.values()),
-                    "by_status": {s: courses.get(s, 0) for s in ("draft", "published", "archived")}},
-        "enrollments": {"total": enrollments[0] or 0, "completed": enrollments[1] or 0,
-                        "active": enrollments[2] or 0},
-        "revenue": {"all_time": _revenue(), "this_month": _revenue(month_start)},
+                    "by_status": {s: courses.get(s, 0)
+                                  for s in ("draft", "published", "archived")}},
+        "enrollments": {"total": sum(statuses.values()),
+                        "completed": statuses.get("completed", 0),
+                        "active": statuses.get("active", 0)},
+        # A completed payment with no paid_at counts in all time, in no month.
+        "revenue": {"all_time": _by_currency((currency, figures)
+                                             for (_, currency), figures in revenue),
+                    "this_month": _by_currency((currency, figures)
+                                               for (month, currency), figures in revenue
+                                               if month and month >= this_month)},
         "recent": {
             "registrations": [{"id": u.id, "full_name": u.full_name, "email": u.email,
                                "role": u.role, "created_at": iso(u.created_at)}
@@ -208,63 +257,55 @@ def dashboard(recent: int = 5) -> dict:
 
 def revenue_by_month(months: int = 12) -> dict:
     keys = last_months(months)
-    key = month_key(Payment.paid_at)
-    rows = reader().execute(
-        select(key.label("month"), Payment.currency, func.sum(Payment.amount),
-               func.count(Payment.id))
-        .where(Payment.status.in_(REVENUE_STATUSES), Payment.paid_at >= _month_start(keys[0]))
-        .group_by(key, Payment.currency)).all()
-    currencies = sorted({currency for _, currency, _, _ in rows})
-    found = {(month_label(month), currency): (total, count)
-             for month, currency, total, count in rows}
+    found: dict[tuple[str, str], tuple[int, Decimal]] = {}
+    for bucket, figures in tallied(("revenue",))["revenue"].items():
+        month, currency = _split(bucket)
+        if month and month >= keys[0]:  # later months too: their currencies are listed
+            found[(month, currency)] = figures
+    currencies = sorted({currency for (_, currency), (count, _) in found.items() if count})
     return {"months": keys, "currencies": currencies, "series": [
         {"month": month, "revenue": [
-            {"currency": currency, "amount": money(found.get((month, currency), (0, 0))[0] or 0),
-             "payments": found.get((month, currency), (0, 0))[1]} for currency in currencies]}
+            {"currency": currency, "amount": money(found.get((month, currency), (0, 0))[1]),
+             "payments": found.get((month, currency), (0, 0))[0]} for currency in currencies]}
         for month in keys]}
 
 
 def enrollments_by_month(months: int = 12) -> dict:
     keys = last_months(months)
-    enrolled_key = month_key(Enrollment.enrolled_at)
-    enrolled = {month_label(m): n for m, n in reader().execute(
-        select(enrolled_key, func.count(Enrollment.id))
-        .where(Enrollment.enrolled_at >= _month_start(keys[0])).group_by(enrolled_key))}
-    completed_key = month_key(Enrollment.completed_at)
-    completed = {month_label(m): n for m, n in reader().execute(
-        select(completed_key, func.count(Enrollment.id))
-        .where(Enrollment.completed_at >= _month_start(keys[0])).group_by(completed_key))}
+    found = tallied(("enrolled", "completed"))
     return {"months": keys, "series": [
-        {"month": m, "enrollments": enrolled.get(m, 0), "completions": completed.get(m, 0)}
+        {"month": m, "enrollments": found["enrolled"].get(m, (0, 0))[0],
+         "completions": found["completed"].get(m, (0, 0))[0]}
         for m in keys]}
 
 
 def popular_courses(limit: int = 10) -> list[dict]:
-    enrollment_stats = (
-        select(Enrollment.course_id.label("course_id"),
-               func.count(Enrollment.id).label("enrollments"),
-               func.sum(case((Enrollment.status == "completed", 1), else_=0)).label("completed"))
-        .group_by(Enrollment.course_id).subquery())
-    rows = reader().execute(
-        select(Course.id, Course.title, Course.status,
-               enrollment_stats.c.enrollments, enrollment_stats.c.completed)
-        .join(enrollment_stats, enrollment_stats.c.course_id == Course.id)
-        .order_by(enrollment_stats.c.enrollments.desc(), Course.id.asc())
-        .limit(limit)).all()
+    found = tallied(("course_enrollments", "course_revenue"))
+    per_course: dict[int, list[int]] = {}
+    for bucket, (count, _) in found["course_enrollments"].items():
+        course_id, status = _split(bucket)
+        entry = per_course.setdefault(int(course_id), [0, 0])
+        entry[0] += count
+        entry[1] += count if status == "completed" else 0
+    top = sorted(((-enrolled, course_id) for course_id, (enrolled, _) in per_course.items()
+                  if enrolled > 0))[:limit]
+    courses = {row.id: row for row in reader().execute(
+        select(Course.id, Course.title, Course.status)
+        .where(Course.id.in_([course_id for _, course_id in top])))}
     # Revenue per course and currency (a course's price may have changed currency): never
     # added across currencies.
-    revenue: dict[int, list[dict]] = {}
-    for course_id, currency, total in reader().execute(
-            select(Payment.course_id, Payment.currency, func.sum(Payment.amount))
-            .where(Payment.status.in_(REVENUE_STATUSES),
-                   Payment.course_id.in_([row[0] for row in rows]))
-            .group_by(Payment.course_id, Payment.currency).order_by(Payment.currency)):
-        revenue.setdefault(course_id, []).append({"currency": currency, "amount": money(total)})
-    return [{"course_id": cid, "title": title, "status": status,
-             "enrollments": enrolled, "completed": done or 0,
-             "completion_rate": round((done or 0) / enrolled * 100, 2) if enrolled else 0.0,
-             "revenue": revenue.get(cid, [])}
-            for cid, title, status, enrolled, done in rows]
+    revenue: dict[int, list] = {}
+    for bucket, figures in found["course_revenue"].items():
+        course_id, currency = _split(bucket)
+        revenue.setdefault(int(course_id), []).append((currency, figures))
+    return [{"course_id": course_id, "title": courses[course_id].title,
+             "status": courses[course_id].status, "enrollments": enrolled,
+             "completed": per_course[course_id][1],
+             "completion_rate": round(per_course[course_id][1] / enrolled * 100, 2),
+             "revenue": [{"currency": entry["currency"], "amount": entry["amount"]}
+                         for entry in _by_currency(revenue.get(course_id, []))]}
+            for enrolled, course_id in ((-minus, cid) for minus, cid in top)
+            if course_id in courses]
 
 
 # --- users ------------------------------------------------------------------------------------

@@ -4,7 +4,14 @@ in one table: services/jobs.py keeps the queue and knows no domain; the app fact
 from __future__ import annotations
 
 from models import db
-from services import auth_service, certificate_service, email_service, jobs, notification_service
+from services import (
+    admin_service,
+    auth_service,
+    certificate_service,
+    email_service,
+    jobs,
+    notification_service,
+)
 from services.payments import reconcile
 from utils.pipeline import idempotency
 
@@ -53,7 +60,9 @@ def _prune_sign_in_records() -> int:
 
 TICK_TASKS = {"reconciled": reconcile.reconcile_pending,
               "idempotency keys purged": _purge_idempotency_keys,
-              "sign-in records pruned": _prune_sign_in_records}
+              "sign-in records pruned": _prune_sign_in_records,
+              # The admin figures' appended tally rows folded, one per bucket (PostgreSQL).
+              "tally rows after folding": admin_service.compact_tallies}
 
 
 def register() -> None:
