@@ -118,9 +118,11 @@ def read_sql(names) -> str:
 
 def recount_sql() -> list[str]:
     """Rebuild every tally from the tables, in one transaction that keeps writers of the three
-    tables waiting until it commits (PostgreSQL)."""
+    tables waiting until it commits (PostgreSQL), and a folding (`compact_sql`) too: one that
+    had deleted rows before this DELETE would otherwise put their sum back beside the recount."""
     tables = ", ".join(sorted(WATCHED))
-    return [f"LOCK TABLE {tables} IN SHARE MODE", f"DELETE FROM {TABLE}",
+    return [f"LOCK TABLE {tables} IN SHARE MODE", f"LOCK TABLE {TABLE} IN EXCLUSIVE MODE",
+            f"DELETE FROM {TABLE}",
             *(f"INSERT INTO {TABLE} (name, bucket, count, amount) "
               + _summed(_contributions(table, table, "postgresql")) for table in sorted(WATCHED))]
 
