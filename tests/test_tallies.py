@@ -490,3 +490,35 @@ def test_the_migration_fills_the_tallies_from_the_rows_already_there():
         with root.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         root.dispose()
+
+
+def test_a_recount_during_a_folding_counts_each_row_once(pg):
+    """A folding still open when a recount starts: the recount waits for it, then replaces
+    everything (without the wait, the folded sums stayed beside the recount: twice the
+    figures)."""
+    instructor = _user(pg, "instructor")
+    course = _course(pg, instructor, "recount-race")
+    learners = [_user(pg) for _ in range(3)]
+    with pg.app_context():
+        engine = db.engine
+        with engine.begin() as conn:
+            for learner in learners:
+                _enrollment_and_payment(conn, learner, course)
+    outcome: dict = {}
+    with engine.connect() as folding:
+        folding.execute(text(tallies.compact_sql))  # open: its rows deleted, sums inserted
+
+        def recount():
+            with pg.app_context():
+                outcome["rows"] = admin_service.recount_tallies()
+
+        thread = threading.Thread(target=recount)
+        thread.start()
+        thread.join(timeout=1)
+        assert thread.is_alive()  # waiting for the folding
+        folding.commit()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and outcome["rows"] > 0
+    found = _read(pg)
+    assert found["course_enrollments"] == {f"{course}|active": (3, Decimal(0))}
+    assert found == _computed(pg)
