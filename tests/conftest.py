@@ -79,24 +79,6 @@ def pytest_collection_modifyitems(config, items):
         if module in SERVICE_MODULES or SERVICE_FIXTURES & set(getattr(item, "fixturenames",
                                                                            ())):
             item.add_marker(pytest.mark.services)
-    _shard(config, items)
-
-
-def _shard(config, items) -> None:
-    """TEST_SHARD=k/n keeps every n-th test of those selected, from the k-th (1-based): CI
-    runs a long pass as n passes side by side (.ci/run)."""
-    shard = os.environ.get("TEST_SHARD", "")
-    if not shard:
-        return
-    index, count = (int(part) for part in shard.split("/"))
-    if not 1 <= index <= count:
-        raise pytest.UsageError(f"TEST_SHARD={shard}: expected k/n with 1 <= k <= n")
-    # Every test is in exactly one shard; `-m` then deselects within each (after this hook).
-    kept = [item for position, item in enumerate(items) if position % count == index - 1]
-    dropped = [item for position, item in enumerate(items) if position % count != index - 1]
-    if dropped:
-        config.hook.pytest_deselected(items=dropped)
-        items[:] = kept
 
 
 @pytest.fixture(scope="session")
