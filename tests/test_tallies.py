@@ -340,8 +340,8 @@ def test_writers_never_wait_on_each_other_for_a_total(pg):
     with pg.app_context():
         engine = db.engine
     with engine.connect() as first, engine.connect() as second:
-        for conn in (first, second):
-            conn.execute(text("SET lock_timeout = '500ms'"))
+        for conn in (first, second):  # this transaction's only: the pool reuses connections
+            conn.execute(text("SET LOCAL lock_timeout = '500ms'"))
         _enrollment_and_payment(first, learners[0], course)
         _enrollment_and_payment(second, learners[1], course)  # first still open
         first.commit()
