@@ -63,11 +63,14 @@ def require_service(name: str, url: str | None) -> str:
     pytest.skip(message)
 
 
-# Tests that bring their own servers or need PostgreSQL whatever the suite's database: the
-# same whether the suite runs on SQLite or PostgreSQL, so CI runs them in one pass only.
+# Tests that bring their own servers or need PostgreSQL whatever the suite's database, or that
+# read only files and start app processes on a database they name themselves: the same whether
+# the suite runs on SQLite or PostgreSQL, so CI runs them in one pass only.
 SERVICE_MODULES = {"test_multiworker", "test_two_hosts", "test_webhook_concurrency",
                    "test_postgres_restart", "test_metrics_gunicorn", "test_proxy",
-                   "test_worker_health", "test_money_races"}
+                   "test_worker_health", "test_money_races",
+                   "test_deployment_files", "test_architecture", "test_config",
+                   "test_error_reporting", "test_production_headers"}
 # contract_tools (tests/test_openapi_contract.py): node tools whose result is the same in
 # every pass.
 SERVICE_FIXTURES = {"postgres_app", "rq_world", "replica", "contract_tools"}
