@@ -141,25 +141,26 @@ def tallied(names) -> dict[str, dict[str, tuple[int, Decimal]]]:
 
 
 def compact_tallies() -> int:
-    """Fold the tallies' appended rows into one per bucket, in a transaction of its own on the
-    primary (PostgreSQL; the worker's tick, and a read that added up many): the rows left."""
-    engine = db.engine
-    if engine.dialect.name != "postgresql":
-        return 0
-    with engine.begin() as conn:
-        conn.execute(text(tallies.compact_sql))
-        return conn.scalar(select(func.count(Tally.id)))
+    """Fold the tallies' appended rows into one per bucket (the worker's tick, and a read that
+    added up many): the rows left."""
+    return _on_primary([tallies.compact_sql])
 
 
 def recount_tallies() -> int:
     """Rebuild the tallies from the tables (`flask figures recount`: after a restore that
     skipped the triggers, say), writers of users, enrollments and payments waiting meanwhile;
     the rows written."""
+    return _on_primary(tallies.recount_sql())
+
+
+def _on_primary(statements: list[str]) -> int:
+    """Run `statements` in a transaction of their own on the primary, then count the tallies'
+    rows (PostgreSQL; SQLite keeps none: 0)."""
     engine = db.engine
     if engine.dialect.name != "postgresql":
         return 0
     with engine.begin() as conn:
-        for statement in tallies.recount_sql():
+        for statement in statements:
             conn.execute(text(statement))
         return conn.scalar(select(func.count(Tally.id)))
 
@@ -209,7 +210,7 @@ def dashboard(recent: int = 5) -> dict:
         select(Course.status, func.count(Course.id)).group_by(Course.status)).all())
     statuses = {status: count for status, (count, _) in found["enrollments"].items()}
     this_month = last_months(1)[0]
-    revenue = [(_split(bucket), figures) for bucket, figures in found["revenue"].items()]
+    revenue = [(_split(bucket), totals) for bucket, totals in found["revenue"].items()]
     latest_users = reader().scalars(select(User).order_by(User.created_at.desc(), User.id.desc())
                                       .limit(recent)).all()
     latest_enrollments = reader().execute(
@@ -232,10 +233,10 @@ def dashboard(recent: int = 5) -> dict:
                         "completed": statuses.get("completed", 0),
                         "active": statuses.get("active", 0)},
         # A completed payment with no paid_at counts in all time, in no month.
-        "revenue": {"all_time": _by_currency((currency, figures)
-                                             for (_, currency), figures in revenue),
-                    "this_month": _by_currency((currency, figures)
-                                               for (month, currency), figures in revenue
+        "revenue": {"all_time": _by_currency((currency, totals)
+                                             for (_, currency), totals in revenue),
+                    "this_month": _by_currency((currency, totals)
+                                               for (month, currency), totals in revenue
                                                if month and month >= this_month)},
         "recent": {
             "registrations": [{"id": u.id, "full_name": u.full_name, "email": u.email,
@@ -258,10 +259,10 @@ def dashboard(recent: int = 5) -> dict:
 def revenue_by_month(months: int = 12) -> dict:
     keys = last_months(months)
     found: dict[tuple[str, str], tuple[int, Decimal]] = {}
-    for bucket, figures in tallied(("revenue",))["revenue"].items():
+    for bucket, totals in tallied(("revenue",))["revenue"].items():
         month, currency = _split(bucket)
         if month and month >= keys[0]:  # later months too: their currencies are listed
-            found[(month, currency)] = figures
+            found[(month, currency)] = totals
     currencies = sorted({currency for (_, currency), (count, _) in found.items() if count})
     return {"months": keys, "currencies": currencies, "series": [
         {"month": month, "revenue": [
@@ -287,25 +288,24 @@ def popular_courses(limit: int = 10) -> list[dict]:
         entry = per_course.setdefault(int(course_id), [0, 0])
         entry[0] += count
         entry[1] += count if status == "completed" else 0
-    top = sorted(((-enrolled, course_id) for course_id, (enrolled, _) in per_course.items()
-                  if enrolled > 0))[:limit]
+    top = sorted((course_id for course_id, (enrolled, _) in per_course.items() if enrolled > 0),
+                 key=lambda course_id: (-per_course[course_id][0], course_id))[:limit]
     courses = {row.id: row for row in reader().execute(
-        select(Course.id, Course.title, Course.status)
-        .where(Course.id.in_([course_id for _, course_id in top])))}
+        select(Course.id, Course.title, Course.status).where(Course.id.in_(top)))}
     # Revenue per course and currency (a course's price may have changed currency): never
     # added across currencies.
     revenue: dict[int, list] = {}
-    for bucket, figures in found["course_revenue"].items():
+    for bucket, totals in found["course_revenue"].items():
         course_id, currency = _split(bucket)
-        revenue.setdefault(int(course_id), []).append((currency, figures))
+        revenue.setdefault(int(course_id), []).append((currency, totals))
     return [{"course_id": course_id, "title": courses[course_id].title,
              "status": courses[course_id].status, "enrollments": enrolled,
-             "completed": per_course[course_id][1],
-             "completion_rate": round(per_course[course_id][1] / enrolled * 100, 2),
+             "completed": completed,
+             "completion_rate": round(completed / enrolled * 100, 2),
              "revenue": [{"currency": entry["currency"], "amount": entry["amount"]}
                          for entry in _by_currency(revenue.get(course_id, []))]}
-            for enrolled, course_id in ((-minus, cid) for minus, cid in top)
-            if course_id in courses]
+            for course_id in top if course_id in courses
+            for enrolled, completed in [per_course[course_id]]]
 
 
 # --- users ------------------------------------------------------------------------------------

@@ -16,14 +16,12 @@ from flask_migrate import upgrade
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select, text
 
 from app import create_app
-from config import normalise_database_url
 from models import Course, Enrollment, Payment, Tally, User, db
 from services import admin_service
-from tests.conftest import postgres_url, require_service
+from tests.support.scratch_services import scratch_postgres
 from utils import tallies
 
 MIGRATIONS = "migrations"
@@ -215,7 +213,8 @@ class TallyMachine(RuleBasedStateMachine):
             ids = db.session.scalars(text(
                 "INSERT INTO enrollments (user_id, course_id, status, progress_percent, "
                 "enrolled_at, created_at, updated_at) "
-                "SELECT u, :course, :status, 0, :at, now(), now() FROM unnest(CAST(:users AS INTEGER[])) AS u RETURNING id"),
+                "SELECT u, :course, :status, 0, :at, now(), now() "
+                "FROM unnest(CAST(:users AS INTEGER[])) AS u RETURNING id"),
                 {"course": course_id, "status": status, "at": enrolled_at,
                  "users": newcomers}).all()
             db.session.commit()
@@ -458,15 +457,8 @@ def test_the_admin_dashboard_reads_the_tallies(pg, auth_headers):
 
 
 def test_the_migration_fills_the_tallies_from_the_rows_already_there():
-    url = make_url(normalise_database_url(require_service("PostgreSQL (TEST_POSTGRES_URL)",
-                                                          postgres_url())))
-    name = f"lms_tallies_{uuid.uuid4().hex[:10]}"
-    root = create_engine(url, isolation_level="AUTOCOMMIT")
-    with root.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        app = create_app("testing", overrides={"SQLALCHEMY_DATABASE_URI": url.set(
-            database=name).render_as_string(hide_password=False)})
+    with scratch_postgres("lms_tallies") as url:
+        app = create_app("testing", overrides={"SQLALCHEMY_DATABASE_URI": url})
         with app.app_context():
             upgrade(directory=MIGRATIONS, revision="0012")
         instructor = _user(app, "instructor")
@@ -486,10 +478,6 @@ def test_the_migration_fills_the_tallies_from_the_rows_already_there():
         with app.app_context():
             db.session.remove()
             db.engine.dispose()
-    finally:
-        with root.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        root.dispose()
 
 
 def test_a_recount_during_a_folding_counts_each_row_once(pg):

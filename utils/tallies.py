@@ -15,12 +15,12 @@ whose number depends on the catalog and the calendar, not on the learners.
   `recount_sql`, which rebuilds the rows from the tables).
 - Writers never touch a shared row: a trigger only appends rows, so two transactions never wait
   on each other for a total and cannot deadlock on one. `compact_sql` folds the appended rows
-  into one per bucket (the worker's periodic tick, and before the figures are recomputed); a
-  reader sums whatever is there, folded or not, in one statement's snapshot.
+  into one per bucket (the worker's periodic tick, and a read that finds many); a reader sums
+  whatever is there, folded or not, in one statement's snapshot.
 - SQLite (the embedded development default) keeps no tallies: its figures are computed from
   the tables, as they always were.
 
-A month is the UTC calendar month as 'YYYY-MM' (the admin figures' `month_label`).
+A month is the UTC calendar month as 'YYYY-MM' (the admin figures' `last_months` keys).
 """
 from __future__ import annotations
 
